@@ -1,0 +1,1 @@
+//! The eStargz layer format: footers, TOC, index, verified chunk reads, writer.

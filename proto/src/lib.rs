@@ -1,0 +1,1 @@
+//! Generated containerd protos (filled in by build.rs).

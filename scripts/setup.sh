@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what rstargz's build and tests need on a fresh Debian/Ubuntu
+# machine (run as root). Idempotent: packages already present are skipped.
+set -euo pipefail
+
+packages=(
+  fuse3            # /dev/fuse userspace bits, fusermount3
+  containerd runc  # end-to-end tests and the overlayfs benchmark baseline
+  docker-registry  # a real OCI registry on 127.0.0.1 for tests
+  e2fsprogs        # mkfs.ext4 for LCOW scratch disks
+  qemu-utils       # qemu-img checks the VHDX we write
+  zstd gzip tar    # format round-trip checks with the standard tools
+  jq curl
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian starts these services on install; our tests run their own instances.
+for svc in containerd docker-registry; do
+  systemctl stop "$svc" 2>/dev/null || true
+done
+command -v cargo >/dev/null || { echo "setup: cargo not found (install Rust via rustup)" >&2; exit 1; }

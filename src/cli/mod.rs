@@ -1,0 +1,4 @@
+//! Command-line interface: one module per subcommand group.
+
+pub mod layer;
+pub mod serve;

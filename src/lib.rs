@@ -1,0 +1,7 @@
+//! rstargz: a lazy-pulling remote snapshotter for containerd.
+//!
+//! The library half of the `rstargz` binary: the snapshotter core (no gRPC),
+//! its metadata store, the thin gRPC adapter, configuration and the CLI
+//! subcommands.
+
+pub mod cli;

@@ -1,0 +1,28 @@
+//! The `rstargz` binary.
+
+use clap::{Parser, Subcommand};
+use rstargz::cli;
+
+/// rstargz: lazy-pulling remote snapshotter for containerd.
+#[derive(Debug, Parser)]
+#[command(name = "rstargz", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the snapshotter daemon (containerd Snapshots gRPC on a unix socket).
+    Serve(cli::serve::ServeArgs),
+    /// Work with single eStargz layer blobs.
+    #[command(subcommand_required = true)]
+    Layer(cli::layer::LayerArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve(args) => cli::serve::run(args),
+        Command::Layer(args) => cli::layer::run(args),
+    }
+}
