@@ -5,3 +5,4 @@
 //! subcommands.
 
 pub mod cli;
+pub mod lcow;

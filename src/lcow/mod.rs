@@ -1,0 +1,17 @@
+//! LCOW (Linux containers on Windows) support: scratch disks.
+//!
+//! containerd's `windows-lcow` snapshotter gives every Active snapshot a
+//! writable `sandbox.vhdx`: an empty ext4 filesystem in a dynamically
+//! expanding VHDX, copied from a blank scratch cached once per size. This
+//! module makes those disks on Linux: [`vhdx`] writes the VHDX format,
+//! [`scratch`] keeps the cache. Wiring into the snapshotter's mounts
+//! (`lcow-layer`) lives with the snapshotter.
+
+pub mod scratch;
+mod sparse;
+pub mod vhdx;
+
+pub use scratch::{
+    DEFAULT_SCRATCH_SIZE_GB, ScratchError, cleanup_stale_temps, copy_scratch, ensure_scratch,
+    scratch_file_name,
+};
