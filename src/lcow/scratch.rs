@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use super::sparse::copy_sparse;
 use super::vhdx::{self, VhdxError};
 
 /// Size of `scratch.vhdx`, the scratch used when a snapshot asks for none.
@@ -118,13 +119,12 @@ pub fn ensure_scratch(dir: &Path, size_gb: Option<u64>) -> Result<PathBuf, Scrat
 /// `sandbox.vhdx`) and syncs it; a failed copy leaves no `dest` behind.
 pub fn copy_scratch(cached: &Path, dest: &Path) -> Result<(), ScratchError> {
     let copy = || -> Result<(), ScratchError> {
-        // std::fs::copy uses copy_file_range, which reflinks where the
-        // filesystem can; the VHDX holds only written blocks, so even a full
-        // copy is a few megabytes.
-        fs::copy(cached, dest).map_err(io_err("copying scratch to", dest))?;
-        File::open(dest)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err("syncing", dest))
+        let src = File::open(cached).map_err(io_err("opening", cached))?;
+        let dst = File::create(dest).map_err(io_err("creating", dest))?;
+        // Keep the holes of zero pages: std::fs::copy fills them on
+        // filesystems without reflinks, tripling the sandbox's footprint.
+        copy_sparse(&src, &dst).map_err(io_err("copying scratch to", dest))?;
+        dst.sync_all().map_err(io_err("syncing", dest))
     };
     copy().inspect_err(|_| {
         let _ = fs::remove_file(dest);

@@ -5,11 +5,12 @@
 //! written is walked in a handful of system calls. Holes always read as zeros;
 //! ranges reported as data may still contain zeros (callers check). On a
 //! filesystem without hole reporting the whole file is one data extent, which
-//! is correct, only slower.
+//! is correct, only slower. [`copy_sparse`] copies a file keeping its holes.
 
 use std::fs::File;
 use std::io;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 
 use nix::errno::Errno;
 use nix::unistd::{Whence, lseek};
@@ -25,7 +26,10 @@ pub fn data_extents(file: &File, len: u64) -> io::Result<Vec<Range<u64>>> {
             // ENXIO: no data at or after `offset`.
             Err(Errno::ENXIO) => break,
             // EINVAL: this filesystem cannot report holes; treat everything as data.
-            Err(Errno::EINVAL) if extents.is_empty() && offset == 0 => return Ok(vec![0..len]),
+            Err(Errno::EINVAL) if offset == 0 => {
+                extents.push(0..len);
+                break;
+            }
             Err(errno) => return Err(errno.into()),
         };
         if start >= len {
@@ -38,6 +42,24 @@ pub fn data_extents(file: &File, len: u64) -> io::Result<Vec<Range<u64>>> {
     Ok(extents)
 }
 
+/// Copies `src` into `dst` (truncated first), writing only `src`'s data
+/// extents so that holes stay holes.
+pub fn copy_sparse(src: &File, dst: &File) -> io::Result<()> {
+    let len = src.metadata()?.len();
+    dst.set_len(0)?;
+    let mut buf = vec![0u8; 1 << 20];
+    for extent in data_extents(src, len)? {
+        let mut offset = extent.start;
+        while offset < extent.end {
+            let chunk = &mut buf[..(extent.end - offset).min(1 << 20) as usize];
+            src.read_exact_at(chunk, offset)?;
+            dst.write_all_at(chunk, offset)?;
+            offset += chunk.len() as u64;
+        }
+    }
+    dst.set_len(len)
+}
+
 fn seek(file: &File, offset: u64, whence: Whence) -> Result<u64, Errno> {
     let offset = i64::try_from(offset).map_err(|_| Errno::EOVERFLOW)?;
     let found = lseek(file, offset, whence)?;
@@ -48,7 +70,6 @@ fn seek(file: &File, offset: u64, whence: Whence) -> Result<u64, Errno> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::FileExt;
 
     #[test]
     fn finds_written_ranges_and_skips_holes() {
@@ -72,6 +93,29 @@ mod tests {
         assert!(covers(len - 1), "{extents:?}");
         let data: u64 = extents.iter().map(|r| r.end - r.start).sum();
         assert!(data < 8 << 20, "{extents:?}");
+    }
+
+    #[test]
+    fn sparse_copy_keeps_bytes_and_holes() {
+        let src = tempfile::tempfile().unwrap();
+        src.set_len(32 << 20).unwrap();
+        src.write_all_at(&[7; 5000], (3 << 20) - 100).unwrap();
+        let dst = tempfile::tempfile().unwrap();
+        dst.write_all_at(b"old contents", 0).unwrap();
+        copy_sparse(&src, &dst).unwrap();
+        assert_eq!(dst.metadata().unwrap().len(), 32 << 20);
+        let read = |f: &File| {
+            let mut buf = vec![0u8; 32 << 20];
+            f.read_exact_at(&mut buf, 0).unwrap();
+            buf
+        };
+        assert!(read(&src) == read(&dst));
+        let data: u64 = data_extents(&dst, 32 << 20)
+            .unwrap()
+            .iter()
+            .map(|r| r.end - r.start)
+            .sum();
+        assert!(data < 8 << 20, "holes were filled: {data} bytes of data");
     }
 
     #[test]

@@ -184,7 +184,7 @@ impl Geometry {
             return Err(VhdxError::InvalidBlockSize(block_size));
         }
         if virtual_size == 0
-            || virtual_size % u64::from(LOGICAL_SECTOR_SIZE) != 0
+            || !virtual_size.is_multiple_of(u64::from(LOGICAL_SECTOR_SIZE))
             || virtual_size > MAX_VIRTUAL_SIZE
         {
             return Err(VhdxError::InvalidVirtualSize { size: virtual_size });
@@ -291,9 +291,7 @@ fn write_payload(
             if buf.iter().all(|&b| b == 0) {
                 continue;
             }
-            // The last block is written whole (zero padded) so every block
-            // the BAT points at lies entirely inside the file.
-            write_at(out, &buf, next_offset, "payload block")?;
+            write_nonzero_pages(out, &buf, next_offset)?;
             let entry = ((next_offset / MIB) << 20) | PAYLOAD_BLOCK_FULLY_PRESENT;
             let at = geometry.bat_index(block) * 8;
             bat[at..at + 8].copy_from_slice(&entry.to_le_bytes());
@@ -303,6 +301,32 @@ fn write_payload(
         next_block = last + 1;
     }
     Ok((bat, blocks_stored, next_offset))
+}
+
+/// Writes the runs of non-zero 4 KiB pages of `block` at `offset`, leaving
+/// zero pages as holes: they read back as zeros and cost no disk space.
+/// (The file is later extended past the last block, so every block the BAT
+/// points at lies entirely inside it.)
+fn write_nonzero_pages(out: &File, block: &[u8], offset: u64) -> Result<(), VhdxError> {
+    const PAGE: usize = 4096;
+    let pages: Vec<bool> = block
+        .chunks(PAGE)
+        .map(|page| page.iter().any(|&b| b != 0))
+        .collect();
+    let mut page = 0;
+    while page < pages.len() {
+        if !pages[page] {
+            page += 1;
+            continue;
+        }
+        let run_end = (page..pages.len())
+            .find(|&p| !pages[p])
+            .unwrap_or(pages.len());
+        let bytes = &block[page * PAGE..(run_end * PAGE).min(block.len())];
+        write_at(out, bytes, offset + (page * PAGE) as u64, "payload block")?;
+        page = run_end;
+    }
+    Ok(())
 }
 
 fn write_at(out: &File, bytes: &[u8], offset: u64, what: &str) -> Result<(), VhdxError> {
