@@ -158,7 +158,9 @@ fn is_temp_name(name: &OsStr) -> bool {
 
 /// An exclusive `flock` on `<dir>/.scratch.lock`, released on drop (when
 /// the file closes).
-struct DirLock(#[allow(dead_code)] File);
+struct DirLock {
+    _file: File,
+}
 
 impl DirLock {
     fn acquire(dir: &Path) -> Result<Self, ScratchError> {
@@ -170,52 +172,58 @@ impl DirLock {
             .open(&path)
             .map_err(io_err("opening lock", &path))?;
         file.lock().map_err(io_err("locking", &path))?;
-        Ok(DirLock(file))
+        Ok(DirLock { _file: file })
     }
 }
 
 /// Builds the scratch in temp files next to `path` and renames it into
-/// place. Runs under the directory lock.
+/// place; on failure no temp file is left. Runs under the directory lock.
 fn create_scratch(dir: &Path, path: &Path, size: u64) -> Result<(), ScratchError> {
     let started = Instant::now();
     let raw_path = temp_path(path, ".raw");
     let vhdx_path = temp_path(path, "");
-    let result = (|| {
-        make_ext4_image(&raw_path, size)?;
-        let raw = File::open(&raw_path).map_err(io_err("opening", &raw_path))?;
-        let out = File::create(&vhdx_path).map_err(io_err("creating", &vhdx_path))?;
-        let summary =
-            vhdx::write_dynamic_vhdx(&raw, &out, vhdx::DEFAULT_BLOCK_SIZE).map_err(|source| {
-                ScratchError::Vhdx {
-                    path: vhdx_path.clone(),
-                    source,
-                }
-            })?;
-        out.sync_all().map_err(io_err("syncing", &vhdx_path))?;
+    let result = build_scratch(&raw_path, &vhdx_path, size).and_then(|summary| {
         fs::rename(&vhdx_path, path).map_err(io_err("renaming into place", path))?;
+        // The rename must survive a crash before anyone copies the scratch.
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err("syncing", dir))?;
         Ok(summary)
-    })();
+    });
     let _ = fs::remove_file(&raw_path);
-    match result {
-        Ok(summary) => {
-            tracing::info!(
-                path = %path.display(),
-                virtual_size = summary.virtual_size,
-                file_len = summary.file_len,
-                blocks_stored = summary.blocks_stored,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "created cached LCOW scratch"
-            );
-            Ok(())
-        }
-        Err(err) => {
-            let _ = fs::remove_file(&vhdx_path);
-            Err(err)
-        }
-    }
+    let summary = result.inspect_err(|_| {
+        let _ = fs::remove_file(&vhdx_path);
+    })?;
+    tracing::info!(
+        path = %path.display(),
+        virtual_size = summary.virtual_size,
+        file_len = summary.file_len,
+        blocks_stored = summary.blocks_stored,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "created cached LCOW scratch"
+    );
+    Ok(())
+}
+
+/// Formats an ext4 image of `size` bytes at `raw_path` and writes it as a
+/// synced VHDX at `vhdx_path`.
+fn build_scratch(
+    raw_path: &Path,
+    vhdx_path: &Path,
+    size: u64,
+) -> Result<vhdx::VhdxSummary, ScratchError> {
+    make_ext4_image(raw_path, size)?;
+    let raw = File::open(raw_path).map_err(io_err("opening", raw_path))?;
+    let out = File::create(vhdx_path).map_err(io_err("creating", vhdx_path))?;
+    let summary =
+        vhdx::write_dynamic_vhdx(&raw, &out, vhdx::DEFAULT_BLOCK_SIZE).map_err(|source| {
+            ScratchError::Vhdx {
+                path: vhdx_path.to_path_buf(),
+                source,
+            }
+        })?;
+    out.sync_all().map_err(io_err("syncing", vhdx_path))?;
+    Ok(summary)
 }
 
 /// `scratch_5.vhdx` -> `scratch_5.vhdx<extra>.tmp`.

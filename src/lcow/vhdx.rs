@@ -246,7 +246,7 @@ pub fn write_dynamic_vhdx(
         METADATA_OFFSET,
         "metadata",
     )?;
-    // Zero-length log and unused header space stay holes; they read as zeros.
+    // The empty log and unused header space stay holes; they read as zeros.
     out.set_len(file_len).map_err(io_err("sizing VHDX"))?;
     let region_table = region_table(&geometry);
     for offset in REGION_TABLE_OFFSETS {
