@@ -126,9 +126,11 @@ fn concurrent_ensure_scratch_creates_one_file() {
 #[test]
 fn copied_sandbox_is_identical_to_the_cached_scratch() {
     let dir = tempfile::tempdir().unwrap();
-    let cached = lcow::ensure_scratch(dir.path(), Some(1)).unwrap();
-    let sandbox = dir.path().join("sandbox.vhdx");
-    lcow::copy_scratch(&cached, &sandbox).unwrap();
+    let snapshot = dir.path().join("snapshots/7");
+    fs::create_dir_all(&snapshot).unwrap();
+    let sandbox = lcow::create_sandbox(&dir.path().join("cache"), Some(1), &snapshot).unwrap();
+    assert_eq!(sandbox, snapshot.join("sandbox.vhdx"));
+    let cached = dir.path().join("cache/scratch_1.vhdx");
     assert_eq!(fs::read(&sandbox).unwrap(), fs::read(&cached).unwrap());
     let (copy_used, cached_used) = (on_disk_bytes(&sandbox), on_disk_bytes(&cached));
     eprintln!("1 GiB sandbox copy: {copy_used} bytes on disk (cache: {cached_used})");
@@ -138,7 +140,8 @@ fn copied_sandbox_is_identical_to_the_cached_scratch() {
     );
     // A second Prepare reuses the cache instead of making another scratch.
     let inode = fs::metadata(&cached).unwrap().ino();
-    assert_eq!(lcow::ensure_scratch(dir.path(), Some(1)).unwrap(), cached);
+    let cache = dir.path().join("cache");
+    assert_eq!(lcow::ensure_scratch(&cache, Some(1)).unwrap(), cached);
     assert_eq!(fs::metadata(&cached).unwrap().ino(), inode);
 }
 

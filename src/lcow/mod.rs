@@ -12,6 +12,7 @@ mod sparse;
 pub mod vhdx;
 
 pub use scratch::{
-    DEFAULT_SCRATCH_SIZE_GB, ScratchError, cleanup_stale_temps, copy_scratch, ensure_scratch,
-    scratch_file_name,
+    DEFAULT_SCRATCH_SIZE_GB, ROOTFS_SIZE_LABEL, SANDBOX_FILE_NAME, ScratchError,
+    cleanup_stale_temps, copy_scratch, create_sandbox, ensure_scratch, scratch_file_name,
+    scratch_size_from_label,
 };

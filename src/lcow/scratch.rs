@@ -35,6 +35,12 @@ pub const DEFAULT_SCRATCH_SIZE_GB: u64 = 20;
 /// Largest scratch size: the VHDX limit of 64 TiB.
 pub const MAX_SCRATCH_SIZE_GB: u64 = 64 * 1024;
 
+/// Snapshot label asking for a scratch of N GB (containerd's `windows-lcow`).
+pub const ROOTFS_SIZE_LABEL: &str =
+    "containerd.io/snapshot/io.microsoft.container.storage.rootfs.size-gb";
+/// Name of an Active snapshot's writable disk inside its directory.
+pub const SANDBOX_FILE_NAME: &str = "sandbox.vhdx";
+
 const LOCK_FILE: &str = ".scratch.lock";
 const TEMP_SUFFIX: &str = ".tmp";
 const GIB: u64 = 1 << 30;
@@ -89,6 +95,28 @@ pub fn scratch_file_name(size_gb: Option<u64>) -> String {
         None => "scratch.vhdx".to_string(),
         Some(n) => format!("scratch_{n}.vhdx"),
     }
+}
+
+/// The scratch size a [`ROOTFS_SIZE_LABEL`] value asks for. Like containerd,
+/// a missing, unparsable or zero value means the default (`None`).
+pub fn scratch_size_from_label(value: Option<&str>) -> Option<u64> {
+    value
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&gb| gb > 0)
+}
+
+/// Gives an Active snapshot its writable disk: copies the cached scratch
+/// for `size_gb` (made in `cache_dir` if needed) to
+/// `snapshot_dir/sandbox.vhdx`, and returns that path.
+pub fn create_sandbox(
+    cache_dir: &Path,
+    size_gb: Option<u64>,
+    snapshot_dir: &Path,
+) -> Result<PathBuf, ScratchError> {
+    let cached = ensure_scratch(cache_dir, size_gb)?;
+    let sandbox = snapshot_dir.join(SANDBOX_FILE_NAME);
+    copy_scratch(&cached, &sandbox)?;
+    Ok(sandbox)
 }
 
 /// Returns the cached scratch VHDX for `size_gb` GiB (`None`: 20 GiB in
@@ -290,6 +318,15 @@ mod tests {
     fn names_follow_containerd_lcow() {
         assert_eq!(scratch_file_name(None), "scratch.vhdx");
         assert_eq!(scratch_file_name(Some(5)), "scratch_5.vhdx");
+    }
+
+    #[test]
+    fn size_label_follows_containerd() {
+        assert_eq!(scratch_size_from_label(None), None);
+        assert_eq!(scratch_size_from_label(Some("0")), None);
+        assert_eq!(scratch_size_from_label(Some("many")), None);
+        assert_eq!(scratch_size_from_label(Some("-3")), None);
+        assert_eq!(scratch_size_from_label(Some("50")), Some(50));
     }
 
     #[test]
