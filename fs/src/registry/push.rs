@@ -33,7 +33,15 @@ impl Registry {
         let spec = spec(&host, reference, &scope, true);
         let resp = self.inner.execute(&spec, |c| c.head(url.clone())).await?;
         match resp.response.status() {
-            s if s.is_success() => Ok(Some(resp.response.content_length().unwrap_or(0))),
+            // reqwest reports a zero body length for HEAD; read the header itself.
+            s if s.is_success() => Ok(Some(
+                resp.response
+                    .headers()
+                    .get(reqwest::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            )),
             StatusCode::NOT_FOUND => Ok(None),
             s => Err(status_error(&resp.response, s, reference)),
         }

@@ -1,0 +1,113 @@
+//! Starts Debian's `docker-registry` with our own minimal config on a free
+//! 127.0.0.1 port (optionally with htpasswd basic auth) and kills it on drop.
+//! A missing binary fails the test: scripts/setup.sh installs it.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BINARY: &str = "/usr/bin/docker-registry";
+
+/// A running registry.
+pub struct TestRegistry {
+    child: Child,
+    /// Listening address.
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl TestRegistry {
+    /// A registry without auth.
+    pub async fn start() -> Self {
+        Self::start_inner(None).await
+    }
+
+    /// A registry requiring basic auth for `user`/`password` (bcrypt via `htpasswd -Bbn`).
+    pub async fn start_with_htpasswd(user: &str, password: &str) -> Self {
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", user, password])
+            .output()
+            .expect("htpasswd (apache2-utils) must be installed: run scripts/setup.sh");
+        assert!(out.status.success(), "htpasswd failed");
+        Self::start_inner(Some(String::from_utf8(out.stdout).unwrap())).await
+    }
+
+    async fn start_inner(htpasswd: Option<String>) -> Self {
+        assert!(
+            std::path::Path::new(BINARY).exists(),
+            "{BINARY} is missing: install the docker-registry package (scripts/setup.sh)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::closed_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        if let Some(line) = htpasswd {
+            let path = dir.path().join("htpasswd");
+            std::fs::write(&path, line).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+                path.display()
+            ));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new(BINARY)
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut reg = Self { child, addr, dir };
+        reg.wait_ready().await;
+        reg
+    }
+
+    async fn wait_ready(&mut self) {
+        let client = reqwest::Client::new();
+        let url = format!("http://{}/v2/", self.addr);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(self.dir.path().join("registry.log"))
+                    .unwrap_or_default();
+                panic!("docker-registry exited with {status}: {log}");
+            }
+            if let Ok(r) = client
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                && (r.status().is_success() || r.status() == 401)
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "docker-registry did not answer on {url}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// A reference string for `repo` on this registry.
+    pub fn reference(&self, repo: &str) -> String {
+        format!("{}/{repo}:latest", self.addr)
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
