@@ -327,3 +327,93 @@ async fn check_reprobes_and_manifest_round_trip() {
         Some(1234)
     );
 }
+
+#[tokio::test]
+async fn multi_range_rejected_with_400_falls_back_to_single_ranges() {
+    let reg = TestRegistry::start().await;
+    let proxy = FaultProxy::start(reg.addr).await;
+    let f = fixture(&reg, 1 << 20).await;
+    let fetcher = open(&f, &proxy.host(), None).await;
+    proxy.set_fault(Fault::RejectMultiRange);
+    proxy.clear_seen();
+    let far = [0..10, 500_000..500_010];
+    let got = fetcher.fetch_ranges(&far, Purpose::OnDemand).await.unwrap();
+    assert_content(&f, &got, &far);
+    assert!(fetcher.is_single_range_mode());
+    assert_eq!(range_requests(&proxy).len(), 3);
+    assert_eq!(f.registry.metrics().full_body_aborts, 0);
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried_with_backoff_and_501_is_not() {
+    let reg = TestRegistry::start().await;
+    let proxy = FaultProxy::start(reg.addr).await;
+    let f = fixture(&reg, 10_000).await;
+    let fetcher = open(&f, &proxy.host(), None).await;
+
+    proxy.fail_next(503, 2, None);
+    let got = fetcher
+        .fetch_ranges(&[0..10], Purpose::OnDemand)
+        .await
+        .unwrap();
+    assert_content(&f, &got, &[0..10]);
+    assert_eq!(f.registry.metrics().retries, 2);
+
+    proxy.fail_next(429, 1, Some(0));
+    fetcher
+        .fetch_ranges(&[10..20], Purpose::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(f.registry.metrics().retries, 3);
+
+    // More failures than retries: the status surfaces, typed.
+    proxy.fail_next(500, 10, None);
+    let err = fetcher
+        .fetch_ranges(&[20..30], Purpose::OnDemand)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Status { status: 500, .. }),
+        "{err}"
+    );
+
+    proxy.fail_next(501, 1, None);
+    let before = f.registry.metrics().retries;
+    let err = fetcher
+        .fetch_ranges(&[20..30], Purpose::OnDemand)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Status { status: 501, .. }),
+        "{err}"
+    );
+    assert_eq!(f.registry.metrics().retries, before);
+}
+
+#[tokio::test]
+async fn stalled_registry_times_out() {
+    let reg = TestRegistry::start().await;
+    let proxy = FaultProxy::start(reg.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&dir.path().join("none.json"));
+    config.fetch_timeout = Duration::from_millis(300);
+    config.backoff.max_retries = 1;
+    let registry = Registry::new(config).unwrap();
+    let reference = Reference::parse(&format!("{}/test/blob", proxy.host())).unwrap();
+    let digest = registry
+        .push_blob(
+            &Reference::parse(&reg.reference("test/blob")).unwrap(),
+            Bytes::from_static(b"0123456789"),
+        )
+        .await
+        .unwrap();
+    let fetcher = registry.open_blob(&reference, &digest, None).await.unwrap();
+    proxy.set_fault(Fault::Stall);
+    let started = std::time::Instant::now();
+    let err = fetcher
+        .fetch_ranges(&[0..5], Purpose::OnDemand)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

@@ -153,13 +153,15 @@ impl BlobFetcher {
         ranges: &[Range<u64>],
         purpose: Purpose,
     ) -> Result<Vec<(Range<u64>, Bytes)>> {
-        if let Some(size) = self.size()
-            && let Some(bad) = ranges.iter().find(|r| r.start > r.end || r.end > size)
+        let size = self.size();
+        if let Some(bad) = ranges
+            .iter()
+            .find(|r| r.start > r.end || size.is_some_and(|s| r.end > s))
         {
             return Err(RegistryError::RangeNotSatisfiable {
                 host: self.host_name(),
                 range: bad.clone(),
-                size: Some(size),
+                size,
             });
         }
         let config = &self.inner.registry.config;

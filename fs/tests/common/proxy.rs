@@ -22,6 +22,10 @@ pub enum Fault {
     IgnoreRange,
     /// Answer blob GETs with 307 to `/redirected/<generation>/…`.
     Redirect,
+    /// Answer 400 to multi-range requests (like GCS).
+    RejectMultiRange,
+    /// Accept connections and never answer.
+    Stall,
 }
 
 /// One request as the proxy saw it.
@@ -55,6 +59,7 @@ struct State {
     token_generation: AtomicU64,
     token_requests: AtomicU64,
     redirect_generation: AtomicU64,
+    fail_next: Mutex<Option<(u16, u32, Option<u64>)>>,
     client: reqwest::Client,
 }
 
@@ -79,6 +84,7 @@ impl FaultProxy {
             token_generation: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
             redirect_generation: AtomicU64::new(0),
+            fail_next: Mutex::new(None),
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -123,6 +129,11 @@ impl FaultProxy {
         self.state
             .redirect_generation
             .fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Answers the next `count` requests with `status` (and `Retry-After: secs`).
+    pub fn fail_next(&self, status: u16, count: u32, retry_after: Option<u64>) {
+        *self.state.fail_next.lock().unwrap() = Some((status, count, retry_after));
     }
 
     /// Tokens handed out so far.
@@ -258,6 +269,23 @@ async fn handle(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
         range: req.header("range"),
         authorization: req.header("authorization"),
     });
+    let injected = {
+        let mut f = s.fail_next.lock().unwrap();
+        match f.as_mut() {
+            Some((status, count, retry_after)) if *count > 0 => {
+                *count -= 1;
+                Some((*status, *retry_after))
+            }
+            _ => None,
+        }
+    };
+    if let Some((status, retry_after)) = injected {
+        let headers: Vec<(&str, String)> = retry_after
+            .map(|r| ("Retry-After", r.to_string()))
+            .into_iter()
+            .collect();
+        return respond(&mut conn, status, &headers, b"injected").await;
+    }
     let token = s.token.lock().unwrap().clone();
     let generation = s.token_generation.load(Ordering::SeqCst);
     if req.path.starts_with("/token") {
@@ -297,6 +325,15 @@ async fn handle(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
         }
     }
     let fault = *s.fault.lock().unwrap();
+    if fault == Fault::Stall {
+        // Hold the connection open without answering until the client gives up.
+        let mut sink = [0u8; 1024];
+        while conn.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        return Ok(());
+    }
+    if fault == Fault::RejectMultiRange && req.header("range").is_some_and(|r| r.contains(',')) {
+        return respond(&mut conn, 400, &[], b"multi-range not supported").await;
+    }
     let mut upstream_path = req.path.clone();
     if let Some(rest) = req.path.strip_prefix("/redirected/") {
         let (generation, path) = rest.split_once('/').unwrap_or(("", rest));
