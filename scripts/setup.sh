@@ -12,6 +12,7 @@ packages=(
   qemu-utils       # qemu-img checks the VHDX we write
   zstd gzip tar    # format round-trip checks with the standard tools
   jq curl
+  openssl          # test CA and certificates for the registry TLS tests
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -112,3 +112,68 @@ async fn dead_configured_mirror_falls_back_to_origin() {
         "{err}"
     );
 }
+
+fn write_hosts_toml(certs: &std::path::Path, registry: &str, body: &str) {
+    let dir = certs.join(registry);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hosts.toml"), body).unwrap();
+}
+
+#[tokio::test]
+async fn tls_is_verified_and_hosts_toml_ca_or_skip_verify_opt_in() {
+    let reg = TestRegistry::start_tls().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs.d");
+    let none = dir.path().join("none.json");
+    let with_hosts = |body: String| {
+        write_hosts_toml(&certs, &reg.host(), &body);
+        let mut config = test_config(&none);
+        config.hosts.certs_dir = Some(certs.clone());
+        Registry::new(config).unwrap()
+    };
+    let reference = Reference::parse(&reg.reference("tls/blob")).unwrap();
+    let blob = test_blob(3000, 9);
+
+    // A CA from hosts.toml makes the registry trusted.
+    let trusted = with_hosts(format!(
+        "server = \"https://{}\"\nca = \"{}\"\n",
+        reg.host(),
+        reg.ca_path().display()
+    ));
+    let digest = trusted
+        .push_blob(&reference, Bytes::from(blob.clone()))
+        .await
+        .unwrap();
+    let fetcher = trusted.open_blob(&reference, &digest, None).await.unwrap();
+    let got = fetcher
+        .fetch_ranges(&[100..200], Purpose::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(&got[0].1[..], &blob[100..200]);
+
+    // Without it, verification fails: no silent downgrade.
+    let untrusted = with_hosts(format!("server = \"https://{}\"\n", reg.host()));
+    let err = untrusted
+        .open_blob(&reference, &digest, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, rstargz_fs::registry::RegistryError::Unreachable { .. }),
+        "{err}"
+    );
+
+    // skip_verify is an explicit opt-out.
+    let skipping = with_hosts(format!(
+        "server = \"https://{}\"\nskip_verify = true\n",
+        reg.host()
+    ));
+    let fetcher = skipping
+        .open_blob(&reference, &digest, Some(3000))
+        .await
+        .unwrap();
+    let got = fetcher
+        .fetch_ranges(&[0..3000], Purpose::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(&got[0].1[..], &blob[..]);
+}

@@ -14,12 +14,24 @@ pub struct TestRegistry {
     /// Listening address.
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
+    tls: bool,
 }
 
 impl TestRegistry {
     /// A registry without auth.
     pub async fn start() -> Self {
-        Self::start_inner(None).await
+        Self::start_inner(None, false).await
+    }
+
+    /// A registry serving HTTPS with a leaf certificate for 127.0.0.1 signed
+    /// by a fresh test CA; the CA is at [`Self::ca_path`].
+    pub async fn start_tls() -> Self {
+        Self::start_inner(None, true).await
+    }
+
+    /// The test CA certificate (PEM) of a TLS registry.
+    pub fn ca_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     /// A registry requiring basic auth for `user`/`password` (bcrypt via `htpasswd -Bbn`).
@@ -29,10 +41,10 @@ impl TestRegistry {
             .output()
             .expect("htpasswd (apache2-utils) must be installed: run scripts/setup.sh");
         assert!(out.status.success(), "htpasswd failed");
-        Self::start_inner(Some(String::from_utf8(out.stdout).unwrap())).await
+        Self::start_inner(Some(String::from_utf8(out.stdout).unwrap()), false).await
     }
 
-    async fn start_inner(htpasswd: Option<String>) -> Self {
+    async fn start_inner(htpasswd: Option<String>, tls: bool) -> Self {
         assert!(
             std::path::Path::new(BINARY).exists(),
             "{BINARY} is missing: install the docker-registry package (scripts/setup.sh)"
@@ -52,6 +64,14 @@ impl TestRegistry {
                 path.display()
             ));
         }
+        if tls {
+            make_certificates(dir.path());
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.path().join("leaf.pem").display(),
+                dir.path().join("leaf.key").display()
+            ));
+        }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
@@ -62,14 +82,24 @@ impl TestRegistry {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut reg = Self { child, addr, dir };
+        let mut reg = Self {
+            child,
+            addr,
+            dir,
+            tls,
+        };
         reg.wait_ready().await;
         reg
     }
 
     async fn wait_ready(&mut self) {
-        let client = reqwest::Client::new();
-        let url = format!("http://{}/v2/", self.addr);
+        // Readiness only: the tests themselves check certificates.
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        let scheme = if self.tls { "https" } else { "http" };
+        let url = format!("{scheme}://{}/v2/", self.addr);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -103,6 +133,80 @@ impl TestRegistry {
     pub fn reference(&self, repo: &str) -> String {
         format!("{}/{repo}:latest", self.addr)
     }
+}
+
+/// Writes ca.pem/ca.key and leaf.pem/leaf.key (SAN IP:127.0.0.1) into `dir`
+/// with the openssl CLI.
+fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl must be installed: run scripts/setup.sh");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"],
+        &ec[..],
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=rstargz test CA",
+            "-days",
+            "2",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"],
+        &ec[..],
+        &[
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
 }
 
 impl Drop for TestRegistry {
