@@ -326,10 +326,7 @@ impl RegistryInner {
                             _permit: permit,
                         });
                     }
-                    retry_after = response
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
+                    retry_after = header_str(&response, reqwest::header::RETRY_AFTER)
                         .and_then(parse_retry_after);
                     tracing::debug!(host = %host_name, attempt, status, "retrying registry request");
                 }
@@ -340,6 +337,11 @@ impl RegistryInner {
             attempt += 1;
         }
     }
+}
+
+/// A response header as text, if present and printable.
+pub(crate) fn header_str(response: &reqwest::Response, name: HeaderName) -> Option<&str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 fn configured_headers(host: &RegistryHost) -> HeaderMap {

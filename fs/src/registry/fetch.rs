@@ -22,7 +22,7 @@ use bytes::Bytes;
 use reqwest::{StatusCode, Url};
 
 use super::client::{
-    GatedResponse, Registry, RegistryInner, RequestSpec, pull_scope, read_body_limited,
+    GatedResponse, Registry, RegistryInner, RequestSpec, header_str, pull_scope, read_body_limited,
 };
 use super::digest::Digest;
 use super::error::{RegistryError, Result, redact_path};
@@ -355,11 +355,7 @@ impl BlobFetcher {
             }
             s => return Err(Attempt::Failed(self.status_error(&resp.response, s))),
         }
-        let content_type = resp
-            .response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
+        let content_type = header_str(&resp.response, reqwest::header::CONTENT_TYPE)
             .unwrap_or_default()
             .to_string();
         let wanted = total_len(ranges);
@@ -464,11 +460,7 @@ impl BlobFetcher {
                 }
                 return Ok(resp);
             }
-            let location = resp
-                .response
-                .headers()
-                .get(reqwest::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
+            let location = header_str(&resp.response, reqwest::header::LOCATION)
                 .and_then(|l| url.join(l).ok())
                 .ok_or_else(|| self.protocol("redirect without a usable Location"))?;
             if !matches!(location.scheme(), "http" | "https") {
@@ -502,10 +494,7 @@ impl BlobFetcher {
     }
 
     fn content_range(&self, resp: &GatedResponse) -> Result<(Range<u64>, Option<u64>)> {
-        resp.response
-            .headers()
-            .get(reqwest::header::CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok())
+        header_str(&resp.response, reqwest::header::CONTENT_RANGE)
             .and_then(parse_content_range)
             .ok_or_else(|| self.protocol("206 without a valid Content-Range"))
     }

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::client::{Registry, pull_scope, read_body_limited};
+use super::client::{Registry, header_str, pull_scope, read_body_limited};
 use super::digest::Digest;
 use super::error::{RegistryError, Result};
 use super::push::{endpoint_url, spec, status_error};
@@ -62,11 +62,7 @@ impl Registry {
                 if !status.is_success() {
                     return Err(status_error(&resp.response, status, reference));
                 }
-                let media_type = resp
-                    .response
-                    .headers()
-                    .get(reqwest::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
+                let media_type = header_str(&resp.response, reqwest::header::CONTENT_TYPE)
                     .unwrap_or_default()
                     .to_string();
                 let bytes =

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use reqwest::{StatusCode, Url};
 
-use super::client::{Registry, RequestSpec, push_scope, read_body_limited};
+use super::client::{Registry, RequestSpec, header_str, push_scope, read_body_limited};
 use super::digest::Digest;
 use super::error::{RegistryError, Result, redact_path};
 use super::gate::Purpose;
@@ -35,10 +35,7 @@ impl Registry {
         match resp.response.status() {
             // reqwest reports a zero body length for HEAD; read the header itself.
             s if s.is_success() => Ok(Some(
-                resp.response
-                    .headers()
-                    .get(reqwest::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
+                header_str(&resp.response, reqwest::header::CONTENT_LENGTH)
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0),
             )),
@@ -71,11 +68,7 @@ impl Registry {
                 reference,
             ));
         }
-        let mut location = resp
-            .response
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
+        let mut location = header_str(&resp.response, reqwest::header::LOCATION)
             .and_then(|l| start.join(l).ok())
             .ok_or_else(|| RegistryError::Protocol {
                 host: host.host.clone(),
