@@ -28,6 +28,7 @@ use super::digest::Digest;
 use super::error::{RegistryError, Result, redact_path};
 use super::gate::Purpose;
 use super::hosts::RegistryHost;
+use super::labels::LayerSource;
 use super::multipart::{byteranges_boundary, parse_byteranges};
 use super::ranges::{merge_ranges, parse_content_range, range_header, total_len};
 use super::reference::Reference;
@@ -73,6 +74,13 @@ impl From<RegistryError> for Attempt {
 }
 
 impl Registry {
+    /// Opens the layer that snapshot labels point at (see
+    /// [`super::labels::layer_source_from_labels`]).
+    pub async fn open_layer(&self, source: &LayerSource, size: Option<u64>) -> Result<BlobFetcher> {
+        self.open_blob(&source.reference, &source.layer.digest, size)
+            .await
+    }
+
     /// Finds the first endpoint that serves `digest` of `reference` (with a
     /// 2-byte probe that also learns the size and any redirect) and returns a
     /// fetcher bound to it. `size` is the descriptor size when known.

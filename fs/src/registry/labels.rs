@@ -7,7 +7,7 @@
 //! prefetch-size and skip-verify labels, and the layer annotation
 //! `containerd.io/snapshot/stargz/toc.digest` that containerd forwards.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::digest::Digest;
 use super::error::{RegistryError, Result};
@@ -37,6 +37,8 @@ pub const PREFETCH_SIZE: &str = "containerd.io/snapshot/remote/stargz.prefetch";
 pub const SKIP_VERIFY: &str = "containerd.io/snapshot/remote/stargz.skipverify";
 /// The eStargz TOC digest annotation of the layer descriptor.
 pub const TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
+/// Prefix of every label containerd lets through to a snapshotter.
+pub const SNAPSHOT_LABEL_PREFIX: &str = "containerd.io/snapshot/";
 
 /// A neighbouring layer of the same image, to be resolved ahead of time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +66,9 @@ pub struct LayerSource {
     pub skip_verify_requested: bool,
     /// Manifest digest, when the CRI set passed it.
     pub manifest_digest: Option<Digest>,
+    /// Every `containerd.io/snapshot/…` label, like the Go reference keeps
+    /// them as the target descriptor's annotations.
+    pub annotations: BTreeMap<String, String>,
 }
 
 struct LabelSet {
@@ -138,6 +143,11 @@ fn from_set(labels: &HashMap<String, String>, set: &LabelSet) -> Result<LayerSou
         prefetch_size,
         skip_verify_requested: labels.get(SKIP_VERIFY).is_some_and(|v| v.trim() == "true"),
         manifest_digest: digest_label(labels, CRI_MANIFEST_DIGEST).ok().flatten(),
+        annotations: labels
+            .iter()
+            .filter(|(k, _)| k.starts_with(SNAPSHOT_LABEL_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     })
 }
 
@@ -213,6 +223,11 @@ mod tests {
             vec!["https://c.example/c".to_string()]
         );
         assert_eq!(s.prefetch_size, None);
+        assert_eq!(
+            s.annotations.len(),
+            8,
+            "every containerd.io/snapshot/ label is kept"
+        );
     }
 
     #[test]
