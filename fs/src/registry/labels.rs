@@ -225,9 +225,10 @@ mod tests {
         assert_eq!(s.prefetch_size, None);
         assert_eq!(
             s.annotations.len(),
-            8,
-            "every containerd.io/snapshot/ label is kept"
+            7,
+            "every containerd.io/snapshot/ label"
         );
+        assert!(!s.annotations.contains_key("containerd.io/snapshot.ref"));
     }
 
     #[test]
