@@ -19,6 +19,9 @@ use super::credentials::{Credential, CredentialStore, Secret};
 use super::error::{RegistryError, Result, describe_transport_error};
 use super::reference::is_loopback_host;
 
+/// How long a looked-up credential is reused before asking again.
+const CREDENTIAL_TTL: Duration = Duration::from_secs(60);
+
 /// One challenge of a `WWW-Authenticate` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Challenge {
@@ -124,6 +127,10 @@ struct CachedToken {
 /// Turns credentials and challenges into `Authorization` headers.
 pub struct Authorizer {
     credentials: CredentialStore,
+    // Credential helpers are processes: remember their answer for a while
+    // instead of spawning one per request. A 401 forgets it, so rotated
+    // credentials (e.g. 12 h ECR passwords) are picked up.
+    remembered: std::sync::Mutex<HashMap<String, (Option<Credential>, Instant)>>,
     schemes: std::sync::Mutex<HashMap<String, HostScheme>>,
     // An async mutex: concurrent requests for one scope wait for a single
     // token fetch instead of each fetching their own.
@@ -162,6 +169,7 @@ impl Authorizer {
     pub fn new(credentials: CredentialStore, client: reqwest::Client, timeout: Duration) -> Self {
         Self {
             credentials,
+            remembered: std::sync::Mutex::new(HashMap::new()),
             schemes: std::sync::Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             client,
@@ -193,6 +201,9 @@ impl Authorizer {
         target: &AuthTarget<'_>,
         www_authenticate: &str,
     ) -> Result<Option<String>> {
+        if let Ok(mut r) = self.remembered.lock() {
+            r.remove(target.host);
+        }
         let challenges = parse_www_authenticate(www_authenticate);
         let bearer = challenges.iter().find_map(|c| match c {
             Challenge::Bearer {
@@ -226,8 +237,26 @@ impl Authorizer {
         Ok(None)
     }
 
+    async fn credential(&self, host: &str) -> Result<Option<Credential>> {
+        let now = Instant::now();
+        if let Some((c, at)) = self
+            .remembered
+            .lock()
+            .ok()
+            .and_then(|r| r.get(host).cloned())
+            && now.duration_since(at) < CREDENTIAL_TTL
+        {
+            return Ok(c);
+        }
+        let c = self.credentials.lookup(host).await?;
+        if let Ok(mut r) = self.remembered.lock() {
+            r.insert(host.to_string(), (c.clone(), now));
+        }
+        Ok(c)
+    }
+
     async fn basic_header(&self, target: &AuthTarget<'_>) -> Result<Option<String>> {
-        match self.credentials.lookup(target.host).await? {
+        match self.credential(target.host).await? {
             Some(Credential::Basic { username, password }) => {
                 Ok(Some(basic_value(&username, &password)))
             }
@@ -288,7 +317,7 @@ impl Authorizer {
         if let Some(s) = challenge_scope.filter(|s| *s != target.scope && !s.is_empty()) {
             scopes.push(s.to_string());
         }
-        let credential = self.credentials.lookup(target.host).await?;
+        let credential = self.credential(target.host).await?;
         let mut params: Vec<(&str, &str)> = Vec::new();
         if let Some(s) = service {
             params.push(("service", s));

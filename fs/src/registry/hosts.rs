@@ -170,6 +170,8 @@ struct HostFields {
     header: Option<HashMap<String, StringOrList>>,
     #[serde(default)]
     override_path: bool,
+    /// Client certificates (mutual TLS): recognised but not supported yet.
+    client: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,6 +284,9 @@ fn configured_host(
             }
         }
         h.capabilities = c;
+    }
+    if fields.client.is_some() {
+        tracing::warn!(host = %h.host, file = origin, "hosts.toml `client` certificates are not supported yet; ignored");
     }
     h.skip_verify = fields.skip_verify.unwrap_or(false);
     h.ca_files = fields

@@ -247,6 +247,40 @@ mod tests {
     }
 
     #[test]
+    fn random_mutations_never_panic_and_parts_stay_in_bounds() {
+        let base = body(
+            &[("bytes 0-4/46", b"hello"), ("bytes 10-16/46", b"0123456")],
+            "bnd",
+        );
+        let mut x: u64 = 0x1234_5678_9abc_def1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut b = base.clone();
+            for _ in 0..(next() % 4 + 1) {
+                let i = (next() as usize) % b.len();
+                match next() % 3 {
+                    0 => b[i] = next() as u8,
+                    1 => {
+                        b.remove(i);
+                    }
+                    _ => b.insert(i, next() as u8),
+                }
+            }
+            if let Ok(parts) = parse_byteranges(&b, "bnd", 8) {
+                for p in parts {
+                    assert!(p.body_span.end <= b.len());
+                    assert_eq!((p.range.end - p.range.start) as usize, p.body_span.len());
+                }
+            }
+        }
+    }
+
+    #[test]
     fn empty_multipart_has_no_parts() {
         assert!(parse_byteranges(b"--b--\r\n", "b", 4).unwrap().is_empty());
     }
