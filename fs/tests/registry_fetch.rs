@@ -443,3 +443,37 @@ async fn labels_from_prepare_open_the_layer() {
         .unwrap();
     assert_content(&f, &got, &[4990..5000]);
 }
+
+#[tokio::test]
+async fn large_reads_are_split_into_parallel_bounded_requests() {
+    let reg = TestRegistry::start().await;
+    let proxy = FaultProxy::start(reg.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&dir.path().join("none.json"));
+    config.max_request_bytes = 64 * 1024;
+    let registry = Registry::new(config).unwrap();
+    let blob = test_blob(300_000, 21);
+    let digest = registry
+        .push_blob(
+            &Reference::parse(&reg.reference("test/big")).unwrap(),
+            Bytes::from(blob.clone()),
+        )
+        .await
+        .unwrap();
+    let reference = Reference::parse(&format!("{}/test/big", proxy.host())).unwrap();
+    let fetcher = registry.open_blob(&reference, &digest, None).await.unwrap();
+    proxy.clear_seen();
+    let want = [1..300_000, 70_000..70_010];
+    let got = fetcher
+        .fetch_ranges(&want, Purpose::Background)
+        .await
+        .unwrap();
+    for ((r, bytes), w) in got.iter().zip(&want) {
+        assert_eq!(r, w);
+        assert_eq!(&bytes[..], &blob[w.start as usize..w.end as usize]);
+    }
+    let mut seen = range_requests(&proxy);
+    seen.sort();
+    assert_eq!(seen.len(), 5, "300 KB in 64 KiB pieces: {seen:?}");
+    assert!(seen.iter().all(|r| !r.contains(',')));
+}

@@ -46,6 +46,9 @@ pub struct RegistryConfig {
     pub merge_gap: u64,
     /// Most ranges in one multi-range request.
     pub max_ranges_per_request: usize,
+    /// Largest body of one request: longer reads are split into parallel
+    /// requests, which also bounds the memory one response can take.
+    pub max_request_bytes: u64,
     /// Never send multi-range requests.
     pub force_single_range: bool,
 }
@@ -63,6 +66,7 @@ impl Default for RegistryConfig {
             max_concurrency_per_host: 8,
             merge_gap: 64 * 1024,
             max_ranges_per_request: 64,
+            max_request_bytes: 4 << 20,
             force_single_range: false,
         }
     }

@@ -1,9 +1,10 @@
 //! Reading byte ranges of one blob: [`BlobFetcher`].
 //!
 //! Contract:
-//! - Requested ranges are merged when closer than `merge_gap`, sent as
-//!   multi-range requests (at most `max_ranges_per_request` each), and cut
-//!   back to exactly what the caller asked for.
+//! - Requested ranges are merged when closer than `merge_gap`, split into
+//!   pieces of at most `max_request_bytes`, sent as parallel multi-range
+//!   requests (at most `max_ranges_per_request` ranges and
+//!   `max_request_bytes` each), and cut back to exactly what was asked for.
 //! - A registry that rejects multi-range (400/416), does not answer with
 //!   `multipart/byteranges`, or ignores Range (200) flips the fetcher into
 //!   single-range mode for good. A 200 is never read: the response is dropped
@@ -30,7 +31,10 @@ use super::gate::Purpose;
 use super::hosts::RegistryHost;
 use super::labels::LayerSource;
 use super::multipart::{byteranges_boundary, parse_byteranges};
-use super::ranges::{merge_ranges, parse_content_range, range_header, total_len};
+use super::ranges::{
+    assemble, batch_ranges, merge_ranges, parse_content_range, range_header, split_ranges,
+    total_len,
+};
 use super::reference::Reference;
 
 /// Most redirects followed for one request.
@@ -173,8 +177,11 @@ impl BlobFetcher {
             });
         }
         let config = &self.inner.registry.config;
-        let merged = merge_ranges(ranges, config.merge_gap);
-        let segments = match self.fetch_merged(&merged, purpose).await {
+        let merged = split_ranges(
+            &merge_ranges(ranges, config.merge_gap),
+            config.max_request_bytes,
+        );
+        let mut segments = match self.fetch_merged(&merged, purpose).await {
             Ok(s) => s,
             Err(e) if e.is_host_failure() && self.inner.hosts.len() > 1 => {
                 let failed = self.inner.current_host.load(Ordering::Relaxed);
@@ -185,19 +192,13 @@ impl BlobFetcher {
             }
             Err(e) => return Err(e),
         };
+        segments.sort_by_key(|(r, _)| r.start);
         ranges
             .iter()
             .map(|r| {
-                if r.start == r.end {
-                    return Ok((r.clone(), Bytes::new()));
-                }
-                let seg = segments
-                    .iter()
-                    .find(|(s, _)| s.start <= r.start && r.end <= s.end)
-                    .ok_or_else(|| self.protocol("response does not cover a requested range"))?;
-                let from = (r.start - seg.0.start) as usize;
-                let to = (r.end - seg.0.start) as usize;
-                Ok((r.clone(), seg.1.slice(from..to)))
+                assemble(&segments, r)
+                    .map(|b| (r.clone(), b))
+                    .ok_or_else(|| self.protocol("response does not cover a requested range"))
             })
             .collect()
     }
@@ -275,11 +276,14 @@ impl BlobFetcher {
         merged: &[Range<u64>],
         purpose: Purpose,
     ) -> Result<Vec<(Range<u64>, Bytes)>> {
-        let max = self.inner.registry.config.max_ranges_per_request.max(1);
+        let config = &self.inner.registry.config;
         let mut tasks = tokio::task::JoinSet::new();
-        for batch in merged.chunks(max) {
+        for batch in batch_ranges(
+            merged,
+            config.max_ranges_per_request,
+            config.max_request_bytes,
+        ) {
             let this = self.clone();
-            let batch = batch.to_vec();
             tasks.spawn(async move { this.fetch_batch(batch, purpose).await });
         }
         let mut out = Vec::with_capacity(merged.len());
