@@ -76,7 +76,9 @@ async fn htpasswd_registry_with_docker_config_credentials() {
     .unwrap();
     let err = bad.open_blob(&reference, &digest, None).await.unwrap_err();
     assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
-    let shown = format!("{err} {err:?}");
+    let shown = format!("{err} {err:?} {bad:?} {registry:?}");
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    assert!(!shown.contains(&encoded), "{shown}");
     assert!(
         !shown.contains(wrong) && !shown.contains(PASSWORD),
         "{shown}"
