@@ -477,3 +477,25 @@ async fn large_reads_are_split_into_parallel_bounded_requests() {
     assert_eq!(seen.len(), 5, "300 KB in 64 KiB pieces: {seen:?}");
     assert!(seen.iter().all(|r| !r.contains(',')));
 }
+
+#[tokio::test]
+async fn whole_blob_answer_is_accepted_only_when_the_whole_blob_was_asked_for() {
+    let reg = TestRegistry::start().await;
+    let proxy = FaultProxy::start(reg.addr).await;
+    let f = fixture(&reg, 1000).await;
+    let fetcher = open(&f, &proxy.host(), None).await;
+    proxy.set_fault(Fault::IgnoreRange);
+    let got = fetcher
+        .fetch_ranges(&[0..1000], Purpose::Background)
+        .await
+        .unwrap();
+    assert_content(&f, &got, &[0..1000]);
+    let err = fetcher
+        .fetch_ranges(&[0..10], Purpose::OnDemand)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::RangeUnsupported { .. }),
+        "{err}"
+    );
+}

@@ -341,8 +341,17 @@ impl BlobFetcher {
         let multi = ranges.len() > 1;
         let resp = self.get(idx, &range_header(ranges), purpose).await?;
         let metrics = &self.inner.registry.metrics;
+        let whole_blob = !multi
+            && ranges[0].start == 0
+            && self.size().is_some_and(|s| s == ranges[0].end)
+            && resp.response.content_length() == self.size();
         match resp.response.status() {
             StatusCode::PARTIAL_CONTENT => {}
+            // Asking for every byte and getting every byte is fine.
+            StatusCode::OK if whole_blob => {
+                let body = read_body_limited(resp, ranges[0].end, metrics).await?;
+                return Ok(vec![(ranges[0].clone(), body)]);
+            }
             StatusCode::OK => {
                 // The server ignored Range: drop the response unread.
                 drop(resp);
@@ -371,50 +380,59 @@ impl BlobFetcher {
             .unwrap_or_default()
             .to_string();
         let wanted = total_len(ranges);
-        let parts: Vec<(Range<u64>, Bytes)> =
-            if let Some(boundary) = byteranges_boundary(&content_type) {
-                let limit = wanted + MULTIPART_OVERHEAD_PER_PART * (ranges.len() as u64 + 1);
-                let body = read_body_limited(resp, limit, metrics).await?;
-                let parsed = parse_byteranges(&body, &boundary, ranges.len())
-                    .map_err(|e| Attempt::Failed(self.protocol(&e.to_string())))?;
-                parsed
-                    .into_iter()
-                    .map(|p| (p.range, body.slice(p.body_span)))
-                    .collect()
-            } else {
-                let (range, total) = self.content_range(&resp)?;
-                if let Some(total) = total {
-                    self.inner.size.store(total, Ordering::Relaxed);
+        let parts: Vec<(Range<u64>, Bytes)> = if let Some(boundary) =
+            byteranges_boundary(&content_type)
+        {
+            let limit = wanted + MULTIPART_OVERHEAD_PER_PART * (ranges.len() as u64 + 1);
+            let body = read_body_limited(resp, limit, metrics).await?;
+            let parsed = match parse_byteranges(&body, &boundary, ranges.len()) {
+                Ok(p) => p,
+                Err(e) if multi => {
+                    tracing::info!(host = %self.host_name(), error = %e, "unusable multipart answer");
+                    return Err(Attempt::SingleRangeFallback);
                 }
-                let len = range.end - range.start;
-                // A single part for a multi-range request is only useful if it
-                // is small; a server that coalesces to a huge span is treated as
-                // lacking multi-range support.
-                if len > wanted + self.inner.registry.config.merge_gap * ranges.len() as u64 {
-                    drop(resp);
-                    metrics.full_body_abort();
-                    return Err(if multi {
-                        Attempt::SingleRangeFallback
-                    } else {
-                        Attempt::Failed(self.protocol("Content-Range larger than requested"))
-                    });
-                }
-                let body = read_body_limited(resp, len, metrics).await?;
-                if body.len() as u64 != len {
-                    return Err(Attempt::Failed(
-                        self.protocol("body shorter than Content-Range"),
-                    ));
-                }
-                vec![(range, body)]
+                Err(e) => return Err(Attempt::Failed(self.protocol(&e.to_string()))),
             };
+            parsed
+                .into_iter()
+                .map(|p| (p.range, body.slice(p.body_span)))
+                .collect()
+        } else {
+            let (range, total) = self.content_range(&resp)?;
+            if let Some(total) = total {
+                self.inner.size.store(total, Ordering::Relaxed);
+            }
+            let len = range.end - range.start;
+            // A single part for a multi-range request is only useful if it
+            // is small; a server that coalesces to a huge span is treated as
+            // lacking multi-range support.
+            if len > wanted + self.inner.registry.config.merge_gap * ranges.len() as u64 {
+                drop(resp);
+                metrics.full_body_abort();
+                return Err(if multi {
+                    Attempt::SingleRangeFallback
+                } else {
+                    Attempt::Failed(self.protocol("Content-Range larger than requested"))
+                });
+            }
+            let body = read_body_limited(resp, len, metrics).await?;
+            if body.len() as u64 != len {
+                return Err(Attempt::Failed(
+                    self.protocol("body shorter than Content-Range"),
+                ));
+            }
+            vec![(range, body)]
+        };
         for r in ranges {
             if !parts
                 .iter()
                 .any(|(p, _)| p.start <= r.start && r.end <= p.end)
             {
-                return Err(Attempt::Failed(
-                    self.protocol("response does not cover a requested range"),
-                ));
+                return Err(if multi {
+                    Attempt::SingleRangeFallback
+                } else {
+                    Attempt::Failed(self.protocol("response does not cover the requested range"))
+                });
             }
         }
         Ok(parts)
