@@ -499,3 +499,59 @@ async fn whole_blob_answer_is_accepted_only_when_the_whole_blob_was_asked_for() 
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn on_demand_reads_overtake_queued_background_requests() {
+    let reg = TestRegistry::start().await;
+    let proxy = FaultProxy::start(reg.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&dir.path().join("none.json"));
+    config.max_request_bytes = 64 * 1024;
+    config.max_concurrency_per_host = 1;
+    let registry = Registry::new(config).unwrap();
+    let blob = test_blob(1_400_000, 99);
+    let digest = registry
+        .push_blob(
+            &Reference::parse(&reg.reference("test/prio")).unwrap(),
+            Bytes::from(blob.clone()),
+        )
+        .await
+        .unwrap();
+    let reference = Reference::parse(&format!("{}/test/prio", proxy.host())).unwrap();
+    let fetcher = registry.open_blob(&reference, &digest, None).await.unwrap();
+    proxy.clear_seen();
+
+    let background = {
+        let fetcher = fetcher.clone();
+        tokio::spawn(async move {
+            fetcher
+                .fetch_ranges(&[0..1_310_720], Purpose::Background)
+                .await
+        })
+    };
+    assert!(wait_until(Duration::from_secs(10), || !proxy.seen().is_empty()).await);
+    let issued_at = proxy.seen().len();
+    let got = fetcher
+        .fetch_ranges(&[1_399_990..1_400_000], Purpose::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(&got[0].1[..], &blob[1_399_990..]);
+    let background = background.await.unwrap().unwrap();
+    assert_eq!(&background[0].1[..], &blob[..1_310_720]);
+
+    let seen = range_requests(&proxy);
+    assert_eq!(
+        seen.len(),
+        21,
+        "20 background pieces and one on-demand read"
+    );
+    let position = seen
+        .iter()
+        .position(|r| r == "bytes=1399990-1399999")
+        .unwrap();
+    eprintln!("on-demand read served at {position}, issued at {issued_at}");
+    assert!(
+        position <= issued_at + 2 && position < 19,
+        "on-demand read served at {position}, issued when {issued_at} requests had been seen"
+    );
+}
