@@ -107,6 +107,7 @@ async fn bearer_token_flow_caches_tokens_and_refreshes_on_401() {
 
     proxy.require_tokens(TokenAuth {
         user_password: Some((USER.into(), PASSWORD.into())),
+        refresh_token: None,
     });
     let registry = Registry::new(test_config(&docker_config(
         dir.path(),
@@ -176,6 +177,7 @@ async fn anonymous_token_flow() {
         .unwrap();
     proxy.require_tokens(TokenAuth {
         user_password: None,
+        refresh_token: None,
     });
     let reference = Reference::parse(&format!("{}/anon/blob", proxy.host())).unwrap();
     let fetcher = registry
@@ -188,4 +190,47 @@ async fn anonymous_token_flow() {
         .unwrap();
     assert_eq!(&got[0].1[..], b"tokens");
     assert_eq!(proxy.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn identity_token_is_exchanged_with_oauth2_refresh_grant() {
+    let reg = TestRegistry::start().await;
+    let proxy = FaultProxy::start(reg.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Registry::new(test_config(&dir.path().join("none.json"))).unwrap();
+    let digest = plain
+        .push_blob(
+            &Reference::parse(&reg.reference("oauth/blob")).unwrap(),
+            Bytes::from_static(b"refreshed"),
+        )
+        .await
+        .unwrap();
+    proxy.require_tokens(TokenAuth {
+        user_password: Some((USER.into(), PASSWORD.into())),
+        refresh_token: Some("refresh-me".into()),
+    });
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"auths": {{"{}": {{"identitytoken": "refresh-me"}}}}}}"#,
+            proxy.host()
+        ),
+    )
+    .unwrap();
+    let registry = Registry::new(test_config(&config)).unwrap();
+    let reference = Reference::parse(&format!("{}/oauth/blob", proxy.host())).unwrap();
+    let fetcher = registry.open_blob(&reference, &digest, None).await.unwrap();
+    let got = fetcher
+        .fetch_ranges(&[0..7], Purpose::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(&got[0].1[..], b"refresh");
+    let token_request = proxy
+        .seen()
+        .into_iter()
+        .find(|s| s.path.starts_with("/token"))
+        .unwrap();
+    assert_eq!(token_request.method, "POST");
+    assert!(!format!("{registry:?}").contains("refresh-me"));
 }

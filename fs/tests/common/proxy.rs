@@ -46,6 +46,8 @@ pub struct Seen {
 pub struct TokenAuth {
     /// Basic credentials the token endpoint demands (None: anonymous tokens).
     pub user_password: Option<(String, String)>,
+    /// An OAuth2 refresh token accepted on `POST /token` (grant_type=refresh_token).
+    pub refresh_token: Option<String>,
 }
 
 struct State {
@@ -292,7 +294,16 @@ async fn handle(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
         let Some(auth) = token else {
             return respond(&mut conn, 404, &[], b"").await;
         };
-        if let Some((user, password)) = auth.user_password {
+        if req.method == "POST" {
+            let form = String::from_utf8_lossy(&req.body).to_string();
+            let has = |kv: &str| form.split('&').any(|p| p == kv);
+            let ok = auth.refresh_token.as_ref().is_some_and(|t| {
+                has("grant_type=refresh_token") && has(&format!("refresh_token={t}"))
+            });
+            if !ok {
+                return respond(&mut conn, 401, &[], b"{\"error\":\"invalid_grant\"}").await;
+            }
+        } else if let Some((user, password)) = auth.user_password {
             let want = format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
