@@ -9,7 +9,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use common::proxy::{FaultProxy, TokenAuth};
 use common::registry::TestRegistry;
-use common::{test_blob, test_config};
+use common::{push_anonymously, test_blob, test_config};
 use rstargz_fs::registry::{Purpose, Reference, Registry, RegistryError};
 
 const USER: &str = "tester";
@@ -95,15 +95,8 @@ async fn bearer_token_flow_caches_tokens_and_refreshes_on_401() {
     let reg = TestRegistry::start().await;
     let proxy = FaultProxy::start(reg.addr).await;
     let dir = tempfile::tempdir().unwrap();
-    let plain = Registry::new(test_config(&dir.path().join("none.json"))).unwrap();
     let blob = test_blob(500_000, 3);
-    let digest = plain
-        .push_blob(
-            &Reference::parse(&reg.reference("tok/blob")).unwrap(),
-            Bytes::from(blob.clone()),
-        )
-        .await
-        .unwrap();
+    let digest = push_anonymously(&reg, "tok/blob", &blob).await;
 
     proxy.require_tokens(TokenAuth {
         user_password: Some((USER.into(), PASSWORD.into())),
@@ -197,14 +190,7 @@ async fn identity_token_is_exchanged_with_oauth2_refresh_grant() {
     let reg = TestRegistry::start().await;
     let proxy = FaultProxy::start(reg.addr).await;
     let dir = tempfile::tempdir().unwrap();
-    let plain = Registry::new(test_config(&dir.path().join("none.json"))).unwrap();
-    let digest = plain
-        .push_blob(
-            &Reference::parse(&reg.reference("oauth/blob")).unwrap(),
-            Bytes::from_static(b"refreshed"),
-        )
-        .await
-        .unwrap();
+    let digest = push_anonymously(&reg, "oauth/blob", b"refreshed").await;
     proxy.require_tokens(TokenAuth {
         user_password: Some((USER.into(), PASSWORD.into())),
         refresh_token: Some("refresh-me".into()),

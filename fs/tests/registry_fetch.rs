@@ -13,7 +13,7 @@ use common::proxy::{Fault, FaultProxy};
 use common::registry::TestRegistry;
 use common::{test_blob, test_config, wait_until};
 use rstargz_fs::registry::{
-    BlobFetcher, Digest, Purpose, Reference, Registry, RegistryError, labels,
+    BlobFetcher, Digest, Purpose, Reference, Registry, RegistryConfig, RegistryError, labels,
     layer_source_from_labels,
 };
 
@@ -24,10 +24,21 @@ struct Fixture {
     digest: Digest,
 }
 
-/// Pushes a `len`-byte blob to `upstream` and returns a client set up for `host`.
+/// Pushes a `len`-byte blob to `upstream` and returns a client for it.
 async fn fixture(upstream: &TestRegistry, len: usize) -> Fixture {
+    fixture_with(upstream, len, |_| {}).await
+}
+
+/// Like [`fixture`], with the client's config adjusted by `tweak`.
+async fn fixture_with(
+    upstream: &TestRegistry,
+    len: usize,
+    tweak: impl FnOnce(&mut RegistryConfig),
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::new(test_config(&dir.path().join("config.json"))).unwrap();
+    let mut config = test_config(&dir.path().join("config.json"));
+    tweak(&mut config);
+    let registry = Registry::new(config).unwrap();
     let blob = test_blob(len, len as u64);
     let digest = registry
         .push_blob(
@@ -398,20 +409,12 @@ async fn transient_errors_are_retried_with_backoff_and_501_is_not() {
 async fn stalled_registry_times_out() {
     let reg = TestRegistry::start().await;
     let proxy = FaultProxy::start(reg.addr).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&dir.path().join("none.json"));
-    config.fetch_timeout = Duration::from_millis(300);
-    config.backoff.max_retries = 1;
-    let registry = Registry::new(config).unwrap();
-    let reference = Reference::parse(&format!("{}/test/blob", proxy.host())).unwrap();
-    let digest = registry
-        .push_blob(
-            &Reference::parse(&reg.reference("test/blob")).unwrap(),
-            Bytes::from_static(b"0123456789"),
-        )
-        .await
-        .unwrap();
-    let fetcher = registry.open_blob(&reference, &digest, None).await.unwrap();
+    let f = fixture_with(&reg, 10, |c| {
+        c.fetch_timeout = Duration::from_millis(300);
+        c.backoff.max_retries = 1;
+    })
+    .await;
+    let fetcher = open(&f, &proxy.host(), None).await;
     proxy.set_fault(Fault::Stall);
     let started = std::time::Instant::now();
     let err = fetcher
@@ -448,20 +451,8 @@ async fn labels_from_prepare_open_the_layer() {
 async fn large_reads_are_split_into_parallel_bounded_requests() {
     let reg = TestRegistry::start().await;
     let proxy = FaultProxy::start(reg.addr).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&dir.path().join("none.json"));
-    config.max_request_bytes = 64 * 1024;
-    let registry = Registry::new(config).unwrap();
-    let blob = test_blob(300_000, 21);
-    let digest = registry
-        .push_blob(
-            &Reference::parse(&reg.reference("test/big")).unwrap(),
-            Bytes::from(blob.clone()),
-        )
-        .await
-        .unwrap();
-    let reference = Reference::parse(&format!("{}/test/big", proxy.host())).unwrap();
-    let fetcher = registry.open_blob(&reference, &digest, None).await.unwrap();
+    let f = fixture_with(&reg, 300_000, |c| c.max_request_bytes = 64 * 1024).await;
+    let fetcher = open(&f, &proxy.host(), None).await;
     proxy.clear_seen();
     let want = [1..300_000, 70_000..70_010];
     let got = fetcher
@@ -470,7 +461,7 @@ async fn large_reads_are_split_into_parallel_bounded_requests() {
         .unwrap();
     for ((r, bytes), w) in got.iter().zip(&want) {
         assert_eq!(r, w);
-        assert_eq!(&bytes[..], &blob[w.start as usize..w.end as usize]);
+        assert_eq!(&bytes[..], &f.blob[w.start as usize..w.end as usize]);
     }
     let mut seen = range_requests(&proxy);
     seen.sort();
@@ -504,21 +495,13 @@ async fn whole_blob_answer_is_accepted_only_when_the_whole_blob_was_asked_for() 
 async fn on_demand_reads_overtake_queued_background_requests() {
     let reg = TestRegistry::start().await;
     let proxy = FaultProxy::start(reg.addr).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&dir.path().join("none.json"));
-    config.max_request_bytes = 64 * 1024;
-    config.max_concurrency_per_host = 1;
-    let registry = Registry::new(config).unwrap();
-    let blob = test_blob(1_400_000, 99);
-    let digest = registry
-        .push_blob(
-            &Reference::parse(&reg.reference("test/prio")).unwrap(),
-            Bytes::from(blob.clone()),
-        )
-        .await
-        .unwrap();
-    let reference = Reference::parse(&format!("{}/test/prio", proxy.host())).unwrap();
-    let fetcher = registry.open_blob(&reference, &digest, None).await.unwrap();
+    let f = fixture_with(&reg, 1_400_000, |c| {
+        c.max_request_bytes = 64 * 1024;
+        c.max_concurrency_per_host = 1;
+    })
+    .await;
+    let blob = &f.blob;
+    let fetcher = open(&f, &proxy.host(), None).await;
     proxy.clear_seen();
 
     let background = {

@@ -7,7 +7,7 @@ mod common;
 use bytes::Bytes;
 use common::proxy::FaultProxy;
 use common::registry::TestRegistry;
-use common::{closed_port, test_blob, test_config};
+use common::{closed_port, push_anonymously, test_blob, test_config};
 use rstargz_fs::registry::{MirrorConfig, Purpose, Reference, Registry};
 
 #[tokio::test]
@@ -16,12 +16,8 @@ async fn hosts_toml_dead_mirror_falls_back_to_next_mirror() {
     let proxy = FaultProxy::start(reg.addr).await;
     let dir = tempfile::tempdir().unwrap();
     let blob = test_blob(70_000, 11);
-    let plain = Registry::new(test_config(&dir.path().join("none.json"))).unwrap();
     let reference = Reference::parse(&reg.reference("mirrored/blob")).unwrap();
-    let digest = plain
-        .push_blob(&reference, Bytes::from(blob.clone()))
-        .await
-        .unwrap();
+    let digest = push_anonymously(&reg, "mirrored/blob", &blob).await;
 
     // The registry name is the origin; its hosts.toml lists a dead mirror,
     // then the proxy as a working mirror, then the origin as server.

@@ -9,7 +9,7 @@ pub mod registry;
 use std::path::Path;
 use std::time::Duration;
 
-use rstargz_fs::registry::{Backoff, RegistryConfig};
+use rstargz_fs::registry::{Backoff, Digest, Reference, Registry, RegistryConfig};
 
 /// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate.
 pub fn test_blob(len: usize, seed: u64) -> Vec<u8> {
@@ -58,4 +58,19 @@ pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Pushes `data` as a blob of `repo` on an auth-less `registry`.
+pub async fn push_anonymously(
+    registry: &registry::TestRegistry,
+    repo: &str,
+    data: &[u8],
+) -> Digest {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Registry::new(test_config(&dir.path().join("none.json"))).unwrap();
+    let reference = Reference::parse(&registry.reference(repo)).unwrap();
+    client
+        .push_blob(&reference, bytes::Bytes::copy_from_slice(data))
+        .await
+        .unwrap()
 }
