@@ -7,10 +7,12 @@ packages=(
   fuse3            # /dev/fuse userspace bits, fusermount3
   containerd runc  # end-to-end tests and the overlayfs benchmark baseline
   docker-registry  # a real OCI registry on 127.0.0.1 for tests
+  apache2-utils    # htpasswd -B for the registry basic-auth tests
   e2fsprogs        # mkfs.ext4 for LCOW scratch disks
   qemu-utils       # qemu-img checks the VHDX we write
   zstd gzip tar    # format round-trip checks with the standard tools
   jq curl
+  openssl          # test CA and certificates for the registry TLS tests
 )
 missing=()
 for p in "${packages[@]}"; do

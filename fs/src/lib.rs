@@ -6,3 +6,4 @@
 //! HTTP or FUSE, so the same code serves local files, registries and fuzzers.
 
 pub mod estargz;
+pub mod registry;

@@ -1,0 +1,405 @@
+//! The public facade [`Registry`]: configuration, HTTP clients per TLS
+//! setting, the authorizer, per-endpoint priority gates and metrics, plus
+//! the one request loop every call goes through (auth header, 401 → refresh
+//! once, retries with backoff for idempotent requests, per-attempt timeout).
+//!
+//! Redirects are never followed by reqwest; callers that expect them
+//! (blob reads) follow them themselves so the target can be cached.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::auth::{AuthTarget, Authorizer};
+use super::credentials::{CredentialStore, default_docker_config_path};
+use super::error::{RegistryError, Result, describe_transport_error};
+use super::gate::{GatePermit, PriorityGate, Purpose};
+use super::hosts::{HostsConfig, RegistryHost, Scheme, resolve_hosts};
+use super::metrics::{FetchMetrics, MetricsSnapshot};
+use super::reference::Reference;
+use super::retry::{Backoff, parse_retry_after, retryable_status};
+
+/// Settings of the registry reader.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// Endpoints: mirrors, hosts.toml directory, insecure hosts.
+    pub hosts: HostsConfig,
+    /// docker config.json; None means `$DOCKER_CONFIG` or `~/.docker`.
+    pub docker_config: Option<PathBuf>,
+    /// Extra directories searched for `docker-credential-*` helpers.
+    pub credential_helper_dirs: Vec<PathBuf>,
+    /// Timeout of one small request (probe, token, manifest).
+    pub request_timeout: Duration,
+    /// Timeout of one range request including its body.
+    pub fetch_timeout: Duration,
+    /// TCP/TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Retry policy.
+    pub backoff: Backoff,
+    /// Concurrent requests per endpoint.
+    pub max_concurrency_per_host: usize,
+    /// Ranges closer than this are fetched as one.
+    pub merge_gap: u64,
+    /// Most ranges in one multi-range request.
+    pub max_ranges_per_request: usize,
+    /// Largest body of one request: longer reads are split into parallel
+    /// requests, which also bounds the memory one response can take.
+    pub max_request_bytes: u64,
+    /// Never send multi-range requests.
+    pub force_single_range: bool,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            hosts: HostsConfig::default(),
+            docker_config: None,
+            credential_helper_dirs: Vec::new(),
+            request_timeout: Duration::from_secs(30),
+            fetch_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+            backoff: Backoff::default(),
+            max_concurrency_per_host: 8,
+            merge_gap: 64 * 1024,
+            max_ranges_per_request: 64,
+            max_request_bytes: 4 << 20,
+            force_single_range: false,
+        }
+    }
+}
+
+/// Entry point for reading from (and pushing to) OCI registries.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    pub(crate) inner: Arc<RegistryInner>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct TlsKey {
+    skip_verify: bool,
+    ca_files: Vec<PathBuf>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RegistryInner {
+    pub(crate) config: RegistryConfig,
+    authorizer: Authorizer,
+    clients: Mutex<HashMap<TlsKey, reqwest::Client>>,
+    gates: Mutex<HashMap<String, Arc<PriorityGate>>>,
+    pub(crate) metrics: FetchMetrics,
+}
+
+/// Where and how one request is sent.
+pub(crate) struct RequestSpec<'a> {
+    /// The registry endpoint the request belongs to (gate, TLS, auth).
+    pub host: &'a RegistryHost,
+    /// Repository (auth scope and error messages).
+    pub repository: &'a str,
+    /// Token scope.
+    pub scope: &'a str,
+    /// Send the endpoint's Authorization and configured headers
+    /// (false for redirect targets such as presigned URLs).
+    pub authorize: bool,
+    /// Retry on connection errors, 429 and 5xx.
+    pub idempotent: bool,
+    /// Priority and metrics bucket.
+    pub purpose: Purpose,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+}
+
+/// A response together with the concurrency slot it occupies.
+pub(crate) struct GatedResponse {
+    pub response: reqwest::Response,
+    pub purpose: Purpose,
+    pub _permit: GatePermit,
+}
+
+impl Registry {
+    /// Builds a registry reader; loads docker credentials now.
+    pub fn new(config: RegistryConfig) -> Result<Self> {
+        let credentials = match config
+            .docker_config
+            .clone()
+            .or_else(default_docker_config_path)
+        {
+            Some(path) => CredentialStore::from_docker_config(&path)?,
+            None => CredentialStore::anonymous(),
+        }
+        .with_helper_dirs(config.credential_helper_dirs.clone());
+        let token_client = build_client(
+            &config,
+            &TlsKey {
+                skip_verify: false,
+                ca_files: Vec::new(),
+            },
+        )?;
+        let authorizer = Authorizer::new(credentials, token_client.clone(), config.request_timeout);
+        let mut clients = HashMap::new();
+        clients.insert(
+            TlsKey {
+                skip_verify: false,
+                ca_files: Vec::new(),
+            },
+            token_client,
+        );
+        Ok(Self {
+            inner: Arc::new(RegistryInner {
+                config,
+                authorizer,
+                clients: Mutex::new(clients),
+                gates: Mutex::new(HashMap::new()),
+                metrics: FetchMetrics::default(),
+            }),
+        })
+    }
+
+    /// Endpoints for `reference`, in the order they are tried.
+    pub fn hosts_for(&self, reference: &Reference) -> Result<Vec<RegistryHost>> {
+        resolve_hosts(&self.inner.config.hosts, &reference.registry)
+    }
+
+    /// Traffic counters.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics.snapshot()
+    }
+}
+
+fn build_client(config: &RegistryConfig, tls: &TlsKey) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(config.connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .danger_accept_invalid_certs(tls.skip_verify);
+    for path in &tls.ca_files {
+        let pem = std::fs::read(path).map_err(|source| RegistryError::Io {
+            context: format!("reading CA certificate {}", path.display()),
+            source,
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
+            RegistryError::HostsConfig {
+                path: path.display().to_string(),
+                reason: "not a PEM certificate bundle".into(),
+            }
+        })?;
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    builder.build().map_err(|e| RegistryError::HostsConfig {
+        path: "TLS".into(),
+        reason: describe_transport_error(e),
+    })
+}
+
+/// Token scope for reading a repository.
+pub(crate) fn pull_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull")
+}
+
+/// Token scope for writing a repository.
+pub(crate) fn push_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull,push")
+}
+
+impl RegistryInner {
+    fn client_for(&self, host: &RegistryHost) -> Result<reqwest::Client> {
+        let key = TlsKey {
+            skip_verify: host.skip_verify && host.scheme == Scheme::Https,
+            ca_files: host.ca_files.clone(),
+        };
+        if let Some(c) = self.clients.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(c);
+        }
+        let client = build_client(&self.config, &key)?;
+        if let Ok(mut m) = self.clients.lock() {
+            m.insert(key, client.clone());
+        }
+        Ok(client)
+    }
+
+    fn gate_for(&self, host: &RegistryHost) -> Arc<PriorityGate> {
+        let capacity = self.config.max_concurrency_per_host;
+        match self.gates.lock() {
+            Ok(mut m) => m
+                .entry(host.host.clone())
+                .or_insert_with(|| PriorityGate::new(capacity))
+                .clone(),
+            Err(_) => PriorityGate::new(capacity),
+        }
+    }
+
+    /// Sends a request built by `build` (called once per attempt) and returns
+    /// the first response that is neither retryable nor a 401 we could fix.
+    pub(crate) async fn execute(
+        &self,
+        spec: &RequestSpec<'_>,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<GatedResponse> {
+        let client = self.client_for(spec.host)?;
+        let gate = self.gate_for(spec.host);
+        let target = AuthTarget {
+            host: &spec.host.host,
+            repository: spec.repository,
+            scope: spec.scope,
+            plain_http: spec.host.scheme == Scheme::Http,
+        };
+        let host_name = spec.host.host.clone();
+        let mut auth_override: Option<String> = None;
+        let mut refreshed_auth = false;
+        let mut attempt = 0u32;
+        loop {
+            let permit = gate.acquire(spec.purpose).await;
+            let mut request = build(&client)
+                .timeout(spec.timeout)
+                .header(reqwest::header::ACCEPT_ENCODING, "identity");
+            if spec.authorize {
+                request = request.headers(configured_headers(spec.host));
+                let auth = match &auth_override {
+                    Some(a) => Some(a.clone()),
+                    None => self.authorizer.header(&target).await?,
+                };
+                if let Some(a) = auth {
+                    request = request.header(reqwest::header::AUTHORIZATION, a);
+                }
+            }
+            self.metrics.request(spec.purpose);
+            let outcome = request.send().await;
+            let retry_after;
+            match outcome {
+                Err(e) => {
+                    let err = if e.is_timeout() {
+                        RegistryError::Timeout {
+                            host: host_name.clone(),
+                        }
+                    } else {
+                        RegistryError::Unreachable {
+                            host: host_name.clone(),
+                            reason: describe_transport_error(e),
+                        }
+                    };
+                    if !spec.idempotent || attempt >= self.config.backoff.max_retries {
+                        return Err(err);
+                    }
+                    tracing::debug!(host = %host_name, attempt, error = %err, "retrying registry request");
+                    retry_after = None;
+                }
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    if status == 401 && spec.authorize {
+                        if refreshed_auth {
+                            return Err(RegistryError::Unauthorized {
+                                host: host_name,
+                                repository: spec.repository.to_string(),
+                            });
+                        }
+                        refreshed_auth = true;
+                        let challenge = response
+                            .headers()
+                            .get_all(reqwest::header::WWW_AUTHENTICATE)
+                            .iter()
+                            .filter_map(|v| v.to_str().ok())
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        drop(response);
+                        drop(permit);
+                        match self.authorizer.on_unauthorized(&target, &challenge).await? {
+                            Some(header) => {
+                                auth_override = Some(header);
+                                continue;
+                            }
+                            None => {
+                                return Err(RegistryError::Unauthorized {
+                                    host: host_name,
+                                    repository: spec.repository.to_string(),
+                                });
+                            }
+                        }
+                    }
+                    if !(spec.idempotent
+                        && retryable_status(status)
+                        && attempt < self.config.backoff.max_retries)
+                    {
+                        return Ok(GatedResponse {
+                            response,
+                            purpose: spec.purpose,
+                            _permit: permit,
+                        });
+                    }
+                    retry_after = header_str(&response, reqwest::header::RETRY_AFTER)
+                        .and_then(parse_retry_after);
+                    tracing::debug!(host = %host_name, attempt, status, "retrying registry request");
+                }
+            }
+            drop(permit);
+            self.metrics.retry();
+            tokio::time::sleep(self.config.backoff.delay(attempt, retry_after)).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// A response header as text, if present and printable.
+pub(crate) fn header_str(response: &reqwest::Response, name: HeaderName) -> Option<&str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn configured_headers(host: &RegistryHost) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in &host.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            map.append(k, v);
+        }
+    }
+    map
+}
+
+/// Reads a response body, failing as soon as it would exceed `limit` bytes
+/// (checked against Content-Length first, then while streaming).
+pub(crate) async fn read_body_limited(
+    gated: GatedResponse,
+    limit: u64,
+    metrics: &FetchMetrics,
+) -> Result<Bytes> {
+    let GatedResponse {
+        mut response,
+        purpose,
+        _permit,
+    } = gated;
+    let host = response.url().host_str().unwrap_or_default().to_string();
+    let too_large = |host: String| RegistryError::Protocol {
+        host,
+        reason: format!("response body larger than the expected {limit} bytes"),
+    };
+    if response.content_length().is_some_and(|l| l > limit) {
+        return Err(too_large(host));
+    }
+    let mut buf =
+        BytesMut::with_capacity(response.content_length().unwrap_or(0).min(limit) as usize);
+    loop {
+        let chunk = response.chunk().await.map_err(|e| {
+            if e.is_timeout() {
+                RegistryError::Timeout { host: host.clone() }
+            } else {
+                RegistryError::Unreachable {
+                    host: host.clone(),
+                    reason: describe_transport_error(e),
+                }
+            }
+        })?;
+        let Some(chunk) = chunk else { break };
+        metrics.bytes(purpose, chunk.len() as u64);
+        if buf.len() as u64 + chunk.len() as u64 > limit {
+            return Err(too_large(host));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}

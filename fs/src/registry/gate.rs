@@ -1,0 +1,189 @@
+//! Bounded concurrency per registry endpoint with priorities: a request may
+//! start only when a slot is free and no request of a more urgent
+//! [`Purpose`] is waiting, so on-demand reads overtake prefetch and
+//! background fetches. Cancel-safe: a dropped waiter unregisters itself.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+/// Why a request is made; decides its priority.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    /// A reader is blocked on this data (FUSE read).
+    OnDemand,
+    /// Prefetch of the layer's landmark region.
+    Prefetch,
+    /// Background fetch of the rest of the layer.
+    Background,
+}
+
+impl Purpose {
+    /// All purposes, most urgent first.
+    pub const ALL: [Purpose; 3] = [Purpose::OnDemand, Purpose::Prefetch, Purpose::Background];
+
+    /// Index into per-purpose arrays (0 = most urgent).
+    pub fn index(self) -> usize {
+        match self {
+            Self::OnDemand => 0,
+            Self::Prefetch => 1,
+            Self::Background => 2,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    in_use: usize,
+    waiting: [usize; 3],
+}
+
+/// A priority-aware counting semaphore.
+#[derive(Debug)]
+pub struct PriorityGate {
+    capacity: usize,
+    state: Mutex<GateState>,
+    notify: Notify,
+}
+
+/// A held slot; released on drop.
+#[derive(Debug)]
+pub struct GatePermit {
+    gate: Arc<PriorityGate>,
+}
+
+impl Drop for GatePermit {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.gate.state.lock() {
+            s.in_use = s.in_use.saturating_sub(1);
+        }
+        self.gate.notify.notify_waiters();
+    }
+}
+
+struct WaitingGuard<'a> {
+    gate: &'a PriorityGate,
+    level: usize,
+    registered: bool,
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        if self.registered {
+            if let Ok(mut s) = self.gate.state.lock() {
+                s.waiting[self.level] = s.waiting[self.level].saturating_sub(1);
+            }
+            // A less urgent waiter may now be allowed to go.
+            self.gate.notify.notify_waiters();
+        }
+    }
+}
+
+impl PriorityGate {
+    /// A gate with `capacity` slots (at least 1).
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            capacity: capacity.max(1),
+            state: Mutex::new(GateState::default()),
+            notify: Notify::new(),
+        })
+    }
+
+    /// Waits for a slot for a request of `purpose`.
+    pub async fn acquire(self: &Arc<Self>, purpose: Purpose) -> GatePermit {
+        let level = purpose.index();
+        let mut guard = WaitingGuard {
+            gate: self,
+            level,
+            registered: false,
+        };
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let Ok(mut s) = self.state.lock() else {
+                    // A poisoned lock means a panic elsewhere; do not block forever.
+                    return GatePermit { gate: self.clone() };
+                };
+                let more_urgent_waiting = s.waiting[..level].iter().any(|w| *w > 0);
+                if s.in_use < self.capacity && !more_urgent_waiting {
+                    s.in_use += 1;
+                    if guard.registered {
+                        s.waiting[level] -= 1;
+                        guard.registered = false;
+                    }
+                    return GatePermit { gate: self.clone() };
+                }
+                if !guard.registered {
+                    s.waiting[level] += 1;
+                    guard.registered = true;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Slots currently held (for tests and metrics).
+    pub fn in_use(&self) -> usize {
+        self.state.lock().map(|s| s.in_use).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn on_demand_overtakes_background() {
+        let gate = PriorityGate::new(1);
+        let held = gate.acquire(Purpose::Background).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        // Background waiters queue first, then one on-demand waiter.
+        for (i, p) in [Purpose::Background, Purpose::Background, Purpose::OnDemand]
+            .into_iter()
+            .enumerate()
+        {
+            let (g, o) = (gate.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let _p = g.acquire(p).await;
+                o.lock().unwrap().push(p);
+            }));
+            // Wait until this waiter is registered before starting the next.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while gate.state.lock().unwrap().waiting.iter().sum::<usize>() < i + 1 {
+                assert!(tokio::time::Instant::now() < deadline);
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(held);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        assert_eq!(order[0], Purpose::OnDemand, "{order:?}");
+        assert_eq!(order.len(), 3);
+        assert_eq!(gate.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn cancelled_waiter_unregisters() {
+        let gate = PriorityGate::new(1);
+        let held = gate.acquire(Purpose::Background).await;
+        let waiter = gate.acquire(Purpose::OnDemand);
+        // Poll once so it registers, then drop it.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), waiter)
+                .await
+                .is_err()
+        );
+        drop(held);
+        // A background request must not be blocked by the vanished on-demand one.
+        let p =
+            tokio::time::timeout(Duration::from_secs(5), gate.acquire(Purpose::Background)).await;
+        assert!(p.is_ok());
+    }
+}

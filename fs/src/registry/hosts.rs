@@ -1,0 +1,454 @@
+//! Which endpoints serve a registry, in the order to try them.
+//!
+//! Sources, tried in this order: mirrors from our own config, then the
+//! `[host."…"]` entries of containerd's `<certs_dir>/<host>/hosts.toml` in
+//! file order, then its `server` (or the origin when it has none). The
+//! directory lookup follows containerd: `<host>_<port>_`, `<host:port>`,
+//! `_default`. Plain HTTP is used only when a host is written with `http://`,
+//! is listed as insecure, or is a loopback address; TLS verification is on
+//! unless `skip_verify` says otherwise.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::error::{RegistryError, Result};
+use super::reference::{DOCKER_HUB, DOCKER_HUB_API_HOST, is_loopback_host};
+
+/// URL scheme of a registry endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// Plain HTTP (insecure or loopback hosts only).
+    Http,
+    /// HTTPS.
+    Https,
+}
+
+/// What an endpoint may be used for (containerd's host capabilities).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Blobs and manifests by digest.
+    pub pull: bool,
+    /// Tags to digests.
+    pub resolve: bool,
+    /// Uploads.
+    pub push: bool,
+}
+
+impl Capabilities {
+    /// All capabilities (the default for an origin).
+    pub const ALL: Self = Self {
+        pull: true,
+        resolve: true,
+        push: true,
+    };
+}
+
+/// One endpoint that may serve a registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryHost {
+    /// http or https.
+    pub scheme: Scheme,
+    /// `host[:port]`.
+    pub host: String,
+    /// API root path, normally `/v2`.
+    pub path_prefix: String,
+    /// What the endpoint may be used for.
+    pub capabilities: Capabilities,
+    /// Skip TLS certificate verification.
+    pub skip_verify: bool,
+    /// Extra CA certificate files (PEM).
+    pub ca_files: Vec<PathBuf>,
+    /// Extra headers sent to this endpoint (not to redirect targets).
+    pub headers: Vec<(String, String)>,
+    /// Whether this is a mirror rather than the registry itself (mirrors get
+    /// `?ns=<registry>` like containerd does).
+    pub is_mirror: bool,
+}
+
+impl RegistryHost {
+    /// `scheme://host/v2` without a trailing slash.
+    pub fn api_root(&self) -> String {
+        let scheme = match self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        format!(
+            "{scheme}://{}{}",
+            self.host,
+            self.path_prefix.trim_end_matches('/')
+        )
+    }
+}
+
+/// A mirror in our own configuration.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct MirrorConfig {
+    /// `host[:port]`, optionally with `http(s)://` and a path prefix.
+    pub host: String,
+    /// Use plain HTTP.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// Registry endpoint configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostsConfig {
+    /// containerd's certs.d directory, e.g. `/etc/containerd/certs.d`.
+    pub certs_dir: Option<PathBuf>,
+    /// Mirrors per registry name (as written in references, e.g. `docker.io`).
+    pub mirrors: HashMap<String, Vec<MirrorConfig>>,
+    /// Registry hosts to reach over plain HTTP.
+    pub insecure_hosts: Vec<String>,
+}
+
+/// The ordered endpoints for `registry` (a reference's registry name).
+pub fn resolve_hosts(config: &HostsConfig, registry: &str) -> Result<Vec<RegistryHost>> {
+    let origin_host = if registry == DOCKER_HUB {
+        DOCKER_HUB_API_HOST
+    } else {
+        registry
+    };
+    let insecure = |h: &str| is_loopback_host(h) || config.insecure_hosts.iter().any(|i| i == h);
+    let mut hosts = Vec::new();
+    for mirror in config.mirrors.get(registry).into_iter().flatten() {
+        let default_scheme = if mirror.insecure {
+            Scheme::Http
+        } else {
+            Scheme::Https
+        };
+        let mut h = endpoint_from_url(&mirror.host, default_scheme, false, "mirror config")?;
+        if insecure(&h.host) && !mirror.host.starts_with("https://") {
+            h.scheme = Scheme::Http;
+        }
+        h.is_mirror = true;
+        hosts.push(h);
+    }
+    let from_file = match &config.certs_dir {
+        Some(dir) => load_host_dir(dir, registry)?,
+        None => None,
+    };
+    let server = match from_file {
+        Some(file) => {
+            hosts.extend(file.mirrors.into_iter().map(|mut h| {
+                h.is_mirror = h.host != origin_host;
+                h
+            }));
+            file.server
+        }
+        None => None,
+    };
+    let mut last = match server {
+        Some(s) => s,
+        None => RegistryHost {
+            scheme: if insecure(origin_host) || insecure(registry) {
+                Scheme::Http
+            } else {
+                Scheme::Https
+            },
+            host: origin_host.to_string(),
+            path_prefix: "/v2".to_string(),
+            capabilities: Capabilities::ALL,
+            skip_verify: false,
+            ca_files: Vec::new(),
+            headers: Vec::new(),
+            is_mirror: false,
+        },
+    };
+    last.is_mirror = last.host != origin_host;
+    hosts.push(last);
+    Ok(hosts)
+}
+
+/// Settings shared by `server` (top level) and `[host."…"]` tables.
+#[derive(Debug, Default, Deserialize)]
+struct HostFields {
+    capabilities: Option<Vec<String>>,
+    ca: Option<StringOrList>,
+    skip_verify: Option<bool>,
+    header: Option<HashMap<String, StringOrList>>,
+    #[serde(default)]
+    override_path: bool,
+    /// Client certificates (mutual TLS): recognised but not supported yet.
+    client: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct HostsFile {
+    server: Option<String>,
+    #[serde(flatten)]
+    root: HostFields,
+    // With toml's preserve_order feature this map keeps file order, which is
+    // the order containerd tries mirrors in.
+    #[serde(default)]
+    host: toml::Table,
+}
+
+struct LoadedHostsFile {
+    mirrors: Vec<RegistryHost>,
+    server: Option<RegistryHost>,
+}
+
+fn host_dir_candidates(root: &Path, registry: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(i) = registry.rfind(':')
+        && i > 0
+    {
+        out.push(root.join(format!("{}_{}_", &registry[..i], &registry[i + 1..])));
+    }
+    out.push(root.join(registry));
+    out.push(root.join("_default"));
+    out
+}
+
+fn load_host_dir(root: &Path, registry: &str) -> Result<Option<LoadedHostsFile>> {
+    for dir in host_dir_candidates(root, registry) {
+        let file = dir.join("hosts.toml");
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                return parse_hosts_file(&dir, &text, &file.display().to_string()).map(Some);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(RegistryError::Io {
+                    context: format!("reading {}", file.display()),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn parse_hosts_file(dir: &Path, text: &str, origin: &str) -> Result<LoadedHostsFile> {
+    let bad = |reason: String| RegistryError::HostsConfig {
+        path: origin.to_string(),
+        reason,
+    };
+    let file: HostsFile = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
+    let mut mirrors = Vec::new();
+    for (url, table) in file.host {
+        let fields: HostFields = table
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(format!("[host.{url:?}]: {}", e.message())))?;
+        mirrors.push(configured_host(dir, &url, fields, origin)?);
+    }
+    let server = match file.server {
+        Some(url) => Some(configured_host(dir, &url, file.root, origin)?),
+        None => None,
+    };
+    Ok(LoadedHostsFile { mirrors, server })
+}
+
+fn configured_host(
+    dir: &Path,
+    url: &str,
+    fields: HostFields,
+    origin: &str,
+) -> Result<RegistryHost> {
+    let mut h = endpoint_from_url(url, Scheme::Https, fields.override_path, origin)?;
+    if let Some(caps) = fields.capabilities {
+        let mut c = Capabilities {
+            pull: false,
+            resolve: false,
+            push: false,
+        };
+        for cap in caps {
+            match cap.to_ascii_lowercase().as_str() {
+                "pull" => c.pull = true,
+                "resolve" => c.resolve = true,
+                "push" => c.push = true,
+                other => {
+                    return Err(RegistryError::HostsConfig {
+                        path: origin.to_string(),
+                        reason: format!("unknown capability {other:?}"),
+                    });
+                }
+            }
+        }
+        h.capabilities = c;
+    }
+    if fields.client.is_some() {
+        tracing::warn!(host = %h.host, file = origin, "hosts.toml `client` certificates are not supported yet; ignored");
+    }
+    h.skip_verify = fields.skip_verify.unwrap_or(false);
+    h.ca_files = fields
+        .ca
+        .map(StringOrList::into_vec)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| dir.join(p)) // join keeps absolute paths as they are
+        .collect();
+    h.headers = fields
+        .header
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|(k, v)| v.into_vec().into_iter().map(move |v| (k.clone(), v)))
+        .collect();
+    Ok(h)
+}
+
+/// Parses `[http(s)://]host[:port][/path]` the way containerd does: no
+/// scheme means https, and the path gets `/v2` appended unless overridden.
+fn endpoint_from_url(
+    url: &str,
+    default_scheme: Scheme,
+    override_path: bool,
+    origin: &str,
+) -> Result<RegistryHost> {
+    let (scheme, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (Scheme::Https, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (Scheme::Http, r)
+    } else {
+        (default_scheme, url)
+    };
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if host.is_empty() || host.contains(['@', '?', '#', ' ']) {
+        return Err(RegistryError::HostsConfig {
+            path: origin.to_string(),
+            reason: format!("invalid host URL {url:?}"),
+        });
+    }
+    let path = path.trim_end_matches('/');
+    let path_prefix = if override_path || path.ends_with("/v2") {
+        path.to_string()
+    } else {
+        format!("{path}/v2")
+    };
+    Ok(RegistryHost {
+        scheme,
+        host: host.to_string(),
+        path_prefix,
+        capabilities: Capabilities::ALL,
+        skip_verify: false,
+        ca_files: Vec::new(),
+        headers: Vec::new(),
+        is_mirror: false,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_defaults() {
+        let c = HostsConfig::default();
+        let h = resolve_hosts(&c, "docker.io").unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].api_root(), "https://registry-1.docker.io/v2");
+        assert!(!h[0].is_mirror);
+        let h = resolve_hosts(&c, "127.0.0.1:5000").unwrap();
+        assert_eq!(h[0].api_root(), "http://127.0.0.1:5000/v2");
+        let c = HostsConfig {
+            insecure_hosts: vec!["reg.lan:5000".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve_hosts(&c, "reg.lan:5000").unwrap()[0].scheme,
+            Scheme::Http
+        );
+        assert_eq!(
+            resolve_hosts(&c, "reg.lan").unwrap()[0].scheme,
+            Scheme::Https
+        );
+    }
+
+    #[test]
+    fn hosts_toml_in_file_order_then_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let host_dir = dir.path().join("reg.example_5000_");
+        std::fs::create_dir_all(&host_dir).unwrap();
+        std::fs::write(
+            host_dir.join("hosts.toml"),
+            r#"
+server = "https://reg.example:5000"
+ca = "root.pem"
+
+[host."https://zzz.mirror/prefix"]
+  capabilities = ["pull", "resolve"]
+  skip_verify = true
+  ca = ["/abs/ca.pem", "rel.pem"]
+  [host."https://zzz.mirror/prefix".header]
+    x-custom = "1"
+
+[host."http://aaa.mirror:8080"]
+  capabilities = ["pull"]
+  override_path = true
+"#,
+        )
+        .unwrap();
+        let mut c = HostsConfig {
+            certs_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        c.mirrors.insert(
+            "reg.example:5000".into(),
+            vec![MirrorConfig {
+                host: "first.mirror".into(),
+                insecure: false,
+            }],
+        );
+        let h = resolve_hosts(&c, "reg.example:5000").unwrap();
+        let roots: Vec<_> = h.iter().map(RegistryHost::api_root).collect();
+        assert_eq!(
+            roots,
+            [
+                "https://first.mirror/v2",
+                "https://zzz.mirror/prefix/v2",
+                "http://aaa.mirror:8080",
+                "https://reg.example:5000/v2"
+            ]
+        );
+        assert!(h[1].skip_verify && h[1].is_mirror && !h[1].capabilities.push);
+        assert_eq!(
+            h[1].ca_files,
+            [PathBuf::from("/abs/ca.pem"), host_dir.join("rel.pem")]
+        );
+        assert_eq!(h[1].headers, [("x-custom".to_string(), "1".to_string())]);
+        assert!(!h[2].capabilities.resolve && h[2].capabilities.pull);
+        assert!(!h[3].is_mirror && h[3].capabilities.push);
+        assert_eq!(h[3].ca_files, [host_dir.join("root.pem")]);
+    }
+
+    #[test]
+    fn bad_hosts_toml_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("_default")).unwrap();
+        std::fs::write(
+            dir.path().join("_default/hosts.toml"),
+            "[host.\"x\"]\ncapabilities = [\"fly\"]\n",
+        )
+        .unwrap();
+        let c = HostsConfig {
+            certs_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            resolve_hosts(&c, "any.io"),
+            Err(RegistryError::HostsConfig { .. })
+        ));
+    }
+}

@@ -1,0 +1,217 @@
+//! Starts Debian's `docker-registry` with our own minimal config on a free
+//! 127.0.0.1 port (optionally with htpasswd basic auth) and kills it on drop.
+//! A missing binary fails the test: scripts/setup.sh installs it.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BINARY: &str = "/usr/bin/docker-registry";
+
+/// A running registry.
+pub struct TestRegistry {
+    child: Child,
+    /// Listening address.
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+    tls: bool,
+}
+
+impl TestRegistry {
+    /// A registry without auth.
+    pub async fn start() -> Self {
+        Self::start_inner(None, false).await
+    }
+
+    /// A registry serving HTTPS with a leaf certificate for 127.0.0.1 signed
+    /// by a fresh test CA; the CA is at [`Self::ca_path`].
+    pub async fn start_tls() -> Self {
+        Self::start_inner(None, true).await
+    }
+
+    /// The test CA certificate (PEM) of a TLS registry.
+    pub fn ca_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A registry requiring basic auth for `user`/`password` (bcrypt via `htpasswd -Bbn`).
+    pub async fn start_with_htpasswd(user: &str, password: &str) -> Self {
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", user, password])
+            .output()
+            .expect("htpasswd (apache2-utils) must be installed: run scripts/setup.sh");
+        assert!(out.status.success(), "htpasswd failed");
+        Self::start_inner(Some(String::from_utf8(out.stdout).unwrap()), false).await
+    }
+
+    async fn start_inner(htpasswd: Option<String>, tls: bool) -> Self {
+        assert!(
+            std::path::Path::new(BINARY).exists(),
+            "{BINARY} is missing: install the docker-registry package (scripts/setup.sh)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::closed_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        if let Some(line) = htpasswd {
+            let path = dir.path().join("htpasswd");
+            std::fs::write(&path, line).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+                path.display()
+            ));
+        }
+        if tls {
+            make_certificates(dir.path());
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.path().join("leaf.pem").display(),
+                dir.path().join("leaf.key").display()
+            ));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new(BINARY)
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut reg = Self {
+            child,
+            addr,
+            dir,
+            tls,
+        };
+        reg.wait_ready().await;
+        reg
+    }
+
+    async fn wait_ready(&mut self) {
+        // Readiness only: the tests themselves check certificates.
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        let scheme = if self.tls { "https" } else { "http" };
+        let url = format!("{scheme}://{}/v2/", self.addr);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(self.dir.path().join("registry.log"))
+                    .unwrap_or_default();
+                panic!("docker-registry exited with {status}: {log}");
+            }
+            if let Ok(r) = client
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                && (r.status().is_success() || r.status() == 401)
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "docker-registry did not answer on {url}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// A reference string for `repo` on this registry.
+    pub fn reference(&self, repo: &str) -> String {
+        format!("{}/{repo}:latest", self.addr)
+    }
+}
+
+/// Writes ca.pem/ca.key and leaf.pem/leaf.key (SAN IP:127.0.0.1) into `dir`
+/// with the openssl CLI.
+fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl must be installed: run scripts/setup.sh");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"],
+        &ec[..],
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=rstargz test CA",
+            "-days",
+            "2",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"],
+        &ec[..],
+        &[
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
