@@ -12,6 +12,7 @@ pub mod footer;
 pub mod index;
 pub mod reader;
 pub mod toc;
+pub mod writer;
 
 pub use chunk::{Verify, decode_chunk, decode_chunk_into};
 pub use digest::Digest;
@@ -20,3 +21,4 @@ pub use footer::{Compression, Footer, FooterKind, parse_footer};
 pub use index::{Chunk, Index, Ino, Limits, Node, NodeKind, Prefetch, ROOT_INO};
 pub use reader::{FileSource, Layer, OpenOptions, ReadAt, read_footer, read_toc};
 pub use toc::{DecodedToc, Toc, TocEntry, decode_toc};
+pub use writer::{ConvertOutput, WriterOptions, convert};
