@@ -156,17 +156,20 @@ fn zstd_footer(payload: &[u8], kind: FooterKind, footer_size: usize) -> Option<F
 
 /// Gzip header of both footers up to (not including) XLEN.
 const GZIP_FOOTER_PREFIX: [u8; 4] = [0x1f, 0x8b, 0x08, 0x04];
+/// Final empty stored block, then CRC32 0 and ISIZE 0: the footer member is empty.
+const EMPTY_GZIP_BODY: [u8; 13] = [0x01, 0x00, 0x00, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0];
 
 fn parse_gzip(tail: &[u8]) -> Option<Footer> {
     if let Some(f) = last(tail, ESTARGZ_FOOTER_SIZE)
         && f[..4] == GZIP_FOOTER_PREFIX
         && f[10..12] == [26, 0]
         && f[12..16] == [b'S', b'G', 22, 0]
+        && f[38..] == EMPTY_GZIP_BODY
     {
         return gzip_footer(&f[16..38], FooterKind::Estargz, ESTARGZ_FOOTER_SIZE);
     }
     let f = last(tail, LEGACY_FOOTER_SIZE)?;
-    if f[..4] != GZIP_FOOTER_PREFIX || f[10..12] != [22, 0] {
+    if f[..4] != GZIP_FOOTER_PREFIX || f[10..12] != [22, 0] || f[34..] != EMPTY_GZIP_BODY {
         return None;
     }
     gzip_footer(&f[12..34], FooterKind::LegacyStargz, LEGACY_FOOTER_SIZE)
