@@ -8,6 +8,7 @@
 pub mod chunk;
 pub mod digest;
 pub mod error;
+pub mod extract;
 pub mod footer;
 pub mod index;
 pub mod reader;
@@ -17,6 +18,7 @@ pub mod writer;
 pub use chunk::{Verify, decode_chunk, decode_chunk_into};
 pub use digest::Digest;
 pub use error::{EntryError, Error, Result};
+pub use extract::{ExtractError, ExtractStats, extract};
 pub use footer::{Compression, Footer, FooterKind, parse_footer};
 pub use index::{Chunk, Index, Ino, Limits, Node, NodeKind, Prefetch, ROOT_INO};
 pub use reader::{FileSource, Layer, OpenOptions, ReadAt, read_footer, read_toc};
