@@ -32,7 +32,8 @@ fn saved_fuzz_inputs_do_not_panic() {
 
 #[test]
 fn truncations_of_golden_blobs_do_not_panic() {
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/estargz/links.zstd.estargz");
+    let golden =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/estargz/links.zstd.estargz");
     let data = std::fs::read(golden).expect("golden blob");
     for cut in (0..data.len()).step_by(97) {
         fuzz_blob(&data[cut..]);

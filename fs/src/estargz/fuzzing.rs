@@ -23,7 +23,9 @@ pub fn fuzz_blob(data: &[u8]) {
         verify: Verify::Enabled,
         expected_toc_digest: None,
     };
-    let Ok(layer) = Layer::open(data, &opts) else { return };
+    let Ok(layer) = Layer::open(data, &opts) else {
+        return;
+    };
     let index = layer.index();
     let mut buf = vec![0u8; 4096];
     for ino in 1..=index.len() as u32 {
@@ -35,8 +37,12 @@ pub fn fuzz_blob(data: &[u8]) {
 
 /// TOC JSON path: parse and build the index against a 1 MiB payload.
 pub fn fuzz_toc_json(data: &[u8]) {
-    let Ok(toc) = parse_toc_json(data) else { return };
-    let Ok(index) = Index::build_with_payload_end(&toc, 1 << 20, &limits()) else { return };
+    let Ok(toc) = parse_toc_json(data) else {
+        return;
+    };
+    let Ok(index) = Index::build_with_payload_end(&toc, 1 << 20, &limits()) else {
+        return;
+    };
     for ino in 1..=index.len() as u32 {
         let _ = index.children(ino).count();
         let _ = index.chunks_for_range(ino, 0, u64::MAX);

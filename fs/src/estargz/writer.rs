@@ -234,11 +234,12 @@ fn scan(spool: &File) -> Result<Vec<InputEntry>> {
             size: if kind == "reg" { entry.size() } else { 0 },
             data_pos: entry.raw_file_position(),
             mode: header.mode().map_err(bad)? & 0o7777,
-            uid: header.uid().map_err(bad)?,
-            gid: header.gid().map_err(bad)?,
+            // Empty numeric fields mean 0, as Go's archive/tar reads them.
+            uid: header.uid().unwrap_or(0),
+            gid: header.gid().unwrap_or(0),
             uname: header.username().ok().flatten().unwrap_or("").to_owned(),
             gname: header.groupname().ok().flatten().unwrap_or("").to_owned(),
-            mtime: header.mtime().map_err(bad)? as i64,
+            mtime: header.mtime().unwrap_or(0) as i64,
             link,
             dev: (
                 header.device_major().ok().flatten().unwrap_or(0),
