@@ -664,16 +664,17 @@ impl Builder {
                 }));
             }
         }
-        if e.chunk_size > self.limits.max_chunk_size {
-            return Err(err(EntryError::OutOfRange("chunkSize")));
-        }
+        let provisional_size = u32::try_from(e.chunk_size)
+            .ok()
+            .filter(|_| e.chunk_size <= self.limits.max_chunk_size)
+            .ok_or_else(|| err(EntryError::OutOfRange("chunkSize")))?;
         self.chunks.push(Chunk {
             chunk_offset: e.chunk_offset,
             offset: e.offset,
             compressed_end: 0,
             inner_offset: e.inner_offset,
             // Provisional; `finish_file` sets the real length (0 means "to the end").
-            size: e.chunk_size as u32,
+            size: provisional_size,
             digest,
             zeros,
         });
@@ -704,14 +705,12 @@ impl Builder {
                     c.chunk_offset
                 )));
             };
-            if len == 0 || len > self.limits.max_chunk_size {
-                return Err(Error::entry(
-                    file.index,
-                    &e.name,
-                    EntryError::OutOfRange("chunk size"),
-                ));
-            }
-            c.size = len as u32;
+            c.size = u32::try_from(len)
+                .ok()
+                .filter(|&l| l > 0 && u64::from(l) <= self.limits.max_chunk_size)
+                .ok_or_else(|| {
+                    Error::entry(file.index, &e.name, EntryError::OutOfRange("chunk size"))
+                })?;
             expect = c.chunk_offset + len;
         }
         if expect != size {

@@ -23,7 +23,7 @@ use sha2::{Digest as _, Sha256};
 use super::digest::Digest;
 use super::error::{Error, Result};
 use super::footer::{Compression, estargz_footer, zstd_footer_bytes};
-use super::index::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
+use super::index::{Index, Limits, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
 use super::toc::{TOC_NAME, Toc, TocEntry, encode_toc, format_rfc3339};
 
 /// Default chunk size (4 MiB, as the Go writer).
@@ -650,6 +650,11 @@ impl<W: Write> BlobWriter<W> {
     }
 
     fn finish(mut self, toc: &Toc) -> Result<ConvertOutput> {
+        // Refuse to emit a blob our own reader would reject (e.g. a hardlink to a
+        // missing target, or a file used as a directory in the input tar).
+        // Offsets are ours, so only the structure is in question here.
+        Index::build_with_payload_end(toc, u64::MAX, &Limits::default())
+            .map_err(|e| Error::InputTar(format!("input cannot form a valid layer: {e}")))?;
         let json = encode_toc(toc)?;
         let toc_digest = Digest::of(&json);
         let toc_offset;
