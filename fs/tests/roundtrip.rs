@@ -188,7 +188,11 @@ fn tar_of(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(*kind);
         h.set_mode(0o644);
-        let data: &[u8] = if *kind == tar::EntryType::Regular { b"abc" } else { b"" };
+        let data: &[u8] = if *kind == tar::EntryType::Regular {
+            b"abc"
+        } else {
+            b""
+        };
         h.set_size(data.len() as u64);
         let old = h.as_old_mut();
         old.name[..path.len()].copy_from_slice(path.as_bytes());

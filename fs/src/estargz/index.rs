@@ -380,8 +380,13 @@ fn components(name: &str) -> Option<Vec<&str>> {
     if name.contains('\0') || name.starts_with('/') {
         return None;
     }
+    split_clean(name)
+}
+
+/// Splits a path on `/`, dropping empty and `.` components; `None` on `..`.
+pub(crate) fn split_clean(path: &str) -> Option<Vec<&str>> {
     let mut out = Vec::new();
-    for c in name.split('/') {
+    for c in path.split('/') {
         match c {
             "" | "." => {}
             ".." => return None,

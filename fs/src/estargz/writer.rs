@@ -23,7 +23,7 @@ use sha2::{Digest as _, Sha256};
 use super::digest::Digest;
 use super::error::{Error, Result};
 use super::footer::{Compression, estargz_footer, zstd_footer_bytes};
-use super::index::{Index, Limits, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
+use super::index::{Index, Limits, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, split_clean};
 use super::toc::{TOC_NAME, Toc, TocEntry, encode_toc, format_rfc3339};
 
 /// Default chunk size (4 MiB, as the Go writer).
@@ -175,17 +175,9 @@ impl InputEntry {
     }
 }
 
-/// Cleans a tar path; `None` if it climbs out of the root.
+/// Cleans a tar path (a leading `/` is dropped, as tar does); `None` if it climbs out of the root.
 fn clean_path(raw: &str) -> Option<String> {
-    let mut out = Vec::new();
-    for c in raw.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => return None,
-            c => out.push(c),
-        }
-    }
-    Some(out.join("/"))
+    split_clean(raw).map(|c| c.join("/"))
 }
 
 fn scan(spool: &File) -> Result<Vec<InputEntry>> {
