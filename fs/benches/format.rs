@@ -15,7 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rstargz_fs::estargz::{
-    Compression, FileSource, Index, Layer, Limits, OpenOptions, WriterOptions, convert, read_toc,
+    Compression, FileSource, Index, Layer, Limits, OpenOptions, WriterOptions, convert,
+    convert_file, read_toc,
 };
 
 struct Sizes {
@@ -196,8 +197,8 @@ fn data_bench(dir: &Path, sizes: &Sizes) {
         let blob = dir.join(format!("big.{name}"));
         drop_cache(&tar_path);
         let t = Instant::now();
-        let out = convert(
-            File::open(&tar_path).unwrap(),
+        let out = convert_file(
+            &File::open(&tar_path).unwrap(),
             File::create(&blob).unwrap(),
             &WriterOptions {
                 compression,
