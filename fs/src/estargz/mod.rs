@@ -1,1 +1,28 @@
 //! The eStargz layer format: footers, TOC, index, verified chunk reads, writer.
+//!
+//! Everything here is I/O-free apart from the [`ReadAt`] trait: the same code
+//! serves local files, HTTP range readers and fuzzers. The pieces a remote
+//! reader needs are public on their own: [`parse_footer`], [`decode_toc`],
+//! [`Index::build`], [`Chunk::compressed_range`] and [`decode_chunk`].
+
+pub mod chunk;
+pub mod digest;
+pub mod error;
+pub mod extract;
+pub mod footer;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod index;
+pub mod reader;
+pub mod toc;
+pub mod writer;
+
+pub use chunk::{Verify, decode_chunk, decode_chunk_into};
+pub use digest::Digest;
+pub use error::{EntryError, Error, Result};
+pub use extract::{ExtractError, ExtractStats, extract};
+pub use footer::{Compression, Footer, FooterKind, parse_footer};
+pub use index::{Chunk, Index, Ino, Limits, Node, NodeKind, Prefetch, ROOT_INO};
+pub use reader::{FileSource, Layer, OpenOptions, ReadAt, read_footer, read_toc};
+pub use toc::{DecodedToc, Toc, TocEntry, decode_toc};
+pub use writer::{ConvertOutput, WriterOptions, convert, convert_file};

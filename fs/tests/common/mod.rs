@@ -1,10 +1,13 @@
-//! Shared test harness: a real `docker-registry` per test and a fault proxy
-//! that can misbehave in front of it. Reused by later reliability and
-//! benchmark tests.
+//! Shared test harness: the golden eStargz cases (`golden`), a real
+//! `docker-registry` per test (`registry`) and a fault proxy that can
+//! misbehave in front of it (`proxy`).
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod golden;
 pub mod proxy;
 pub mod registry;
+
+pub use golden::*;
 
 use std::path::Path;
 use std::time::Duration;

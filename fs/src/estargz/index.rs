@@ -1,0 +1,772 @@
+//! The immutable, validated filesystem index built from a TOC.
+//!
+//! Contract:
+//! - Inode numbers are dense and derived from TOC order only (root = 1, then
+//!   each new path in the order it first appears; implicit parent directories
+//!   get their number when first needed). The same TOC always gives the same
+//!   numbers, so a restarted daemon serves the same inodes.
+//! - Hardlinks are directory entries pointing at their target's inode; the
+//!   target's `nlink` counts every name. Directories have `2 + subdirs` links.
+//! - Whiteouts (`.wh.*`) and opaque markers (`.wh..wh..opq`) are kept as the
+//!   regular entries they are in the TOC; a directory holding the opaque
+//!   marker is flagged [`Node::is_opaque`].
+//! - Every rejection of a hostile TOC is an [`Error::Entry`] naming the entry.
+//!
+//! Memory: nodes, directory entries and chunks live in flat vectors and all
+//! strings in one byte table, so there is no per-directory map.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+
+use super::digest::Digest;
+use super::error::{EntryError, Error, Result};
+use super::footer::Footer;
+use super::toc::{Toc, TocEntry, parse_rfc3339};
+
+/// Inode number (1-based).
+pub type Ino = u32;
+/// Inode number of the layer root.
+pub const ROOT_INO: Ino = 1;
+/// Landmark that ends the prioritized (prefetch) area.
+pub const PREFETCH_LANDMARK: &str = ".prefetch.landmark";
+/// Landmark meaning "do not prefetch".
+pub const NO_PREFETCH_LANDMARK: &str = ".no.prefetch.landmark";
+/// Prefix of overlay whiteout entries.
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+/// Name of the opaque-directory marker.
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// Sanity limits applied while building the index.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted regular-file size.
+    pub max_file_size: u64,
+    /// Largest accepted uncompressed chunk (a whole chunk is held in memory to verify it).
+    pub max_chunk_size: u64,
+    /// Largest accepted number of TOC entries.
+    pub max_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_size: 1 << 50,
+            max_chunk_size: 256 << 20,
+            max_entries: 10_000_000,
+        }
+    }
+}
+
+/// File type of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum NodeKind {
+    /// Directory.
+    Dir,
+    /// Regular file.
+    Reg,
+    /// Symbolic link.
+    Symlink,
+    /// Character device.
+    Char,
+    /// Block device.
+    Block,
+    /// Named pipe.
+    Fifo,
+}
+
+impl NodeKind {
+    /// `S_IFMT` bits of this kind.
+    pub fn type_bits(self) -> u32 {
+        match self {
+            NodeKind::Dir => 0o040000,
+            NodeKind::Reg => 0o100000,
+            NodeKind::Symlink => 0o120000,
+            NodeKind::Char => 0o020000,
+            NodeKind::Block => 0o060000,
+            NodeKind::Fifo => 0o010000,
+        }
+    }
+
+    fn from_toc(kind: &str) -> Option<Self> {
+        Some(match kind {
+            "dir" => NodeKind::Dir,
+            "reg" => NodeKind::Reg,
+            "symlink" => NodeKind::Symlink,
+            "char" => NodeKind::Char,
+            "block" => NodeKind::Block,
+            "fifo" => NodeKind::Fifo,
+            _ => return None,
+        })
+    }
+}
+
+const FLAG_EXPLICIT: u8 = 1;
+const FLAG_OPAQUE: u8 = 2;
+
+/// One inode. Field meaning of `a`/`b` depends on the kind (children range,
+/// chunk range, symlink target, device numbers), which keeps nodes small.
+#[derive(Debug, Clone)]
+pub struct Node {
+    size: u64,
+    mtime: i64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    parent: Ino,
+    a: u32,
+    b: u32,
+    xattr_start: u32,
+    xattr_len: u32,
+    kind: NodeKind,
+    flags: u8,
+}
+
+impl Node {
+    /// A fresh node; directories start as implicit 0755 with two links.
+    fn new(kind: NodeKind, parent: Ino) -> Self {
+        let dir = kind == NodeKind::Dir;
+        Node {
+            size: 0,
+            mtime: 0,
+            mode: if dir { 0o755 } else { 0 },
+            uid: 0,
+            gid: 0,
+            nlink: if dir { 2 } else { 1 },
+            parent,
+            a: 0,
+            b: 0,
+            xattr_start: 0,
+            xattr_len: 0,
+            kind,
+            flags: 0,
+        }
+    }
+
+    /// File type.
+    pub fn kind(&self) -> NodeKind {
+        self.kind
+    }
+    /// Full `st_mode`: type bits plus permissions, suid, sgid and sticky.
+    pub fn mode(&self) -> u32 {
+        self.kind.type_bits() | (self.mode & 0o7777)
+    }
+    /// Permission bits plus suid/sgid/sticky.
+    pub fn permissions(&self) -> u32 {
+        self.mode & 0o7777
+    }
+    /// Owner uid.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+    /// Owner gid.
+    pub fn gid(&self) -> u32 {
+        self.gid
+    }
+    /// Size in bytes (regular files; symlinks: target length).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    /// Modification time, Unix seconds.
+    pub fn mtime(&self) -> i64 {
+        self.mtime
+    }
+    /// Link count.
+    pub fn nlink(&self) -> u32 {
+        self.nlink
+    }
+    /// Parent directory (the root is its own parent).
+    pub fn parent(&self) -> Ino {
+        self.parent
+    }
+    /// Device numbers of char/block nodes.
+    pub fn device(&self) -> Option<(u32, u32)> {
+        matches!(self.kind, NodeKind::Char | NodeKind::Block).then_some((self.a, self.b))
+    }
+    /// Whether a directory holds the opaque marker.
+    pub fn is_opaque(&self) -> bool {
+        self.flags & FLAG_OPAQUE != 0
+    }
+}
+
+/// A directory entry: name (in the string table) and the inode it names.
+#[derive(Debug, Clone, Copy)]
+struct DirEnt {
+    name: StrRef,
+    ino: Ino,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct StrRef {
+    off: u32,
+    len: u32,
+}
+
+/// One chunk of a regular file and where its compressed bytes are.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// Offset of the chunk in the file.
+    pub chunk_offset: u64,
+    /// Start of the compressed member (gzip member or zstd frame).
+    pub offset: u64,
+    /// End of the compressed range to fetch: the next member's start or the payload end.
+    pub compressed_end: u64,
+    /// Bytes to skip in the decompressed member before the chunk starts.
+    pub inner_offset: u64,
+    /// Uncompressed chunk length.
+    pub size: u32,
+    /// sha256 of the uncompressed chunk, when recorded.
+    pub digest: Option<Digest>,
+    /// A sparse hole (`chunkType: "zeros"`): no data, reads as zeros.
+    pub zeros: bool,
+}
+
+impl Chunk {
+    /// Compressed byte range to fetch for this chunk.
+    pub fn compressed_range(&self) -> std::ops::Range<u64> {
+        self.offset..self.compressed_end
+    }
+    /// Uncompressed range of the file this chunk covers.
+    pub fn file_range(&self) -> std::ops::Range<u64> {
+        self.chunk_offset..self.chunk_offset + u64::from(self.size)
+    }
+}
+
+/// What the landmarks say about prefetching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefetch {
+    /// `.prefetch.landmark`: prefetch compressed bytes `[0, end)`.
+    Range {
+        /// Compressed offset of the landmark's member.
+        end: u64,
+    },
+    /// `.no.prefetch.landmark`: do not prefetch.
+    Disabled,
+    /// No landmark (legacy layers): the caller's default applies.
+    Unknown,
+}
+
+/// The immutable index of one layer.
+#[derive(Debug, Clone)]
+pub struct Index {
+    nodes: Vec<Node>,
+    dirents: Vec<DirEnt>,
+    chunks: Vec<Chunk>,
+    xattrs: Vec<(StrRef, StrRef)>,
+    strings: Vec<u8>,
+    prefetch: Prefetch,
+}
+
+impl Index {
+    /// Validates `toc` against the blob layout described by `footer` and builds the index.
+    pub fn build(toc: &Toc, footer: &Footer, limits: &Limits) -> Result<Index> {
+        Builder::new(footer.payload_end(), *limits).run(toc)
+    }
+
+    /// Like [`Index::build`] with an explicit payload end (for tests and fuzzing).
+    pub fn build_with_payload_end(toc: &Toc, payload_end: u64, limits: &Limits) -> Result<Index> {
+        Builder::new(payload_end, *limits).run(toc)
+    }
+
+    /// Number of inodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+    /// Never true: the root always exists.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+    /// The node of `ino`.
+    pub fn node(&self, ino: Ino) -> Option<&Node> {
+        self.nodes.get((ino as usize).checked_sub(1)?)
+    }
+    /// Prefetch hint from the landmarks.
+    pub fn prefetch(&self) -> Prefetch {
+        self.prefetch
+    }
+
+    fn str(&self, r: StrRef) -> &[u8] {
+        &self.strings[r.off as usize..(r.off + r.len) as usize]
+    }
+
+    fn dir_entries(&self, ino: Ino) -> &[DirEnt] {
+        match self.node(ino) {
+            Some(n) if n.kind == NodeKind::Dir => &self.dirents[n.a as usize..(n.a + n.b) as usize],
+            _ => &[],
+        }
+    }
+
+    /// Children of a directory, sorted by name.
+    pub fn children(&self, dir: Ino) -> impl ExactSizeIterator<Item = (&str, Ino)> + '_ {
+        self.dir_entries(dir)
+            .iter()
+            .map(|d| (self.name_str(d.name), d.ino))
+    }
+
+    fn name_str(&self, r: StrRef) -> &str {
+        // Names come from JSON strings, so they are UTF-8.
+        std::str::from_utf8(self.str(r)).unwrap_or("")
+    }
+
+    /// Looks `name` up in directory `dir`.
+    pub fn lookup(&self, dir: Ino, name: &str) -> Option<Ino> {
+        let ents = self.dir_entries(dir);
+        ents.binary_search_by(|d| self.str(d.name).cmp(name.as_bytes()))
+            .ok()
+            .map(|i| ents[i].ino)
+    }
+
+    /// Looks a path up from the root (`a/b`, `./a/b/` and `/a/b` are the same).
+    pub fn lookup_path(&self, path: &str) -> Option<Ino> {
+        path.split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .try_fold(ROOT_INO, |dir, name| self.lookup(dir, name))
+    }
+
+    /// Target of a symlink.
+    pub fn symlink_target(&self, ino: Ino) -> Option<&str> {
+        let n = self.node(ino)?;
+        (n.kind == NodeKind::Symlink).then(|| self.name_str(StrRef { off: n.a, len: n.b }))
+    }
+
+    /// Extended attributes of a node.
+    pub fn xattrs(&self, ino: Ino) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        let range = self
+            .node(ino)
+            .map(|n| n.xattr_start as usize..(n.xattr_start + n.xattr_len) as usize)
+            .unwrap_or(0..0);
+        self.xattrs[range]
+            .iter()
+            .map(|(k, v)| (self.name_str(*k), self.str(*v)))
+    }
+
+    /// Chunks of a regular file, sorted by file offset.
+    pub fn chunks(&self, ino: Ino) -> &[Chunk] {
+        match self.node(ino) {
+            Some(n) if n.kind == NodeKind::Reg => &self.chunks[n.a as usize..(n.a + n.b) as usize],
+            _ => &[],
+        }
+    }
+
+    /// The chunks overlapping `[offset, offset + len)` of a file (binary search).
+    pub fn chunks_for_range(&self, ino: Ino, offset: u64, len: u64) -> &[Chunk] {
+        let chunks = self.chunks(ino);
+        let end = offset.saturating_add(len);
+        let first = chunks.partition_point(|c| c.chunk_offset + u64::from(c.size) <= offset);
+        let last = chunks.partition_point(|c| c.chunk_offset < end);
+        chunks.get(first..last.max(first)).unwrap_or(&[])
+    }
+
+    /// Heap bytes held by the index (for memory accounting).
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.nodes.capacity() * size_of::<Node>()
+            + self.dirents.capacity() * size_of::<DirEnt>()
+            + self.chunks.capacity() * size_of::<Chunk>()
+            + self.xattrs.capacity() * size_of::<(StrRef, StrRef)>()
+            + self.strings.capacity()
+    }
+
+    /// Whether `name` is an overlay whiteout (`.wh.x`, not the opaque marker).
+    pub fn is_whiteout_name(name: &str) -> bool {
+        name.starts_with(WHITEOUT_PREFIX) && name != OPAQUE_MARKER
+    }
+}
+
+/// Splits a TOC name into clean components, rejecting escapes.
+fn components(name: &str) -> Option<Vec<&str>> {
+    if name.contains('\0') || name.starts_with('/') {
+        return None;
+    }
+    split_clean(name)
+}
+
+/// Splits a path on `/`, dropping empty and `.` components; `None` on `..`.
+pub(crate) fn split_clean(path: &str) -> Option<Vec<&str>> {
+    let mut out = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+struct Builder {
+    payload_end: u64,
+    limits: Limits,
+    nodes: Vec<Node>,
+    dirents: Vec<(Ino, DirEnt)>,
+    chunks: Vec<Chunk>,
+    xattrs: Vec<(StrRef, StrRef)>,
+    strings: Vec<u8>,
+    paths: HashMap<String, Ino>,
+    prefetch: Prefetch,
+}
+
+/// A regular file whose chunks are still being collected.
+#[derive(Clone, Copy)]
+struct OpenFile {
+    ino: Ino,
+    index: usize,
+}
+
+impl Builder {
+    fn new(payload_end: u64, limits: Limits) -> Self {
+        Builder {
+            payload_end,
+            limits,
+            nodes: vec![Node::new(NodeKind::Dir, ROOT_INO)],
+            dirents: Vec::new(),
+            chunks: Vec::new(),
+            xattrs: Vec::new(),
+            strings: Vec::new(),
+            paths: HashMap::new(),
+            prefetch: Prefetch::Unknown,
+        }
+    }
+
+    fn intern(&mut self, s: &[u8]) -> Result<StrRef> {
+        let off = u32::try_from(self.strings.len()).map_err(|_| Error::TocTooLarge {
+            cap: u32::MAX.into(),
+        })?;
+        let len = u32::try_from(s.len()).map_err(|_| Error::TocTooLarge {
+            cap: u32::MAX.into(),
+        })?;
+        self.strings.extend_from_slice(s);
+        Ok(StrRef { off, len })
+    }
+
+    fn next_ino(&self) -> Result<Ino> {
+        Ino::try_from(self.nodes.len() + 1).map_err(|_| Error::TocTooLarge {
+            cap: u32::MAX.into(),
+        })
+    }
+
+    fn run(mut self, toc: &Toc) -> Result<Index> {
+        if toc.entries.len() > self.limits.max_entries {
+            return Err(Error::TocTooLarge {
+                cap: self.limits.max_entries as u64,
+            });
+        }
+        let mut open: Option<OpenFile> = None;
+        for (i, e) in toc.entries.iter().enumerate() {
+            let err = |kind| Error::entry(i, &e.name, kind);
+            if e.kind == "chunk" {
+                let file = open.as_ref().ok_or_else(|| err(EntryError::OrphanChunk))?;
+                let ino = file.ino;
+                self.push_chunk(i, e)?;
+                self.nodes[ino as usize - 1].b += 1;
+                continue;
+            }
+            if let Some(file) = open.take() {
+                self.finish_file(file, &toc.entries[file.index])?;
+            }
+            open = self.add_entry(i, e)?;
+        }
+        if let Some(file) = open.take() {
+            self.finish_file(file, &toc.entries[file.index])?;
+        }
+        self.finish()
+    }
+
+    fn add_entry(&mut self, i: usize, e: &TocEntry) -> Result<Option<OpenFile>> {
+        let err = |kind| Error::entry(i, &e.name, kind);
+        let comps = components(&e.name).ok_or_else(|| err(EntryError::BadName))?;
+        let Some((name, parents)) = comps.split_last() else {
+            // The root itself (`./`): only a directory may describe it.
+            if e.kind != "dir" {
+                return Err(err(EntryError::BadName));
+            }
+            if self.nodes[0].flags & FLAG_EXPLICIT != 0 {
+                return Err(err(EntryError::Duplicate));
+            }
+            self.apply_attrs(i, e, ROOT_INO)?;
+            return Ok(None);
+        };
+        let parent = self.ensure_dirs(i, e, parents)?;
+        let path = comps.join("/");
+        if let Some(&existing) = self.paths.get(&path) {
+            let node = &self.nodes[existing as usize - 1];
+            if e.kind == "dir" && node.kind == NodeKind::Dir && node.flags & FLAG_EXPLICIT == 0 {
+                self.apply_attrs(i, e, existing)?;
+                return Ok(None);
+            }
+            return Err(err(EntryError::Duplicate));
+        }
+        let name_ref = self.intern(name.as_bytes())?;
+        if e.kind == "hardlink" {
+            let target_path = components(&e.link_name)
+                .map(|c| c.join("/"))
+                .ok_or_else(|| err(EntryError::HardlinkTargetMissing(e.link_name.clone())))?;
+            let target = *self
+                .paths
+                .get(&target_path)
+                .ok_or_else(|| err(EntryError::HardlinkTargetMissing(e.link_name.clone())))?;
+            let node = &mut self.nodes[target as usize - 1];
+            if node.kind == NodeKind::Dir {
+                return Err(err(EntryError::HardlinkToDir(e.link_name.clone())));
+            }
+            node.nlink = node.nlink.saturating_add(1);
+            self.dirents.push((
+                parent,
+                DirEnt {
+                    name: name_ref,
+                    ino: target,
+                },
+            ));
+            self.paths.insert(path, target);
+            return Ok(None);
+        }
+        let kind = NodeKind::from_toc(&e.kind)
+            .ok_or_else(|| err(EntryError::UnknownType(e.kind.clone())))?;
+        let ino = self.next_ino()?;
+        self.nodes.push(Node::new(kind, parent));
+        self.dirents.push((
+            parent,
+            DirEnt {
+                name: name_ref,
+                ino,
+            },
+        ));
+        self.paths.insert(path, ino);
+        if kind == NodeKind::Dir {
+            self.nodes[parent as usize - 1].nlink += 1;
+        }
+        if parent == ROOT_INO && kind == NodeKind::Reg {
+            if *name == PREFETCH_LANDMARK {
+                self.prefetch = Prefetch::Range { end: e.offset };
+            } else if *name == NO_PREFETCH_LANDMARK {
+                self.prefetch = Prefetch::Disabled;
+            }
+        }
+        if *name == OPAQUE_MARKER {
+            self.nodes[parent as usize - 1].flags |= FLAG_OPAQUE;
+        }
+        self.apply_attrs(i, e, ino)?;
+        match kind {
+            NodeKind::Symlink => {
+                let target = self.intern(e.link_name.as_bytes())?;
+                let n = &mut self.nodes[ino as usize - 1];
+                (n.a, n.b, n.size) = (target.off, target.len, e.link_name.len() as u64);
+            }
+            NodeKind::Char | NodeKind::Block => {
+                let major = u32::try_from(e.dev_major)
+                    .map_err(|_| err(EntryError::OutOfRange("devMajor")))?;
+                let minor = u32::try_from(e.dev_minor)
+                    .map_err(|_| err(EntryError::OutOfRange("devMinor")))?;
+                let n = &mut self.nodes[ino as usize - 1];
+                (n.a, n.b) = (major, minor);
+            }
+            NodeKind::Reg => {
+                if e.size > self.limits.max_file_size {
+                    return Err(err(EntryError::OutOfRange("size")));
+                }
+                let start = u32::try_from(self.chunks.len())
+                    .map_err(|_| err(EntryError::OutOfRange("chunk count")))?;
+                let n = &mut self.nodes[ino as usize - 1];
+                (n.a, n.b, n.size) = (start, 0, e.size);
+                if e.size > 0 {
+                    self.push_chunk(i, e)?;
+                    self.nodes[ino as usize - 1].b = 1;
+                }
+                return Ok(Some(OpenFile { ino, index: i }));
+            }
+            NodeKind::Dir | NodeKind::Fifo => {}
+        }
+        Ok(None)
+    }
+
+    /// Walks (creating implicit 0755 directories) to the parent of an entry.
+    fn ensure_dirs(&mut self, i: usize, e: &TocEntry, parents: &[&str]) -> Result<Ino> {
+        let mut dir = ROOT_INO;
+        let mut path = String::new();
+        for comp in parents {
+            if !path.is_empty() {
+                path.push('/');
+            }
+            path.push_str(comp);
+            dir = match self.paths.get(&path) {
+                Some(&ino) if self.nodes[ino as usize - 1].kind == NodeKind::Dir => ino,
+                Some(_) => return Err(Error::entry(i, &e.name, EntryError::ParentNotDir(path))),
+                None => {
+                    let ino = self.next_ino()?;
+                    let name = self.intern(comp.as_bytes())?;
+                    self.nodes.push(Node::new(NodeKind::Dir, dir));
+                    self.nodes[dir as usize - 1].nlink += 1;
+                    self.dirents.push((dir, DirEnt { name, ino }));
+                    self.paths.insert(path.clone(), ino);
+                    ino
+                }
+            };
+        }
+        Ok(dir)
+    }
+
+    fn apply_attrs(&mut self, i: usize, e: &TocEntry, ino: Ino) -> Result<()> {
+        let err = |kind| Error::entry(i, &e.name, kind);
+        let uid = u32::try_from(e.uid).map_err(|_| err(EntryError::OutOfRange("uid")))?;
+        let gid = u32::try_from(e.gid).map_err(|_| err(EntryError::OutOfRange("gid")))?;
+        let mtime = if e.modtime.is_empty() {
+            0
+        } else {
+            parse_rfc3339(&e.modtime)
+                .ok_or_else(|| err(EntryError::BadModtime(e.modtime.clone())))?
+        };
+        let xattr_start =
+            u32::try_from(self.xattrs.len()).map_err(|_| err(EntryError::OutOfRange("xattrs")))?;
+        for (k, v) in &e.xattrs {
+            let value = base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .map_err(|_| err(EntryError::BadXattr(k.clone())))?;
+            let kr = self.intern(k.as_bytes())?;
+            let vr = self.intern(&value)?;
+            self.xattrs.push((kr, vr));
+        }
+        let n = &mut self.nodes[ino as usize - 1];
+        n.mode = (e.mode & 0o7777) as u32;
+        (n.uid, n.gid, n.mtime) = (uid, gid, mtime);
+        n.xattr_start = xattr_start;
+        n.xattr_len = e.xattrs.len() as u32;
+        n.flags |= FLAG_EXPLICIT;
+        Ok(())
+    }
+
+    fn push_chunk(&mut self, i: usize, e: &TocEntry) -> Result<()> {
+        let err = |kind| Error::entry(i, &e.name, kind);
+        let digest_str = if !e.chunk_digest.is_empty() {
+            &e.chunk_digest
+        } else if e.kind == "reg" && e.chunk_size == 0 {
+            // An unchunked file may record only the whole-file digest.
+            &e.digest
+        } else {
+            ""
+        };
+        let digest = if digest_str.is_empty() {
+            None
+        } else {
+            Some(
+                Digest::parse(digest_str)
+                    .map_err(|_| err(EntryError::BadDigest(digest_str.to_owned())))?,
+            )
+        };
+        if !e.digest.is_empty() {
+            Digest::parse(&e.digest).map_err(|_| err(EntryError::BadDigest(e.digest.clone())))?;
+        }
+        let zeros = e.chunk_type == "zeros";
+        if !zeros {
+            if e.offset == 0 {
+                return Err(err(EntryError::MissingOffset));
+            }
+            if e.offset >= self.payload_end {
+                return Err(err(EntryError::OffsetOutOfBlob {
+                    offset: e.offset,
+                    payload_end: self.payload_end,
+                }));
+            }
+        }
+        let provisional_size = u32::try_from(e.chunk_size)
+            .ok()
+            .filter(|_| e.chunk_size <= self.limits.max_chunk_size)
+            .ok_or_else(|| err(EntryError::OutOfRange("chunkSize")))?;
+        self.chunks.push(Chunk {
+            chunk_offset: e.chunk_offset,
+            offset: e.offset,
+            compressed_end: 0,
+            inner_offset: e.inner_offset,
+            // Provisional; `finish_file` sets the real length (0 means "to the end").
+            size: provisional_size,
+            digest,
+            zeros,
+        });
+        Ok(())
+    }
+
+    /// Checks that the chunks of a file tile `[0, size)` and fixes their sizes.
+    fn finish_file(&mut self, file: OpenFile, e: &TocEntry) -> Result<()> {
+        let err = |msg: String| Error::entry(file.index, &e.name, EntryError::ChunkCoverage(msg));
+        let n = &self.nodes[file.ino as usize - 1];
+        let (start, count, size) = (n.a as usize, n.b as usize, n.size);
+        let mut expect = 0u64;
+        for idx in start..start + count {
+            let c = &mut self.chunks[idx];
+            if c.chunk_offset != expect {
+                return Err(err(format!(
+                    "chunk at {} where {expect} was expected",
+                    c.chunk_offset
+                )));
+            }
+            let len = if c.size > 0 {
+                u64::from(c.size)
+            } else if idx + 1 == start + count {
+                size.saturating_sub(c.chunk_offset)
+            } else {
+                return Err(err(format!(
+                    "chunk at {} has no size but is not last",
+                    c.chunk_offset
+                )));
+            };
+            c.size = u32::try_from(len)
+                .ok()
+                .filter(|&l| l > 0 && u64::from(l) <= self.limits.max_chunk_size)
+                .ok_or_else(|| {
+                    Error::entry(file.index, &e.name, EntryError::OutOfRange("chunk size"))
+                })?;
+            expect = c.chunk_offset + len;
+        }
+        if expect != size {
+            return Err(err(format!("chunks end at {expect}, file size is {size}")));
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Index> {
+        // The compressed range of a chunk runs to the next distinct member start.
+        let mut starts: Vec<u64> = self
+            .chunks
+            .iter()
+            .filter(|c| !c.zeros)
+            .map(|c| c.offset)
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
+        for c in self.chunks.iter_mut().filter(|c| !c.zeros) {
+            let next = starts.partition_point(|&s| s <= c.offset);
+            c.compressed_end = starts.get(next).copied().unwrap_or(self.payload_end);
+        }
+        // Children sorted by (parent, name): stable for equal names cannot happen
+        // (duplicates were rejected), so the order is fully determined.
+        let strings = &self.strings;
+        let s = |r: StrRef| &strings[r.off as usize..(r.off + r.len) as usize];
+        self.dirents
+            .sort_unstable_by(|(pa, a), (pb, b)| pa.cmp(pb).then_with(|| s(a.name).cmp(s(b.name))));
+        let mut dirents = Vec::with_capacity(self.dirents.len());
+        let mut idx = 0;
+        while idx < self.dirents.len() {
+            let parent = self.dirents[idx].0;
+            let begin = idx;
+            while idx < self.dirents.len() && self.dirents[idx].0 == parent {
+                dirents.push(self.dirents[idx].1);
+                idx += 1;
+            }
+            let n = &mut self.nodes[parent as usize - 1];
+            (n.a, n.b) = (begin as u32, (idx - begin) as u32);
+        }
+        self.nodes.shrink_to_fit();
+        self.chunks.shrink_to_fit();
+        self.xattrs.shrink_to_fit();
+        self.strings.shrink_to_fit();
+        Ok(Index {
+            nodes: self.nodes,
+            dirents,
+            chunks: self.chunks,
+            xattrs: self.xattrs,
+            strings: self.strings,
+            prefetch: self.prefetch,
+        })
+    }
+}

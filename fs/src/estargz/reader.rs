@@ -1,0 +1,286 @@
+//! Random-access sources and the verified layer reader.
+//!
+//! [`Layer::open`] reads the footer and TOC through [`ReadAt`], checks the TOC
+//! digest when one is expected, and builds the [`Index`]. File reads fetch
+//! each needed chunk's compressed range, decode and verify it
+//! ([`decode_chunk_into`]) and copy the requested bytes out. Nothing is cached
+//! here: caching belongs to the layers above.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::FileExt;
+
+use super::chunk::{Verify, decode_chunk_into};
+use super::digest::Digest;
+use super::error::{Error, Result};
+use super::footer::{Footer, MAX_FOOTER_SIZE, parse_footer};
+use super::index::{Chunk, Index, Ino, Limits, NodeKind};
+use super::toc::{DEFAULT_MAX_TOC_SIZE, DecodedToc, decode_toc};
+
+/// A random-access byte source (local file, memory, later HTTP ranges).
+pub trait ReadAt {
+    /// Reads up to `buf.len()` bytes at `offset`; 0 means end of source.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Total size in bytes.
+    fn size(&self) -> u64;
+}
+
+/// Fills `buf` from `offset` or fails with `UnexpectedEof`.
+pub fn read_exact_at(
+    src: &(impl ReadAt + ?Sized),
+    mut offset: u64,
+    mut buf: &mut [u8],
+) -> io::Result<()> {
+    while !buf.is_empty() {
+        match src.read_at(offset, buf) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "source ends early",
+                ));
+            }
+            Ok(n) => {
+                offset += n as u64;
+                buf = &mut buf[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl ReadAt for [u8] {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.as_slice().read_at(offset, buf)
+    }
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for &T {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        (**self).read_at(offset, buf)
+    }
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+}
+
+/// A local file with its size fixed at open time.
+#[derive(Debug)]
+pub struct FileSource {
+    file: File,
+    size: u64,
+}
+
+impl FileSource {
+    /// Opens `path` read-only.
+    pub fn open(path: impl AsRef<std::path::Path>) -> io::Result<Self> {
+        let file = File::open(path)?;
+        let size = file.metadata()?.len();
+        Ok(FileSource { file, size })
+    }
+}
+
+impl ReadAt for FileSource {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read_at(buf, offset)
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// A `Read` over `[pos, end)` of a [`ReadAt`].
+struct RangeRead<'a, R: ?Sized> {
+    src: &'a R,
+    pos: u64,
+    end: u64,
+}
+
+impl<R: ReadAt + ?Sized> Read for RangeRead<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf
+            .len()
+            .min(usize::try_from(self.end.saturating_sub(self.pos)).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.src.read_at(self.pos, &mut buf[..want])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Options of [`Layer::open`].
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Cap on the decompressed TOC.
+    pub max_toc_size: u64,
+    /// Index sanity limits.
+    pub limits: Limits,
+    /// Chunk verification (on by default).
+    pub verify: Verify,
+    /// When set, the TOC digest must equal it (the `toc.digest` annotation).
+    pub expected_toc_digest: Option<Digest>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            max_toc_size: DEFAULT_MAX_TOC_SIZE,
+            limits: Limits::default(),
+            verify: Verify::Enabled,
+            expected_toc_digest: None,
+        }
+    }
+}
+
+/// Reads the footer of `src`.
+pub fn read_footer(src: &(impl ReadAt + ?Sized)) -> Result<Footer> {
+    let size = src.size();
+    let n = (MAX_FOOTER_SIZE as u64).min(size);
+    let mut tail = vec![0u8; n as usize];
+    read_exact_at(src, size - n, &mut tail)?;
+    parse_footer(&tail, size)
+}
+
+/// Reads the footer and decodes the TOC of `src`.
+pub fn read_toc(src: &(impl ReadAt + ?Sized), max_toc_size: u64) -> Result<(Footer, DecodedToc)> {
+    let footer = read_footer(src)?;
+    let len = footer.toc_compressed_size;
+    // Compressed data is never larger than the JSON plus a small framing overhead.
+    if len > max_toc_size.saturating_add(1 << 20) {
+        return Err(Error::TocTooLarge { cap: max_toc_size });
+    }
+    let mut compressed = vec![0u8; len as usize];
+    read_exact_at(src, footer.toc_offset, &mut compressed)?;
+    let toc = decode_toc(&footer, &compressed, max_toc_size)?;
+    Ok((footer, toc))
+}
+
+/// An opened layer: its index plus verified reads from the source.
+#[derive(Debug)]
+pub struct Layer<R> {
+    src: R,
+    footer: Footer,
+    toc_digest: Digest,
+    index: Index,
+    verify: Verify,
+}
+
+impl<R: ReadAt> Layer<R> {
+    /// Reads footer and TOC, checks the expected TOC digest and builds the index.
+    pub fn open(src: R, opts: &OpenOptions) -> Result<Self> {
+        let (footer, decoded) = read_toc(&src, opts.max_toc_size)?;
+        if let Some(expected) = opts.expected_toc_digest {
+            check_toc_digest(&decoded.digest, &expected)?;
+        }
+        let index = Index::build(&decoded.toc, &footer, &opts.limits)?;
+        Ok(Layer {
+            src,
+            footer,
+            toc_digest: decoded.digest,
+            index,
+            verify: opts.verify,
+        })
+    }
+
+    /// The footer.
+    pub fn footer(&self) -> &Footer {
+        &self.footer
+    }
+    /// The index.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+    /// sha256 of the TOC JSON as stored.
+    pub fn toc_digest(&self) -> Digest {
+        self.toc_digest
+    }
+    /// The underlying source.
+    pub fn source(&self) -> &R {
+        &self.src
+    }
+
+    /// Checks the TOC digest against `expected` (`sha256:…`).
+    pub fn verify_toc(&self, expected: &str) -> Result<()> {
+        check_toc_digest(&self.toc_digest, &Digest::parse(expected)?)
+    }
+
+    /// Fetches, decompresses and verifies one chunk of `ino` into `out` (`chunk.size` bytes).
+    pub fn read_chunk_into(&self, ino: Ino, chunk: &Chunk, out: &mut [u8]) -> Result<()> {
+        let range = chunk.compressed_range();
+        let reader = BufReader::with_capacity(
+            (range.end - range.start).clamp(1, 256 << 10) as usize,
+            RangeRead {
+                src: &self.src,
+                pos: range.start,
+                end: range.end,
+            },
+        );
+        decode_chunk_into(
+            self.footer.compression(),
+            ino,
+            chunk,
+            reader,
+            self.verify,
+            out,
+        )
+    }
+
+    /// Reads file bytes at `offset` into `buf`; returns the count (short at EOF).
+    pub fn read_file_at(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let node = self
+            .index
+            .node(ino)
+            .filter(|n| n.kind() == NodeKind::Reg)
+            .ok_or(Error::NotAFile(ino))?;
+        let end = node.size().min(offset.saturating_add(buf.len() as u64));
+        if offset >= end {
+            return Ok(0);
+        }
+        let mut scratch = Vec::new();
+        for chunk in self.index.chunks_for_range(ino, offset, end - offset) {
+            let range = chunk.file_range();
+            let (from, to) = (offset.max(range.start), end.min(range.end));
+            let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
+            if from == range.start && to == range.end {
+                self.read_chunk_into(ino, chunk, dst)?;
+            } else {
+                scratch.resize(chunk.size as usize, 0);
+                self.read_chunk_into(ino, chunk, &mut scratch)?;
+                dst.copy_from_slice(
+                    &scratch[(from - range.start) as usize..(to - range.start) as usize],
+                );
+            }
+        }
+        Ok((end - offset) as usize)
+    }
+}
+
+fn check_toc_digest(actual: &Digest, expected: &Digest) -> Result<()> {
+    if actual != expected {
+        return Err(Error::TocDigestMismatch {
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(())
+}
