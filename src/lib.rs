@@ -5,3 +5,8 @@
 //! subcommands.
 
 pub mod cli;
+pub mod config;
+pub mod grpc;
+pub mod remote;
+pub mod snapshot;
+pub mod store;
