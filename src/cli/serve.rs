@@ -5,6 +5,7 @@
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::net::UnixListener;
@@ -14,6 +15,9 @@ use crate::config::{Config, DEFAULT_ADDRESS, DEFAULT_LOG_LEVEL, DEFAULT_ROOT};
 use crate::grpc::SnapshotsService;
 use crate::remote::NoRemote;
 use crate::snapshot::{Options, Snapshotter};
+
+/// How long shutdown waits for in-flight requests and connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Arguments of `rstargz serve`.
 #[derive(Debug, clap::Args)]
@@ -83,21 +87,33 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
     );
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-    };
-    let served = tonic::transport::Server::builder()
-        .add_service(SnapshotsService::new(snapshotter.clone()).into_server())
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            shutdown,
-        )
-        .await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(SnapshotsService::new(snapshotter.clone()).into_server())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                async move {
+                    let _ = stop_rx.await;
+                },
+            ),
+    );
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    let _ = stop_tx.send(());
+    // Graceful shutdown waits for every client to acknowledge; a client that
+    // never does must not keep the daemon alive.
+    let served = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
     let _ = std::fs::remove_file(&address);
-    served.context("gRPC server")?;
+    match served {
+        Ok(joined) => joined.context("gRPC server task")?.context("gRPC server")?,
+        Err(_) => tracing::warn!(
+            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            "requests still in flight after the grace period; closing anyway"
+        ),
+    }
     snapshotter.close().await.context("close metadata store")?;
     tracing::info!("stopped");
     Ok(())
