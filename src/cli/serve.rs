@@ -2,6 +2,7 @@
 //! gRPC API on a unix socket until SIGINT/SIGTERM, then stops accepting,
 //! lets in-flight requests finish and closes the store.
 
+use std::io::IsTerminal;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,6 +58,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("bad --log-level {level:?}"))?,
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
