@@ -10,7 +10,11 @@ mod types;
 pub mod usage;
 
 pub use error::{Context, Error, Result};
-pub use snapshotter::{Options, Snapshotter};
+pub use snapshotter::{Options, REMOTE_LABEL, Snapshotter, TARGET_REF_LABEL};
 pub use types::{
     Info, Kind, Labels, MAX_KEY_BYTES, MAX_LABEL_BYTES, Mount, Usage, validate_key, validate_labels,
 };
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod remote_tests;

@@ -116,6 +116,7 @@ impl Snapshotter {
     pub async fn prepare(&self, key: String, parent: String, labels: Labels) -> Result<Vec<Mount>> {
         validate_key("key", &key)?;
         validate_labels(&labels)?;
+        self.check_chain(&parent).await?;
         let target = labels.get(TARGET_REF_LABEL).cloned();
         let lbl = labels.clone();
         let snap = self
@@ -168,6 +169,7 @@ impl Snapshotter {
     pub async fn view(&self, key: String, parent: String, labels: Labels) -> Result<Vec<Mount>> {
         validate_key("key", &key)?;
         validate_labels(&labels)?;
+        self.check_chain(&parent).await?;
         self.blocking(move |s| {
             let snap = s.create(Kind::View, &key, &parent, &labels)?;
             Ok(overlay::mounts(&s.layout, s.overlay, &snap))
@@ -177,16 +179,66 @@ impl Snapshotter {
 
     /// The mounts of an Active or View snapshot.
     pub async fn mounts(&self, key: String) -> Result<Vec<Mount>> {
-        self.blocking(move |s| {
-            let snap = s.store.read(|tx| tx.snapshot(&key))?;
-            if snap.kind == Kind::Committed {
-                return Err(Error::FailedPrecondition(format!(
-                    "snapshot {key:?} is committed, not active or view"
-                )));
+        let snap = self
+            .blocking(move |s| {
+                let snap = s.store.read(|tx| tx.snapshot(&key))?;
+                if snap.kind == Kind::Committed {
+                    return Err(Error::FailedPrecondition(format!(
+                        "snapshot {key:?} is committed, not active or view"
+                    )));
+                }
+                Ok(snap)
+            })
+            .await?;
+        self.check_remote_layers(&snap.parent_ids).await?;
+        Ok(overlay::mounts(
+            &self.inner.layout,
+            self.inner.overlay,
+            &snap,
+        ))
+    }
+
+    /// Checks the remote layers in the chain of the committed `parent`
+    /// (nothing to do without a parent; a missing parent is left to create).
+    async fn check_chain(&self, parent: &str) -> Result<()> {
+        if parent.is_empty() {
+            return Ok(());
+        }
+        let parent = parent.to_string();
+        let chain = self
+            .blocking(move |s| {
+                Ok(match s.store.read(|tx| tx.snapshot(&parent)) {
+                    Ok(snap) => std::iter::once(snap.id).chain(snap.parent_ids).collect(),
+                    Err(_) => Vec::new(),
+                })
+            })
+            .await?;
+        self.check_remote_layers(&chain).await
+    }
+
+    /// Asks the remote filesystem, in parallel, whether every remote layer
+    /// among `ids` is still usable (the Go reference's `checkAvailability`).
+    async fn check_remote_layers(&self, ids: &[i64]) -> Result<()> {
+        let ids = ids.to_vec();
+        let remote = self
+            .blocking(move |s| s.store.read(|tx| tx.labelled(&ids, REMOTE_LABEL)))
+            .await?;
+        let mut checks = tokio::task::JoinSet::new();
+        for (id, labels) in remote {
+            let fs = Arc::clone(&self.inner.remote);
+            let dir = self.inner.layout.fs_dir(id);
+            checks.spawn(async move { fs.check(&dir, &labels).await.map_err(|e| (dir, e)) });
+        }
+        while let Some(joined) = checks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err((dir, e))) => {
+                    return Err(Error::Unavailable(format!("layer {}: {e}", dir.display())));
+                }
+                Err(e) => return Err(Error::internal("remote layer check", e)),
             }
-            Ok(overlay::mounts(&s.layout, s.overlay, &snap))
-        })
-        .await
+        }
+        Ok(())
     }
 
     /// Commits the Active snapshot `key` as `name`, recording its usage.

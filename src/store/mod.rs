@@ -488,6 +488,21 @@ impl Tx<'_> {
             .context(|| "read usage")
     }
 
+    /// The labels of those of `ids` that carry the label `key`.
+    pub fn labelled(&self, ids: &[i64], key: &str) -> Result<Vec<(i64, Labels)>> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT 1 FROM labels WHERE snapshot_id = ?1 AND key = ?2")
+            .context(|| "prepare label lookup")?;
+        let mut out = Vec::new();
+        for &id in ids {
+            if stmt.exists(params![id, key]).context(|| "look up label")? {
+                out.push((id, self.labels(id)?));
+            }
+        }
+        Ok(out)
+    }
+
     /// Ids of every snapshot (the directories that must be kept).
     pub fn ids(&self) -> Result<HashSet<i64>> {
         let mut stmt = self
