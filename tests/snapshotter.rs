@@ -443,3 +443,22 @@ async fn stale_socket_after_kill_is_replaced() {
     drop(c);
     d.stop();
 }
+
+#[test]
+fn bad_config_fails_fast_with_the_file_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[snapshotter]\nasync_remove = \"maybe\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rstargz"))
+        .args(["serve", "--root"])
+        .arg(dir.path().join("root"))
+        .arg("--address")
+        .arg(dir.path().join("s.sock"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml"));
+    assert!(!dir.path().join("s.sock").exists());
+}
