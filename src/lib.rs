@@ -5,4 +5,9 @@
 //! subcommands.
 
 pub mod cli;
+pub mod config;
+pub mod grpc;
 pub mod lcow;
+pub mod remote;
+pub mod snapshot;
+pub mod store;

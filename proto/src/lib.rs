@@ -1,1 +1,31 @@
-//! Generated containerd protos (filled in by build.rs).
+//! Generated containerd protos: the Snapshots service (v1) and the Mount type,
+//! as served by rstargz. See `SOURCES` for the upstream tag. The module tree
+//! mirrors the proto packages because prost's generated code refers to
+//! sibling packages with relative `super::` paths.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// Proto package root `containerd`.
+pub mod containerd {
+    /// `containerd.types`: the Mount message.
+    pub mod types {
+        tonic::include_proto!("containerd.types");
+    }
+
+    /// `containerd.services`.
+    pub mod services {
+        /// `containerd.services.snapshots`.
+        pub mod snapshots {
+            /// `containerd.services.snapshots.v1`: the Snapshots service.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.snapshots.v1");
+            }
+        }
+    }
+}
+
+pub use containerd::services::snapshots::v1 as snapshots;
+pub use containerd::types;
+pub use prost;
+pub use prost_types;
+pub use tonic;

@@ -1,10 +1,148 @@
-//! `rstargz serve`: the snapshotter daemon.
+//! `rstargz serve`: the snapshotter daemon. Serves containerd's Snapshots
+//! gRPC API on a unix socket until SIGINT/SIGTERM, then stops accepting,
+//! lets in-flight requests finish and closes the store.
+
+use std::io::IsTerminal;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::{Config, DEFAULT_ADDRESS, DEFAULT_LOG_LEVEL, DEFAULT_ROOT};
+use crate::grpc::SnapshotsService;
+use crate::remote::NoRemote;
+use crate::snapshot::{Options, Snapshotter};
+
+/// How long shutdown waits for in-flight requests and connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Arguments of `rstargz serve`.
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    /// Root directory for metadata and snapshots [default: /var/lib/rstargz].
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Unix socket to serve on [default: /run/rstargz/rstargz.sock].
+    #[arg(long)]
+    pub address: Option<PathBuf>,
+    /// TOML config file [default: /etc/rstargz/config.toml, if present].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Log level or tracing filter (trace, debug, info, warn, error).
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
 
 /// Runs the daemon until SIGINT/SIGTERM.
-pub fn run(_args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref())?;
+    let root = args
+        .root
+        .or(config.root.clone())
+        .unwrap_or_else(|| DEFAULT_ROOT.into());
+    let address = args
+        .address
+        .or(config.address.clone())
+        .unwrap_or_else(|| DEFAULT_ADDRESS.into());
+    let level = args
+        .log_level
+        .or(config.log_level.clone())
+        .unwrap_or_else(|| DEFAULT_LOG_LEVEL.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&level)
+                .with_context(|| format!("bad --log-level {level:?}"))?,
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start tokio runtime")?;
+    runtime.block_on(serve(root, address, config))
+}
+
+async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Result<()> {
+    let mut opts = Options::new(&root);
+    opts.async_remove = config.snapshotter.async_remove;
+    opts.remote = Arc::new(NoRemote);
+    let snapshotter = tokio::task::spawn_blocking(move || Snapshotter::open(opts))
+        .await?
+        .with_context(|| format!("open snapshotter at {}", root.display()))?;
+    let listener = bind(&address)?;
+    let overlay = snapshotter.overlay_options();
+    tracing::info!(
+        root = %root.display(),
+        socket = %address.display(),
+        fallback = "overlayfs",
+        index_off = overlay.index_off,
+        userxattr = overlay.userxattr,
+        async_remove = config.snapshotter.async_remove,
+        remote = "disabled",
+        version = env!("CARGO_PKG_VERSION"),
+        "rstargz serving"
+    );
+    let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(SnapshotsService::new(snapshotter.clone()).into_server())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                async move {
+                    let _ = stop_rx.await;
+                },
+            ),
+    );
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    let _ = stop_tx.send(());
+    // Graceful shutdown waits for every client to acknowledge; a client that
+    // never does must not keep the daemon alive.
+    let served = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
+    let _ = std::fs::remove_file(&address);
+    match served {
+        Ok(joined) => joined.context("gRPC server task")?.context("gRPC server")?,
+        Err(_) => tracing::warn!(
+            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            "requests still in flight after the grace period; closing anyway"
+        ),
+    }
+    snapshotter.close().await.context("close metadata store")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Binds the socket: creates the parent directory, replaces a stale socket
+/// file only when nothing answers on it, and sets mode 0660.
+fn bind(address: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = address.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    match std::fs::symlink_metadata(address) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(address).is_ok() {
+                bail!("{} is in use by another server", address.display());
+            }
+            tracing::info!(socket = %address.display(), "replacing stale socket");
+            std::fs::remove_file(address)
+                .with_context(|| format!("remove stale socket {}", address.display()))?;
+        }
+        Ok(_) => bail!("{} exists and is not a socket", address.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("stat {}", address.display())),
+    }
+    let listener =
+        UnixListener::bind(address).with_context(|| format!("bind {}", address.display()))?;
+    std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", address.display()))?;
+    Ok(listener)
 }

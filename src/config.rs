@@ -1,0 +1,111 @@
+//! The daemon's TOML configuration. Every key is optional: the defaults work
+//! without a file. Key names follow the Go reference where the concept is the
+//! same. Command-line flags override the file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default root directory.
+pub const DEFAULT_ROOT: &str = "/var/lib/rstargz";
+/// Default socket path.
+pub const DEFAULT_ADDRESS: &str = "/run/rstargz/rstargz.sock";
+/// Default config file (a missing default file is not an error).
+pub const DEFAULT_CONFIG: &str = "/etc/rstargz/config.toml";
+/// Default log level.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("parse config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+}
+
+/// Top-level configuration.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Config {
+    /// Root directory (`--root` overrides).
+    pub root: Option<PathBuf>,
+    /// Socket path (`--address` overrides).
+    pub address: Option<PathBuf>,
+    /// Log level (`--log-level` overrides).
+    pub log_level: Option<String>,
+    /// Snapshotter behaviour.
+    pub snapshotter: SnapshotterConfig,
+}
+
+/// `[snapshotter]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SnapshotterConfig {
+    /// Remove deletes directories only at the next Cleanup (as the Go
+    /// reference's `AsynchronousRemove`), keeping Remove fast.
+    pub async_remove: bool,
+}
+
+impl Config {
+    /// Loads `path`, or the default file if `path` is None (a missing
+    /// default file yields the defaults).
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, must_exist) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default());
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Config::parse(&text).map_err(|source| ConfigError::Parse {
+            path,
+            source: Box::new(source),
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_full_configs() {
+        assert_eq!(Config::parse("").ok(), Some(Config::default()));
+        let c = Config::parse(
+            "root = \"/r\"\naddress = \"/s.sock\"\nlog_level = \"debug\"\n[snapshotter]\nasync_remove = true\n",
+        );
+        let Ok(c) = c else { panic!("parse: {c:?}") };
+        assert_eq!(c.root.as_deref(), Some(Path::new("/r")));
+        assert!(c.snapshotter.async_remove);
+        assert!(Config::parse("[snapshotter]\nasync_remove = \"yes\"").is_err());
+    }
+
+    #[test]
+    fn missing_default_is_fine_missing_explicit_is_not() {
+        assert!(Config::load(Some(Path::new("/nonexistent/rstargz.toml"))).is_err());
+    }
+}

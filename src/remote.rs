@@ -1,0 +1,80 @@
+//! The seam for remote (lazily pulled) layers: a filesystem that can mount a
+//! layer described by snapshot labels onto a snapshot's `fs` directory, like
+//! the Go reference's `FileSystem` interface (Mount, Check, Unmount).
+//!
+//! The snapshotter core calls `mount` from Prepare when containerd passes a
+//! `containerd.io/snapshot.ref` label; `RemoteError::Declined` (or any
+//! failure) makes it fall back to the local overlayfs snapshot.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+
+use crate::snapshot::Labels;
+
+/// A boxed, sendable future (keeps `RemoteFs` object-safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a remote operation did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The layer cannot be mounted remotely (not eStargz, no source labels,
+    /// no remote support): the caller falls back to a local snapshot.
+    #[error("remote mount declined: {0}")]
+    Declined(String),
+    /// The layer is (temporarily) unreachable.
+    #[error("remote layer unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("{context}: {source}")]
+    Failed {
+        /// What was being done.
+        context: String,
+        /// The underlying failure.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A filesystem that can mount a remote layer.
+pub trait RemoteFs: Send + Sync + std::fmt::Debug {
+    /// Mounts the layer described by `labels` at `mountpoint`.
+    fn mount<'a>(
+        &'a self,
+        mountpoint: &'a Path,
+        labels: &'a Labels,
+    ) -> BoxFuture<'a, Result<(), RemoteError>>;
+
+    /// Checks that the layer mounted at `mountpoint` is still usable
+    /// (reachable registry, prefetch done).
+    fn check<'a>(
+        &'a self,
+        mountpoint: &'a Path,
+        labels: &'a Labels,
+    ) -> BoxFuture<'a, Result<(), RemoteError>>;
+
+    /// Unmounts the layer at `mountpoint` and frees its resources.
+    fn unmount<'a>(&'a self, mountpoint: &'a Path) -> BoxFuture<'a, Result<(), RemoteError>>;
+}
+
+/// No remote support: every mount is declined, so all snapshots are local.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoRemote;
+
+impl RemoteFs for NoRemote {
+    fn mount<'a>(&'a self, _: &'a Path, _: &'a Labels) -> BoxFuture<'a, Result<(), RemoteError>> {
+        Box::pin(async {
+            Err(RemoteError::Declined(
+                "remote layers are not enabled".into(),
+            ))
+        })
+    }
+
+    fn check<'a>(&'a self, _: &'a Path, _: &'a Labels) -> BoxFuture<'a, Result<(), RemoteError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn unmount<'a>(&'a self, _: &'a Path) -> BoxFuture<'a, Result<(), RemoteError>> {
+        Box::pin(async { Ok(()) })
+    }
+}

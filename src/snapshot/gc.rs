@@ -1,0 +1,190 @@
+//! Garbage collection of snapshot directories: start-up recovery and the
+//! Cleanup RPC.
+//!
+//! Under the store's write lock (so no create or remove is half done), every
+//! entry of `snapshots/` is classified:
+//! - `<id>` owned by a row: kept;
+//! - `<id>` not owned: orphan of a create that crashed before its commit;
+//!   renamed to a unique `rm-orphan-*` name, then deleted;
+//! - `rm-<id>` whose row still exists: a remove that crashed before its
+//!   commit; renamed back to `<id>`;
+//! - any other `rm-*` and every `new-*`: deleted.
+//!
+//! Deletion happens after the lock is released. A directory whose `fs` is
+//! still a mount point after unmounting is never deleted.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::error::{Context, Error, Result};
+use super::overlay::{NEW_PREFIX, REMOVED_PREFIX};
+use super::snapshotter::{Inner, sync_dir, unique_suffix};
+
+/// Recovers after a crash: restores interrupted removes, deletes garbage,
+/// and reports rows whose directory is missing.
+pub(super) fn recover(inner: &Inner) -> Result<()> {
+    let garbage = collect(inner)?;
+    for dir in garbage {
+        if let Err(e) = delete_now(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot delete stale directory");
+        }
+    }
+    let ids = inner.store.read(|tx| tx.ids())?;
+    for id in ids {
+        if !inner.layout.fs_dir(id).is_dir() {
+            tracing::error!(id, "snapshot directory is missing");
+        }
+    }
+    Ok(())
+}
+
+/// Classifies `snapshots/` and returns the directories to delete.
+pub(super) fn collect(inner: &Inner) -> Result<Vec<PathBuf>> {
+    let root = inner.layout.snapshots_dir();
+    inner.store.write(|tx| {
+        let ids = tx.ids()?;
+        let mut garbage = Vec::new();
+        let mut renamed = false;
+        for entry in std::fs::read_dir(root).context(|| format!("read {}", root.display()))? {
+            let entry = entry.context(|| format!("read {}", root.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if let Ok(id) = name.parse::<i64>() {
+                if !ids.contains(&id) {
+                    let to = root.join(format!("{REMOVED_PREFIX}orphan-{id}-{}", unique_suffix()));
+                    std::fs::rename(&path, &to).context(|| format!("rename {}", path.display()))?;
+                    renamed = true;
+                    garbage.push(to);
+                }
+            } else if let Some(rest) = name.strip_prefix(REMOVED_PREFIX) {
+                match rest.parse::<i64>() {
+                    Ok(id) if ids.contains(&id) => {
+                        let to = inner.layout.snapshot_dir(id);
+                        tracing::warn!(id, "restoring directory of an interrupted remove");
+                        std::fs::rename(&path, &to)
+                            .context(|| format!("rename {}", path.display()))?;
+                        renamed = true;
+                    }
+                    _ => garbage.push(path),
+                }
+            } else if name.starts_with(NEW_PREFIX) {
+                garbage.push(path);
+            }
+        }
+        if renamed {
+            sync_dir(root)?;
+        }
+        Ok(garbage)
+    })
+}
+
+/// Deletes `dirs`, letting the remote filesystem unmount its layers first.
+/// Failures are logged: the directories stay garbage for the next Cleanup.
+pub(super) async fn delete_dirs(inner: &Inner, dirs: Vec<PathBuf>) {
+    for dir in &dirs {
+        let fs = dir.join("fs");
+        if is_mount_point(&fs)
+            && let Err(e) = inner.remote.unmount(&fs).await
+        {
+            tracing::warn!(dir = %fs.display(), error = %e, "remote unmount failed");
+        }
+    }
+    let result = tokio::task::spawn_blocking(move || {
+        for dir in dirs {
+            if let Err(e) = delete_now(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot delete snapshot directory");
+            }
+        }
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "directory deletion task failed");
+    }
+}
+
+/// Deletes one snapshot directory, unmounting a leftover mount on its `fs`.
+pub(super) fn delete_now(dir: &Path) -> Result<()> {
+    let fs = dir.join("fs");
+    if is_mount_point(&fs) {
+        let _ = nix::mount::umount2(&fs, nix::mount::MntFlags::MNT_DETACH);
+        if is_mount_point(&fs) {
+            return Err(Error::FailedPrecondition(format!(
+                "{} is still mounted; not deleting",
+                fs.display()
+            )));
+        }
+    }
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).context(|| format!("delete {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether something is mounted on `path`: listed in /proc/self/mountinfo
+/// (catches bind mounts on the same device) or on another device than its
+/// parent.
+pub(super) fn is_mount_point(path: &Path) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if let Some(Ok(parent)) = path.parent().map(std::fs::symlink_metadata)
+        && meta.dev() != parent.dev()
+    {
+        return true;
+    }
+    let Ok(canonical) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = canonical.to_string_lossy();
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .any(|mount_point| unescape_octal(mount_point) == wanted)
+}
+
+/// Undoes mountinfo's `\ooo` escaping of spaces, tabs, newlines, backslashes.
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && let Some(code) = bytes
+                .get(i + 1..i + 4)
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        {
+            out.push(code);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_unescape() {
+        assert_eq!(unescape_octal("/a\\040b\\134c"), "/a b\\c");
+        assert_eq!(unescape_octal("/plain"), "/plain");
+    }
+
+    #[test]
+    fn root_and_proc_are_mount_points_tmp_subdir_is_not() {
+        assert!(is_mount_point(Path::new("/proc")));
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
+        assert!(!is_mount_point(dir.path()));
+    }
+}

@@ -1,0 +1,20 @@
+//! The snapshotter core: containerd's snapshot model (types, errors), the
+//! overlayfs local fallback, and the `Snapshotter` that ties the metadata
+//! store to the snapshot directories. Nothing here knows about gRPC.
+
+mod error;
+pub mod gc;
+pub mod overlay;
+mod snapshotter;
+mod types;
+pub mod usage;
+
+pub use error::{Context, Error, Result};
+pub use snapshotter::{Options, REMOTE_LABEL, Snapshotter, TARGET_REF_LABEL};
+pub use types::{
+    Info, Kind, Labels, MAX_KEY_BYTES, MAX_LABEL_BYTES, Mount, Usage, validate_key, validate_labels,
+};
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod remote_tests;

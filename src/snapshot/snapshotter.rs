@@ -1,0 +1,435 @@
+//! `Snapshotter`: containerd's Snapshotter interface over the metadata store
+//! and the overlayfs snapshot directories.
+//!
+//! Crash-consistency contract (process killed at any instant):
+//! - A database row always points at a complete `snapshots/<id>` directory:
+//!   Prepare/View build the directory as `new-*`, insert the row, rename the
+//!   directory to `<id>` and fsync `snapshots/` before the transaction
+//!   commits. A crash before the commit leaves a directory no row owns.
+//! - Remove deletes the row and renames `<id>` to `rm-<id>` in the same
+//!   transaction and deletes the files only after the commit. A crash before
+//!   the commit leaves `rm-<id>` with a live row: start-up renames it back.
+//! - Start-up and Cleanup delete every directory no row owns (see `gc`).
+//! - Store and directory changes happen under the store's lock, so Cleanup
+//!   never sees a half-created snapshot.
+
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use super::error::{Context, Error, Result};
+use super::gc;
+use super::overlay::{self, Layout, NEW_PREFIX, OverlayOptions};
+use super::types::{Info, Kind, Labels, Mount, Usage, validate_key, validate_labels};
+use super::usage::disk_usage;
+use crate::remote::{NoRemote, RemoteFs};
+use crate::store::{Snapshot, Store};
+
+/// Label containerd's unpacker sets to the chain id of the layer it prepares.
+pub const TARGET_REF_LABEL: &str = "containerd.io/snapshot.ref";
+/// Label marking a snapshot whose `fs` is a remote mount.
+pub const REMOTE_LABEL: &str = "containerd.io/snapshot/remote";
+
+/// How to open a snapshotter.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Root directory (`metadata.db`, `snapshots/`).
+    pub root: PathBuf,
+    /// Defer directory deletion from Remove to Cleanup.
+    pub async_remove: bool,
+    /// Filesystem for remote layers.
+    pub remote: Arc<dyn RemoteFs>,
+}
+
+impl Options {
+    /// Defaults for `root`: synchronous remove, no remote layers.
+    pub fn new(root: impl Into<PathBuf>) -> Options {
+        Options {
+            root: root.into(),
+            async_remove: false,
+            remote: Arc::new(NoRemote),
+        }
+    }
+}
+
+/// The snapshotter; cheap to clone (shared state).
+#[derive(Debug, Clone)]
+pub struct Snapshotter {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(super) struct Inner {
+    pub(super) store: Store,
+    pub(super) layout: Layout,
+    overlay: OverlayOptions,
+    async_remove: bool,
+    pub(super) remote: Arc<dyn RemoteFs>,
+}
+
+impl Snapshotter {
+    /// Opens the snapshotter at `opts.root`: creates the layout, checks
+    /// d_type support, opens the store and recovers from any crash.
+    pub fn open(opts: Options) -> Result<Snapshotter> {
+        let layout = Layout::new(&opts.root);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(layout.snapshots_dir())
+            .context(|| format!("create {}", layout.snapshots_dir().display()))?;
+        overlay::check_d_type(layout.snapshots_dir())?;
+        let store = Store::open(&opts.root.join("metadata.db"))?;
+        let inner = Inner {
+            store,
+            layout,
+            overlay: OverlayOptions::detect(),
+            async_remove: opts.async_remove,
+            remote: opts.remote,
+        };
+        gc::recover(&inner)?;
+        Ok(Snapshotter {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Overlay options chosen for this kernel (for the start-up log).
+    pub fn overlay_options(&self) -> OverlayOptions {
+        self.inner.overlay
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| Error::internal("snapshotter task", e))?
+    }
+
+    /// Creates an Active snapshot on `parent` and returns its mounts. With a
+    /// `containerd.io/snapshot.ref` label it first tries a remote mount; on
+    /// success the layer is committed under that name and `AlreadyExists`
+    /// tells containerd to skip the download.
+    pub async fn prepare(&self, key: String, parent: String, labels: Labels) -> Result<Vec<Mount>> {
+        validate_key("key", &key)?;
+        validate_labels(&labels)?;
+        self.check_chain(&parent).await?;
+        let target = labels.get(TARGET_REF_LABEL).cloned();
+        let lbl = labels.clone();
+        let snap = self
+            .blocking(move |s| s.create(Kind::Active, &key, &parent, &lbl))
+            .await?;
+        if let Some(target) = target {
+            let fs = self.inner.layout.fs_dir(snap.id);
+            match self.inner.remote.mount(&fs, &labels).await {
+                Ok(()) => return self.commit_remote(snap, target, labels).await,
+                Err(e) => tracing::debug!(
+                    key = %target, error = %e, "remote-snapshot-prepared" = "false",
+                    "falling back to a local snapshot"
+                ),
+            }
+        }
+        Ok(overlay::mounts(
+            &self.inner.layout,
+            self.inner.overlay,
+            &snap,
+        ))
+    }
+
+    async fn commit_remote(
+        &self,
+        snap: Snapshot,
+        target: String,
+        mut labels: Labels,
+    ) -> Result<Vec<Mount>> {
+        labels.insert(REMOTE_LABEL.into(), "remote snapshot".into());
+        let name = target.clone();
+        let id = snap.id;
+        let committed = self
+            .blocking(move |s| {
+                s.store.write(|tx| {
+                    let key = tx.key_of(id)?;
+                    tx.commit(&key, &name, Usage::default(), &labels, SystemTime::now())
+                })
+            })
+            .await;
+        match committed {
+            Ok(_) | Err(Error::AlreadyExists(_)) => {
+                tracing::debug!(key = %target, "remote-snapshot-prepared" = "true", "remote snapshot");
+                Err(Error::AlreadyExists(format!("target snapshot {target:?}")))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a read-only View on `parent` and returns its mounts.
+    pub async fn view(&self, key: String, parent: String, labels: Labels) -> Result<Vec<Mount>> {
+        validate_key("key", &key)?;
+        validate_labels(&labels)?;
+        self.check_chain(&parent).await?;
+        self.blocking(move |s| {
+            let snap = s.create(Kind::View, &key, &parent, &labels)?;
+            Ok(overlay::mounts(&s.layout, s.overlay, &snap))
+        })
+        .await
+    }
+
+    /// The mounts of an Active or View snapshot.
+    pub async fn mounts(&self, key: String) -> Result<Vec<Mount>> {
+        let snap = self
+            .blocking(move |s| {
+                let snap = s.store.read(|tx| tx.snapshot(&key))?;
+                if snap.kind == Kind::Committed {
+                    return Err(Error::FailedPrecondition(format!(
+                        "snapshot {key:?} is committed, not active or view"
+                    )));
+                }
+                Ok(snap)
+            })
+            .await?;
+        self.check_remote_layers(&snap.parent_ids).await?;
+        Ok(overlay::mounts(
+            &self.inner.layout,
+            self.inner.overlay,
+            &snap,
+        ))
+    }
+
+    /// Checks the remote layers in the chain of the committed `parent`
+    /// (nothing to do without a parent; a missing parent is left to create).
+    async fn check_chain(&self, parent: &str) -> Result<()> {
+        if parent.is_empty() {
+            return Ok(());
+        }
+        let parent = parent.to_string();
+        let chain = self
+            .blocking(move |s| {
+                Ok(match s.store.read(|tx| tx.snapshot(&parent)) {
+                    Ok(snap) => std::iter::once(snap.id).chain(snap.parent_ids).collect(),
+                    Err(_) => Vec::new(),
+                })
+            })
+            .await?;
+        self.check_remote_layers(&chain).await
+    }
+
+    /// Asks the remote filesystem, in parallel, whether every remote layer
+    /// among `ids` is still usable (the Go reference's `checkAvailability`).
+    async fn check_remote_layers(&self, ids: &[i64]) -> Result<()> {
+        let ids = ids.to_vec();
+        let remote = self
+            .blocking(move |s| s.store.read(|tx| tx.labelled(&ids, REMOTE_LABEL)))
+            .await?;
+        let mut checks = tokio::task::JoinSet::new();
+        for (id, labels) in remote {
+            let fs = Arc::clone(&self.inner.remote);
+            let dir = self.inner.layout.fs_dir(id);
+            checks.spawn(async move { fs.check(&dir, &labels).await.map_err(|e| (dir, e)) });
+        }
+        while let Some(joined) = checks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err((dir, e))) => {
+                    return Err(Error::Unavailable(format!("layer {}: {e}", dir.display())));
+                }
+                Err(e) => return Err(Error::internal("remote layer check", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the Active snapshot `key` as `name`, recording its usage.
+    pub async fn commit(&self, name: String, key: String, labels: Labels) -> Result<()> {
+        validate_key("name", &name)?;
+        validate_labels(&labels)?;
+        self.blocking(move |s| {
+            let snap = s.store.read(|tx| tx.snapshot(&key))?;
+            // Measured outside the write lock (it can take a while); if the
+            // snapshot vanished meanwhile, the commit below says NotFound.
+            let usage = match snap.kind {
+                Kind::Active => disk_usage(&s.layout.fs_dir(snap.id)),
+                _ => Ok(Usage::default()),
+            };
+            let result = s.store.write(|tx| {
+                let usage = usage
+                    .as_ref()
+                    .map_err(|e| Error::internal("measure usage", e.to_string()));
+                tx.snapshot(&key)?;
+                tx.commit(&key, &name, *usage?, &labels, SystemTime::now())
+            });
+            result.map(|_| ())
+        })
+        .await
+    }
+
+    /// Removes a snapshot that has no children.
+    pub async fn remove(&self, key: String) -> Result<()> {
+        let (removed, async_remove) = self
+            .blocking(move |s| Ok((s.remove(&key)?, s.async_remove)))
+            .await?;
+        if let Some(dir) = removed
+            && !async_remove
+        {
+            gc::delete_dirs(&self.inner, vec![dir]).await;
+        }
+        Ok(())
+    }
+
+    /// Metadata of one snapshot.
+    pub async fn stat(&self, key: String) -> Result<Info> {
+        self.blocking(move |s| s.store.read(|tx| tx.info(&key)).map(|(_, info)| info))
+            .await
+    }
+
+    /// Updates labels (`fieldpaths`: `labels`, `labels.KEY`; empty = all).
+    pub async fn update(&self, info: Info, fieldpaths: Vec<String>) -> Result<Info> {
+        validate_labels(&info.labels)?;
+        self.blocking(move |s| {
+            s.store
+                .write(|tx| tx.update(&info, &fieldpaths, SystemTime::now()))
+        })
+        .await
+    }
+
+    /// Every snapshot matching any of `filters` (containerd syntax).
+    pub async fn walk(&self, filters: Vec<String>) -> Result<Vec<Info>> {
+        let filter = crate::store::filter::AnyOf::parse(&filters)?;
+        self.blocking(move |s| {
+            let all = s.store.read(|tx| tx.walk())?;
+            Ok(all.into_iter().filter(|i| filter.matches(i)).collect())
+        })
+        .await
+    }
+
+    /// Disk usage: measured now for Active snapshots, recorded at commit
+    /// time for Committed ones.
+    pub async fn usage(&self, key: String) -> Result<Usage> {
+        self.blocking(move |s| {
+            let (snap, stored) = s.store.read(|tx| {
+                let snap = tx.snapshot(&key)?;
+                let stored = tx.stored_usage(snap.id)?;
+                Ok((snap, stored))
+            })?;
+            match snap.kind {
+                Kind::Active => disk_usage(&s.layout.fs_dir(snap.id)),
+                _ => Ok(stored),
+            }
+        })
+        .await
+    }
+
+    /// Deletes every snapshot directory that no snapshot owns.
+    pub async fn cleanup(&self) -> Result<()> {
+        let garbage = self.blocking(gc::collect).await?;
+        gc::delete_dirs(&self.inner, garbage).await;
+        Ok(())
+    }
+
+    /// Flushes the store; call once no request is in flight.
+    pub async fn close(&self) -> Result<()> {
+        self.blocking(|s| s.store.checkpoint()).await
+    }
+}
+
+/// A suffix no other directory name of this or an earlier process has.
+pub(super) fn unique_suffix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// fsync a directory so renames inside it are durable.
+pub(super) fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .context(|| format!("fsync {}", dir.display()))
+}
+
+impl Inner {
+    fn create(&self, kind: Kind, key: &str, parent: &str, labels: &Labels) -> Result<Snapshot> {
+        self.store.write(|tx| {
+            let snap = tx.create(kind, key, parent, labels, SystemTime::now())?;
+            let tmp = self
+                .layout
+                .snapshots_dir()
+                .join(format!("{NEW_PREFIX}{}", unique_suffix()));
+            let built = self.build_dir(&tmp, &snap);
+            if built.is_err() {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            built.map(|()| snap)
+        })
+    }
+
+    /// Builds `tmp/{fs,work}` and renames it to the snapshot's directory.
+    fn build_dir(&self, tmp: &Path, snap: &Snapshot) -> Result<()> {
+        let mkdir = |path: &Path, mode: u32| {
+            std::fs::DirBuilder::new()
+                .mode(mode)
+                .create(path)
+                .and_then(|()| {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                })
+                .context(|| format!("create {}", path.display()))
+        };
+        mkdir(tmp, 0o700)?;
+        let fs = tmp.join("fs");
+        mkdir(&fs, 0o755)?;
+        if snap.kind == Kind::Active {
+            mkdir(&tmp.join("work"), 0o711)?;
+        }
+        if let Some(&parent) = snap.parent_ids.first() {
+            let parent_fs = self.layout.fs_dir(parent);
+            let meta = std::fs::metadata(&parent_fs)
+                .context(|| format!("stat {}", parent_fs.display()))?;
+            std::os::unix::fs::chown(&fs, Some(meta.uid()), Some(meta.gid()))
+                .context(|| format!("chown {}", fs.display()))?;
+        }
+        let target = self.layout.snapshot_dir(snap.id);
+        if target.exists() {
+            // Left by a create that crashed before its commit: SQLite may
+            // hand the same id out again, and no row owns that directory.
+            tracing::warn!(dir = %target.display(), "replacing orphaned snapshot directory");
+            gc::delete_now(&target)?;
+        }
+        std::fs::rename(tmp, &target).context(|| format!("rename to {}", target.display()))?;
+        sync_dir(self.layout.snapshots_dir())
+    }
+
+    /// Deletes the row and moves the directory aside; returns the directory
+    /// to delete.
+    fn remove(&self, key: &str) -> Result<Option<PathBuf>> {
+        let mut moved: Option<(PathBuf, PathBuf)> = None;
+        let result = self.store.write(|tx| {
+            let snap = tx.remove(key)?;
+            let from = self.layout.snapshot_dir(snap.id);
+            let to = self.layout.removed_dir(snap.id);
+            match std::fs::rename(&from, &to) {
+                Ok(()) => moved = Some((from, to.clone())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::warn!(key, dir = %from.display(), "removed snapshot had no directory");
+                    return Ok(None);
+                }
+                Err(e) => return Err(Error::internal(format!("rename {}", from.display()), e)),
+            }
+            sync_dir(self.layout.snapshots_dir())?;
+            Ok(Some(to))
+        });
+        if result.is_err()
+            && let Some((from, to)) = moved
+            && let Err(e) = std::fs::rename(&to, &from)
+        {
+            tracing::error!(dir = %to.display(), error = %e, "cannot restore directory after failed remove");
+        }
+        result
+    }
+}
