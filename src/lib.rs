@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod grpc;
+pub mod image;
 pub mod lcow;
 pub mod remote;
 pub mod snapshot;

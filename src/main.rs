@@ -18,11 +18,15 @@ enum Command {
     /// Work with single eStargz layer blobs.
     #[command(subcommand_required = true)]
     Layer(cli::layer::LayerArgs),
+    /// Convert whole images to eStargz or zstd:chunked.
+    #[command(subcommand_required = true)]
+    Image(cli::image::ImageArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => cli::serve::run(args),
         Command::Layer(args) => cli::layer::run(args),
+        Command::Image(args) => cli::image::run(args),
     }
 }

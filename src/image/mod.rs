@@ -1,0 +1,21 @@
+//! Images: reading, converting to eStargz/zstd:chunked and writing OCI
+//! images held in registries or OCI layout directories.
+//!
+//! [`convert::convert`] is the `rstargz image convert` engine; [`build`]
+//! makes plain test images from local files; [`store`] is the one place
+//! that reads and writes blobs and manifests (registry or `oci:DIR[:TAG]`),
+//! [`layout`] the OCI layout format, [`oci`] media types and descriptors,
+//! [`progress`] the events a caller may show.
+
+pub mod build;
+pub mod convert;
+pub mod error;
+pub mod layout;
+pub mod oci;
+pub mod progress;
+pub mod store;
+
+pub use convert::{ConvertOptions, ConvertReport, ManifestReport, convert};
+pub use error::{ImageError, Result};
+pub use progress::{Event, LayerReport, Progress, Quiet, StderrLines};
+pub use store::{ImageRef, Store};
