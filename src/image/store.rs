@@ -236,7 +236,10 @@ impl Store {
                     while written < desc.size {
                         let end = (written + DOWNLOAD_WINDOW).min(desc.size);
                         let parts = fetcher
-                            .fetch_ranges(&[written..end], Purpose::Background)
+                            .fetch_ranges(
+                                std::slice::from_ref(&(written..end)),
+                                Purpose::Background,
+                            )
                             .await
                             .map_err(ImageError::registry(format!("reading {what}")))?;
                         for (_, data) in parts {
