@@ -210,6 +210,22 @@ async fn multi_platform_index() {
     )
     .await
     .unwrap();
+    // An attestation entry (as BuildKit adds) must be left out, not converted.
+    let src_store = Store::source(&client, &src).unwrap();
+    let root = src_store.root().await.unwrap();
+    let mut index: serde_json::Value = serde_json::from_slice(&root.bytes).unwrap();
+    let mut attestation = index["manifests"][0].clone();
+    attestation["platform"] = serde_json::json!({"architecture": "unknown", "os": "unknown"});
+    index["manifests"].as_array_mut().unwrap().push(attestation);
+    let body = serde_json::to_vec(&index).unwrap();
+    let ImageRef::Registry(src_ref) = &src else {
+        unreachable!()
+    };
+    client
+        .put_manifest(src_ref, oci::OCI_INDEX, body.into())
+        .await
+        .unwrap();
+
     let dst = at(&reg.host(), "multi-esgz/app:v1");
     let report = image::convert(
         &client,

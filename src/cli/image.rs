@@ -14,7 +14,7 @@ use rstargz_fs::registry::{Registry, RegistryConfig};
 
 use crate::image::build::{BuildOptions, LayerCompression, LayerInput};
 use crate::image::progress::{mb, short};
-use crate::image::{self, ConvertOptions, ImageRef, Progress, Quiet, StderrLines};
+use crate::image::{self, ConvertOptions, ImageRef, Progress, StderrLines};
 
 /// Arguments of `rstargz image`.
 #[derive(Debug, clap::Args)]
@@ -104,6 +104,17 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Off a terminal, only what the user must know (skipped index entries) is printed.
+struct NotesOnly;
+
+impl Progress for NotesOnly {
+    fn event(&self, event: &image::Event<'_>) {
+        if let image::Event::Note(_) = event {
+            StderrLines.event(event);
+        }
+    }
+}
+
 fn client(args: &RegistryArgs, locations: &[&ImageRef]) -> anyhow::Result<Registry> {
     let mut config = RegistryConfig {
         docker_config: args.docker_config.clone(),
@@ -141,7 +152,7 @@ async fn convert(a: ConvertArgs) -> anyhow::Result<()> {
     let progress: Arc<dyn Progress> = if terminal {
         Arc::new(StderrLines)
     } else {
-        Arc::new(Quiet)
+        Arc::new(NotesOnly)
     };
     let started = std::time::Instant::now();
     let report = image::convert(&client, &src, &dst, &opts, progress)

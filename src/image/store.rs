@@ -43,9 +43,7 @@ impl ImageRef {
     pub fn parse(input: &str) -> Result<Self> {
         if let Some(rest) = input.strip_prefix("oci:") {
             let (dir, tag) = match rest.rsplit_once(':') {
-                Some((dir, tag)) if !tag.contains('/') && !dir.is_empty() => {
-                    (dir, Some(tag.to_owned()))
-                }
+                Some((dir, tag)) if !tag.contains('/') => (dir, Some(tag.to_owned())),
                 _ => (rest, None),
             };
             if dir.is_empty() {
@@ -384,4 +382,46 @@ fn verify(what: &str, desc: &Descriptor, size: u64, actual: &Digest) -> Result<(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_layout_and_registry_locations() {
+        assert_eq!(
+            ImageRef::parse("oci:/tmp/x:v1").ok(),
+            Some(ImageRef::Layout {
+                dir: "/tmp/x".into(),
+                tag: Some("v1".into())
+            })
+        );
+        assert_eq!(
+            ImageRef::parse("oci:rel/dir").ok(),
+            Some(ImageRef::Layout {
+                dir: "rel/dir".into(),
+                tag: None
+            })
+        );
+        // A ':' inside the path (before a '/') is not a tag separator.
+        assert_eq!(
+            ImageRef::parse("oci:/a:b/c").ok(),
+            Some(ImageRef::Layout {
+                dir: "/a:b/c".into(),
+                tag: None
+            })
+        );
+        assert!(ImageRef::parse("oci:").is_err());
+        assert!(ImageRef::parse("oci::tag").is_err());
+        assert!(matches!(
+            ImageRef::parse("localhost:5000/app:1"),
+            Ok(ImageRef::Registry(r)) if r.tag.as_deref() == Some("1")
+        ));
+        assert!(ImageRef::parse("Bad Name").is_err());
+        assert_eq!(
+            ImageRef::parse("oci:/tmp/x:v1").map(|r| r.to_string()).ok(),
+            Some("oci:/tmp/x:v1".to_owned())
+        );
+    }
 }
