@@ -104,8 +104,10 @@ async fn registry_to_registry_zstd() {
     let client = client(tmp.path());
     let layers = fixture_layers(tmp.path(), 2);
     let src = at(&reg.host(), "plain/app:v1");
+    // Docker schema2 with plain tar layers: zstd output turns it into OCI.
     let opts = BuildOptions {
         compression: LayerCompression::None,
+        docker: true,
         ..BuildOptions::default()
     };
     build::from_dirs(&client, &src, &dirs(&layers), &opts)
@@ -126,6 +128,9 @@ async fn registry_to_registry_zstd() {
     assert_eq!(desc.digest, report.digest.to_string());
     let checked = check_converted(&store, &desc, &layers, true, false, tmp.path()).await;
     assert_eq!(checked.media_type, oci::OCI_MANIFEST);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&store.document(&desc).await.unwrap()).unwrap();
+    assert_eq!(manifest["config"]["mediaType"], oci::OCI_CONFIG);
     assert_eq!(report.manifests[0].layers.len(), 2);
     assert!(report.manifests[0].layers.iter().all(|l| l.uploaded));
 }
@@ -395,4 +400,64 @@ async fn bad_input_is_a_clear_error_and_tags_nothing() {
         matches!(&err, ImageError::DigestMismatch { expected, .. } if *expected == digest),
         "{err}"
     );
+}
+
+/// A foreign (non-distributable) layer is kept as is: same descriptor, same
+/// diffID, blob not copied; the other layers are converted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_layers_pass_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client = client(tmp.path());
+    let (dir, mut manifest) = layout_image(tmp.path()).await;
+    let layout = rstargz::image::layout::OciLayout::open(&dir).unwrap();
+    let config_digest = manifest["config"]["digest"].as_str().unwrap().to_owned();
+    let mut config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("blobs/sha256").join(&config_digest[7..])).unwrap(),
+    )
+    .unwrap();
+    let foreign_digest = format!("sha256:{}", "ab".repeat(32));
+    let foreign_diff_id = format!("sha256:{}", "cd".repeat(32));
+    let foreign = serde_json::json!({
+        "mediaType": oci::DOCKER_LAYER_FOREIGN,
+        "digest": foreign_digest,
+        "size": 1234,
+        "urls": ["https://example.invalid/layer"],
+    });
+    manifest["layers"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, foreign.clone());
+    config["rootfs"]["diff_ids"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, foreign_diff_id.clone().into());
+    let config_body = serde_json::to_vec(&config).unwrap();
+    let new_config = rstargz_fs::registry::Digest::sha256_of(&config_body);
+    layout.write_blob_bytes(&new_config, &config_body).unwrap();
+    manifest["config"]["digest"] = new_config.to_string().into();
+    manifest["config"]["size"] = config_body.len().into();
+    retag(&dir, &manifest);
+
+    let src = ImageRef::parse(&format!("oci:{}:v1", dir.display())).unwrap();
+    let out = tmp.path().join("out");
+    let dst = ImageRef::parse(&format!("oci:{}:v1", out.display())).unwrap();
+    let report = image::convert(
+        &client,
+        &src,
+        &dst,
+        &options(Compression::Gzip),
+        Arc::new(Quiet),
+    )
+    .await
+    .unwrap();
+    let layers = &report.manifests[0].layers;
+    assert!(layers[0].passed_through && !layers[0].uploaded);
+    assert_eq!(layers[0].diff_id, foreign_diff_id);
+    assert!(!layers[1].passed_through && !layers[2].passed_through);
+    let store = Store::source(&client, &dst).unwrap();
+    let root = store.root().await.unwrap();
+    let converted: serde_json::Value = serde_json::from_slice(&root.bytes).unwrap();
+    assert_eq!(converted["layers"][0], foreign);
+    assert_eq!(converted["layers"][1]["mediaType"], oci::OCI_LAYER_GZIP);
+    assert!(!out.join("blobs/sha256").join(&foreign_digest[7..]).exists());
 }
