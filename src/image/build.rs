@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::error::{ImageError, Result};
 use super::oci::{self, Descriptor, Platform};
-use super::store::{ImageRef, Store};
+use super::store::{ImageRef, Store, finish_sha256};
 
 /// One layer's content.
 #[derive(Debug, Clone)]
@@ -202,11 +202,6 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-fn digest_of(hasher: Sha256) -> Result<Digest> {
-    Digest::parse(&format!("sha256:{}", hex::encode(hasher.finalize())))
-        .map_err(ImageError::registry("hashing"))
-}
-
 /// Writes the compressed layer to a temporary file; returns it with its
 /// digest, size and diffID.
 fn write_layer(
@@ -243,7 +238,7 @@ fn write_layer(
         } = blob;
         inner.flush().map_err(io("flush"))?;
         drop(inner);
-        (digest_of(hasher)?, len, diff_id)
+        (finish_sha256(hasher)?, len, diff_id)
     };
     Ok((out, digest, len, diff_id))
 }
@@ -277,7 +272,7 @@ fn tar_into<W: Write>(input: &LayerInput, w: W) -> Result<(W, Digest)> {
         }
     }
     let Hashing { inner, hasher, .. } = tar;
-    Ok((inner, digest_of(hasher)?))
+    Ok((inner, finish_sha256(hasher)?))
 }
 
 fn append_tree<W: Write>(

@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 use super::error::{ImageError, Result};
 use super::oci::{self, Descriptor, LayerHandling};
 use super::progress::{Event, LayerReport, Progress};
-use super::store::{ImageRef, Store};
+use super::store::{ImageRef, Store, as_registry_digest};
 
 /// Options of [`convert`].
 #[derive(Debug, Clone)]
@@ -362,8 +362,7 @@ async fn convert_layer(
     })
     .await
     .map_err(|e| ImageError::Task(e.to_string()))??;
-    let digest = Digest::parse(&converted.digest.to_string())
-        .map_err(ImageError::registry("converted digest"))?;
+    let digest = as_registry_digest(&converted.digest.to_string())?;
     let uploaded = ctx
         .dst
         .put_blob_file(&digest, converted.size, output.path())

@@ -268,13 +268,7 @@ impl Store {
                 }
             }
         }
-        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
-        verify(
-            &what,
-            desc,
-            written,
-            &Digest::parse(&actual).map_err(ImageError::registry("hashing"))?,
-        )
+        verify(&what, desc, written, &finish_sha256(hasher)?)
     }
 
     /// Whether the store already has blob `digest`.
@@ -364,6 +358,16 @@ impl Store {
             }
         }
     }
+}
+
+/// The registry digest of a finished sha256 hash.
+pub(crate) fn finish_sha256(hasher: Sha256) -> Result<Digest> {
+    as_registry_digest(&format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
+/// Re-validates a digest produced elsewhere (e.g. the eStargz writer's) as a registry digest.
+pub(crate) fn as_registry_digest(digest: &str) -> Result<Digest> {
+    Digest::parse(digest).map_err(|_| ImageError::document(digest, "not a valid digest"))
 }
 
 fn verify(what: &str, desc: &Descriptor, size: u64, actual: &Digest) -> Result<()> {
