@@ -18,11 +18,14 @@ enum Command {
     /// Work with single eStargz layer blobs.
     #[command(subcommand_required = true)]
     Layer(cli::layer::LayerArgs),
+    /// Measure a running service (figures as JSON lines).
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => cli::serve::run(args),
         Command::Layer(args) => cli::layer::run(args),
+        Command::Bench(args) => cli::bench::run(args),
     }
 }

@@ -1,4 +1,5 @@
 //! Command-line interface: one module per subcommand group.
 
+pub mod bench;
 pub mod layer;
 pub mod serve;

@@ -8,13 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use rstargz_proto::snapshots as pb;
-use rstargz_proto::snapshots::snapshots_client::SnapshotsClient;
-use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Generated client over our unix socket.
-pub type Client = SnapshotsClient<Channel>;
+pub type Client = rstargz::client::Client;
 
 /// How long start-up and shutdown may take before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -98,20 +95,7 @@ impl Daemon {
 
     /// A connected client.
     pub async fn client(&self) -> Client {
-        let socket = self.socket.clone();
-        let channel = Endpoint::try_from("http://[::]:0")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await
-            .unwrap();
-        SnapshotsClient::new(channel)
+        rstargz::client::connect(&self.socket).await.unwrap()
     }
 
     /// Sends `signal` and waits (bounded) for the exit status.
