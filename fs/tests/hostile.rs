@@ -357,7 +357,7 @@ fn wrong_digest_is_a_verification_error() {
     let compressed = &golden[r.start as usize..r.end as usize];
     let ok = decode_chunk(Compression::Gzip, ino, &chunk, compressed, Verify::Enabled).unwrap();
     assert_eq!(ok.len(), chunk.size as usize);
-    chunk.digest = Some(Digest::of(b"something else"));
+    chunk.set_digest(Some(Digest::of(b"something else")));
     assert!(matches!(
         decode_chunk(Compression::Gzip, ino, &chunk, compressed, Verify::Enabled),
         Err(Error::ChunkDigestMismatch { .. })
@@ -367,7 +367,7 @@ fn wrong_digest_is_a_verification_error() {
         decode_chunk(Compression::Gzip, ino, &chunk, compressed, Verify::Disabled).unwrap(),
         ok
     );
-    chunk.digest = None;
+    chunk.set_digest(None);
     assert!(matches!(
         decode_chunk(Compression::Gzip, ino, &chunk, compressed, Verify::Enabled),
         Err(Error::ChunkNoDigest { .. })
