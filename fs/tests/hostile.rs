@@ -191,6 +191,14 @@ fn offsets_and_chunks() {
     );
     rejected(
         vec![TocEntry {
+            inner_offset: 1 << 31,
+            ..reg("a", 1, 10)
+        }],
+        0,
+        EntryError::OutOfRange("innerOffset"),
+    );
+    rejected(
+        vec![TocEntry {
             chunk_size: 1 << 40,
             ..reg("big", 1 << 41, 10)
         }],
