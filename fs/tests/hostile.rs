@@ -29,6 +29,17 @@ fn reg(name: &str, size: u64, offset: u64) -> TocEntry {
     }
 }
 
+/// A `chunk` entry at `chunk_offset` in the file, member `offset`.
+fn chunk(name: &str, chunk_offset: u64, offset: u64, chunk_size: u64) -> TocEntry {
+    TocEntry {
+        chunk_offset,
+        chunk_size,
+        offset,
+        chunk_digest: D.into(),
+        ..e(name, "chunk")
+    }
+}
+
 fn build(entries: Vec<TocEntry>) -> rstargz_fs::estargz::Result<Index> {
     Index::build_with_payload_end(
         &Toc {
@@ -143,24 +154,13 @@ fn offsets_and_chunks() {
         0,
         EntryError::ChunkCoverage("chunks end at 50, file size is 100".into()),
     );
-    let gap = TocEntry {
-        chunk_offset: 60,
-        offset: 20,
-        chunk_digest: D.into(),
-        ..e("a", "chunk")
-    };
+    let gap = chunk("a", 60, 20, 0);
     rejected(
         vec![first.clone(), gap],
         0,
         EntryError::ChunkCoverage("chunk at 60 where 50 was expected".into()),
     );
-    let over = TocEntry {
-        chunk_offset: 50,
-        chunk_size: 80,
-        offset: 20,
-        chunk_digest: D.into(),
-        ..e("a", "chunk")
-    };
+    let over = chunk("a", 50, 20, 80);
     rejected(
         vec![first.clone(), over],
         0,
@@ -206,12 +206,7 @@ fn offsets_and_chunks() {
         EntryError::OutOfRange("chunkSize"),
     );
     // A good two-chunk file, and its compressed ranges end at the next member.
-    let ok = TocEntry {
-        chunk_offset: 50,
-        offset: 200,
-        chunk_digest: D.into(),
-        ..e("a", "chunk")
-    };
+    let ok = chunk("a", 50, 200, 0);
     let idx = build(vec![first, ok]).unwrap();
     let chunks = idx.chunks(idx.lookup_path("a").unwrap());
     assert_eq!(
