@@ -5,4 +5,7 @@
 //! code that reads through a small random-access trait and knows nothing of
 //! HTTP or FUSE, so the same code serves local files, registries and fuzzers.
 
+pub mod cache;
 pub mod estargz;
+pub mod fuse;
+pub mod layer;
