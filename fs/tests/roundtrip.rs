@@ -180,3 +180,49 @@ fn layout_matches_go_writer() {
         assert_eq!(shape(&ours), shape(&go), "{}", case.case);
     }
 }
+
+/// A tar with raw names (the `tar` crate's path checks would refuse `..`).
+fn tar_of(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, kind, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        let data: &[u8] = if *kind == tar::EntryType::Regular {
+            b"abc"
+        } else {
+            b""
+        };
+        h.set_size(data.len() as u64);
+        let old = h.as_old_mut();
+        old.name[..path.len()].copy_from_slice(path.as_bytes());
+        old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn writer_refuses_inputs_that_cannot_form_a_layer() {
+    use tar::EntryType::{Directory, Link, Regular};
+    let bad_inputs = [
+        tar_of(&[("a", Regular, ""), ("h", Link, "missing")]),
+        tar_of(&[("f", Regular, ""), ("f/x", Regular, "")]),
+        tar_of(&[("../escape", Regular, "")]),
+    ];
+    for (i, tar) in bad_inputs.iter().enumerate() {
+        let res = convert(&tar[..], Vec::new(), &WriterOptions::default());
+        assert!(
+            matches!(res, Err(rstargz_fs::estargz::Error::InputTar(_))),
+            "input {i}: {res:?}"
+        );
+    }
+    // Re-converting an eStargz blob drops the old TOC and landmark.
+    let tar = tar_of(&[("d", Directory, ""), ("d/f", Regular, "")]);
+    let mut first = Vec::new();
+    convert(&tar[..], &mut first, &WriterOptions::default()).unwrap();
+    let mut second = Vec::new();
+    convert(&first[..], &mut second, &WriterOptions::default()).unwrap();
+    assert_eq!(first, second);
+}

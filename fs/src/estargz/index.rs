@@ -380,8 +380,13 @@ fn components(name: &str) -> Option<Vec<&str>> {
     if name.contains('\0') || name.starts_with('/') {
         return None;
     }
+    split_clean(name)
+}
+
+/// Splits a path on `/`, dropping empty and `.` components; `None` on `..`.
+pub(crate) fn split_clean(path: &str) -> Option<Vec<&str>> {
     let mut out = Vec::new();
-    for c in name.split('/') {
+    for c in path.split('/') {
         match c {
             "" | "." => {}
             ".." => return None,
@@ -664,16 +669,17 @@ impl Builder {
                 }));
             }
         }
-        if e.chunk_size > self.limits.max_chunk_size {
-            return Err(err(EntryError::OutOfRange("chunkSize")));
-        }
+        let provisional_size = u32::try_from(e.chunk_size)
+            .ok()
+            .filter(|_| e.chunk_size <= self.limits.max_chunk_size)
+            .ok_or_else(|| err(EntryError::OutOfRange("chunkSize")))?;
         self.chunks.push(Chunk {
             chunk_offset: e.chunk_offset,
             offset: e.offset,
             compressed_end: 0,
             inner_offset: e.inner_offset,
             // Provisional; `finish_file` sets the real length (0 means "to the end").
-            size: e.chunk_size as u32,
+            size: provisional_size,
             digest,
             zeros,
         });
@@ -704,14 +710,12 @@ impl Builder {
                     c.chunk_offset
                 )));
             };
-            if len == 0 || len > self.limits.max_chunk_size {
-                return Err(Error::entry(
-                    file.index,
-                    &e.name,
-                    EntryError::OutOfRange("chunk size"),
-                ));
-            }
-            c.size = len as u32;
+            c.size = u32::try_from(len)
+                .ok()
+                .filter(|&l| l > 0 && u64::from(l) <= self.limits.max_chunk_size)
+                .ok_or_else(|| {
+                    Error::entry(file.index, &e.name, EntryError::OutOfRange("chunk size"))
+                })?;
             expect = c.chunk_offset + len;
         }
         if expect != size {

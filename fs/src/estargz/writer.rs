@@ -23,7 +23,7 @@ use sha2::{Digest as _, Sha256};
 use super::digest::Digest;
 use super::error::{Error, Result};
 use super::footer::{Compression, estargz_footer, zstd_footer_bytes};
-use super::index::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
+use super::index::{Index, Limits, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, split_clean};
 use super::toc::{TOC_NAME, Toc, TocEntry, encode_toc, format_rfc3339};
 
 /// Default chunk size (4 MiB, as the Go writer).
@@ -175,17 +175,9 @@ impl InputEntry {
     }
 }
 
-/// Cleans a tar path; `None` if it climbs out of the root.
+/// Cleans a tar path (a leading `/` is dropped, as tar does); `None` if it climbs out of the root.
 fn clean_path(raw: &str) -> Option<String> {
-    let mut out = Vec::new();
-    for c in raw.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => return None,
-            c => out.push(c),
-        }
-    }
-    Some(out.join("/"))
+    split_clean(raw).map(|c| c.join("/"))
 }
 
 fn scan(spool: &File) -> Result<Vec<InputEntry>> {
@@ -234,11 +226,12 @@ fn scan(spool: &File) -> Result<Vec<InputEntry>> {
             size: if kind == "reg" { entry.size() } else { 0 },
             data_pos: entry.raw_file_position(),
             mode: header.mode().map_err(bad)? & 0o7777,
-            uid: header.uid().map_err(bad)?,
-            gid: header.gid().map_err(bad)?,
+            // Empty numeric fields mean 0, as Go's archive/tar reads them.
+            uid: header.uid().unwrap_or(0),
+            gid: header.gid().unwrap_or(0),
             uname: header.username().ok().flatten().unwrap_or("").to_owned(),
             gname: header.groupname().ok().flatten().unwrap_or("").to_owned(),
-            mtime: header.mtime().map_err(bad)? as i64,
+            mtime: header.mtime().unwrap_or(0) as i64,
             link,
             dev: (
                 header.device_major().ok().flatten().unwrap_or(0),
@@ -649,6 +642,11 @@ impl<W: Write> BlobWriter<W> {
     }
 
     fn finish(mut self, toc: &Toc) -> Result<ConvertOutput> {
+        // Refuse to emit a blob our own reader would reject (e.g. a hardlink to a
+        // missing target, or a file used as a directory in the input tar).
+        // Offsets are ours, so only the structure is in question here.
+        Index::build_with_payload_end(toc, u64::MAX, &Limits::default())
+            .map_err(|e| Error::InputTar(format!("input cannot form a valid layer: {e}")))?;
         let json = encode_toc(toc)?;
         let toc_digest = Digest::of(&json);
         let toc_offset;
