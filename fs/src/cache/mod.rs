@@ -9,6 +9,7 @@
 //! re-verifies by digest and could not check them.
 
 pub mod disk;
+pub mod files;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use bytes::Bytes;
 
 use crate::estargz::Digest;
 pub use disk::{DiskCache, DiskCacheError, DiskCacheStats};
+pub use files::{FileStore, FileStoreStats};
 
 /// Key of one decompressed chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

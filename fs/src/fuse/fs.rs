@@ -12,7 +12,7 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use fuser::{
@@ -24,6 +24,8 @@ use fuser::{
 
 use super::MountOptions;
 use super::overlay_view::OverlayView;
+use super::passthrough::{OpenMode, PassthroughOpens};
+use crate::cache::FileStore;
 use crate::estargz::{Index, Ino, NodeKind};
 use crate::layer::{LayerError, LayerReader};
 
@@ -99,6 +101,8 @@ pub struct FuseStats {
     pub read_timeouts: AtomicU64,
     /// Total nanoseconds spent in async reads.
     pub async_read_nanos: AtomicU64,
+    /// Opens served with kernel passthrough.
+    pub passthrough_opens: AtomicU64,
 }
 
 /// The filesystem of one layer.
@@ -110,6 +114,10 @@ pub struct LayerFs {
     runtime: tokio::runtime::Handle,
     stats: Arc<FuseStats>,
     total_blocks: u64,
+    /// Set in `init` when the kernel accepted FUSE_PASSTHROUGH.
+    passthrough_on: AtomicBool,
+    /// Open modes per inode (page cache or passthrough).
+    opens: PassthroughOpens,
 }
 
 impl LayerFs {
@@ -135,7 +143,69 @@ impl LayerFs {
             runtime,
             stats,
             total_blocks: total_bytes / u64::from(BLOCK_SIZE),
+            passthrough_on: AtomicBool::new(false),
+            opens: PassthroughOpens::default(),
         }
+    }
+
+    /// The passthrough store and the file's key, when passthrough may apply to `ino`.
+    fn passthrough_key(&self, ino: Ino) -> Option<(&Arc<FileStore>, crate::estargz::Digest)> {
+        if !self.passthrough_on.load(Ordering::Relaxed) {
+            return None;
+        }
+        let store = self.opts.passthrough.as_ref()?;
+        let node = self.index.node(ino)?;
+        if node.kind() != NodeKind::Reg || node.size() == 0 {
+            return None;
+        }
+        Some((store, FileStore::file_key(self.index.chunks(ino))?))
+    }
+
+    /// Opens `ino` in the mode the passthrough table chooses.
+    fn open_file(&self, ino: Ino, reply: ReplyOpen) {
+        let key = self.passthrough_key(ino);
+        let mode = self.opens.open(ino, || {
+            let (store, key) = key?;
+            let Some(file) = store.ready_file(&key) else {
+                self.schedule_prepare(ino);
+                return None;
+            };
+            match reply.open_backing(&file) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    // Refused once means refused always (privilege, stacking):
+                    // stop trying and serve from userspace.
+                    tracing::warn!(error = %e, "FUSE passthrough unavailable; disabled for this mount");
+                    self.passthrough_on.store(false, Ordering::Relaxed);
+                    None
+                }
+            }
+        });
+        match mode {
+            OpenMode::Passthrough { fh, id } => {
+                self.stats.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+                // The kernel rejects page-cache flags (KEEP_CACHE) on passthrough opens.
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+            }
+            // Content never changes, so the page cache may outlive the open.
+            OpenMode::Cached => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+        }
+    }
+
+    /// Assembles or re-verifies the whole file of `ino` in the background.
+    fn schedule_prepare(&self, ino: Ino) {
+        let Some((store, key)) = self.passthrough_key(ino) else {
+            return;
+        };
+        let Some(disk) = self.layer.cache().disk().cloned() else {
+            return;
+        };
+        let (store, index) = (store.clone(), self.index.clone());
+        self.runtime.spawn_blocking(move || {
+            if let Err(e) = store.prepare(key, index.chunks(ino), &disk) {
+                tracing::warn!(ino, error = %e, "cannot materialize file for passthrough");
+            }
+        });
     }
 
     fn ino(ino: INodeNo) -> Result<Ino, FsError> {
@@ -273,6 +343,15 @@ impl Filesystem for LayerFs {
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_PARALLEL_DIROPS;
         let _ = config.add_capabilities(wanted & config.capabilities());
+        if self.opts.passthrough.is_some()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        {
+            // Depth 1 keeps room for the overlay mounted on top (the kernel
+            // allows two stacked levels); backing files live on a plain fs.
+            if config.set_max_stack_depth(1).is_ok() {
+                self.passthrough_on.store(true, Ordering::Relaxed);
+            }
+        }
         Ok(())
     }
 
@@ -323,13 +402,32 @@ impl Filesystem for LayerFs {
             if node.kind() == NodeKind::Dir {
                 return Err(FsError::IsDir);
             }
-            Ok(())
+            Ok(i)
         });
         match res {
-            // Content never changes, so the page cache may outlive the open.
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(i) => self.open_file(i, reply),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Ok(i) = Self::ino(ino) {
+            self.opens.release(i, fh.0);
+            if fh.0 == 0 {
+                // The reader may have pulled the last missing chunk.
+                self.schedule_prepare(i);
+            }
+        }
+        reply.ok();
     }
 
     fn read(

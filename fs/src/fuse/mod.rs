@@ -7,6 +7,7 @@
 
 pub mod fs;
 pub mod overlay_view;
+pub mod passthrough;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
 pub use self::fs::{FsError, FuseStats, LayerFs, errno};
 pub use self::overlay_view::{OpaqueXattr, OverlayView};
+use crate::cache::FileStore;
 use crate::layer::LayerReader;
 
 /// Options of one mount.
@@ -39,6 +41,10 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Runtime for cache-missing reads; defaults to the caller's current runtime.
     pub runtime: Option<tokio::runtime::Handle>,
+    /// Where fully cached files are assembled for kernel passthrough; `None`
+    /// disables passthrough. Needs a disk chunk cache and kernel support
+    /// (detected at mount; without it reads simply stay in userspace).
+    pub passthrough: Option<Arc<FileStore>>,
 }
 
 impl Default for MountOptions {
@@ -51,6 +57,7 @@ impl Default for MountOptions {
             opaque_xattr: OpaqueXattr::Trusted,
             allow_other: true,
             runtime: None,
+            passthrough: None,
         }
     }
 }

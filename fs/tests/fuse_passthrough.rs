@@ -1,0 +1,160 @@
+//! Kernel FUSE passthrough for fully cached files: assembled from verified
+//! chunks after a full read, then served by the kernel without the daemon;
+//! a damaged assembled file is never passed through.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod fuse_common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use fuse_common::*;
+use rstargz_fs::cache::FileStore;
+use rstargz_fs::estargz::{Index, Ino, NodeKind};
+use rstargz_fs::fuse::MountOptions;
+
+fn biggest_file(index: &Index) -> (Ino, String) {
+    all_paths(index)
+        .into_iter()
+        .filter_map(|p| index.lookup_path(&p).map(|i| (i, p)))
+        .filter(|(i, _)| index.node(*i).unwrap().kind() == NodeKind::Reg)
+        .max_by_key(|(i, _)| index.chunks(*i).len())
+        .unwrap()
+}
+
+#[test]
+fn fully_cached_file_is_served_by_kernel_passthrough() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FileStore::open(dir.path()).unwrap());
+    let opts = MountOptions {
+        passthrough: Some(store.clone()),
+        ..Default::default()
+    };
+    let cache = disk_cache(dir.path(), 1 << 30);
+    let source = TestSource::new(blob("sizes", "gzip"), Behaviour::Serve);
+    let layer = open_layer(&rt, source.clone(), cache.clone());
+    let (ino, path) = biggest_file(layer.index());
+    let key = FileStore::file_key(layer.index().chunks(ino)).unwrap();
+    let m = mount_layer(&rt, layer.clone(), opts.clone());
+    let want = std::fs::read(m.path.join(&path)).unwrap();
+    // Closing the fully read file materializes it in the background.
+    assert!(wait_until(Duration::from_secs(20), || store.is_ready(&key)));
+    m.unmount();
+
+    // A fresh mount (empty page cache) passes the file through.
+    let m = mount_layer(&rt, layer, opts);
+    let mut f = std::fs::File::open(m.path.join(&path)).expect("open");
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut got).expect("read");
+    drop(f);
+    let stats = m.handle.as_ref().unwrap().stats().clone();
+    assert!(got == want, "same bytes through passthrough");
+    assert_eq!(stats.passthrough_opens.load(Ordering::SeqCst), 1);
+    let daemon_reads =
+        stats.reads_inline.load(Ordering::SeqCst) + stats.reads_async.load(Ordering::SeqCst);
+    assert_eq!(daemon_reads, 0, "reads bypass the daemon");
+    m.unmount();
+    assert_eq!(store.stats().assembled.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn damaged_materialized_file_is_never_passed_through() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = disk_cache(dir.path(), 1 << 30);
+    let source = TestSource::new(blob("sizes", "zstd"), Behaviour::Serve);
+    let layer = open_layer(&rt, source, cache);
+    let (ino, path) = biggest_file(layer.index());
+    let key = FileStore::file_key(layer.index().chunks(ino)).unwrap();
+    {
+        let store = Arc::new(FileStore::open(dir.path()).unwrap());
+        let opts = MountOptions {
+            passthrough: Some(store.clone()),
+            ..Default::default()
+        };
+        let m = mount_layer(&rt, layer.clone(), opts);
+        std::fs::read(m.path.join(&path)).unwrap();
+        assert!(wait_until(Duration::from_secs(20), || store.is_ready(&key)));
+        m.unmount();
+        // Damage the assembled copy behind the daemon's back.
+        let p = store.path(&key);
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[70_000] ^= 1;
+        std::fs::write(&p, bytes).unwrap();
+    }
+    // A restarted daemon: the copy is re-verified before any passthrough.
+    let store = Arc::new(FileStore::open(dir.path()).unwrap());
+    let opts = MountOptions {
+        passthrough: Some(store.clone()),
+        ..Default::default()
+    };
+    let m = mount_layer(&rt, layer, opts);
+    let data = std::fs::read(m.path.join(&path)).unwrap();
+    let expect = effective_entries(&expected("sizes"))
+        .into_iter()
+        .find(|e| e.path.trim_start_matches("./") == path)
+        .unwrap();
+    assert_eq!(Some(sha256_hex(&data)), expect.sha256);
+    let stats = m.handle.as_ref().unwrap().stats().clone();
+    assert_eq!(stats.passthrough_opens.load(Ordering::SeqCst), 0);
+    // The check finds the damage, deletes it and reassembles from verified chunks.
+    assert!(wait_until(Duration::from_secs(20), || store.is_ready(&key)));
+    assert_eq!(store.stats().corrupt.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        sha256_hex(&std::fs::read(store.path(&key)).unwrap()),
+        expect.sha256.unwrap()
+    );
+    m.unmount();
+}
+
+#[test]
+fn open_during_a_cached_open_and_overlay_on_top_both_work() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FileStore::open(dir.path()).unwrap());
+    let opts = MountOptions {
+        passthrough: Some(store.clone()),
+        ..Default::default()
+    };
+    let cache = disk_cache(dir.path(), 1 << 30);
+    let source = TestSource::new(blob("sizes", "gzip"), Behaviour::Serve);
+    let layer = open_layer(&rt, source, cache);
+    let (ino, path) = biggest_file(layer.index());
+    let key = FileStore::file_key(layer.index().chunks(ino)).unwrap();
+    let m = mount_layer(&rt, layer.clone(), opts.clone());
+    let file = m.path.join(&path);
+    // Held open (page-cache mode) while the file becomes ready.
+    let held = std::fs::File::open(&file).unwrap();
+    let want = std::fs::read(&file).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || store.is_ready(&key)));
+    // The inode is in page-cache mode: a new open must not fail.
+    assert!(std::fs::read(&file).unwrap() == want);
+    drop(held);
+    m.unmount();
+
+    // Overlay stacked on a passthrough-capable mount reads passthrough files.
+    let m = mount_layer(&rt, layer, opts);
+    let merged = dir.path().join("merged");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&merged).unwrap();
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = format!("lowerdir={}:{}", m.path.display(), empty.display());
+    nix::mount::mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(o.as_str()),
+    )
+    .unwrap();
+    let got = std::fs::read(merged.join(&path));
+    nix::mount::umount(&merged).unwrap();
+    assert!(got.unwrap() == want);
+    let stats = m.handle.as_ref().unwrap().stats().clone();
+    assert_eq!(stats.passthrough_opens.load(Ordering::SeqCst), 1);
+    m.unmount();
+}
