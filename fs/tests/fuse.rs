@@ -253,25 +253,16 @@ fn overlayfs_on_top_applies_whiteouts_and_opaque_dirs() {
     let layer = open_layer(&rt, source, memory_cache());
     let m = mount_layer(&rt, layer, MountOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let (lower, merged) = (dir.path().join("lower"), dir.path().join("merged"));
+    let lower = dir.path().join("lower");
     for d in ["dir/gone-dir", "dir/kept-lower", "opaque", "other"] {
         std::fs::create_dir_all(lower.join(d)).unwrap();
     }
     for f in ["gone-file", "dir/gone-dir/x", "opaque/old", "other/still"] {
         std::fs::write(lower.join(f), f).unwrap();
     }
-    std::fs::create_dir(&merged).unwrap();
-    let opts = format!("lowerdir={}:{}", m.path.display(), lower.display());
-    nix::mount::mount(
-        Some("overlay"),
-        &merged,
-        Some("overlay"),
-        nix::mount::MsFlags::MS_RDONLY,
-        Some(opts.as_str()),
-    )
-    .unwrap();
-    let seen = list_tree(&merged);
-    nix::mount::umount(&merged).unwrap();
+    let overlay = Overlay::mount(&[&m.path, &lower]);
+    let seen = list_tree(&overlay.merged);
+    drop(overlay);
     let want: BTreeSet<String> = [
         "dir",
         "dir/kept",
@@ -287,6 +278,31 @@ fn overlayfs_on_top_applies_whiteouts_and_opaque_dirs() {
     assert_eq!(
         seen, want,
         "whited-out names vanish, the opaque dir hides the lower"
+    );
+    m.unmount();
+}
+
+#[test]
+fn absent_names_are_cached_as_negative_entries() {
+    let rt = runtime();
+    let source = TestSource::new(blob("tree", "gzip"), Behaviour::Serve);
+    let m = mount_layer(
+        &rt,
+        open_layer(&rt, source, memory_cache()),
+        MountOptions::default(),
+    );
+    let stats = m.handle.as_ref().unwrap().stats().clone();
+    let missing = m.path.join("no-such-name");
+    assert!(std::fs::symlink_metadata(&missing).is_err());
+    let after_first = stats.lookups.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..5 {
+        let err = std::fs::symlink_metadata(&missing).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
+    assert_eq!(
+        stats.lookups.load(std::sync::atomic::Ordering::SeqCst),
+        after_first,
+        "repeat lookups answered by the kernel"
     );
     m.unmount();
 }

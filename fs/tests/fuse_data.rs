@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fuse_common::*;
-use rstargz_fs::estargz::{Index, Ino, NodeKind};
 use rstargz_fs::fuse::MountOptions;
 
 /// Every regular file of `case` read through `root` matches its sha256.
@@ -28,16 +27,6 @@ fn check_contents(root: &Path, case: &str) {
         let data = std::fs::read(root.join(rel)).unwrap();
         assert_eq!(Some(sha256_hex(&data)), e.sha256, "{case}: {rel}");
     }
-}
-
-/// The regular file of `index` with the most chunks, and its path.
-fn biggest_file(index: &Index) -> (Ino, String) {
-    all_paths(index)
-        .into_iter()
-        .filter_map(|p| index.lookup_path(&p).map(|i| (i, p)))
-        .filter(|(i, _)| index.node(*i).unwrap().kind() == NodeKind::Reg)
-        .max_by_key(|(i, _)| index.chunks(*i).len())
-        .unwrap()
 }
 
 #[test]

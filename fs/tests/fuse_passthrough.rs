@@ -13,27 +13,23 @@ use std::time::Duration;
 use common::*;
 use fuse_common::*;
 use rstargz_fs::cache::FileStore;
-use rstargz_fs::estargz::{Index, Ino, NodeKind};
 use rstargz_fs::fuse::MountOptions;
 
-fn biggest_file(index: &Index) -> (Ino, String) {
-    all_paths(index)
-        .into_iter()
-        .filter_map(|p| index.lookup_path(&p).map(|i| (i, p)))
-        .filter(|(i, _)| index.node(*i).unwrap().kind() == NodeKind::Reg)
-        .max_by_key(|(i, _)| index.chunks(*i).len())
-        .unwrap()
+/// A passthrough store under `root` and mount options that use it.
+fn passthrough_opts(root: &std::path::Path) -> (Arc<FileStore>, MountOptions) {
+    let store = Arc::new(FileStore::open(root).unwrap());
+    let opts = MountOptions {
+        passthrough: Some(store.clone()),
+        ..Default::default()
+    };
+    (store, opts)
 }
 
 #[test]
 fn fully_cached_file_is_served_by_kernel_passthrough() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FileStore::open(dir.path()).unwrap());
-    let opts = MountOptions {
-        passthrough: Some(store.clone()),
-        ..Default::default()
-    };
+    let (store, opts) = passthrough_opts(dir.path());
     let cache = disk_cache(dir.path(), 1 << 30);
     let source = TestSource::new(blob("sizes", "gzip"), Behaviour::Serve);
     let layer = open_layer(&rt, source.clone(), cache.clone());
@@ -71,11 +67,7 @@ fn damaged_materialized_file_is_never_passed_through() {
     let (ino, path) = biggest_file(layer.index());
     let key = FileStore::file_key(layer.index().chunks(ino)).unwrap();
     {
-        let store = Arc::new(FileStore::open(dir.path()).unwrap());
-        let opts = MountOptions {
-            passthrough: Some(store.clone()),
-            ..Default::default()
-        };
+        let (store, opts) = passthrough_opts(dir.path());
         let m = mount_layer(&rt, layer.clone(), opts);
         std::fs::read(m.path.join(&path)).unwrap();
         assert!(wait_until(Duration::from_secs(20), || store.is_ready(&key)));
@@ -87,11 +79,7 @@ fn damaged_materialized_file_is_never_passed_through() {
         std::fs::write(&p, bytes).unwrap();
     }
     // A restarted daemon: the copy is re-verified before any passthrough.
-    let store = Arc::new(FileStore::open(dir.path()).unwrap());
-    let opts = MountOptions {
-        passthrough: Some(store.clone()),
-        ..Default::default()
-    };
+    let (store, opts) = passthrough_opts(dir.path());
     let m = mount_layer(&rt, layer, opts);
     let data = std::fs::read(m.path.join(&path)).unwrap();
     let expect = effective_entries(&expected("sizes"))
@@ -115,11 +103,7 @@ fn damaged_materialized_file_is_never_passed_through() {
 fn open_during_a_cached_open_and_overlay_on_top_both_work() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FileStore::open(dir.path()).unwrap());
-    let opts = MountOptions {
-        passthrough: Some(store.clone()),
-        ..Default::default()
-    };
+    let (store, opts) = passthrough_opts(dir.path());
     let cache = disk_cache(dir.path(), 1 << 30);
     let source = TestSource::new(blob("sizes", "gzip"), Behaviour::Serve);
     let layer = open_layer(&rt, source, cache);
@@ -138,22 +122,12 @@ fn open_during_a_cached_open_and_overlay_on_top_both_work() {
 
     // Overlay stacked on a passthrough-capable mount reads passthrough files.
     let m = mount_layer(&rt, layer, opts);
-    let merged = dir.path().join("merged");
     let empty = dir.path().join("empty");
-    std::fs::create_dir_all(&merged).unwrap();
     std::fs::create_dir_all(&empty).unwrap();
-    let o = format!("lowerdir={}:{}", m.path.display(), empty.display());
-    nix::mount::mount(
-        Some("overlay"),
-        &merged,
-        Some("overlay"),
-        nix::mount::MsFlags::MS_RDONLY,
-        Some(o.as_str()),
-    )
-    .unwrap();
-    let got = std::fs::read(merged.join(&path));
-    nix::mount::umount(&merged).unwrap();
-    assert!(got.unwrap() == want);
+    let overlay = Overlay::mount(&[&m.path, &empty]);
+    let got = std::fs::read(overlay.merged.join(&path)).unwrap();
+    drop(overlay);
+    assert!(got == want);
     let stats = m.handle.as_ref().unwrap().stats().clone();
     assert_eq!(stats.passthrough_opens.load(Ordering::SeqCst), 1);
     m.unmount();

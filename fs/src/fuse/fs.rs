@@ -118,6 +118,8 @@ pub struct LayerFs {
     passthrough_on: AtomicBool,
     /// Open modes per inode (page cache or passthrough).
     opens: PassthroughOpens,
+    /// Attributes sent with negative lookups (node id 0).
+    negative: FileAttr,
 }
 
 impl LayerFs {
@@ -145,6 +147,23 @@ impl LayerFs {
             total_blocks: total_bytes / u64::from(BLOCK_SIZE),
             passthrough_on: AtomicBool::new(false),
             opens: PassthroughOpens::default(),
+            negative: FileAttr {
+                ino: INodeNo(0),
+                size: 0,
+                blocks: 0,
+                atime: UNIX_EPOCH,
+                mtime: UNIX_EPOCH,
+                ctime: UNIX_EPOCH,
+                crtime: UNIX_EPOCH,
+                kind: FileType::RegularFile,
+                perm: 0,
+                nlink: 0,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                blksize: BLOCK_SIZE,
+                flags: 0,
+            },
         }
     }
 
@@ -255,14 +274,17 @@ impl LayerFs {
         }
     }
 
-    fn lookup_entry(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, FsError> {
+    /// The attributes of `name` in `parent`; `Ok(None)` when the directory
+    /// exists but the name does not (a cacheable negative entry).
+    fn lookup_entry(&self, parent: INodeNo, name: &OsStr) -> Result<Option<FileAttr>, FsError> {
         let dir = self.dir(parent)?;
-        let name = name.to_str().ok_or(FsError::NotFound)?;
-        let ino = self
-            .view
-            .lookup(&self.index, dir, name)
-            .ok_or(FsError::NotFound)?;
-        self.attr(ino)
+        match name
+            .to_str()
+            .and_then(|n| self.view.lookup(&self.index, dir, n))
+        {
+            Some(ino) => self.attr(ino).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// `.`, `..` and the visible entries, from position `offset`.
@@ -281,6 +303,24 @@ impl LayerFs {
             .enumerate()
             .skip(usize::try_from(offset).unwrap_or(usize::MAX))
             .map(|(i, (name, ino))| (i as u64 + 1, name, ino)))
+    }
+
+    /// Feeds the listing from `offset` to `add` (next offset, name, attrs)
+    /// until it reports a full buffer.
+    fn fill_dir(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+        mut add: impl FnMut(u64, &str, &FileAttr) -> bool,
+    ) -> Result<(), FsError> {
+        self.stats.readdirs.fetch_add(1, Ordering::Relaxed);
+        for (next, name, child) in self.dir_listing(ino, offset)? {
+            let Ok(attr) = self.attr(child) else { continue };
+            if add(next, name, &attr) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn xattrs(&self, ino: INodeNo) -> Result<Vec<(&str, &[u8])>, FsError> {
@@ -357,13 +397,12 @@ impl Filesystem for LayerFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        let ttl = (&self.opts.entry_ttl, &self.opts.attr_ttl);
         match self.lookup_entry(parent, name) {
-            Ok(attr) => reply.entry_with_ttls(
-                &self.opts.entry_ttl,
-                &self.opts.attr_ttl,
-                &attr,
-                Generation(0),
-            ),
+            Ok(Some(attr)) => reply.entry_with_ttls(ttl.0, ttl.1, &attr, Generation(0)),
+            // Node id 0 is a negative entry the kernel caches for the entry
+            // TTL: overlay and $PATH/import searches probe many absent names.
+            Ok(None) => reply.entry_with_ttls(ttl.0, ttl.1, &self.negative, Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -500,18 +539,12 @@ impl Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.stats.readdirs.fetch_add(1, Ordering::Relaxed);
-        let listing = match self.dir_listing(ino, offset) {
-            Ok(l) => l,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        for (next, name, child) in listing {
-            let Ok(attr) = self.attr(child) else { continue };
-            if reply.add(INodeNo(u64::from(child)), next, attr.kind, name) {
-                break;
-            }
+        match self.fill_dir(ino, offset, |next, name, attr| {
+            reply.add(attr.ino, next, attr.kind, name)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -522,25 +555,13 @@ impl Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.stats.readdirs.fetch_add(1, Ordering::Relaxed);
-        let listing = match self.dir_listing(ino, offset) {
-            Ok(l) => l,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        for (next, name, child) in listing {
-            let Ok(attr) = self.attr(child) else { continue };
-            if reply.add(
-                INodeNo(u64::from(child)),
-                next,
-                name,
-                &self.opts.entry_ttl,
-                &attr,
-                Generation(0),
-            ) {
-                break;
-            }
+        let ttl = self.opts.entry_ttl;
+        match self.fill_dir(ino, offset, |next, name, attr| {
+            reply.add(attr.ino, next, name, &ttl, attr, Generation(0))
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         }
-        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

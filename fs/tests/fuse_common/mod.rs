@@ -160,3 +160,45 @@ pub fn read_direct(path: &Path) -> io::Result<Vec<u8>> {
     f.read_to_end(&mut out)?;
     Ok(out)
 }
+
+/// The regular file of `index` with the most chunks, and its path.
+pub fn biggest_file(index: &rstargz_fs::estargz::Index) -> (rstargz_fs::estargz::Ino, String) {
+    use rstargz_fs::estargz::NodeKind;
+    crate::common::all_paths(index)
+        .into_iter()
+        .filter_map(|p| index.lookup_path(&p).map(|i| (i, p)))
+        .filter(|(i, _)| index.node(*i).unwrap().kind() == NodeKind::Reg)
+        .max_by_key(|(i, _)| index.chunks(*i).len())
+        .unwrap()
+}
+
+/// A read-only overlayfs over `lowers` (uppermost first); unmounted on drop.
+pub struct Overlay {
+    pub merged: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Overlay {
+    pub fn mount(lowers: &[&Path]) -> Overlay {
+        let dir = tempfile::tempdir().unwrap();
+        let merged = dir.path().join("merged");
+        std::fs::create_dir(&merged).unwrap();
+        let lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+        let opts = format!("lowerdir={}", lowers.join(":"));
+        nix::mount::mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            nix::mount::MsFlags::MS_RDONLY,
+            Some(opts.as_str()),
+        )
+        .unwrap();
+        Overlay { merged, _dir: dir }
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount(&self.merged);
+    }
+}
