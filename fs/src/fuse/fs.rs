@@ -494,8 +494,10 @@ impl Filesystem for LayerFs {
             self.stats.clone(),
             self.opts.read_timeout,
         );
+        let read_ahead = self.opts.read_ahead_chunks;
         self.runtime.spawn(async move {
             let started = Instant::now();
+            layer.read_ahead(ino, offset.saturating_add(u64::from(size)), read_ahead);
             let res = match tokio::time::timeout(timeout, layer.read(ino, offset, u64::from(size)))
                 .await
             {

@@ -32,6 +32,9 @@ pub struct MountOptions {
     /// hanging the application. 30 s: long enough for a slow registry to
     /// return a 4 MiB chunk, short enough that a dead one is noticed.
     pub read_timeout: Duration,
+    /// Chunks fetched ahead of a read that missed the cache (sequential
+    /// readers then overlap fetch and decode with their own reads).
+    pub read_ahead_chunks: usize,
     /// FUSE worker threads of this mount.
     pub threads: usize,
     /// Which xattr marks opaque directories (user when overlay uses `userxattr`).
@@ -53,6 +56,7 @@ impl Default for MountOptions {
             entry_ttl: Duration::from_secs(3600),
             attr_ttl: Duration::from_secs(3600),
             read_timeout: Duration::from_secs(30),
+            read_ahead_chunks: 2,
             threads: 4,
             opaque_xattr: OpaqueXattr::Trusted,
             allow_other: true,

@@ -208,6 +208,25 @@ impl LayerReader {
         Ok(out)
     }
 
+    /// Starts background fetches of up to `count` chunks of `ino` that follow
+    /// file offset `end`, so sequential readers find them decoded (chunks
+    /// decode in parallel with the reader instead of one after another).
+    pub fn read_ahead(self: &Arc<Self>, ino: Ino, end: u64, count: usize) {
+        let chunks = self.index.chunks(ino);
+        let first = chunks.partition_point(|c| c.chunk_offset < end);
+        for chunk in chunks.iter().skip(first).take(count) {
+            if chunk.zeros || self.cache.get_in_memory(&self.key(ino, chunk)).is_some() {
+                continue;
+            }
+            let (this, chunk) = (self.clone(), chunk.clone());
+            tokio::spawn(async move {
+                if let Err(e) = this.chunk(ino, &chunk, Purpose::Prefetch).await {
+                    tracing::debug!(ino, error = %e, "read-ahead failed");
+                }
+            });
+        }
+    }
+
     /// The verified, decompressed bytes of one chunk of `ino`.
     pub async fn chunk(
         &self,
