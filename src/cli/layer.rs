@@ -4,7 +4,7 @@
 //! interface (`convert` prints one JSON object, `inspect --json` prints the TOC).
 
 use std::fs::File;
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -132,7 +132,7 @@ fn convert(a: ConvertArgs) -> anyhow::Result<()> {
     let input = File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
     let tmp = a.output.with_extension("partial");
     let out = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let res = estargz::convert(BufReader::new(input), &out, &opts)
+    let res = estargz::convert_file(&input, &out, &opts)
         .with_context(|| format!("converting {}", a.input.display()))?;
     out.sync_all()?;
     std::fs::rename(&tmp, &a.output)?;

@@ -25,4 +25,4 @@ pub use footer::{Compression, Footer, FooterKind, parse_footer};
 pub use index::{Chunk, Index, Ino, Limits, Node, NodeKind, Prefetch, ROOT_INO};
 pub use reader::{FileSource, Layer, OpenOptions, ReadAt, read_footer, read_toc};
 pub use toc::{DecodedToc, Toc, TocEntry, decode_toc};
-pub use writer::{ConvertOutput, WriterOptions, convert};
+pub use writer::{ConvertOutput, WriterOptions, convert, convert_file};

@@ -91,16 +91,46 @@ pub fn convert(
     output: impl Write,
     opts: &WriterOptions,
 ) -> Result<ConvertOutput> {
+    check_chunk_size(opts)?;
+    let mut spool = tempfile::tempfile()?;
+    io::copy(&mut decompressed_reader(input)?, &mut spool)?;
+    convert_spooled(&spool, output, opts)
+}
+
+/// Like [`convert`] for a tar file; a plain (uncompressed) tar is read in place
+/// instead of being spooled to a temporary file.
+pub fn convert_file(
+    input: &File,
+    output: impl Write,
+    opts: &WriterOptions,
+) -> Result<ConvertOutput> {
+    let mut magic = [0u8; 4];
+    let n = input.read_at(&mut magic, 0)?;
+    if magic[..n].starts_with(&[0x1f, 0x8b]) || magic[..n] == [0x28, 0xb5, 0x2f, 0xfd] {
+        return convert(input, output, opts);
+    }
+    check_chunk_size(opts)?;
+    convert_spooled(input, output, opts)
+}
+
+fn check_chunk_size(opts: &WriterOptions) -> Result<()> {
     if opts.chunk_size == 0 || opts.chunk_size > (256 << 20) {
         return Err(Error::InputTar(format!(
             "chunk size {} out of range",
             opts.chunk_size
         )));
     }
-    let mut spool = tempfile::tempfile()?;
-    io::copy(&mut decompressed_reader(input)?, &mut spool)?;
+    Ok(())
+}
+
+/// Converts an uncompressed tar held in a file.
+fn convert_spooled(
+    mut spool: &File,
+    output: impl Write,
+    opts: &WriterOptions,
+) -> Result<ConvertOutput> {
     spool.rewind()?;
-    let entries = scan(&spool)?;
+    let entries = scan(spool)?;
     let order = order(&entries, &opts.prioritized);
     let mut w = BlobWriter::new(output, opts);
     let mut toc = Toc {
@@ -117,7 +147,7 @@ pub fn convert(
             }
             Item::Entry(i) => w.write_entry(
                 &entries[i],
-                &Source::Spool(&spool),
+                &Source::Spool(spool),
                 &mut toc,
                 &mut names,
                 &mut buf,
@@ -604,6 +634,8 @@ impl<W: Write> BlobWriter<W> {
             return Ok(());
         }
         let first = toc.entries.len();
+        // A single-chunk file's digest is its chunk digest: hash once.
+        let single_chunk = e.size <= self.chunk_size;
         let mut file_hash = Sha256::new();
         let mut chunk_offset = 0u64;
         while chunk_offset < e.size {
@@ -615,7 +647,9 @@ impl<W: Write> BlobWriter<W> {
                 let n = (len - done).min(buf.len() as u64) as usize;
                 src.read_exact_at(e.data_pos + chunk_offset + done, &mut buf[..n])?;
                 chunk_hash.update(&buf[..n]);
-                file_hash.update(&buf[..n]);
+                if !single_chunk {
+                    file_hash.update(&buf[..n]);
+                }
                 self.write_tar(&buf[..n])?;
                 done += n as u64;
             }
@@ -636,7 +670,11 @@ impl<W: Write> BlobWriter<W> {
             toc.entries.push(ce);
             chunk_offset += len;
         }
-        toc.entries[first].digest = Digest::from_hasher(file_hash).to_string();
+        toc.entries[first].digest = if single_chunk {
+            toc.entries[first].chunk_digest.clone()
+        } else {
+            Digest::from_hasher(file_hash).to_string()
+        };
         self.pad(e.size)?;
         Ok(())
     }
