@@ -497,7 +497,12 @@ impl Filesystem for LayerFs {
         let read_ahead = self.opts.read_ahead_chunks;
         self.runtime.spawn(async move {
             let started = Instant::now();
-            layer.read_ahead(ino, offset.saturating_add(u64::from(size)), read_ahead);
+            layer.read_ahead(
+                ino,
+                offset.saturating_add(u64::from(size)),
+                read_ahead,
+                timeout,
+            );
             let res = match tokio::time::timeout(timeout, layer.read(ino, offset, u64::from(size)))
                 .await
             {

@@ -13,6 +13,7 @@ pub mod source;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
@@ -211,7 +212,8 @@ impl LayerReader {
     /// Starts background fetches of up to `count` chunks of `ino` that follow
     /// file offset `end`, so sequential readers find them decoded (chunks
     /// decode in parallel with the reader instead of one after another).
-    pub fn read_ahead(self: &Arc<Self>, ino: Ino, end: u64, count: usize) {
+    /// Each fetch is abandoned after `timeout`, so a dead source leaks no tasks.
+    pub fn read_ahead(self: &Arc<Self>, ino: Ino, end: u64, count: usize, timeout: Duration) {
         let chunks = self.index.chunks(ino);
         let first = chunks.partition_point(|c| c.chunk_offset < end);
         for chunk in chunks.iter().skip(first).take(count) {
@@ -220,8 +222,11 @@ impl LayerReader {
             }
             let (this, chunk) = (self.clone(), chunk.clone());
             tokio::spawn(async move {
-                if let Err(e) = this.chunk(ino, &chunk, Purpose::Prefetch).await {
-                    tracing::debug!(ino, error = %e, "read-ahead failed");
+                let fetch = this.chunk(ino, &chunk, Purpose::Prefetch);
+                match tokio::time::timeout(timeout, fetch).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::debug!(ino, error = %e, "read-ahead failed"),
+                    Err(_) => tracing::debug!(ino, "read-ahead timed out"),
                 }
             });
         }
