@@ -90,7 +90,7 @@ fn sequential_read_throughput() {
         memory_bytes: 2 * ((mib as u64) << 20),
     };
     let cache = Arc::new(ChunkCache::new(&memory, Some(disk.clone())));
-    let store = Arc::new(FileStore::open(&cache_dir).unwrap());
+    let store = Arc::new(FileStore::open(&cache_dir, 8 << 30).unwrap());
     let opts = MountOptions {
         passthrough: Some(store.clone()),
         ..Default::default()

@@ -17,7 +17,7 @@ use rstargz_fs::fuse::MountOptions;
 
 /// A passthrough store under `root` and mount options that use it.
 fn passthrough_opts(root: &std::path::Path) -> (Arc<FileStore>, MountOptions) {
-    let store = Arc::new(FileStore::open(root).unwrap());
+    let store = Arc::new(FileStore::open(root, 1 << 30).unwrap());
     let opts = MountOptions {
         passthrough: Some(store.clone()),
         ..Default::default()
@@ -131,4 +131,35 @@ fn open_during_a_cached_open_and_overlay_on_top_both_work() {
     let stats = m.handle.as_ref().unwrap().stats().clone();
     assert_eq!(stats.passthrough_opens.load(Ordering::SeqCst), 1);
     m.unmount();
+}
+
+#[test]
+fn file_store_stays_within_its_bound() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let source = TestSource::new(blob("sizes", "gzip"), Behaviour::Serve);
+    let layer = open_layer(&rt, source, disk_cache(dir.path(), 1 << 30));
+    // Room for the small files but not the biggest one.
+    let (ino, path) = biggest_file(layer.index());
+    let big = layer.index().node(ino).unwrap().size();
+    let store = Arc::new(FileStore::open(dir.path(), big - 1).unwrap());
+    let opts = MountOptions {
+        passthrough: Some(store.clone()),
+        ..Default::default()
+    };
+    let m = mount_layer(&rt, layer.clone(), opts);
+    check_all_files(&m.path);
+    m.unmount();
+    let key = FileStore::file_key(layer.index().chunks(ino)).unwrap();
+    assert!(!store.is_ready(&key), "{path} does not fit");
+    assert!(store.used_bytes() < big);
+}
+
+fn check_all_files(root: &std::path::Path) {
+    for e in effective_entries(&expected("sizes")) {
+        if e.kind == "reg" {
+            let data = std::fs::read(root.join(e.path.trim_start_matches("./"))).unwrap();
+            assert_eq!(Some(sha256_hex(&data)), e.sha256);
+        }
+    }
 }

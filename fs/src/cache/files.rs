@@ -8,21 +8,24 @@
 //!   has assembled it from verified chunks or re-verified every chunk of an
 //!   existing copy; a copy that fails the check is deleted. Preparation runs
 //!   off the request path and never blocks an open.
-//! - Files are written to `<root>/files-tmp/` and renamed into place.
+//! - Files are written atomically and bounded in total size with LRU
+//!   eviction ([`ContentDir`]); evicting a file in use is harmless (open
+//!   backing fds keep the data until closed).
 //! - Files without a digest on every chunk are never materialized.
 //!
 //! All methods do blocking file I/O.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest as _, Sha256};
 
+use super::content_dir::ContentDir;
 use super::disk::{DiskCache, DiskCacheError};
 use crate::estargz::{Chunk, Digest};
 
@@ -44,40 +47,28 @@ struct State {
 }
 
 /// Store of whole files for passthrough.
+#[derive(Debug)]
 pub struct FileStore {
-    root: PathBuf,
+    dir: ContentDir,
     state: Mutex<State>,
-    seq: AtomicU64,
     stats: FileStoreStats,
 }
 
-impl std::fmt::Debug for FileStore {
+impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileStore")
-            .field("root", &self.root)
+        f.debug_struct("State")
+            .field("ready", &self.ready.len())
             .finish_non_exhaustive()
     }
 }
 
 impl FileStore {
-    /// Opens (creating) the store under `root`; stale temporary files are removed.
-    pub fn open(root: impl Into<PathBuf>) -> Result<Self, DiskCacheError> {
+    /// Opens (creating) the store under `root`, bounded to `max_bytes`.
+    pub fn open(root: impl Into<PathBuf>, max_bytes: u64) -> Result<Self, DiskCacheError> {
         let root = root.into();
-        let io_err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| DiskCacheError::Io { path, source }
-        };
-        let tmp = root.join("files-tmp");
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-        }
-        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        let files = root.join("files");
-        fs::create_dir_all(&files).map_err(io_err(&files))?;
         Ok(FileStore {
-            root,
+            dir: ContentDir::open(root.join("files"), root.join("files-tmp"), max_bytes)?,
             state: Mutex::new(State::default()),
-            seq: AtomicU64::new(0),
             stats: FileStoreStats::default(),
         })
     }
@@ -103,8 +94,12 @@ impl FileStore {
 
     /// Where the file `key` lives.
     pub fn path(&self, key: &Digest) -> PathBuf {
-        let hex = hex::encode(key.0);
-        self.root.join("files").join(&hex[..2]).join(hex)
+        self.dir.path(key)
+    }
+
+    /// Bytes stored.
+    pub fn used_bytes(&self) -> u64 {
+        self.dir.used_bytes()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -122,7 +117,10 @@ impl FileStore {
             return None;
         }
         match File::open(self.path(key)) {
-            Ok(f) => Some(f),
+            Ok(f) => {
+                self.dir.touch(key);
+                Some(f)
+            }
             Err(_) => {
                 self.lock().ready.remove(key);
                 None
@@ -160,22 +158,20 @@ impl FileStore {
             }
             tracing::warn!(path = %path.display(), "corrupt materialized file; deleting");
             self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
-            fs::remove_file(&path)?;
+            self.dir.remove(&key);
         }
-        if !chunks
-            .iter()
-            .all(|c| c.zeros || c.digest.is_some_and(|d| disk.contains(&d)))
+        let size = chunks
+            .last()
+            .map_or(0, |c| c.chunk_offset + u64::from(c.size));
+        if size > self.dir.max_bytes()
+            || !chunks
+                .iter()
+                .all(|c| c.zeros || c.digest.is_some_and(|d| disk.contains(&d)))
         {
             return Ok(false);
         }
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join("files-tmp").join(format!(
-            "{}.{}.{seq}",
-            hex::encode(key.0),
-            std::process::id()
-        ));
-        let assemble = || -> io::Result<bool> {
-            let mut out = io::BufWriter::new(File::create(&tmp)?);
+        let stored = self.dir.write(&key, |f| {
+            let mut out = io::BufWriter::new(f);
             for c in chunks {
                 if c.zeros {
                     out.write_all(&vec![0u8; c.size as usize])?;
@@ -187,20 +183,13 @@ impl FileStore {
                 };
                 out.write_all(&data)?;
             }
-            out.into_inner().map_err(|e| e.into_error())?;
-            if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir)?;
-            }
-            fs::rename(&tmp, &path)?;
+            out.flush()?;
             Ok(true)
-        };
-        let res = assemble();
-        if !matches!(res, Ok(true)) {
-            let _ = fs::remove_file(&tmp);
-        } else {
+        })?;
+        if stored {
             self.stats.assembled.fetch_add(1, Ordering::Relaxed);
         }
-        res
+        Ok(stored)
     }
 }
 

@@ -8,6 +8,7 @@
 //! ([`ChunkKey::unverified`]) are kept in memory only, because the disk tier
 //! re-verifies by digest and could not check them.
 
+pub mod content_dir;
 pub mod disk;
 pub mod files;
 
@@ -19,6 +20,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 
 use crate::estargz::Digest;
+pub use content_dir::ContentDir;
 pub use disk::{DiskCache, DiskCacheError, DiskCacheStats};
 pub use files::{FileStore, FileStoreStats};
 
