@@ -17,18 +17,6 @@ use common::*;
 use fuse_common::*;
 use rstargz_fs::fuse::MountOptions;
 
-/// Every regular file of `case` read through `root` matches its sha256.
-fn check_contents(root: &Path, case: &str) {
-    for e in effective_entries(&expected(case)) {
-        if e.kind != "reg" || e.overlay.is_some() {
-            continue;
-        }
-        let rel = e.path.trim_start_matches("./");
-        let data = std::fs::read(root.join(rel)).unwrap();
-        assert_eq!(Some(sha256_hex(&data)), e.sha256, "{case}: {rel}");
-    }
-}
-
 #[test]
 fn concurrent_readers_of_one_chunk_cause_one_fetch() {
     const READERS: u64 = 8;

@@ -202,3 +202,16 @@ impl Drop for Overlay {
         let _ = nix::mount::umount(&self.merged);
     }
 }
+
+/// Every regular file of `case` read through `root` matches its sha256.
+pub fn check_contents(root: &Path, case: &str) {
+    use crate::common::{effective_entries, expected, sha256_hex};
+    for e in effective_entries(&expected(case)) {
+        if e.kind != "reg" || e.overlay.is_some() {
+            continue;
+        }
+        let rel = e.path.trim_start_matches("./");
+        let data = std::fs::read(root.join(rel)).unwrap();
+        assert_eq!(Some(sha256_hex(&data)), e.sha256, "{case}: {rel}");
+    }
+}
