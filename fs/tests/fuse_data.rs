@@ -263,3 +263,24 @@ fn identical_chunks_in_two_layers_are_fetched_once() {
     a.unmount();
     b.unmount();
 }
+
+#[test]
+fn large_reads_reach_the_daemon_as_large_requests() {
+    let rt = runtime();
+    let source = TestSource::new(blob("default-chunk", "gzip"), Behaviour::Serve);
+    let layer = open_layer(&rt, source, memory_cache());
+    let (_, path) = biggest_file(layer.index());
+    let m = mount_layer(&rt, layer, MountOptions::default());
+    let data = std::fs::read(m.path.join(&path)).unwrap();
+    assert!(data.len() > 4 << 20);
+    let max = m
+        .handle
+        .as_ref()
+        .unwrap()
+        .stats()
+        .max_read_request
+        .load(Ordering::SeqCst);
+    println!("largest FUSE read request: {max} bytes");
+    assert!(max >= 1 << 20, "largest request {max} bytes");
+    m.unmount();
+}

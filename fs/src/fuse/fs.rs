@@ -103,6 +103,8 @@ pub struct FuseStats {
     pub async_read_nanos: AtomicU64,
     /// Opens served with kernel passthrough.
     pub passthrough_opens: AtomicU64,
+    /// Largest read request the kernel sent, in bytes.
+    pub max_read_request: AtomicU64,
 }
 
 /// The filesystem of one layer.
@@ -480,6 +482,9 @@ impl Filesystem for LayerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.stats
+            .max_read_request
+            .fetch_max(u64::from(size), Ordering::Relaxed);
         let ino = match Self::ino(ino) {
             Ok(i) => i,
             Err(e) => return reply.error(errno(&e)),
