@@ -306,3 +306,44 @@ fn absent_names_are_cached_as_negative_entries() {
     );
     m.unmount();
 }
+
+#[test]
+fn other_users_get_access_and_the_kernel_enforces_modes() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let rt = runtime();
+    let source = TestSource::new(blob("perms", "gzip"), Behaviour::Serve);
+    let m = mount_layer(
+        &rt,
+        open_layer(&rt, source, memory_cache()),
+        MountOptions::default(),
+    );
+    let parent = m.path.parent().unwrap();
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let path = |p: &str| m.path.join(p).display().to_string();
+    let ok = as_nobody(&["cat", &path("second-root-file")]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    for denied in [
+        as_nobody(&["cat", &path("zero")]),
+        as_nobody(&["ls", &path("private")]),
+    ] {
+        assert!(!denied.status.success());
+        let err = String::from_utf8_lossy(&denied.stderr);
+        assert!(err.contains("Permission denied"), "{err}");
+    }
+    // Root still reads a mode-000 file (as on any filesystem).
+    std::fs::read(m.path.join("zero")).unwrap();
+    m.unmount();
+}
