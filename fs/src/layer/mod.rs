@@ -47,6 +47,18 @@ pub enum LayerError {
     /// A shared fetch of this chunk failed (the first caller's error).
     #[error("{0}")]
     Shared(Arc<LayerError>),
+    /// A cached chunk with this digest has a different size than declared.
+    #[error("chunk at {chunk_offset} of inode {ino}: {cached} bytes cached, {declared} declared")]
+    ChunkSize {
+        /// Inode of the file.
+        ino: Ino,
+        /// Offset of the chunk in the file.
+        chunk_offset: u64,
+        /// Length of the cached bytes.
+        cached: usize,
+        /// Size the TOC declares.
+        declared: u32,
+    },
     /// A worker task was lost.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -187,6 +199,9 @@ impl LayerReader {
                 continue;
             }
             let bytes = self.cache.get_in_memory(&self.key(ino, chunk))?;
+            if bytes.len() != chunk.size as usize {
+                return None; // The async path reports the mismatch.
+            }
             append_part(&mut out, chunk, &bytes, start, end);
         }
         self.stats
@@ -247,6 +262,20 @@ impl LayerReader {
             .get_or_fetch(key, self.fetch_chunk(ino, chunk.clone(), purpose))
             .await
             .map_err(LayerError::Shared)
+            .and_then(|bytes| {
+                // A hostile TOC can give one digest two sizes; the cached
+                // copy then cannot be this chunk.
+                if bytes.len() == chunk.size as usize {
+                    Ok(bytes)
+                } else {
+                    Err(LayerError::ChunkSize {
+                        ino,
+                        chunk_offset: chunk.chunk_offset,
+                        cached: bytes.len(),
+                        declared: chunk.size,
+                    })
+                }
+            })
     }
 
     async fn fetch_chunk(
