@@ -176,7 +176,7 @@ impl LayerFs {
         }
         let store = self.opts.passthrough.as_ref()?;
         let node = self.index.node(ino)?;
-        if node.kind() != NodeKind::Reg || node.size() == 0 {
+        if node.kind() != NodeKind::Reg || node.size() < self.opts.passthrough_min_bytes.max(1) {
             return None;
         }
         Some((store, FileStore::file_key(self.index.chunks(ino))?))

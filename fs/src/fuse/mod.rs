@@ -52,6 +52,10 @@ pub struct MountOptions {
     /// disables passthrough. Needs a disk chunk cache and kernel support
     /// (detected at mount; without it reads simply stay in userspace).
     pub passthrough: Option<Arc<FileStore>>,
+    /// Smaller files are never materialized: the page cache already serves
+    /// them warm, and a second copy of every small file would double the
+    /// disk use for little gain.
+    pub passthrough_min_bytes: u64,
 }
 
 impl Default for MountOptions {
@@ -67,6 +71,7 @@ impl Default for MountOptions {
             allow_other: true,
             runtime: None,
             passthrough: None,
+            passthrough_min_bytes: 1 << 20,
         }
     }
 }
