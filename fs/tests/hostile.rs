@@ -543,3 +543,47 @@ fn inner_offset_entries_share_a_member() {
         assert_eq!(&buf[..7], b"world!!");
     }
 }
+
+#[test]
+fn legacy_stargz_footer_without_digests() {
+    use rstargz_fs::estargz::{FooterKind, Verify};
+    // Rebuild the gzip hand-made blob with a 47-byte CRFS footer and no digests.
+    let blob = hand_made_blob(Compression::Gzip, false);
+    let layer = Layer::open(&blob[..], &OpenOptions::default()).unwrap();
+    let toc_offset = layer.footer().toc_offset;
+    let mut toc = read_toc(&blob, 1 << 20).unwrap().1.toc;
+    for e in &mut toc.entries {
+        e.digest.clear();
+        e.chunk_digest.clear();
+    }
+    let json = rstargz_fs::estargz::toc::encode_toc(&toc).unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(json.len() as u64);
+    h.set_mode(0o444);
+    tar.append_data(&mut h, "stargz.index.json", &json[..])
+        .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
+    let mut legacy = blob[..toc_offset as usize].to_vec();
+    legacy.extend(gz.finish().unwrap());
+    legacy.extend([0x1f, 0x8b, 0x08, 0x04, 0, 0, 0, 0, 0, 0xff, 22, 0]);
+    legacy.extend(format!("{toc_offset:016x}STARGZ").as_bytes());
+    legacy.extend([1, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]);
+
+    let layer = Layer::open(&legacy[..], &OpenOptions::default()).unwrap();
+    assert_eq!(layer.footer().kind, FooterKind::LegacyStargz);
+    let a = layer.index().lookup_path("a").unwrap();
+    let mut buf = [0u8; 5];
+    assert!(matches!(
+        layer.read_file_at(a, 0, &mut buf),
+        Err(Error::ChunkNoDigest { .. })
+    ));
+    let opts = OpenOptions {
+        verify: Verify::Disabled,
+        ..OpenOptions::default()
+    };
+    let layer = Layer::open(&legacy[..], &opts).unwrap();
+    assert_eq!(layer.read_file_at(a, 0, &mut buf).unwrap(), 5);
+    assert_eq!(&buf, b"hello");
+}
