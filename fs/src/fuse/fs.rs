@@ -235,13 +235,14 @@ impl LayerFs {
 
     fn attr(&self, ino: Ino) -> Result<FileAttr, FsError> {
         let node = self.index.node(ino).ok_or(FsError::NotFound)?;
+        let secs = Duration::from_secs(node.mtime().unsigned_abs());
+        // Checked: a hostile TOC's extreme time must not panic the thread.
         let mtime = if node.mtime() >= 0 {
-            UNIX_EPOCH + Duration::from_secs(node.mtime().unsigned_abs())
+            UNIX_EPOCH.checked_add(secs)
         } else {
-            UNIX_EPOCH
-                .checked_sub(Duration::from_secs(node.mtime().unsigned_abs()))
-                .unwrap_or(UNIX_EPOCH)
-        };
+            UNIX_EPOCH.checked_sub(secs)
+        }
+        .unwrap_or(UNIX_EPOCH);
         let mut attr = FileAttr {
             ino: INodeNo(u64::from(ino)),
             size: node.size(),
