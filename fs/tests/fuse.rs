@@ -347,3 +347,35 @@ fn other_users_get_access_and_the_kernel_enforces_modes() {
     std::fs::read(m.path.join("zero")).unwrap();
     m.unmount();
 }
+
+#[test]
+fn busy_mount_refuses_unmount_and_keeps_serving() {
+    let rt = runtime();
+    let source = TestSource::new(blob("tree", "gzip"), Behaviour::Serve);
+    let mut m = mount_layer(
+        &rt,
+        open_layer(&rt, source, memory_cache()),
+        MountOptions::default(),
+    );
+    let dir = std::fs::read_dir(&m.path)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let busy = std::fs::File::open(&dir).unwrap();
+    let handle = m.handle.as_mut().unwrap();
+    assert!(handle.unmount().is_err(), "busy");
+    assert!(
+        std::fs::read_dir(&m.path).unwrap().count() > 0,
+        "still served"
+    );
+    drop(busy);
+    handle.unmount().unwrap();
+    handle.unmount().unwrap();
+    assert_eq!(
+        std::fs::read_dir(&m.path).unwrap().count(),
+        0,
+        "the empty mountpoint is back"
+    );
+}

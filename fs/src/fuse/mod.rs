@@ -119,25 +119,36 @@ impl MountHandle {
         &self.stats
     }
 
-    /// Unmounts and waits for the worker threads to exit.
-    pub fn unmount(mut self) -> Result<(), MountError> {
-        self.unmount_inner()
-    }
-
-    fn unmount_inner(&mut self) -> Result<(), MountError> {
-        match self.session.take() {
-            Some(s) => s.umount_and_join().map_err(|source| MountError::Unmount {
-                path: self.mountpoint.clone(),
-                source,
-            }),
-            None => Ok(()),
+    /// Unmounts and waits for the worker threads to exit. A busy mount
+    /// stays mounted and served, and the call can be retried; after
+    /// success further calls do nothing.
+    pub fn unmount(&mut self) -> Result<(), MountError> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        let err = |source| MountError::Unmount {
+            path: self.mountpoint.clone(),
+            source,
+        };
+        // Unmount here rather than in fuser, which gives the session up
+        // even when the kernel refuses (EBUSY).
+        match nix::mount::umount(&self.mountpoint) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+            Err(e) => {
+                self.session = Some(session);
+                return Err(err(e.into()));
+            }
         }
+        // fuser's own unmount would now fail (its "still mounted" probe reads
+        // the aborted connection as mounted); its leftover attempt on drop
+        // only logs. Joining waits for the workers, which stop on ENODEV.
+        session.join().map_err(err)
     }
 }
 
 impl Drop for MountHandle {
     fn drop(&mut self) {
-        if let Err(e) = self.unmount_inner() {
+        if let Err(e) = self.unmount() {
             tracing::warn!(error = %e, "unmount on drop failed");
         }
     }
