@@ -191,6 +191,14 @@ fn offsets_and_chunks() {
     );
     rejected(
         vec![TocEntry {
+            inner_offset: 1 << 31,
+            ..reg("a", 1, 10)
+        }],
+        0,
+        EntryError::OutOfRange("innerOffset"),
+    );
+    rejected(
+        vec![TocEntry {
             chunk_size: 1 << 40,
             ..reg("big", 1 << 41, 10)
         }],
@@ -357,7 +365,7 @@ fn wrong_digest_is_a_verification_error() {
     let compressed = &golden[r.start as usize..r.end as usize];
     let ok = decode_chunk(Compression::Gzip, ino, &chunk, compressed, Verify::Enabled).unwrap();
     assert_eq!(ok.len(), chunk.size as usize);
-    chunk.digest = Some(Digest::of(b"something else"));
+    chunk.set_digest(Some(Digest::of(b"something else")));
     assert!(matches!(
         decode_chunk(Compression::Gzip, ino, &chunk, compressed, Verify::Enabled),
         Err(Error::ChunkDigestMismatch { .. })
@@ -367,7 +375,7 @@ fn wrong_digest_is_a_verification_error() {
         decode_chunk(Compression::Gzip, ino, &chunk, compressed, Verify::Disabled).unwrap(),
         ok
     );
-    chunk.digest = None;
+    chunk.set_digest(None);
     assert!(matches!(
         decode_chunk(Compression::Gzip, ino, &chunk, compressed, Verify::Enabled),
         Err(Error::ChunkNoDigest { .. })

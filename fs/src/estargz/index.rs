@@ -111,15 +111,15 @@ const FLAG_OPAQUE: u8 = 2;
 pub struct Node {
     size: u64,
     mtime: i64,
-    mode: u32,
+    mode: u16,
     uid: u32,
     gid: u32,
     nlink: u32,
     parent: Ino,
     a: u32,
     b: u32,
-    xattr_start: u32,
-    xattr_len: u32,
+    /// Index into `Index::xattr_sets`; 0 means none.
+    xattr_set: u32,
     kind: NodeKind,
     flags: u8,
 }
@@ -138,8 +138,7 @@ impl Node {
             parent,
             a: 0,
             b: 0,
-            xattr_start: 0,
-            xattr_len: 0,
+            xattr_set: 0,
             kind,
             flags: 0,
         }
@@ -151,11 +150,11 @@ impl Node {
     }
     /// Full `st_mode`: type bits plus permissions, suid, sgid and sticky.
     pub fn mode(&self) -> u32 {
-        self.kind.type_bits() | (self.mode & 0o7777)
+        self.kind.type_bits() | u32::from(self.mode & 0o7777)
     }
     /// Permission bits plus suid/sgid/sticky.
     pub fn permissions(&self) -> u32 {
-        self.mode & 0o7777
+        u32::from(self.mode & 0o7777)
     }
     /// Owner uid.
     pub fn uid(&self) -> u32 {
@@ -204,7 +203,15 @@ struct StrRef {
     len: u32,
 }
 
+/// Largest accepted `innerOffset` (its top bits hold the chunk flags).
+pub const MAX_INNER_OFFSET: u64 = (1 << 30) - 1;
+const CHUNK_HAS_DIGEST: u32 = 1 << 31;
+const CHUNK_ZEROS: u32 = 1 << 30;
+
 /// One chunk of a regular file and where its compressed bytes are.
+///
+/// Kept to 64 bytes (one per chunk of every file is held in memory): the
+/// digest is stored inline and the flags share a word with `innerOffset`.
 #[derive(Debug, Clone)]
 pub struct Chunk {
     /// Offset of the chunk in the file.
@@ -213,17 +220,58 @@ pub struct Chunk {
     pub offset: u64,
     /// End of the compressed range to fetch: the next member's start or the payload end.
     pub compressed_end: u64,
-    /// Bytes to skip in the decompressed member before the chunk starts.
-    pub inner_offset: u64,
+    digest: Digest,
     /// Uncompressed chunk length.
     pub size: u32,
-    /// sha256 of the uncompressed chunk, when recorded.
-    pub digest: Option<Digest>,
-    /// A sparse hole (`chunkType: "zeros"`): no data, reads as zeros.
-    pub zeros: bool,
+    inner_and_flags: u32,
 }
 
 impl Chunk {
+    /// A chunk; `inner_offset` must not exceed [`MAX_INNER_OFFSET`].
+    pub fn new(
+        chunk_offset: u64,
+        offset: u64,
+        compressed_end: u64,
+        size: u32,
+        inner_offset: u64,
+        digest: Option<Digest>,
+        zeros: bool,
+    ) -> Option<Self> {
+        let inner = u32::try_from(inner_offset)
+            .ok()
+            .filter(|i| u64::from(*i) <= MAX_INNER_OFFSET)?;
+        let mut chunk = Chunk {
+            chunk_offset,
+            offset,
+            compressed_end,
+            digest: Digest::default(),
+            size,
+            inner_and_flags: inner | if zeros { CHUNK_ZEROS } else { 0 },
+        };
+        chunk.set_digest(digest);
+        Some(chunk)
+    }
+    /// sha256 of the uncompressed chunk, when recorded.
+    pub fn digest(&self) -> Option<Digest> {
+        (self.inner_and_flags & CHUNK_HAS_DIGEST != 0).then_some(self.digest)
+    }
+    /// Replaces the recorded digest.
+    pub fn set_digest(&mut self, digest: Option<Digest>) {
+        self.digest = digest.unwrap_or_default();
+        if digest.is_some() {
+            self.inner_and_flags |= CHUNK_HAS_DIGEST;
+        } else {
+            self.inner_and_flags &= !CHUNK_HAS_DIGEST;
+        }
+    }
+    /// Bytes to skip in the decompressed member before the chunk starts.
+    pub fn inner_offset(&self) -> u64 {
+        u64::from(self.inner_and_flags) & MAX_INNER_OFFSET
+    }
+    /// A sparse hole (`chunkType: "zeros"`): no data, reads as zeros.
+    pub fn is_zeros(&self) -> bool {
+        self.inner_and_flags & CHUNK_ZEROS != 0
+    }
     /// Compressed byte range to fetch for this chunk.
     pub fn compressed_range(&self) -> std::ops::Range<u64> {
         self.offset..self.compressed_end
@@ -255,9 +303,14 @@ pub struct Index {
     dirents: Vec<DirEnt>,
     chunks: Vec<Chunk>,
     xattrs: Vec<(StrRef, StrRef)>,
+    xattr_sets: Vec<(u32, u32)>,
     strings: Vec<u8>,
     prefetch: Prefetch,
 }
+
+// Memory per entry matters (the FUSE layer holds one index per layer).
+const _: () = assert!(std::mem::size_of::<Node>() == 48);
+const _: () = assert!(std::mem::size_of::<Chunk>() == 64);
 
 impl Index {
     /// Validates `toc` against the blob layout described by `footer` and builds the index.
@@ -335,7 +388,8 @@ impl Index {
     pub fn xattrs(&self, ino: Ino) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         let range = self
             .node(ino)
-            .map(|n| n.xattr_start as usize..(n.xattr_start + n.xattr_len) as usize)
+            .and_then(|n| self.xattr_sets.get(n.xattr_set as usize))
+            .map(|&(start, len)| start as usize..(start + len) as usize)
             .unwrap_or(0..0);
         self.xattrs[range]
             .iter()
@@ -366,6 +420,7 @@ impl Index {
             + self.dirents.capacity() * size_of::<DirEnt>()
             + self.chunks.capacity() * size_of::<Chunk>()
             + self.xattrs.capacity() * size_of::<(StrRef, StrRef)>()
+            + self.xattr_sets.capacity() * size_of::<(u32, u32)>()
             + self.strings.capacity()
     }
 
@@ -403,6 +458,7 @@ struct Builder {
     dirents: Vec<(Ino, DirEnt)>,
     chunks: Vec<Chunk>,
     xattrs: Vec<(StrRef, StrRef)>,
+    xattr_sets: Vec<(u32, u32)>,
     strings: Vec<u8>,
     paths: HashMap<String, Ino>,
     prefetch: Prefetch,
@@ -424,6 +480,8 @@ impl Builder {
             dirents: Vec::new(),
             chunks: Vec::new(),
             xattrs: Vec::new(),
+            // Set 0 is "no xattrs", so nodes need no separate flag.
+            xattr_sets: vec![(0, 0)],
             strings: Vec::new(),
             paths: HashMap::new(),
             prefetch: Prefetch::Unknown,
@@ -619,6 +677,13 @@ impl Builder {
         };
         let xattr_start =
             u32::try_from(self.xattrs.len()).map_err(|_| err(EntryError::OutOfRange("xattrs")))?;
+        let xattr_set = if e.xattrs.is_empty() {
+            0
+        } else {
+            self.xattr_sets.push((xattr_start, e.xattrs.len() as u32));
+            u32::try_from(self.xattr_sets.len() - 1)
+                .map_err(|_| err(EntryError::OutOfRange("xattrs")))?
+        };
         for (k, v) in &e.xattrs {
             let value = base64::engine::general_purpose::STANDARD
                 .decode(v)
@@ -628,10 +693,9 @@ impl Builder {
             self.xattrs.push((kr, vr));
         }
         let n = &mut self.nodes[ino as usize - 1];
-        n.mode = (e.mode & 0o7777) as u32;
+        n.mode = (e.mode & 0o7777) as u16;
         (n.uid, n.gid, n.mtime) = (uid, gid, mtime);
-        n.xattr_start = xattr_start;
-        n.xattr_len = e.xattrs.len() as u32;
+        n.xattr_set = xattr_set;
         n.flags |= FLAG_EXPLICIT;
         Ok(())
     }
@@ -673,16 +737,18 @@ impl Builder {
             .ok()
             .filter(|_| e.chunk_size <= self.limits.max_chunk_size)
             .ok_or_else(|| err(EntryError::OutOfRange("chunkSize")))?;
-        self.chunks.push(Chunk {
-            chunk_offset: e.chunk_offset,
-            offset: e.offset,
-            compressed_end: 0,
-            inner_offset: e.inner_offset,
-            // Provisional; `finish_file` sets the real length (0 means "to the end").
-            size: provisional_size,
+        // The size is provisional: `finish_file` sets the real length (0 means "to the end").
+        let chunk = Chunk::new(
+            e.chunk_offset,
+            e.offset,
+            0,
+            provisional_size,
+            e.inner_offset,
             digest,
             zeros,
-        });
+        )
+        .ok_or_else(|| err(EntryError::OutOfRange("innerOffset")))?;
+        self.chunks.push(chunk);
         Ok(())
     }
 
@@ -729,12 +795,12 @@ impl Builder {
         let mut starts: Vec<u64> = self
             .chunks
             .iter()
-            .filter(|c| !c.zeros)
+            .filter(|c| !c.is_zeros())
             .map(|c| c.offset)
             .collect();
         starts.sort_unstable();
         starts.dedup();
-        for c in self.chunks.iter_mut().filter(|c| !c.zeros) {
+        for c in self.chunks.iter_mut().filter(|c| !c.is_zeros()) {
             let next = starts.partition_point(|&s| s <= c.offset);
             c.compressed_end = starts.get(next).copied().unwrap_or(self.payload_end);
         }
@@ -759,12 +825,14 @@ impl Builder {
         self.nodes.shrink_to_fit();
         self.chunks.shrink_to_fit();
         self.xattrs.shrink_to_fit();
+        self.xattr_sets.shrink_to_fit();
         self.strings.shrink_to_fit();
         Ok(Index {
             nodes: self.nodes,
             dirents,
             chunks: self.chunks,
             xattrs: self.xattrs,
+            xattr_sets: self.xattr_sets,
             strings: self.strings,
             prefetch: self.prefetch,
         })
