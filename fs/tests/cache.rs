@@ -61,7 +61,7 @@ fn cached_chunk_of_the_wrong_size_is_an_error_not_a_panic() {
     );
     let (ino, _) = biggest_file(layer.index());
     let chunk = layer.index().chunks(ino)[0].clone();
-    let key = ChunkKey::verified(chunk.digest.unwrap());
+    let key = ChunkKey::verified(chunk.digest().unwrap());
     rt.block_on(cache.get_or_fetch(key, async {
         Ok::<_, LayerError>(Bytes::from_static(b"short"))
     }))

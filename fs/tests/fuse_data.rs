@@ -209,7 +209,7 @@ fn corrupted_disk_chunk_is_detected_and_refetched() {
     let source = TestSource::new(blob("sizes", "zstd"), Behaviour::Serve);
     let layer = open_layer(&rt, source, disk_cache(dir.path(), 1 << 30));
     let (ino, path) = biggest_file(layer.index());
-    let digest = layer.index().chunks(ino)[0].digest.unwrap();
+    let digest = layer.index().chunks(ino)[0].digest().unwrap();
     let m = mount_layer(&rt, layer, MountOptions::default());
     let want = std::fs::read(m.path.join(&path)).unwrap();
     m.unmount();

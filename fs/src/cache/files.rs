@@ -82,7 +82,7 @@ impl FileStore {
     pub fn file_key(chunks: &[Chunk]) -> Option<Digest> {
         let mut h = Sha256::new();
         for c in chunks {
-            match (c.zeros, c.digest) {
+            match (c.is_zeros(), c.digest()) {
                 (true, _) => h.update(b"zeros"),
                 (false, Some(d)) => h.update(d.0),
                 (false, None) => return None,
@@ -166,19 +166,19 @@ impl FileStore {
         if size > self.dir.max_bytes()
             || !chunks
                 .iter()
-                .all(|c| c.zeros || c.digest.is_some_and(|d| disk.contains(&d)))
+                .all(|c| c.is_zeros() || c.digest().is_some_and(|d| disk.contains(&d)))
         {
             return Ok(false);
         }
         let stored = self.dir.write(&key, |f| {
             let mut out = io::BufWriter::new(f);
             for c in chunks {
-                if c.zeros {
+                if c.is_zeros() {
                     out.write_all(&vec![0u8; c.size as usize])?;
                     continue;
                 }
                 // `get` re-verifies; an evicted or corrupt chunk aborts.
-                let Some(data) = c.digest.and_then(|d| disk.get(&d)) else {
+                let Some(data) = c.digest().and_then(|d| disk.get(&d)) else {
                     return Ok(false);
                 };
                 out.write_all(&data)?;
@@ -205,10 +205,10 @@ fn verify_file(file: &File, chunks: &[Chunk]) -> io::Result<bool> {
     for c in chunks {
         buf.resize(c.size as usize, 0);
         file.read_exact_at(&mut buf, c.chunk_offset)?;
-        let ok = if c.zeros {
+        let ok = if c.is_zeros() {
             buf.iter().all(|b| *b == 0)
         } else {
-            c.digest == Some(Digest::of(&buf))
+            c.digest() == Some(Digest::of(&buf))
         };
         if !ok {
             return Ok(false);

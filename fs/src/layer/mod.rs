@@ -176,7 +176,7 @@ impl LayerReader {
     }
 
     fn key(&self, ino: Ino, chunk: &Chunk) -> ChunkKey {
-        match (self.verify, chunk.digest) {
+        match (self.verify, chunk.digest()) {
             (Verify::Enabled, Some(d)) => ChunkKey::verified(d),
             _ => {
                 // No trustworthy content digest: key by layer and position.
@@ -194,7 +194,7 @@ impl LayerReader {
         let (start, end) = self.file_range(ino, offset, len).ok()?;
         let mut out = Vec::with_capacity((end - start) as usize);
         for chunk in self.index.chunks_for_range(ino, start, end - start) {
-            if chunk.zeros {
+            if chunk.is_zeros() {
                 append_part(&mut out, chunk, &[], start, end);
                 continue;
             }
@@ -232,7 +232,7 @@ impl LayerReader {
         let chunks = self.index.chunks(ino);
         let first = chunks.partition_point(|c| c.chunk_offset < end);
         for chunk in chunks.iter().skip(first).take(count) {
-            if chunk.zeros || self.cache.get_in_memory(&self.key(ino, chunk)).is_some() {
+            if chunk.is_zeros() || self.cache.get_in_memory(&self.key(ino, chunk)).is_some() {
                 continue;
             }
             let (this, chunk) = (self.clone(), chunk.clone());
@@ -254,7 +254,7 @@ impl LayerReader {
         chunk: &Chunk,
         purpose: Purpose,
     ) -> Result<Bytes, LayerError> {
-        if chunk.zeros {
+        if chunk.is_zeros() {
             return Ok(Bytes::from(vec![0u8; chunk.size as usize]));
         }
         let key = self.key(ino, chunk);
@@ -338,7 +338,7 @@ fn append_part(out: &mut Vec<u8>, chunk: &Chunk, bytes: &[u8], start: u64, end: 
     if from >= to {
         return;
     }
-    if chunk.zeros {
+    if chunk.is_zeros() {
         out.resize(out.len() + (to - from) as usize, 0);
     } else {
         out.extend_from_slice(&bytes[(from - range.start) as usize..(to - range.start) as usize]);
