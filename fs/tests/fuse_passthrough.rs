@@ -154,3 +154,54 @@ fn file_store_stays_within_its_bound() {
     assert!(!store.is_ready(&key), "{path} does not fit");
     assert!(store.used_bytes() < big);
 }
+
+/// A layer holding a copy of this machine's `true` binary as `bin/true`.
+fn layer_with_true_binary() -> Vec<u8> {
+    let bin = std::fs::read("/usr/bin/true").unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(bin.len() as u64);
+    h.set_mode(0o755);
+    h.set_cksum();
+    tar.append_data(&mut h, "bin/true", &bin[..]).unwrap();
+    let mut blob = Vec::new();
+    rstargz_fs::estargz::convert(
+        &tar.into_inner().unwrap()[..],
+        &mut blob,
+        &Default::default(),
+    )
+    .unwrap();
+    blob
+}
+
+#[test]
+fn binaries_execute_from_the_mount_cached_and_passed_through() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, opts) = passthrough_opts(dir.path());
+    let opts = MountOptions {
+        passthrough_min_bytes: 1,
+        ..opts
+    };
+    let source = TestSource::new(layer_with_true_binary(), Behaviour::Serve);
+    let layer = open_layer(&rt, source, disk_cache(dir.path(), 1 << 30));
+    let ino = layer.index().lookup_path("bin/true").unwrap();
+    let key = FileStore::file_key(layer.index().chunks(ino)).unwrap();
+    // First run: mmap through the page cache; then the file is materialized.
+    let m = mount_layer(&rt, layer.clone(), opts.clone());
+    let status = std::process::Command::new(m.path.join("bin/true"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(wait_until(Duration::from_secs(20), || store.is_ready(&key)));
+    m.unmount();
+    // Second run: mmap through the passthrough backing file.
+    let m = mount_layer(&rt, layer, opts);
+    let status = std::process::Command::new(m.path.join("bin/true"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stats = m.handle.as_ref().unwrap().stats().clone();
+    assert!(stats.passthrough_opens.load(Ordering::SeqCst) >= 1);
+    m.unmount();
+}
