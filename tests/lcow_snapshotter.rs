@@ -229,6 +229,12 @@ async fn concurrent_prepares_share_one_cached_scratch() {
         );
     }
     assert_eq!(qemu_info(&cached)["virtual-size"], 3 * GIB);
+    let log = d.log_text();
+    assert_eq!(
+        log.matches("created cached LCOW scratch").count(),
+        1,
+        "{log}"
+    );
     d.stop();
 }
 

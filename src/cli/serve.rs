@@ -79,12 +79,11 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
     let mut opts = Options::new(&root);
     opts.async_remove = config.snapshotter.async_remove;
     opts.remote = Arc::new(NoRemote);
-    let overlay = OverlayBackend::detect();
     opts.backend = match config.snapshotter.fallback {
-        Fallback::Overlay => Arc::new(overlay),
+        Fallback::Overlay => Arc::new(OverlayBackend::detect()),
         Fallback::Lcow => Arc::new(LcowBackend),
     };
-    let fallback = opts.backend.name();
+    let backend = Arc::clone(&opts.backend);
     let remote = if opts.backend.supports_remote() {
         "disabled"
     } else {
@@ -97,9 +96,8 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
     tracing::info!(
         root = %root.display(),
         socket = %address.display(),
-        fallback,
-        index_off = overlay.options.index_off,
-        userxattr = overlay.options.userxattr,
+        fallback = backend.name(),
+        backend = ?backend,
         async_remove = config.snapshotter.async_remove,
         remote,
         version = env!("CARGO_PKG_VERSION"),
