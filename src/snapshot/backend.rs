@@ -103,3 +103,44 @@ pub fn check_backend_marker(
     }
     std::fs::write(&path, format!("{recorded}\n")).context(|| format!("write {}", path.display()))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::lcow::LcowBackend;
+    use crate::snapshot::overlay::OverlayBackend;
+
+    #[test]
+    fn marker_is_written_once_and_guards_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let store = Store::open(&dir.path().join("metadata.db")).unwrap();
+        check_backend_marker(&layout, &LcowBackend, &store).unwrap();
+        let marker = dir.path().join(BACKEND_MARKER);
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), "lcow\n");
+        check_backend_marker(&layout, &LcowBackend, &store).unwrap();
+        let overlay = OverlayBackend::default();
+        assert!(matches!(
+            check_backend_marker(&layout, &overlay, &store),
+            Err(Error::FailedPrecondition(_))
+        ));
+    }
+
+    #[test]
+    fn unmarked_root_with_snapshots_is_overlayfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let store = Store::open(&dir.path().join("metadata.db")).unwrap();
+        store
+            .write(|tx| tx.create(Kind::Active, "k", "", &Labels::new(), SystemTime::now()))
+            .unwrap();
+        assert!(check_backend_marker(&layout, &LcowBackend, &store).is_err());
+        assert!(!dir.path().join(BACKEND_MARKER).exists());
+        check_backend_marker(&layout, &OverlayBackend::default(), &store).unwrap();
+        let marker = std::fs::read_to_string(dir.path().join(BACKEND_MARKER)).unwrap();
+        assert_eq!(marker, "overlayfs\n");
+    }
+}

@@ -20,7 +20,7 @@ pub const NEW_PREFIX: &str = "new-";
 pub const REMOVED_PREFIX: &str = "rm-";
 
 impl Layout {
-    /// Layout under `root` (`<root>/snapshots/<id>/{fs,work}`).
+    /// Layout under `root`.
     pub fn new(root: &Path) -> Layout {
         Layout {
             root: root.to_path_buf(),
@@ -48,12 +48,13 @@ impl Layout {
         self.snapshots.join(format!("{REMOVED_PREFIX}{id}"))
     }
 
-    /// The snapshot's filesystem (upper dir for Active snapshots).
+    /// The overlayfs backend's layer dir (upper dir for Active snapshots),
+    /// also where remote layers are mounted.
     pub fn fs_dir(&self, id: i64) -> PathBuf {
         self.snapshot_dir(id).join("fs")
     }
 
-    /// The overlay work dir of an Active snapshot.
+    /// The overlayfs backend's work dir of an Active snapshot.
     pub fn work_dir(&self, id: i64) -> PathBuf {
         self.snapshot_dir(id).join("work")
     }
