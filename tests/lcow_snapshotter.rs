@@ -187,6 +187,13 @@ async fn reuse_scratch_links_the_owners_sandbox() {
     let err = prepare(&mut c, "orphan", "", &missing).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err}");
     assert_eq!(list(&mut c, &["name==orphan"]).await.unwrap().len(), 0);
+    let own = [(REUSE_SCRATCH_LABEL, "true"), (OWNER_KEY_LABEL, "selfish")];
+    let err = prepare(&mut c, "k8s.io/6/selfish", "", &own)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    // The shared disk is the owner's VHDX, readable through the link.
+    assert_eq!(qemu_info(&link)["virtual-size"], GIB);
     // Without reuse-scratch=true the owner label is ignored: a copy.
     let copy = own_dir(
         &prepare(&mut c, "copy", "", &[size, (OWNER_KEY_LABEL, "owner-ctr")])

@@ -120,6 +120,12 @@ fn find_owner(tx: &Tx<'_>, owner: &str) -> Result<Snapshot> {
 /// Links `dir/sandbox.vhdx` to the sandbox of the snapshot `owner`.
 fn share_sandbox(new: &NewSnapshot<'_>, owner: &str) -> Result<()> {
     let owner_snap = find_owner(new.tx, owner)?;
+    if owner_snap.id == new.snap.id {
+        return Err(Error::InvalidArgument(format!(
+            "snapshot {:?} cannot share its own scratch (owner key {owner:?})",
+            new.key
+        )));
+    }
     let target = new
         .layout
         .snapshot_dir(owner_snap.id)
