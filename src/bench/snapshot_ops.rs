@@ -14,6 +14,9 @@ use crate::client::{self, Client};
 
 /// The gRPC header containerd uses to carry the namespace.
 const NAMESPACE_HEADER: &str = "containerd-namespace";
+/// Marks a snapshot as a GC root: without a lease, containerd's garbage
+/// collector would otherwise delete the benchmark's snapshots mid-run.
+const GC_ROOT_LABEL: &str = "containerd.io/gc.root";
 
 /// What to measure and where.
 #[derive(Debug, Clone)]
@@ -200,7 +203,7 @@ impl Ctx {
             snapshotter: self.snapshotter.clone(),
             key: key.to_owned(),
             parent: parent.to_owned(),
-            labels: Default::default(),
+            labels: gc_root(),
         }))
         .await
         .map_err(rpc("Prepare", key))?;
@@ -212,7 +215,7 @@ impl Ctx {
             snapshotter: self.snapshotter.clone(),
             name: name.to_owned(),
             key: key.to_owned(),
-            labels: Default::default(),
+            labels: gc_root(),
         }))
         .await
         .map_err(rpc("Commit", key))?;
@@ -228,6 +231,10 @@ impl Ctx {
         .map_err(rpc("Remove", key))?;
         Ok(())
     }
+}
+
+fn gc_root() -> std::collections::HashMap<String, String> {
+    [(GC_ROOT_LABEL.to_owned(), "bench".to_owned())].into()
 }
 
 fn rpc(op: &'static str, key: &str) -> impl FnOnce(tonic::Status) -> BenchError {
