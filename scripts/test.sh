@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The project's test command: unit, integration and conformance tests.
-# Run as root on a machine prepared by scripts/setup.sh.
+# Run as root on a machine prepared by scripts/setup.sh. Each stage prints
+# its runner's summary; the script fails if any stage fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== cargo test"
+echo "== unit and integration tests (cargo test)"
 cargo test --workspace --all-targets 2>&1
+
+echo "== containerd snapshotter conformance suite"
+bash scripts/conformance.sh

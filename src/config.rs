@@ -59,6 +59,20 @@ pub struct SnapshotterConfig {
     /// Remove deletes directories only at the next Cleanup (as the Go
     /// reference's `AsynchronousRemove`), keeping Remove fast.
     pub async_remove: bool,
+    /// Local snapshot format (`--fallback` overrides).
+    pub fallback: Fallback,
+}
+
+/// The local fallback: what snapshots are when a layer is not remote.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// overlayfs mounts of plain directories (Linux hosts).
+    #[default]
+    Overlay,
+    /// `lcow-layer` mounts with VHDX scratch disks, as containerd's
+    /// `windows-lcow` snapshotter hands to hcsshim.
+    Lcow,
 }
 
 impl Config {
@@ -101,6 +115,13 @@ mod tests {
         let Ok(c) = c else { panic!("parse: {c:?}") };
         assert_eq!(c.root.as_deref(), Some(Path::new("/r")));
         assert!(c.snapshotter.async_remove);
+        assert_eq!(c.snapshotter.fallback, Fallback::Overlay);
+        let lcow = Config::parse("[snapshotter]\nfallback = \"lcow\"\n");
+        assert_eq!(
+            lcow.ok().map(|c| c.snapshotter.fallback),
+            Some(Fallback::Lcow)
+        );
+        assert!(Config::parse("[snapshotter]\nfallback = \"zfs\"").is_err());
         assert!(Config::parse("[snapshotter]\nasync_remove = \"yes\"").is_err());
     }
 

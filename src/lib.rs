@@ -4,7 +4,9 @@
 //! its metadata store, the thin gRPC adapter, configuration and the CLI
 //! subcommands.
 
+pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod grpc;
 pub mod image;

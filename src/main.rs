@@ -21,6 +21,8 @@ enum Command {
     /// Convert whole images to eStargz or zstd:chunked.
     #[command(subcommand_required = true)]
     Image(cli::image::ImageArgs),
+    /// Measure a running service (figures as JSON lines).
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,5 +30,6 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => cli::serve::run(args),
         Command::Layer(args) => cli::layer::run(args),
         Command::Image(args) => cli::image::run(args),
+        Command::Bench(args) => cli::bench::run(args),
     }
 }

@@ -4,76 +4,12 @@
 
 use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::{Arc, Barrier};
 
+mod common;
+
+use common::vhdx_check::{GIB, MIB, assert_valid_scratch, on_disk_bytes, run};
 use rstargz::lcow::{self, vhdx};
-
-const GIB: u64 = 1 << 30;
-const MIB: u64 = 1 << 20;
-
-fn run(program: &str, args: &[&str]) -> Output {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} (scripts/setup.sh installs it): {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn on_disk_bytes(path: &Path) -> u64 {
-    fs::metadata(path).unwrap().blocks() * 512
-}
-
-/// The independent checks the issue asks for, on a scratch of `gib` GiB.
-fn assert_valid_scratch(vhdx_path: &Path, gib: u64) {
-    let path = vhdx_path.to_str().unwrap();
-    let info: serde_json::Value =
-        serde_json::from_str(&stdout(&run("qemu-img", &["info", "--output=json", path]))).unwrap();
-    assert_eq!(info["format"], "vhdx", "{info}");
-    assert_eq!(info["virtual-size"], gib * GIB, "{info}");
-    run("qemu-img", &["check", "-f", "vhdx", path]);
-
-    let work = tempfile::tempdir().unwrap();
-    let raw = work.path().join("disk.raw");
-    let raw_str = raw.to_str().unwrap();
-    // -S 4k keeps the raw image sparse: only the ext4 metadata takes space.
-    run(
-        "qemu-img",
-        &[
-            "convert", "-f", "vhdx", "-O", "raw", "-S", "4k", path, raw_str,
-        ],
-    );
-    assert_eq!(fs::metadata(&raw).unwrap().len(), gib * GIB);
-    assert!(on_disk_bytes(&raw) < 256 * MIB, "raw image not sparse");
-    run("e2fsck", &["-fn", raw_str]);
-
-    let header = stdout(&run("dumpe2fs", &["-h", raw_str]));
-    let field = |name: &str| -> u64 {
-        header
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no {name} in dumpe2fs output:\n{header}"))
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    assert_eq!(field("Block count:") * field("Block size:"), gib * GIB);
-    assert!(
-        header.contains("Filesystem state:         clean"),
-        "{header}"
-    );
-}
 
 #[test]
 fn scratch_of_1_gb_is_a_vhdx_holding_a_clean_ext4() {

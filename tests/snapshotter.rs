@@ -186,15 +186,6 @@ fn du(path: &std::path::Path, inodes: bool) -> i64 {
         .unwrap()
 }
 
-async fn usage(c: &mut Client, key: &str) -> Result<(i64, i64), tonic::Status> {
-    c.usage(pb::UsageRequest {
-        snapshotter: String::new(),
-        key: key.into(),
-    })
-    .await
-    .map(|r| (r.get_ref().size, r.get_ref().inodes))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_matches_du_and_counts_hardlinks_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -296,15 +287,6 @@ async fn errors_carry_containerd_codes() {
     assert!(list(&mut c, &[]).await.unwrap().is_empty());
     drop(c);
     d.stop();
-}
-
-fn entries(dir: &std::path::Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,14 @@
-//! rstargz's filesystem side: the eStargz format, and (later) the registry
-//! reader, chunk caches and the FUSE filesystem that serve lazily pulled layers.
+//! rstargz's filesystem side: the eStargz format, the registry reader, the
+//! chunk caches and the FUSE filesystem that serve lazily pulled layers.
 //!
 //! The layering follows backend → cache → device: `estargz` is pure format
 //! code that reads through a small random-access trait and knows nothing of
-//! HTTP or FUSE, so the same code serves local files, registries and fuzzers.
+//! HTTP or FUSE; `registry` fetches byte ranges of blobs; `cache` keeps
+//! verified chunks in memory and on disk; `layer` joins them into a reader of
+//! one layer; `fuse` serves that reader to the kernel.
 
+pub mod cache;
 pub mod estargz;
+pub mod fuse;
+pub mod layer;
 pub mod registry;

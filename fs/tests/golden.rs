@@ -67,15 +67,48 @@ fn check_case(case: &str, comp: &str) {
     assert_eq!(size, meta.uncompressed_size, "{ctx}: uncompressed size");
 }
 
-#[test]
-fn all_golden_blobs() {
-    let cases = cases();
-    assert_eq!(cases.len(), 16);
-    for case in &cases {
-        for comp in ["gzip", "zstd"] {
-            check_case(&case.case, comp);
+/// One test per case and compression, so a failure names its blob.
+macro_rules! golden {
+    ($($id:ident => $case:literal),* $(,)?) => {
+        $(mod $id {
+            #[test]
+            fn gzip() {
+                super::check_case($case, "gzip");
+            }
+            #[test]
+            fn zstd() {
+                super::check_case($case, "zstd");
+            }
+        })*
+
+        #[test]
+        fn every_case_in_cases_json_has_a_test() {
+            let mut listed: Vec<String> = cases().into_iter().map(|c| c.case).collect();
+            let mut covered = vec![$($case.to_owned()),*];
+            listed.sort();
+            covered.sort();
+            assert_eq!(listed, covered);
         }
-    }
+    };
+}
+
+golden! {
+    empty => "empty",
+    sizes => "sizes",
+    default_chunk => "default-chunk",
+    tree => "tree",
+    links => "links",
+    special => "special",
+    longnames => "longnames",
+    longnames_gnu => "longnames-gnu",
+    unicode => "unicode",
+    xattrs => "xattrs",
+    whiteouts => "whiteouts",
+    perms => "perms",
+    mtimes => "mtimes",
+    prefetch => "prefetch",
+    dotslash => "dotslash",
+    duplicates => "duplicates",
 }
 
 #[test]

@@ -29,6 +29,17 @@ fn reg(name: &str, size: u64, offset: u64) -> TocEntry {
     }
 }
 
+/// A `chunk` entry at `chunk_offset` in the file, member `offset`.
+fn chunk(name: &str, chunk_offset: u64, offset: u64, chunk_size: u64) -> TocEntry {
+    TocEntry {
+        chunk_offset,
+        chunk_size,
+        offset,
+        chunk_digest: D.into(),
+        ..e(name, "chunk")
+    }
+}
+
 fn build(entries: Vec<TocEntry>) -> rstargz_fs::estargz::Result<Index> {
     Index::build_with_payload_end(
         &Toc {
@@ -143,24 +154,13 @@ fn offsets_and_chunks() {
         0,
         EntryError::ChunkCoverage("chunks end at 50, file size is 100".into()),
     );
-    let gap = TocEntry {
-        chunk_offset: 60,
-        offset: 20,
-        chunk_digest: D.into(),
-        ..e("a", "chunk")
-    };
+    let gap = chunk("a", 60, 20, 0);
     rejected(
         vec![first.clone(), gap],
         0,
         EntryError::ChunkCoverage("chunk at 60 where 50 was expected".into()),
     );
-    let over = TocEntry {
-        chunk_offset: 50,
-        chunk_size: 80,
-        offset: 20,
-        chunk_digest: D.into(),
-        ..e("a", "chunk")
-    };
+    let over = chunk("a", 50, 20, 80);
     rejected(
         vec![first.clone(), over],
         0,
@@ -191,6 +191,14 @@ fn offsets_and_chunks() {
     );
     rejected(
         vec![TocEntry {
+            inner_offset: 1 << 31,
+            ..reg("a", 1, 10)
+        }],
+        0,
+        EntryError::OutOfRange("innerOffset"),
+    );
+    rejected(
+        vec![TocEntry {
             chunk_size: 1 << 40,
             ..reg("big", 1 << 41, 10)
         }],
@@ -198,12 +206,7 @@ fn offsets_and_chunks() {
         EntryError::OutOfRange("chunkSize"),
     );
     // A good two-chunk file, and its compressed ranges end at the next member.
-    let ok = TocEntry {
-        chunk_offset: 50,
-        offset: 200,
-        chunk_digest: D.into(),
-        ..e("a", "chunk")
-    };
+    let ok = chunk("a", 50, 200, 0);
     let idx = build(vec![first, ok]).unwrap();
     let chunks = idx.chunks(idx.lookup_path("a").unwrap());
     assert_eq!(
@@ -357,7 +360,7 @@ fn wrong_digest_is_a_verification_error() {
     let compressed = &golden[r.start as usize..r.end as usize];
     let ok = decode_chunk(Compression::Gzip, ino, &chunk, compressed, Verify::Enabled).unwrap();
     assert_eq!(ok.len(), chunk.size as usize);
-    chunk.digest = Some(Digest::of(b"something else"));
+    chunk.set_digest(Some(Digest::of(b"something else")));
     assert!(matches!(
         decode_chunk(Compression::Gzip, ino, &chunk, compressed, Verify::Enabled),
         Err(Error::ChunkDigestMismatch { .. })
@@ -367,7 +370,7 @@ fn wrong_digest_is_a_verification_error() {
         decode_chunk(Compression::Gzip, ino, &chunk, compressed, Verify::Disabled).unwrap(),
         ok
     );
-    chunk.digest = None;
+    chunk.set_digest(None);
     assert!(matches!(
         decode_chunk(Compression::Gzip, ino, &chunk, compressed, Verify::Enabled),
         Err(Error::ChunkNoDigest { .. })
@@ -542,4 +545,48 @@ fn inner_offset_entries_share_a_member() {
         assert_eq!(layer.read_file_at(b, 2, &mut buf).unwrap(), 7);
         assert_eq!(&buf[..7], b"world!!");
     }
+}
+
+#[test]
+fn legacy_stargz_footer_without_digests() {
+    use rstargz_fs::estargz::{FooterKind, Verify};
+    // Rebuild the gzip hand-made blob with a 47-byte CRFS footer and no digests.
+    let blob = hand_made_blob(Compression::Gzip, false);
+    let layer = Layer::open(&blob[..], &OpenOptions::default()).unwrap();
+    let toc_offset = layer.footer().toc_offset;
+    let mut toc = read_toc(&blob, 1 << 20).unwrap().1.toc;
+    for e in &mut toc.entries {
+        e.digest.clear();
+        e.chunk_digest.clear();
+    }
+    let json = rstargz_fs::estargz::toc::encode_toc(&toc).unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(json.len() as u64);
+    h.set_mode(0o444);
+    tar.append_data(&mut h, "stargz.index.json", &json[..])
+        .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
+    let mut legacy = blob[..toc_offset as usize].to_vec();
+    legacy.extend(gz.finish().unwrap());
+    legacy.extend([0x1f, 0x8b, 0x08, 0x04, 0, 0, 0, 0, 0, 0xff, 22, 0]);
+    legacy.extend(format!("{toc_offset:016x}STARGZ").as_bytes());
+    legacy.extend([1, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]);
+
+    let layer = Layer::open(&legacy[..], &OpenOptions::default()).unwrap();
+    assert_eq!(layer.footer().kind, FooterKind::LegacyStargz);
+    let a = layer.index().lookup_path("a").unwrap();
+    let mut buf = [0u8; 5];
+    assert!(matches!(
+        layer.read_file_at(a, 0, &mut buf),
+        Err(Error::ChunkNoDigest { .. })
+    ));
+    let opts = OpenOptions {
+        verify: Verify::Disabled,
+        ..OpenOptions::default()
+    };
+    let layer = Layer::open(&legacy[..], &opts).unwrap();
+    assert_eq!(layer.read_file_at(a, 0, &mut buf).unwrap(), 5);
+    assert_eq!(&buf, b"hello");
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::proxy::{Fault, FaultProxy};
 use common::registry::TestRegistry;
-use common::{test_blob, test_config, wait_until};
+use common::{test_blob, test_config, wait_until_async};
 use rstargz_fs::registry::{
     BlobFetcher, Digest, Purpose, Reference, Registry, RegistryConfig, RegistryError, labels,
     layer_source_from_labels,
@@ -232,7 +232,7 @@ async fn registry_ignoring_range_never_downloads_the_whole_blob() {
         matches!(err, RegistryError::RangeUnsupported { .. }),
         "{err}"
     );
-    assert!(wait_until(Duration::from_secs(20), || proxy.active_connections() == 0).await);
+    assert!(wait_until_async(Duration::from_secs(20), || proxy.active_connections() == 0).await);
     let sent = proxy.bytes_sent() - before;
     eprintln!("proxy sent {sent} bytes before the client hung up");
     assert!(
@@ -512,7 +512,7 @@ async fn on_demand_reads_overtake_queued_background_requests() {
                 .await
         })
     };
-    assert!(wait_until(Duration::from_secs(10), || !proxy.seen().is_empty()).await);
+    assert!(wait_until_async(Duration::from_secs(10), || !proxy.seen().is_empty()).await);
     let issued_at = proxy.seen().len();
     let got = fetcher
         .fetch_ranges(&[1_399_990..1_400_000], Purpose::OnDemand)

@@ -1,5 +1,6 @@
 //! Command-line interface: one module per subcommand group.
 
+pub mod bench;
 pub mod image;
 pub mod layer;
 pub mod serve;

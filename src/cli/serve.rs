@@ -12,9 +12,11 @@ use anyhow::{Context, bail};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::config::{Config, DEFAULT_ADDRESS, DEFAULT_LOG_LEVEL, DEFAULT_ROOT};
+use crate::config::{Config, DEFAULT_ADDRESS, DEFAULT_LOG_LEVEL, DEFAULT_ROOT, Fallback};
 use crate::grpc::SnapshotsService;
+use crate::lcow::LcowBackend;
 use crate::remote::NoRemote;
+use crate::snapshot::overlay::OverlayBackend;
 use crate::snapshot::{Options, Snapshotter};
 
 /// How long shutdown waits for in-flight requests and connections.
@@ -35,11 +37,14 @@ pub struct ServeArgs {
     /// Log level or tracing filter (trace, debug, info, warn, error).
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Local fallback for layers that are not remote [default: overlay].
+    #[arg(long, value_enum)]
+    pub fallback: Option<Fallback>,
 }
 
 /// Runs the daemon until SIGINT/SIGTERM.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::load(args.config.as_deref())?;
+    let mut config = Config::load(args.config.as_deref())?;
     let root = args
         .root
         .or(config.root.clone())
@@ -52,6 +57,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .log_level
         .or(config.log_level.clone())
         .unwrap_or_else(|| DEFAULT_LOG_LEVEL.into());
+    if let Some(fallback) = args.fallback {
+        config.snapshotter.fallback = fallback;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&level)
@@ -71,19 +79,27 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
     let mut opts = Options::new(&root);
     opts.async_remove = config.snapshotter.async_remove;
     opts.remote = Arc::new(NoRemote);
+    opts.backend = match config.snapshotter.fallback {
+        Fallback::Overlay => Arc::new(OverlayBackend::detect()),
+        Fallback::Lcow => Arc::new(LcowBackend),
+    };
+    let backend = Arc::clone(&opts.backend);
+    let remote = if opts.backend.supports_remote() {
+        "disabled"
+    } else {
+        "not offered by this fallback"
+    };
     let snapshotter = tokio::task::spawn_blocking(move || Snapshotter::open(opts))
         .await?
         .with_context(|| format!("open snapshotter at {}", root.display()))?;
     let listener = bind(&address)?;
-    let overlay = snapshotter.overlay_options();
     tracing::info!(
         root = %root.display(),
         socket = %address.display(),
-        fallback = "overlayfs",
-        index_off = overlay.index_off,
-        userxattr = overlay.userxattr,
+        fallback = backend.name(),
+        backend = ?backend,
         async_remove = config.snapshotter.async_remove,
-        remote = "disabled",
+        remote,
         version = env!("CARGO_PKG_VERSION"),
         "rstargz serving"
     );

@@ -17,7 +17,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::error::{Context, Error, Result};
-use super::overlay::{NEW_PREFIX, REMOVED_PREFIX};
+use super::layout::{NEW_PREFIX, REMOVED_PREFIX};
 use super::snapshotter::{Inner, sync_dir, unique_suffix};
 
 /// Recovers after a crash: restores interrupted removes, deletes garbage,
@@ -31,7 +31,7 @@ pub(super) fn recover(inner: &Inner) -> Result<()> {
     }
     let ids = inner.store.read(|tx| tx.ids())?;
     for id in ids {
-        if !inner.layout.fs_dir(id).is_dir() {
+        if !inner.backend.content_dir(&inner.layout, id).is_dir() {
             tracing::error!(id, "snapshot directory is missing");
         }
     }

@@ -1,5 +1,6 @@
-//! The overlayfs local fallback: on-disk layout of snapshot directories and
-//! the mounts containerd gets for them, with the semantics of containerd's
+//! The overlayfs local fallback (the default backend): a snapshot directory
+//! holds `fs` (the layer, or the upper dir of an Active snapshot) and, for
+//! Active snapshots, the overlay `work` dir. Mounts follow containerd's
 //! overlayfs snapshotter:
 //! - no parent, or a View on exactly one parent: a bind mount (`rbind`,
 //!   `ro` for views, `rw` otherwise) of the snapshot's (or parent's) `fs`;
@@ -7,56 +8,14 @@
 //!   first, plus `upperdir`/`workdir` for Active snapshots, plus `index=off`
 //!   when the kernel module has that knob and `userxattr` when required.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use super::backend::{LocalBackend, NewSnapshot};
 use super::error::{Context, Error, Result};
+use super::layout::{Layout, mkdir_mode};
 use super::types::{Kind, Mount};
-use crate::store::Snapshot;
-
-/// Paths under the snapshotter root.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    snapshots: PathBuf,
-}
-
-/// Name prefix of a directory being created (not yet owned by any row).
-pub const NEW_PREFIX: &str = "new-";
-/// Name prefix of a directory whose snapshot was removed.
-pub const REMOVED_PREFIX: &str = "rm-";
-
-impl Layout {
-    /// Layout under `root` (`<root>/snapshots/<id>/{fs,work}`).
-    pub fn new(root: &Path) -> Layout {
-        Layout {
-            snapshots: root.join("snapshots"),
-        }
-    }
-
-    /// The directory holding every snapshot directory.
-    pub fn snapshots_dir(&self) -> &Path {
-        &self.snapshots
-    }
-
-    /// `<root>/snapshots/<id>`.
-    pub fn snapshot_dir(&self, id: i64) -> PathBuf {
-        self.snapshots.join(id.to_string())
-    }
-
-    /// Where a removed snapshot's directory waits for deletion.
-    pub fn removed_dir(&self, id: i64) -> PathBuf {
-        self.snapshots.join(format!("{REMOVED_PREFIX}{id}"))
-    }
-
-    /// The snapshot's filesystem (upper dir for Active snapshots).
-    pub fn fs_dir(&self, id: i64) -> PathBuf {
-        self.snapshot_dir(id).join("fs")
-    }
-
-    /// The overlay work dir of an Active snapshot.
-    pub fn work_dir(&self, id: i64) -> PathBuf {
-        self.snapshot_dir(id).join("work")
-    }
-}
+use crate::store::{Snapshot, Store};
 
 /// Kernel-dependent overlay mount options, decided once at start-up.
 #[derive(Debug, Clone, Copy, Default)]
@@ -86,6 +45,62 @@ fn in_user_namespace() -> bool {
             fields != ["0", "0", "4294967295"]
         }
         Err(_) => false,
+    }
+}
+
+/// The overlayfs backend with the options chosen for this kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OverlayBackend {
+    /// Kernel-dependent mount options.
+    pub options: OverlayOptions,
+}
+
+impl OverlayBackend {
+    /// The backend with options detected for this kernel and process.
+    pub fn detect() -> OverlayBackend {
+        OverlayBackend {
+            options: OverlayOptions::detect(),
+        }
+    }
+}
+
+impl LocalBackend for OverlayBackend {
+    fn name(&self) -> &'static str {
+        "overlayfs"
+    }
+
+    fn recover(&self, layout: &Layout, _store: &Store) -> Result<()> {
+        check_d_type(layout.snapshots_dir())
+    }
+
+    /// Creates `fs` (owned like the parent's, so an image's root directory
+    /// ownership carries over) and, for Active snapshots, `work`.
+    fn populate(&self, new: &NewSnapshot<'_>) -> Result<()> {
+        let fs = new.dir.join("fs");
+        mkdir_mode(&fs, 0o755)?;
+        if new.snap.kind == Kind::Active {
+            mkdir_mode(&new.dir.join("work"), 0o711)?;
+        }
+        if let Some(&parent) = new.snap.parent_ids.first() {
+            let parent_fs = new.layout.fs_dir(parent);
+            let meta = std::fs::metadata(&parent_fs)
+                .context(|| format!("stat {}", parent_fs.display()))?;
+            std::os::unix::fs::chown(&fs, Some(meta.uid()), Some(meta.gid()))
+                .context(|| format!("chown {}", fs.display()))?;
+        }
+        Ok(())
+    }
+
+    fn mounts(&self, layout: &Layout, snap: &Snapshot) -> Vec<Mount> {
+        mounts(layout, self.options, snap)
+    }
+
+    fn content_dir(&self, layout: &Layout, id: i64) -> PathBuf {
+        layout.fs_dir(id)
+    }
+
+    fn supports_remote(&self) -> bool {
+        true
     }
 }
 

@@ -1,5 +1,6 @@
 //! `Snapshotter`: containerd's Snapshotter interface over the metadata store
-//! and the overlayfs snapshot directories.
+//! and the snapshot directories, whose contents and mounts come from the
+//! chosen `LocalBackend` (overlayfs or LCOW).
 //!
 //! Crash-consistency contract (process killed at any instant):
 //! - A database row always points at a complete `snapshots/<id>` directory:
@@ -13,15 +14,17 @@
 //! - Store and directory changes happen under the store's lock, so Cleanup
 //!   never sees a half-created snapshot.
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use super::backend::{LocalBackend, NewSnapshot, check_backend_marker};
 use super::error::{Context, Error, Result};
 use super::gc;
-use super::overlay::{self, Layout, NEW_PREFIX, OverlayOptions};
+use super::layout::{Layout, NEW_PREFIX, mkdir_mode};
+use super::overlay::OverlayBackend;
 use super::types::{Info, Kind, Labels, Mount, Usage, validate_key, validate_labels};
 use super::usage::disk_usage;
 use crate::remote::{NoRemote, RemoteFs};
@@ -41,15 +44,18 @@ pub struct Options {
     pub async_remove: bool,
     /// Filesystem for remote layers.
     pub remote: Arc<dyn RemoteFs>,
+    /// The local snapshot format.
+    pub backend: Arc<dyn LocalBackend>,
 }
 
 impl Options {
-    /// Defaults for `root`: synchronous remove, no remote layers.
+    /// Defaults for `root`: synchronous remove, no remote layers, overlayfs.
     pub fn new(root: impl Into<PathBuf>) -> Options {
         Options {
             root: root.into(),
             async_remove: false,
             remote: Arc::new(NoRemote),
+            backend: Arc::new(OverlayBackend::detect()),
         }
     }
 }
@@ -64,14 +70,15 @@ pub struct Snapshotter {
 pub(super) struct Inner {
     pub(super) store: Store,
     pub(super) layout: Layout,
-    overlay: OverlayOptions,
+    pub(super) backend: Arc<dyn LocalBackend>,
     async_remove: bool,
     pub(super) remote: Arc<dyn RemoteFs>,
 }
 
 impl Snapshotter {
-    /// Opens the snapshotter at `opts.root`: creates the layout, checks
-    /// d_type support, opens the store and recovers from any crash.
+    /// Opens the snapshotter at `opts.root`: creates the layout, opens the
+    /// store, checks the root was not used with another backend and
+    /// recovers from any crash.
     pub fn open(opts: Options) -> Result<Snapshotter> {
         let layout = Layout::new(&opts.root);
         std::fs::DirBuilder::new()
@@ -79,24 +86,20 @@ impl Snapshotter {
             .mode(0o700)
             .create(layout.snapshots_dir())
             .context(|| format!("create {}", layout.snapshots_dir().display()))?;
-        overlay::check_d_type(layout.snapshots_dir())?;
         let store = Store::open(&opts.root.join("metadata.db"))?;
         let inner = Inner {
             store,
             layout,
-            overlay: OverlayOptions::detect(),
+            backend: opts.backend,
             async_remove: opts.async_remove,
             remote: opts.remote,
         };
+        check_backend_marker(&inner.layout, inner.backend.as_ref(), &inner.store)?;
+        inner.backend.recover(&inner.layout, &inner.store)?;
         gc::recover(&inner)?;
         Ok(Snapshotter {
             inner: Arc::new(inner),
         })
-    }
-
-    /// Overlay options chosen for this kernel (for the start-up log).
-    pub fn overlay_options(&self) -> OverlayOptions {
-        self.inner.overlay
     }
 
     async fn blocking<T: Send + 'static>(
@@ -117,7 +120,13 @@ impl Snapshotter {
         validate_key("key", &key)?;
         validate_labels(&labels)?;
         self.check_chain(&parent).await?;
-        let target = labels.get(TARGET_REF_LABEL).cloned();
+        let mut target = labels.get(TARGET_REF_LABEL).cloned();
+        if let Some(t) = target.take_if(|_| !self.inner.backend.supports_remote()) {
+            tracing::info!(
+                key = %t, backend = self.inner.backend.name(), "remote-snapshot-prepared" = "false",
+                "remote snapshots are not offered by this fallback; preparing a local snapshot"
+            );
+        }
         let lbl = labels.clone();
         let snap = self
             .blocking(move |s| s.create(Kind::Active, &key, &parent, &lbl))
@@ -132,11 +141,7 @@ impl Snapshotter {
                 ),
             }
         }
-        Ok(overlay::mounts(
-            &self.inner.layout,
-            self.inner.overlay,
-            &snap,
-        ))
+        Ok(self.inner.backend.mounts(&self.inner.layout, &snap))
     }
 
     async fn commit_remote(
@@ -172,7 +177,7 @@ impl Snapshotter {
         self.check_chain(&parent).await?;
         self.blocking(move |s| {
             let snap = s.create(Kind::View, &key, &parent, &labels)?;
-            Ok(overlay::mounts(&s.layout, s.overlay, &snap))
+            Ok(s.backend.mounts(&s.layout, &snap))
         })
         .await
     }
@@ -191,11 +196,7 @@ impl Snapshotter {
             })
             .await?;
         self.check_remote_layers(&snap.parent_ids).await?;
-        Ok(overlay::mounts(
-            &self.inner.layout,
-            self.inner.overlay,
-            &snap,
-        ))
+        Ok(self.inner.backend.mounts(&self.inner.layout, &snap))
     }
 
     /// Checks the remote layers in the chain of the committed `parent`
@@ -250,7 +251,7 @@ impl Snapshotter {
             // Measured outside the write lock (it can take a while); if the
             // snapshot vanished meanwhile, the commit below says NotFound.
             let usage = match snap.kind {
-                Kind::Active => disk_usage(&s.layout.fs_dir(snap.id)),
+                Kind::Active => disk_usage(&s.backend.content_dir(&s.layout, snap.id)),
                 _ => Ok(Usage::default()),
             };
             let result = s.store.write(|tx| {
@@ -314,7 +315,7 @@ impl Snapshotter {
                 Ok((snap, stored))
             })?;
             match snap.kind {
-                Kind::Active => disk_usage(&s.layout.fs_dir(snap.id)),
+                Kind::Active => disk_usage(&s.backend.content_dir(&s.layout, snap.id)),
                 _ => Ok(stored),
             }
         })
@@ -356,13 +357,23 @@ pub(super) fn sync_dir(dir: &Path) -> Result<()> {
 
 impl Inner {
     fn create(&self, kind: Kind, key: &str, parent: &str, labels: &Labels) -> Result<Snapshot> {
+        self.backend
+            .before_create(&self.layout, kind, key, labels)?;
         self.store.write(|tx| {
             let snap = tx.create(kind, key, parent, labels, SystemTime::now())?;
             let tmp = self
                 .layout
                 .snapshots_dir()
                 .join(format!("{NEW_PREFIX}{}", unique_suffix()));
-            let built = self.build_dir(&tmp, &snap);
+            let new = NewSnapshot {
+                tx,
+                layout: &self.layout,
+                dir: &tmp,
+                snap: &snap,
+                key,
+                labels,
+            };
+            let built = self.build_dir(&new);
             if built.is_err() {
                 let _ = std::fs::remove_dir_all(&tmp);
             }
@@ -370,30 +381,12 @@ impl Inner {
         })
     }
 
-    /// Builds `tmp/{fs,work}` and renames it to the snapshot's directory.
-    fn build_dir(&self, tmp: &Path, snap: &Snapshot) -> Result<()> {
-        let mkdir = |path: &Path, mode: u32| {
-            std::fs::DirBuilder::new()
-                .mode(mode)
-                .create(path)
-                .and_then(|()| {
-                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                })
-                .context(|| format!("create {}", path.display()))
-        };
-        mkdir(tmp, 0o700)?;
-        let fs = tmp.join("fs");
-        mkdir(&fs, 0o755)?;
-        if snap.kind == Kind::Active {
-            mkdir(&tmp.join("work"), 0o711)?;
-        }
-        if let Some(&parent) = snap.parent_ids.first() {
-            let parent_fs = self.layout.fs_dir(parent);
-            let meta = std::fs::metadata(&parent_fs)
-                .context(|| format!("stat {}", parent_fs.display()))?;
-            std::os::unix::fs::chown(&fs, Some(meta.uid()), Some(meta.gid()))
-                .context(|| format!("chown {}", fs.display()))?;
-        }
+    /// Builds the new directory with the backend and renames it to the
+    /// snapshot's directory.
+    fn build_dir(&self, new: &NewSnapshot<'_>) -> Result<()> {
+        let (tmp, snap) = (new.dir, new.snap);
+        mkdir_mode(tmp, 0o700)?;
+        self.backend.populate(new)?;
         let target = self.layout.snapshot_dir(snap.id);
         if target.exists() {
             // Left by a create that crashed before its commit: SQLite may

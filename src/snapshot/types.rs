@@ -78,7 +78,7 @@ pub struct Usage {
 /// A mount in the form of the mount(2) call, as containerd expects it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
-    /// Filesystem type (`bind`, `overlay`).
+    /// Filesystem type (`bind`, `overlay`, `lcow-layer`).
     pub kind: String,
     /// Mount source.
     pub source: String,

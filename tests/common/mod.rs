@@ -3,18 +3,17 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod vhdx_check;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use rstargz_proto::snapshots as pb;
-use rstargz_proto::snapshots::snapshots_client::SnapshotsClient;
-use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Generated client over our unix socket.
-pub type Client = SnapshotsClient<Channel>;
+pub type Client = rstargz::client::Client;
 
 /// How long start-up and shutdown may take before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -43,6 +42,11 @@ impl Daemon {
     /// Starts the daemon on `dir/root` and `dir/rstargz.sock`.
     pub fn start(dir: &Path) -> Daemon {
         Daemon::start_with(dir, &[])
+    }
+
+    /// Starts the daemon in LCOW fallback mode.
+    pub fn start_lcow(dir: &Path) -> Daemon {
+        Daemon::start_with(dir, &["--fallback", "lcow"])
     }
 
     /// Starts the daemon with extra arguments (e.g. `--config FILE`).
@@ -98,20 +102,7 @@ impl Daemon {
 
     /// A connected client.
     pub async fn client(&self) -> Client {
-        let socket = self.socket.clone();
-        let channel = Endpoint::try_from("http://[::]:0")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await
-            .unwrap();
-        SnapshotsClient::new(channel)
+        rstargz::client::connect(&self.socket).await.unwrap()
     }
 
     /// Sends `signal` and waits (bounded) for the exit status.
@@ -182,6 +173,45 @@ pub async fn prepare(
     .map(|r| r.into_inner().mounts)
 }
 
+/// View.
+pub async fn view(
+    c: &mut Client,
+    key: &str,
+    parent: &str,
+) -> Result<Vec<rstargz_proto::types::Mount>, tonic::Status> {
+    c.view(pb::ViewSnapshotRequest {
+        snapshotter: String::new(),
+        key: key.into(),
+        parent: parent.into(),
+        labels: HashMap::new(),
+    })
+    .await
+    .map(|r| r.into_inner().mounts)
+}
+
+/// Mounts.
+pub async fn mounts(
+    c: &mut Client,
+    key: &str,
+) -> Result<Vec<rstargz_proto::types::Mount>, tonic::Status> {
+    c.mounts(pb::MountsRequest {
+        snapshotter: String::new(),
+        key: key.into(),
+    })
+    .await
+    .map(|r| r.into_inner().mounts)
+}
+
+/// Usage as (size, inodes).
+pub async fn usage(c: &mut Client, key: &str) -> Result<(i64, i64), tonic::Status> {
+    c.usage(pb::UsageRequest {
+        snapshotter: String::new(),
+        key: key.into(),
+    })
+    .await
+    .map(|r| (r.get_ref().size, r.get_ref().inodes))
+}
+
 /// Commit.
 pub async fn commit(c: &mut Client, name: &str, key: &str) -> Result<(), tonic::Status> {
     c.commit(pb::CommitSnapshotRequest {
@@ -246,4 +276,14 @@ pub fn bind_source(mounts: &[rstargz_proto::types::Mount]) -> PathBuf {
     assert_eq!(mounts.len(), 1);
     assert_eq!(mounts[0].r#type, "bind");
     PathBuf::from(&mounts[0].source)
+}
+
+/// Sorted names of the entries of `dir`.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }

@@ -59,22 +59,22 @@ pub fn decode_chunk_into(
             chunk.size
         )));
     }
-    if chunk.zeros {
+    if chunk.is_zeros() {
         out.fill(0);
     } else {
         let res = match compression {
             Compression::Gzip => skip_and_read(
                 flate2::bufread::MultiGzDecoder::new(compressed),
-                chunk.inner_offset,
+                chunk.inner_offset(),
                 out,
             ),
             Compression::Zstd => zstd::stream::read::Decoder::with_buffer(compressed)
-                .and_then(|d| skip_and_read(d, chunk.inner_offset, out)),
+                .and_then(|d| skip_and_read(d, chunk.inner_offset(), out)),
         };
         res.map_err(|e| fail(e.to_string()))?;
     }
     if verify == Verify::Enabled {
-        let expected = chunk.digest.ok_or(Error::ChunkNoDigest {
+        let expected = chunk.digest().ok_or(Error::ChunkNoDigest {
             ino,
             chunk_offset: chunk.chunk_offset,
         })?;

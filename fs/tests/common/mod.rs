@@ -7,6 +7,7 @@ pub mod golden;
 pub mod proxy;
 pub mod registry;
 
+#[allow(unused_imports)] // not every test binary uses the golden cases
 pub use golden::*;
 
 use std::path::Path;
@@ -50,7 +51,7 @@ pub fn closed_port() -> u16 {
 }
 
 /// Polls `cond` until it holds or `timeout` passes.
-pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub async fn wait_until_async(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if cond() {

@@ -1,0 +1,659 @@
+//! The fuser [`Filesystem`] of one layer: a thin, read-only translation of
+//! kernel requests onto the [`LayerReader`] and the [`OverlayView`].
+//!
+//! Contract:
+//! - Inode numbers are the index's (stable across restarts); FUSE's root (1)
+//!   is the index root.
+//! - Metadata requests are answered from memory on the calling FUSE thread.
+//! - A read whose chunks are all in memory is answered inline; any other read
+//!   moves its reply into a tokio task, so a FUSE worker thread never waits
+//!   on disk or network. That task answers EIO once the read timeout passes.
+//! - Every failure becomes an errno in [`errno`], nowhere else.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
+};
+
+use super::MountOptions;
+use super::overlay_view::OverlayView;
+use super::passthrough::{OpenMode, PassthroughOpens};
+use crate::cache::FileStore;
+use crate::estargz::{Index, Ino, NodeKind};
+use crate::layer::{LayerError, LayerReader};
+
+const BLOCK_SIZE: u32 = 4096;
+/// Largest FUSE request we ask for: 1 MiB reads halve round trips twice
+/// over the 128 KiB default (kernel max_pages is 256 here).
+const MAX_REQUEST: u32 = 1 << 20;
+
+/// Why a request failed; mapped to an errno by [`errno`].
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// No such inode or name.
+    #[error("not found")]
+    NotFound,
+    /// The inode is not a directory.
+    #[error("not a directory")]
+    NotDir,
+    /// The inode is a directory.
+    #[error("is a directory")]
+    IsDir,
+    /// The inode is not a symlink.
+    #[error("not a symlink")]
+    NotSymlink,
+    /// A write was attempted.
+    #[error("read-only filesystem")]
+    ReadOnly,
+    /// No such xattr.
+    #[error("no such xattr")]
+    NoXattr,
+    /// The caller's buffer is too small.
+    #[error("buffer too small")]
+    Range,
+    /// The data path failed (source, corruption, decode).
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    /// The read did not complete within the timeout.
+    #[error("read timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// The single errno mapping of the filesystem.
+pub fn errno(err: &FsError) -> Errno {
+    match err {
+        FsError::NotFound => Errno::ENOENT,
+        FsError::NotDir => Errno::ENOTDIR,
+        FsError::IsDir | FsError::Layer(LayerError::NotAFile(_)) => Errno::EISDIR,
+        FsError::NotSymlink => Errno::EINVAL,
+        FsError::ReadOnly => Errno::EROFS,
+        FsError::NoXattr => Errno::NO_XATTR,
+        FsError::Range => Errno::ERANGE,
+        FsError::Layer(_) | FsError::Timeout(_) => Errno::EIO,
+    }
+}
+
+/// Per-operation counters, for the daemon's metrics.
+#[derive(Debug, Default)]
+pub struct FuseStats {
+    /// lookup calls.
+    pub lookups: AtomicU64,
+    /// getattr calls.
+    pub getattrs: AtomicU64,
+    /// readdir and readdirplus calls.
+    pub readdirs: AtomicU64,
+    /// open calls.
+    pub opens: AtomicU64,
+    /// Reads answered inline from memory.
+    pub reads_inline: AtomicU64,
+    /// Reads answered from a worker task.
+    pub reads_async: AtomicU64,
+    /// Reads answered with an error (including timeouts).
+    pub read_errors: AtomicU64,
+    /// Reads that hit the timeout.
+    pub read_timeouts: AtomicU64,
+    /// Total nanoseconds spent in async reads.
+    pub async_read_nanos: AtomicU64,
+    /// Opens served with kernel passthrough.
+    pub passthrough_opens: AtomicU64,
+    /// Largest read request the kernel sent, in bytes.
+    pub max_read_request: AtomicU64,
+}
+
+/// The filesystem of one layer.
+pub struct LayerFs {
+    layer: Arc<LayerReader>,
+    index: Arc<Index>,
+    view: OverlayView,
+    opts: MountOptions,
+    runtime: tokio::runtime::Handle,
+    stats: Arc<FuseStats>,
+    total_blocks: u64,
+    /// Set in `init` when the kernel accepted FUSE_PASSTHROUGH.
+    passthrough_on: AtomicBool,
+    /// Open modes per inode (page cache or passthrough).
+    opens: PassthroughOpens,
+    /// Attributes sent with negative lookups (node id 0).
+    negative: FileAttr,
+}
+
+impl LayerFs {
+    /// Builds the filesystem (computes the overlay view once).
+    pub fn new(
+        layer: Arc<LayerReader>,
+        opts: MountOptions,
+        runtime: tokio::runtime::Handle,
+        stats: Arc<FuseStats>,
+    ) -> Self {
+        let index = layer.index().clone();
+        let view = OverlayView::new(&index, opts.opaque_xattr);
+        let total_bytes: u64 = (1..=index.len() as Ino)
+            .filter_map(|i| index.node(i))
+            .filter(|n| n.kind() == NodeKind::Reg)
+            .map(|n| n.size().div_ceil(u64::from(BLOCK_SIZE)) * u64::from(BLOCK_SIZE))
+            .sum();
+        LayerFs {
+            layer,
+            index,
+            view,
+            opts,
+            runtime,
+            stats,
+            total_blocks: total_bytes / u64::from(BLOCK_SIZE),
+            passthrough_on: AtomicBool::new(false),
+            opens: PassthroughOpens::default(),
+            negative: FileAttr {
+                ino: INodeNo(0),
+                size: 0,
+                blocks: 0,
+                atime: UNIX_EPOCH,
+                mtime: UNIX_EPOCH,
+                ctime: UNIX_EPOCH,
+                crtime: UNIX_EPOCH,
+                kind: FileType::RegularFile,
+                perm: 0,
+                nlink: 0,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                blksize: BLOCK_SIZE,
+                flags: 0,
+            },
+        }
+    }
+
+    /// The passthrough store and the file's key, when passthrough may apply to `ino`.
+    fn passthrough_key(&self, ino: Ino) -> Option<(&Arc<FileStore>, crate::estargz::Digest)> {
+        if !self.passthrough_on.load(Ordering::Relaxed) {
+            return None;
+        }
+        let store = self.opts.passthrough.as_ref()?;
+        let node = self.index.node(ino)?;
+        if node.kind() != NodeKind::Reg || node.size() < self.opts.passthrough_min_bytes.max(1) {
+            return None;
+        }
+        Some((store, FileStore::file_key(self.index.chunks(ino))?))
+    }
+
+    /// Opens `ino` in the mode the passthrough table chooses.
+    fn open_file(&self, ino: Ino, reply: ReplyOpen) {
+        let key = self.passthrough_key(ino);
+        let mode = self.opens.open(ino, || {
+            let (store, key) = key?;
+            let Some(file) = store.ready_file(&key) else {
+                self.schedule_prepare(ino);
+                return None;
+            };
+            match reply.open_backing(&file) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    // Refused once means refused always (privilege, stacking):
+                    // stop trying and serve from userspace.
+                    tracing::warn!(error = %e, "FUSE passthrough unavailable; disabled for this mount");
+                    self.passthrough_on.store(false, Ordering::Relaxed);
+                    None
+                }
+            }
+        });
+        match mode {
+            OpenMode::Passthrough { fh, id } => {
+                self.stats.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+                // The kernel rejects page-cache flags (KEEP_CACHE) on passthrough opens.
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+            }
+            // Content never changes, so the page cache may outlive the open.
+            OpenMode::Cached => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+        }
+    }
+
+    /// Assembles or re-verifies the whole file of `ino` in the background.
+    fn schedule_prepare(&self, ino: Ino) {
+        let Some((store, key)) = self.passthrough_key(ino) else {
+            return;
+        };
+        let Some(disk) = self.layer.cache().disk().cloned() else {
+            return;
+        };
+        let (store, index) = (store.clone(), self.index.clone());
+        self.runtime.spawn_blocking(move || {
+            if let Err(e) = store.prepare(key, index.chunks(ino), &disk) {
+                tracing::warn!(ino, error = %e, "cannot materialize file for passthrough");
+            }
+        });
+    }
+
+    fn ino(ino: INodeNo) -> Result<Ino, FsError> {
+        Ino::try_from(ino.0).map_err(|_| FsError::NotFound)
+    }
+
+    fn attr(&self, ino: Ino) -> Result<FileAttr, FsError> {
+        let node = self.index.node(ino).ok_or(FsError::NotFound)?;
+        let secs = Duration::from_secs(node.mtime().unsigned_abs());
+        // Checked: a hostile TOC's extreme time must not panic the thread.
+        let mtime = if node.mtime() >= 0 {
+            UNIX_EPOCH.checked_add(secs)
+        } else {
+            UNIX_EPOCH.checked_sub(secs)
+        }
+        .unwrap_or(UNIX_EPOCH);
+        let mut attr = FileAttr {
+            ino: INodeNo(u64::from(ino)),
+            size: node.size(),
+            blocks: node.size().div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind: file_type(node.kind()),
+            perm: node.permissions() as u16,
+            nlink: node.nlink().max(1),
+            uid: node.uid(),
+            gid: node.gid(),
+            rdev: node.device().map_or(0, |(ma, mi)| encode_dev(ma, mi)),
+            blksize: BLOCK_SIZE,
+            flags: 0,
+        };
+        if self.view.is_whiteout(ino) {
+            // overlayfs's whiteout: a 0:0 character device, mode 0.
+            (attr.kind, attr.perm, attr.rdev) = (FileType::CharDevice, 0, 0);
+            (attr.size, attr.blocks, attr.nlink, attr.uid, attr.gid) = (0, 0, 1, 0, 0);
+        }
+        Ok(attr)
+    }
+
+    fn dir(&self, ino: INodeNo) -> Result<Ino, FsError> {
+        let ino = Self::ino(ino)?;
+        match self.index.node(ino) {
+            None => Err(FsError::NotFound),
+            Some(n) if n.kind() != NodeKind::Dir => Err(FsError::NotDir),
+            Some(_) => Ok(ino),
+        }
+    }
+
+    /// The attributes of `name` in `parent`; `Ok(None)` when the directory
+    /// exists but the name does not (a cacheable negative entry).
+    fn lookup_entry(&self, parent: INodeNo, name: &OsStr) -> Result<Option<FileAttr>, FsError> {
+        let dir = self.dir(parent)?;
+        match name
+            .to_str()
+            .and_then(|n| self.view.lookup(&self.index, dir, n))
+        {
+            Some(ino) => self.attr(ino).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// `.`, `..` and the visible entries, from position `offset`.
+    fn dir_listing(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+    ) -> Result<impl Iterator<Item = (u64, &str, Ino)> + '_, FsError> {
+        let dir = self.dir(ino)?;
+        let parent = self.index.node(dir).map_or(dir, |n| n.parent());
+        let dots = [(".", dir), ("..", parent)];
+        let entries = dots
+            .into_iter()
+            .chain(self.view.entries(&self.index, dir).map(|e| (e.name, e.ino)));
+        Ok(entries
+            .enumerate()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .map(|(i, (name, ino))| (i as u64 + 1, name, ino)))
+    }
+
+    /// Feeds the listing from `offset` to `add` (next offset, name, attrs)
+    /// until it reports a full buffer.
+    fn fill_dir(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+        mut add: impl FnMut(u64, &str, &FileAttr) -> bool,
+    ) -> Result<(), FsError> {
+        self.stats.readdirs.fetch_add(1, Ordering::Relaxed);
+        for (next, name, child) in self.dir_listing(ino, offset)? {
+            let Ok(attr) = self.attr(child) else { continue };
+            if add(next, name, &attr) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn xattrs(&self, ino: INodeNo) -> Result<Vec<(&str, &[u8])>, FsError> {
+        let ino = Self::ino(ino)?;
+        self.index.node(ino).ok_or(FsError::NotFound)?;
+        if self.view.is_whiteout(ino) {
+            return Ok(Vec::new());
+        }
+        let mut out: Vec<(&str, &[u8])> = self.index.xattrs(ino).collect();
+        if let Some((name, value)) = self.view.extra_xattrs(&self.index, ino)
+            && !out.iter().any(|(n, _)| *n == name)
+        {
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+
+    fn ttl(&self) -> Duration {
+        self.opts.attr_ttl
+    }
+}
+
+/// The kernel's `new_encode_dev`, which FUSE attributes use.
+fn encode_dev(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+fn file_type(kind: NodeKind) -> FileType {
+    match kind {
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::Reg => FileType::RegularFile,
+        NodeKind::Symlink => FileType::Symlink,
+        NodeKind::Char => FileType::CharDevice,
+        NodeKind::Block => FileType::BlockDevice,
+        NodeKind::Fifo => FileType::NamedPipe,
+    }
+}
+
+/// Answers `size`-bounded xattr requests (size 0 asks for the length).
+fn reply_xattr_bytes(reply: ReplyXattr, size: u32, data: &[u8]) {
+    let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    if size == 0 {
+        reply.size(len);
+    } else if len > size {
+        reply.error(errno(&FsError::Range));
+    } else {
+        reply.data(data);
+    }
+}
+
+impl Filesystem for LayerFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_REQUEST);
+        if let Err(max) = config.set_max_readahead(MAX_REQUEST) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(64);
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        if self.opts.passthrough.is_some()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        {
+            // Depth 1 keeps room for the overlay mounted on top (the kernel
+            // allows two stacked levels); backing files live on a plain fs.
+            if config.set_max_stack_depth(1).is_ok() {
+                self.passthrough_on.store(true, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        let ttl = (&self.opts.entry_ttl, &self.opts.attr_ttl);
+        match self.lookup_entry(parent, name) {
+            Ok(Some(attr)) => reply.entry_with_ttls(ttl.0, ttl.1, &attr, Generation(0)),
+            // Node id 0 is a negative entry the kernel caches for the entry
+            // TTL: overlay and $PATH/import searches probe many absent names.
+            Ok(None) => reply.entry_with_ttls(ttl.0, ttl.1, &self.negative, Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.stats.getattrs.fetch_add(1, Ordering::Relaxed);
+        match Self::ino(ino).and_then(|i| self.attr(i)) {
+            Ok(attr) => reply.attr(&self.ttl(), &attr),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let target = Self::ino(ino).and_then(|i| {
+            self.index
+                .symlink_target(i)
+                .ok_or(if self.index.node(i).is_some() {
+                    FsError::NotSymlink
+                } else {
+                    FsError::NotFound
+                })
+        });
+        match target {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.stats.opens.fetch_add(1, Ordering::Relaxed);
+        let res = Self::ino(ino).and_then(|i| {
+            let node = self.index.node(i).ok_or(FsError::NotFound)?;
+            if flags.acc_mode() != OpenAccMode::O_RDONLY {
+                return Err(FsError::ReadOnly);
+            }
+            if node.kind() == NodeKind::Dir {
+                return Err(FsError::IsDir);
+            }
+            Ok(i)
+        });
+        match res {
+            Ok(i) => self.open_file(i, reply),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Ok(i) = Self::ino(ino) {
+            self.opens.release(i, fh.0);
+            if fh.0 == 0 {
+                // The reader may have pulled the last missing chunk.
+                self.schedule_prepare(i);
+            }
+        }
+        reply.ok();
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.stats
+            .max_read_request
+            .fetch_max(u64::from(size), Ordering::Relaxed);
+        let ino = match Self::ino(ino) {
+            Ok(i) => i,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        if let Some(data) = self.layer.read_cached(ino, offset, u64::from(size)) {
+            self.stats.reads_inline.fetch_add(1, Ordering::Relaxed);
+            return reply.data(&data);
+        }
+        self.stats.reads_async.fetch_add(1, Ordering::Relaxed);
+        let (layer, stats, timeout) = (
+            self.layer.clone(),
+            self.stats.clone(),
+            self.opts.read_timeout,
+        );
+        let read_ahead = self.opts.read_ahead_chunks;
+        self.runtime.spawn(async move {
+            let started = Instant::now();
+            layer.read_ahead(
+                ino,
+                offset.saturating_add(u64::from(size)),
+                read_ahead,
+                timeout,
+            );
+            let res = match tokio::time::timeout(timeout, layer.read(ino, offset, u64::from(size)))
+                .await
+            {
+                Ok(r) => r.map_err(FsError::from),
+                Err(_) => {
+                    stats.read_timeouts.fetch_add(1, Ordering::Relaxed);
+                    Err(FsError::Timeout(timeout))
+                }
+            };
+            stats.async_read_nanos.fetch_add(
+                u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            match res {
+                Ok(data) => reply.data(&data),
+                Err(e) => {
+                    stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(ino, offset, size, error = %e, "read failed");
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.dir(ino) {
+            // Listings never change: let the kernel cache them.
+            Ok(_) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.fill_dir(ino, offset, |next, name, attr| {
+            reply.add(attr.ino, next, attr.kind, name)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let ttl = self.opts.entry_ttl;
+        match self.fill_dir(ino, offset, |next, name, attr| {
+            reply.add(attr.ino, next, name, &ttl, attr, Generation(0))
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // Used = layer content; nothing free (read-only), so `df` is truthful.
+        reply.statfs(
+            self.total_blocks,
+            0,
+            0,
+            self.index.len() as u64,
+            0,
+            BLOCK_SIZE,
+            255,
+            BLOCK_SIZE,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let value = self.xattrs(ino).and_then(|xs| {
+            xs.into_iter()
+                .find(|(n, _)| OsStr::new(n) == name)
+                .map(|(_, v)| v)
+                .ok_or(FsError::NoXattr)
+        });
+        match value {
+            Ok(v) => reply_xattr_bytes(reply, size, v),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.xattrs(ino) {
+            Ok(xs) => {
+                let mut list = Vec::new();
+                for (name, _) in xs {
+                    list.extend_from_slice(name.as_bytes());
+                    list.push(0);
+                }
+                reply_xattr_bytes(reply, size, &list);
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        // Permission bits are enforced by the kernel (default_permissions);
+        // here only existence and read-onlyness are answered.
+        let res = Self::ino(ino).and_then(|i| {
+            self.index.node(i).ok_or(FsError::NotFound)?;
+            if mask.contains(AccessFlags::W_OK) {
+                return Err(FsError::ReadOnly);
+            }
+            Ok(())
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_numbers_use_the_kernel_encoding() {
+        // makedev(1, 3) = /dev/null; large minors spill above bit 20.
+        assert_eq!(encode_dev(1, 3), 0x103);
+        assert_eq!(encode_dev(0, 0), 0);
+        assert_eq!(encode_dev(8, 0x12345), 0x45 | (8 << 8) | (0x12300 << 12));
+    }
+
+    #[test]
+    fn errors_map_to_errnos() {
+        assert_eq!(errno(&FsError::NotFound), Errno::ENOENT);
+        assert_eq!(errno(&FsError::Timeout(Duration::ZERO)), Errno::EIO);
+        assert_eq!(
+            errno(&FsError::Layer(LayerError::NotAFile(3))),
+            Errno::EISDIR
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! Benchmarks that drive running services and report figures (never
+//! pass/fail): the numbers are compared with a baseline measured in the same run.
+
+pub mod snapshot_ops;
