@@ -14,7 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, DEFAULT_ADDRESS, DEFAULT_LOG_LEVEL, DEFAULT_ROOT};
 use crate::grpc::SnapshotsService;
-use crate::remote::NoRemote;
+use crate::remote::{NoRemote, RemoteFs, StargzFs};
 use crate::snapshot::{Options, Snapshotter};
 
 /// How long shutdown waits for in-flight requests and connections.
@@ -70,7 +70,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut opts = Options::new(&root);
     opts.async_remove = config.snapshotter.async_remove;
-    opts.remote = Arc::new(NoRemote);
+    opts.remote = remote_fs(&root, &config)?;
     let snapshotter = tokio::task::spawn_blocking(move || Snapshotter::open(opts))
         .await?
         .with_context(|| format!("open snapshotter at {}", root.display()))?;
@@ -83,7 +83,7 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
         index_off = overlay.index_off,
         userxattr = overlay.userxattr,
         async_remove = config.snapshotter.async_remove,
-        remote = "disabled",
+        remote = !config.remote.disable_remote,
         version = env!("CARGO_PKG_VERSION"),
         "rstargz serving"
     );
@@ -119,6 +119,15 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
     snapshotter.close().await.context("close metadata store")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The filesystem of remote layers: eStargz over FUSE unless disabled.
+fn remote_fs(root: &Path, config: &Config) -> anyhow::Result<Arc<dyn RemoteFs>> {
+    if config.remote.disable_remote {
+        return Ok(Arc::new(NoRemote));
+    }
+    let fs = StargzFs::new(root, config.remote.clone()).context("set up remote layers")?;
+    Ok(Arc::new(fs))
 }
 
 /// Binds the socket: creates the parent directory, replaces a stale socket

@@ -126,8 +126,8 @@ impl Snapshotter {
             let fs = self.inner.layout.fs_dir(snap.id);
             match self.inner.remote.mount(&fs, &labels).await {
                 Ok(()) => return self.commit_remote(snap, target, labels).await,
-                Err(e) => tracing::debug!(
-                    key = %target, error = %e, "remote-snapshot-prepared" = "false",
+                Err(e) => tracing::info!(
+                    key = %target, reason = %e, "remote-snapshot-prepared" = "false",
                     "falling back to a local snapshot"
                 ),
             }
@@ -158,7 +158,7 @@ impl Snapshotter {
             .await;
         match committed {
             Ok(_) | Err(Error::AlreadyExists(_)) => {
-                tracing::debug!(key = %target, "remote-snapshot-prepared" = "true", "remote snapshot");
+                tracing::info!(key = %target, "remote-snapshot-prepared" = "true", "remote snapshot");
                 Err(Error::AlreadyExists(format!("target snapshot {target:?}")))
             }
             Err(e) => Err(e),

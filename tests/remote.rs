@@ -1,0 +1,290 @@
+//! Remote snapshots end to end: eStargz images pushed to a real
+//! `docker-registry` (behind a counting proxy), prepared through the real
+//! daemon's gRPC API with the labels containerd's remote-snapshot handler
+//! sets, served by FUSE and stacked with overlayfs (needs root).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use rstargz::snapshot::REMOTE_LABEL;
+use rstargz_fs::estargz::{WriterOptions, convert};
+use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE, TOC_DIGEST};
+use rstargz_fs::testutil::golden::{blob, check_tree, meta};
+use rstargz_fs::testutil::proxy::FaultProxy;
+use rstargz_fs::testutil::registry::TestRegistry;
+use rstargz_fs::testutil::{TestLayer, push_image, test_blob};
+use rstargz_proto::types::Mount;
+use sha2::Digest as _;
+
+const BIG: usize = 8 << 20;
+
+/// A golden blob as a layer.
+fn golden_layer(case: &str, comp: &str) -> TestLayer {
+    let m = meta(case, comp);
+    TestLayer {
+        blob: blob(case, comp),
+        diff_id: m.diff_id,
+        toc_digest: Some(m.toc_digest),
+    }
+}
+
+/// A plain tar built in memory from `(path, mode, data)`; a path ending in
+/// `/` is a directory.
+fn tar_of(entries: &[(&str, u32, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, mode, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(*mode);
+        h.set_mtime(1_700_000_000);
+        if path.ends_with('/') {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+        } else {
+            h.set_size(data.len() as u64);
+        }
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// The bottom layer: what the whiteouts layer deletes, a small file and a
+/// big incompressible one (for the laziness bound).
+fn lower_layer() -> TestLayer {
+    let big = test_blob(BIG, 7);
+    let tar = tar_of(&[
+        ("gone-file", 0o644, b"doomed"),
+        ("dir/", 0o755, b""),
+        ("dir/gone-dir/", 0o755, b""),
+        ("dir/gone-dir/x", 0o644, b"x"),
+        ("opaque/", 0o755, b""),
+        ("opaque/old", 0o644, b"old"),
+        ("small.txt", 0o644, b"hello lazy world\n"),
+        ("big.bin", 0o644, &big),
+    ]);
+    let mut out = Vec::new();
+    let opts = WriterOptions {
+        chunk_size: 256 << 10,
+        ..WriterOptions::default()
+    };
+    let made = convert(&tar[..], &mut out, &opts).unwrap();
+    TestLayer {
+        blob: out,
+        diff_id: made.diff_id.to_string(),
+        toc_digest: Some(made.toc_digest.to_string()),
+    }
+}
+
+/// The labels containerd's remote-snapshot handler (ctr-remote) sets.
+fn remote_labels<'a>(
+    chain: &'a str,
+    reference: &'a str,
+    digest: &'a str,
+    toc: Option<&'a str>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut l = vec![
+        ("containerd.io/snapshot.ref", chain),
+        (STARGZ_REFERENCE, reference),
+        (STARGZ_DIGEST, digest),
+    ];
+    if let Some(toc) = toc {
+        l.push((TOC_DIGEST, toc));
+    }
+    l
+}
+
+/// A daemon whose registry client sees no ambient credentials.
+fn start_daemon(dir: &Path) -> Daemon {
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[resolver]\ndocker_config = \"{}\"\n",
+            dir.join("no-docker-config.json").display()
+        ),
+    )
+    .unwrap();
+    Daemon::start_with(dir, &["--config", config.to_str().unwrap()])
+}
+
+/// The lowerdirs of an overlay mount, uppermost first.
+fn lowerdirs(mounts: &[Mount]) -> Vec<PathBuf> {
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    mounts[0]
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .unwrap_or_else(|| panic!("no lowerdir in {mounts:?}"))
+        .split(':')
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn is_mountpoint(path: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let p = path.to_str().unwrap();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(p))
+}
+
+/// Mounts what a Mounts answer describes at `target` (as containerd would).
+fn mount_all(mounts: &[Mount], target: &Path) {
+    let m = &mounts[0];
+    let opts = m.options.join(",");
+    nix::mount::mount(
+        Some(m.source.as_str()),
+        target,
+        Some(m.r#type.as_str()),
+        nix::mount::MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .unwrap_or_else(|e| panic!("mount {m:?}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_layers_mount_lazily_and_stack_with_overlay() {
+    let registry = TestRegistry::start().await;
+    let proxy = FaultProxy::start(registry.addr).await;
+    let reference = format!("{}/remote/stack:latest", proxy.host());
+    let layers = vec![
+        lower_layer(),
+        golden_layer("xattrs", "gzip"),
+        golden_layer("tree", "zstd"),
+        golden_layer("whiteouts", "gzip"),
+    ];
+    let digests = push_image(&reference, &layers).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_daemon(dir.path());
+    let mut c = daemon.client().await;
+    let before = proxy.bytes_sent();
+    let mut parent = String::new();
+    for (i, (layer, digest)) in layers.iter().zip(&digests).enumerate() {
+        let chain = format!("chain-{i}");
+        let labels = remote_labels(
+            &chain,
+            &reference,
+            digest.as_str(),
+            layer.toc_digest.as_deref(),
+        );
+        let err = prepare(&mut c, &format!("extract-{i}"), &parent, &labels)
+            .await
+            .expect_err("a remote layer is committed by Prepare");
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+        let info = stat(&mut c, &chain).await.unwrap();
+        assert!(info.labels.contains_key(REMOTE_LABEL), "{info:?}");
+        parent = chain;
+    }
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("remote-snapshot-prepared=\"true\"").count(),
+        layers.len(),
+        "{log}"
+    );
+
+    let mounts = prepare(&mut c, "container", &parent, &[]).await.unwrap();
+    let lowers = lowerdirs(&mounts);
+    assert_eq!(lowers.len(), layers.len());
+    for l in &lowers {
+        assert!(is_mountpoint(l), "{} is a FUSE mount", l.display());
+    }
+
+    // Laziness: opening four layers (footers and TOCs) and reading one
+    // small file of the big layer fetch a small share of it.
+    let merged = dir.path().join("merged");
+    std::fs::create_dir(&merged).unwrap();
+    mount_all(&mounts, &merged);
+    assert_eq!(
+        std::fs::read(merged.join("small.txt")).unwrap(),
+        b"hello lazy world\n"
+    );
+    let fetched = proxy.bytes_sent() - before;
+    let blob_size = layers[0].blob.len() as u64;
+    println!(
+        "laziness: 4 layers opened + small.txt read: {fetched} bytes fetched; big layer {blob_size} bytes"
+    );
+    assert!(
+        fetched * 20 < blob_size,
+        "{fetched} bytes fetched of a {blob_size}-byte blob"
+    );
+
+    // The overlay applies the top layer's whiteouts and opaque directory.
+    assert!(!merged.join("gone-file").exists());
+    assert!(!merged.join("dir/gone-dir").exists());
+    assert!(!merged.join("opaque/old").exists());
+    check_tree(&merged, "whiteouts");
+    // Each FUSE layer matches its golden case; the big file reads whole.
+    check_tree(&lowers[0], "whiteouts");
+    let big = std::fs::read(merged.join("big.bin")).unwrap();
+    assert_eq!(
+        hex_sha(&big),
+        hex_sha(&test_blob(BIG, 7)),
+        "big.bin through the overlay"
+    );
+    check_tree(&lowers[1], "tree");
+    check_tree(&lowers[2], "xattrs");
+    assert_eq!(std::fs::read(lowers[3].join("opaque/old")).unwrap(), b"old");
+
+    nix::mount::umount(&merged).unwrap();
+    remove(&mut c, "container").await.unwrap();
+    for i in (0..layers.len()).rev() {
+        remove(&mut c, &format!("chain-{i}")).await.unwrap();
+    }
+    for l in &lowers {
+        assert!(!is_mountpoint(l), "{} unmounted by Remove", l.display());
+    }
+    daemon.stop();
+}
+
+fn hex_sha(data: &[u8]) -> String {
+    format!("{:x}", sha2::Sha256::digest(data))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declined_layers_fall_back_with_a_reason() {
+    let registry = TestRegistry::start().await;
+    let reference = registry.reference("remote/plain");
+    // A plain gzip tar (not eStargz), and an eStargz layer without its
+    // TOC digest annotation.
+    let tar = tar_of(&[("file", 0o644, b"plain")]);
+    let plain = TestLayer {
+        blob: gzip(&tar),
+        diff_id: format!("sha256:{}", hex_sha(&tar)),
+        toc_digest: None,
+    };
+    let mut unannotated = golden_layer("tree", "gzip");
+    unannotated.toc_digest = None;
+    let layers = vec![plain, unannotated];
+    let digests = push_image(&reference, &layers).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_daemon(dir.path());
+    let mut c = daemon.client().await;
+    let fake_toc = format!("sha256:{}", "0".repeat(64));
+    let l = remote_labels("p-chain", &reference, digests[0].as_str(), Some(&fake_toc));
+    let mounts = prepare(&mut c, "p", "", &l).await.unwrap();
+    assert!(!mounts.is_empty(), "fallback returns local mounts");
+    let l = remote_labels("u-chain", &reference, digests[1].as_str(), None);
+    prepare(&mut c, "u", "", &l).await.unwrap();
+    let log = daemon.log_text();
+    let declined: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("remote-snapshot-prepared=\"false\""))
+        .collect();
+    assert_eq!(declined.len(), 2, "{log}");
+    assert!(declined[0].contains("not eStargz"), "{}", declined[0]);
+    assert!(
+        declined[1].contains("no TOC digest annotation"),
+        "{}",
+        declined[1]
+    );
+    daemon.stop();
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut e, data).unwrap();
+    e.finish().unwrap()
+}
