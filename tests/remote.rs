@@ -102,12 +102,51 @@ fn start_daemon(dir: &Path) -> Daemon {
     std::fs::write(
         &config,
         format!(
-            "[resolver]\ndocker_config = \"{}\"\n",
+            "[resolver]\ndocker_config = \"{}\"\nrequest_timeout_sec = 5\n\
+             [blob]\nmax_retries = 1\nmin_wait_msec = 10\nmax_wait_msec = 50\n",
             dir.join("no-docker-config.json").display()
         ),
     )
     .unwrap();
     Daemon::start_with(dir, &["--config", config.to_str().unwrap()])
+}
+
+/// Prepares each layer as a remote snapshot `chain-<i>` on the previous
+/// one (each answers AlreadyExists and carries the remote label); returns
+/// the topmost chain name.
+async fn prepare_remote_chain(
+    c: &mut Client,
+    reference: &str,
+    layers: &[TestLayer],
+    digests: &[rstargz_fs::registry::Digest],
+) -> String {
+    let mut parent = String::new();
+    for (i, (layer, digest)) in layers.iter().zip(digests).enumerate() {
+        let chain = format!("chain-{i}");
+        let labels = remote_labels(
+            &chain,
+            reference,
+            digest.as_str(),
+            layer.toc_digest.as_deref(),
+        );
+        let err = prepare(c, &format!("extract-{i}"), &parent, &labels)
+            .await
+            .expect_err("a remote layer is committed by Prepare");
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+        let info = stat(c, &chain).await.unwrap();
+        assert!(info.labels.contains_key(REMOTE_LABEL), "{info:?}");
+        parent = chain;
+    }
+    parent
+}
+
+async fn mounts(c: &mut Client, key: &str) -> Result<Vec<Mount>, tonic::Status> {
+    c.mounts(rstargz_proto::snapshots::MountsRequest {
+        snapshotter: String::new(),
+        key: key.into(),
+    })
+    .await
+    .map(|r| r.into_inner().mounts)
 }
 
 /// The lowerdirs of an overlay mount, uppermost first.
@@ -160,23 +199,7 @@ async fn remote_layers_mount_lazily_and_stack_with_overlay() {
     let daemon = start_daemon(dir.path());
     let mut c = daemon.client().await;
     let before = proxy.bytes_sent();
-    let mut parent = String::new();
-    for (i, (layer, digest)) in layers.iter().zip(&digests).enumerate() {
-        let chain = format!("chain-{i}");
-        let labels = remote_labels(
-            &chain,
-            &reference,
-            digest.as_str(),
-            layer.toc_digest.as_deref(),
-        );
-        let err = prepare(&mut c, &format!("extract-{i}"), &parent, &labels)
-            .await
-            .expect_err("a remote layer is committed by Prepare");
-        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
-        let info = stat(&mut c, &chain).await.unwrap();
-        assert!(info.labels.contains_key(REMOTE_LABEL), "{info:?}");
-        parent = chain;
-    }
+    let parent = prepare_remote_chain(&mut c, &reference, &layers, &digests).await;
     let log = daemon.log_text();
     assert_eq!(
         log.matches("remote-snapshot-prepared=\"true\"").count(),
@@ -287,4 +310,58 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut e, data).unwrap();
     e.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_are_restored_after_a_crash_and_checked() {
+    let mut registry = TestRegistry::start().await;
+    let reference = registry.reference("remote/restore");
+    let layers = vec![lower_layer(), golden_layer("whiteouts", "gzip")];
+    let digests = push_image(&reference, &layers).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = start_daemon(dir.path());
+    let mut c = daemon.client().await;
+    let parent = prepare_remote_chain(&mut c, &reference, &layers, &digests).await;
+    let lowers = lowerdirs(&prepare(&mut c, "container", &parent, &[]).await.unwrap());
+    let small = lowers[1].join("small.txt");
+    assert_eq!(std::fs::read(&small).unwrap(), b"hello lazy world\n");
+
+    // Crash with the layers mounted, and restart while the registry is down.
+    daemon.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+    drop(daemon);
+    registry.stop();
+    let daemon = start_daemon(dir.path());
+    let mut c = daemon.client().await;
+    let log = daemon.log_text();
+    assert!(log.contains("detached stale FUSE mount"), "{log}");
+    assert!(log.contains("restored=2"), "{log}");
+    for l in &lowers {
+        assert!(is_mountpoint(l), "{} restored", l.display());
+    }
+    // Restored from the cached TOC; what was read before comes from the cache.
+    assert_eq!(std::fs::read(&small).unwrap(), b"hello lazy world\n");
+    // Metadata is all there; data never fetched cannot be read yet.
+    assert_eq!(
+        std::fs::metadata(lowers[0].join("opaque/new"))
+            .unwrap()
+            .len(),
+        4
+    );
+    let err = std::fs::read(lowers[0].join("opaque/new")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // The registry is down: Mounts and a Prepare on the chain are unavailable.
+    let err = mounts(&mut c, "container").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let err = prepare(&mut c, "other", &parent, &[]).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+
+    registry.restart().await;
+    mounts(&mut c, "container").await.unwrap();
+    check_tree(&lowers[0], "whiteouts");
+    let big = std::fs::read(lowers[1].join("big.bin")).unwrap();
+    assert_eq!(hex_sha(&big), hex_sha(&test_blob(BIG, 7)));
+    remove(&mut c, "container").await.unwrap();
+    remove(&mut c, "chain-1").await.unwrap();
+    remove(&mut c, "chain-0").await.unwrap();
+    daemon.stop();
 }

@@ -71,9 +71,17 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
     let mut opts = Options::new(&root);
     opts.async_remove = config.snapshotter.async_remove;
     opts.remote = remote_fs(&root, &config)?;
+    crate::remote::restore::detach_stale_mounts(&root);
     let snapshotter = tokio::task::spawn_blocking(move || Snapshotter::open(opts))
         .await?
         .with_context(|| format!("open snapshotter at {}", root.display()))?;
+    let (restored, failed) = snapshotter
+        .restore_remote()
+        .await
+        .context("restore remote layers")?;
+    if restored + failed > 0 {
+        tracing::info!(restored, failed, "remote layers restored");
+    }
     let listener = bind(&address)?;
     let overlay = snapshotter.overlay_options();
     tracing::info!(
