@@ -96,13 +96,19 @@ fn remote_labels<'a>(
     l
 }
 
-/// A daemon whose registry client sees no ambient credentials.
+/// A daemon whose registry client sees no ambient credentials, without
+/// background fetch (it would blur what on-demand reads fetch).
 fn start_daemon(dir: &Path) -> Daemon {
+    start_daemon_with(dir, "no_background_fetch = true\n")
+}
+
+/// Like [`start_daemon`] with `top` as the top-level config keys.
+fn start_daemon_with(dir: &Path, top: &str) -> Daemon {
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
-            "[resolver]\ndocker_config = \"{}\"\nrequest_timeout_sec = 5\n\
+            "{top}[resolver]\ndocker_config = \"{}\"\nrequest_timeout_sec = 5\n\
              [blob]\nmax_retries = 1\nmin_wait_msec = 10\nmax_wait_msec = 50\n",
             dir.join("no-docker-config.json").display()
         ),
@@ -362,6 +368,91 @@ async fn layers_are_restored_after_a_crash_and_checked() {
     assert_eq!(hex_sha(&big), hex_sha(&test_blob(BIG, 7)));
     remove(&mut c, "container").await.unwrap();
     remove(&mut c, "chain-1").await.unwrap();
+    remove(&mut c, "chain-0").await.unwrap();
+    daemon.stop();
+}
+
+/// A layer whose `prio/` files come first, before `.prefetch.landmark`.
+fn prefetch_layer() -> TestLayer {
+    let (a, rest) = (test_blob(300 << 10, 11), test_blob(4 << 20, 12));
+    let tar = tar_of(&[
+        ("prio/", 0o755, b""),
+        ("prio/a", 0o644, &a),
+        ("prio/b", 0o644, b"bee\n"),
+        ("rest.bin", 0o644, &rest),
+    ]);
+    let mut out = Vec::new();
+    let opts = WriterOptions {
+        chunk_size: 256 << 10,
+        prioritized: vec!["prio/a".into(), "prio/b".into()],
+        ..WriterOptions::default()
+    };
+    let made = convert(&tar[..], &mut out, &opts).unwrap();
+    TestLayer {
+        blob: out,
+        diff_id: made.diff_id.to_string(),
+        toc_digest: Some(made.toc_digest.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetched_files_read_without_fetching() {
+    let registry = TestRegistry::start().await;
+    let proxy = FaultProxy::start(registry.addr).await;
+    let reference = format!("{}/remote/prefetch:latest", proxy.host());
+    let layers = vec![prefetch_layer()];
+    let digests = push_image(&reference, &layers).await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_daemon(dir.path());
+    let mut c = daemon.client().await;
+    let parent = prepare_remote_chain(&mut c, &reference, &layers, &digests).await;
+    let lowers = lowerdirs(&prepare(&mut c, "container", &parent, &[]).await.unwrap());
+    // Prepare waited for the prefetch: the prioritized files are local.
+    let requests = proxy.seen().len();
+    assert_eq!(
+        hex_sha(&std::fs::read(lowers[0].join("prio/a")).unwrap()),
+        hex_sha(&test_blob(300 << 10, 11))
+    );
+    assert_eq!(std::fs::read(lowers[0].join("prio/b")).unwrap(), b"bee\n");
+    assert_eq!(
+        proxy.seen().len(),
+        requests,
+        "prioritized files fetched again"
+    );
+    // Other files are fetched on demand (the counter does count).
+    std::fs::read(lowers[0].join("rest.bin")).unwrap();
+    assert!(proxy.seen().len() > requests);
+    remove(&mut c, "container").await.unwrap();
+    remove(&mut c, "chain-0").await.unwrap();
+    daemon.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_fetch_fills_the_whole_layer() {
+    let registry = TestRegistry::start().await;
+    let proxy = FaultProxy::start(registry.addr).await;
+    let reference = format!("{}/remote/background:latest", proxy.host());
+    let layers = vec![lower_layer()];
+    let digests = push_image(&reference, &layers).await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_daemon_with(dir.path(), "max_concurrency = 2\n");
+    let mut c = daemon.client().await;
+    let before = proxy.bytes_sent();
+    let parent = prepare_remote_chain(&mut c, &reference, &layers, &digests).await;
+    let lowers = lowerdirs(&prepare(&mut c, "container", &parent, &[]).await.unwrap());
+    let blob_size = layers[0].blob.len() as u64;
+    wait_for("background fetch of the layer", || {
+        proxy.bytes_sent() - before >= blob_size * 95 / 100
+    });
+    let requests = proxy.seen().len();
+    let big = std::fs::read(lowers[0].join("big.bin")).unwrap();
+    assert_eq!(hex_sha(&big), hex_sha(&test_blob(BIG, 7)));
+    assert_eq!(
+        proxy.seen().len(),
+        requests,
+        "big.bin was fetched in the background"
+    );
+    remove(&mut c, "container").await.unwrap();
     remove(&mut c, "chain-0").await.unwrap();
     daemon.stop();
 }

@@ -18,6 +18,9 @@ pub struct RemoteConfig {
     pub disable_remote: bool,
     /// TCP `host:port` serving Prometheus `/metrics` (off when unset).
     pub metrics_address: Option<String>,
+    /// Prefetch size (compressed bytes) of layers without a landmark; the
+    /// `stargz.prefetch` label overrides it.
+    pub prefetch_size: u64,
     /// How long Prepare waits for a layer's prefetch.
     pub prefetch_timeout_sec: u64,
     /// Do not prefetch the prioritized files.
@@ -45,6 +48,7 @@ impl Default for RemoteConfig {
         RemoteConfig {
             disable_remote: false,
             metrics_address: None,
+            prefetch_size: 0,
             prefetch_timeout_sec: 10,
             noprefetch: false,
             no_background_fetch: false,

@@ -20,6 +20,7 @@ use rstargz_fs::registry::{LayerSource, Registry, RegistryError, layer_source_fr
 use serde::{Deserialize, Serialize};
 
 use super::config::RemoteConfig;
+use super::prefetch::{self, BufferedSource};
 use super::source::{RegistryBlob, TocCachedSource, write_atomically};
 use super::{BoxFuture, RemoteError};
 use crate::snapshot::Labels;
@@ -101,6 +102,17 @@ struct Mounted {
     handle: MountHandle,
     blob: Arc<RegistryBlob>,
     layer: Arc<LayerReader>,
+    /// Prefetch and background fetch; stopped with the mount.
+    fetcher: Option<AbortOnDrop>,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Counters of remote mounts.
@@ -121,6 +133,7 @@ pub struct StargzFs {
     config: RemoteConfig,
     mounts: Mutex<HashMap<PathBuf, Mounted>>,
     metrics: RemoteMetrics,
+    background: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for StargzFs {
@@ -171,9 +184,10 @@ impl StargzFs {
             cache: Arc::new(cache),
             files,
             layers_dir: root.join("layers"),
-            config,
             mounts: Mutex::new(HashMap::new()),
             metrics: RemoteMetrics::default(),
+            background: Arc::new(tokio::sync::Semaphore::new(config.max_concurrency.max(1))),
+            config,
         })
     }
 
@@ -248,7 +262,8 @@ impl StargzFs {
             blob.clone() as Arc<dyn BlobSource>,
             state.clone(),
         ));
-        let layer = LayerReader::open(cached, self.cache.clone(), &opts)
+        let buffered = Arc::new(BufferedSource::new(cached));
+        let layer = LayerReader::open(buffered.clone(), self.cache.clone(), &opts)
             .await
             .map_err(|e| layer_reason(&e).decline(e))?;
         let meta = LayerMeta {
@@ -263,6 +278,10 @@ impl StargzFs {
         }
         let layer = Arc::new(layer);
         let handle = self.mount_fuse(mountpoint, layer.clone()).await?;
+        let default_prefetch = source.prefetch_size.unwrap_or(self.config.prefetch_size);
+        let fetcher = self
+            .start_fetching(layer.clone(), buffered, default_prefetch)
+            .await;
         self.metrics
             .mounted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -273,10 +292,51 @@ impl StargzFs {
                     handle,
                     blob,
                     layer,
+                    fetcher,
                 },
             );
         }
         Ok(())
+    }
+
+    /// Starts prefetch then background fetch (as configured) and waits up
+    /// to `prefetch_timeout_sec` for the prefetch.
+    async fn start_fetching(
+        &self,
+        layer: Arc<LayerReader>,
+        buffered: Arc<BufferedSource>,
+        default_prefetch: u64,
+    ) -> Option<AbortOnDrop> {
+        let end = if self.config.noprefetch {
+            0
+        } else {
+            prefetch::prefetch_end(&layer, default_prefetch)
+        };
+        let background = !self.config.no_background_fetch;
+        if end == 0 && !background {
+            return None;
+        }
+        let limit = self.background.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            match prefetch::prefetch(&layer, &buffered, end).await {
+                Ok(chunks) if chunks > 0 => tracing::debug!(bytes = end, chunks, "prefetched"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "prefetch failed"),
+            }
+            let _ = done_tx.send(());
+            if background {
+                prefetch::background_fetch(layer, limit).await;
+            }
+        });
+        let wait = Duration::from_secs(self.config.prefetch_timeout_sec);
+        if end > 0 && tokio::time::timeout(wait, done_rx).await.is_err() {
+            tracing::info!(
+                timeout_sec = wait.as_secs(),
+                "prefetch still running; Prepare returns without it"
+            );
+        }
+        Some(AbortOnDrop(task))
     }
 
     async fn mount_fuse(
@@ -339,6 +399,8 @@ impl StargzFs {
         else {
             return Ok(());
         };
+        // No more fetching for a layer on its way out.
+        drop(mounted.fetcher.take());
         // A mount still busy with the last reads of a removed container
         // usually frees up within moments.
         let mut delay = Duration::from_millis(20);
