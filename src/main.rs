@@ -20,6 +20,8 @@ enum Command {
     Layer(cli::layer::LayerArgs),
     /// Measure a running service (figures as JSON lines).
     Bench(cli::bench::BenchArgs),
+    /// Mount an eStargz image lazily at a directory (no containerd) until Ctrl-C.
+    Mount(cli::mount::MountArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,5 +29,6 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => cli::serve::run(args),
         Command::Layer(args) => cli::layer::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Mount(args) => cli::mount::run(args),
     }
 }

@@ -2,4 +2,5 @@
 
 pub mod bench;
 pub mod layer;
+pub mod mount;
 pub mod serve;
