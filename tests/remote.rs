@@ -168,6 +168,36 @@ fn lowerdirs(mounts: &[Mount]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// A daemon serving metrics on a free port, and that port's address.
+fn start_daemon_with_metrics(dir: &Path) -> (Daemon, String) {
+    let addr = format!("127.0.0.1:{}", rstargz_fs::testutil::closed_port());
+    let top = format!("no_background_fetch = true\nmetrics_address = \"{addr}\"\n");
+    (start_daemon_with(dir, &top), addr)
+}
+
+/// `GET /metrics` over a plain TCP connection.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
+/// The value of the sample `series` (name with labels) in `text`.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
+        .parse()
+        .unwrap()
+}
+
 fn is_mountpoint(path: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let p = path.to_str().unwrap();
@@ -202,7 +232,7 @@ async fn remote_layers_mount_lazily_and_stack_with_overlay() {
     let digests = push_image(&reference, &layers).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let daemon = start_daemon(dir.path());
+    let (daemon, metrics) = start_daemon_with_metrics(dir.path());
     let mut c = daemon.client().await;
     let before = proxy.bytes_sent();
     let parent = prepare_remote_chain(&mut c, &reference, &layers, &digests).await;
@@ -238,6 +268,14 @@ async fn remote_layers_mount_lazily_and_stack_with_overlay() {
         fetched * 20 < blob_size,
         "{fetched} bytes fetched of a {blob_size}-byte blob"
     );
+
+    let text = scrape(&metrics);
+    assert_eq!(sample(&text, "rstargz_mounted_layers"), 4.0);
+    let on_demand = sample(&text, "rstargz_fetch_bytes_total{purpose=\"on_demand\"}");
+    assert!(on_demand > 0.0 && on_demand <= fetched as f64, "{text}");
+    assert!(sample(&text, "rstargz_fuse_operations_total{op=\"read\"}") >= 1.0);
+    assert!(sample(&text, "rstargz_cache_misses_total") >= 1.0);
+    assert_eq!(sample(&text, "rstargz_verification_failures_total"), 0.0);
 
     // The overlay applies the top layer's whiteouts and opaque directory.
     assert!(!merged.join("gone-file").exists());
@@ -289,7 +327,7 @@ async fn declined_layers_fall_back_with_a_reason() {
     let digests = push_image(&reference, &layers).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let daemon = start_daemon(dir.path());
+    let (daemon, metrics) = start_daemon_with_metrics(dir.path());
     let mut c = daemon.client().await;
     let fake_toc = format!("sha256:{}", "0".repeat(64));
     let l = remote_labels("p-chain", &reference, digests[0].as_str(), Some(&fake_toc));
@@ -309,6 +347,11 @@ async fn declined_layers_fall_back_with_a_reason() {
         "{}",
         declined[1]
     );
+    let text = scrape(&metrics);
+    for reason in ["not eStargz", "no TOC digest annotation"] {
+        let series = format!("rstargz_remote_declined_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&text, &series), 1.0, "{text}");
+    }
     daemon.stop();
 }
 

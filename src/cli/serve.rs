@@ -70,7 +70,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut opts = Options::new(&root);
     opts.async_remove = config.snapshotter.async_remove;
-    opts.remote = remote_fs(&root, &config)?;
+    let (remote, _metrics_server) = remote_fs(&root, &config).await?;
+    opts.remote = remote;
     crate::remote::restore::detach_stale_mounts(&root);
     let snapshotter = tokio::task::spawn_blocking(move || Snapshotter::open(opts))
         .await?
@@ -129,13 +130,39 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
     Ok(())
 }
 
-/// The filesystem of remote layers: eStargz over FUSE unless disabled.
-fn remote_fs(root: &Path, config: &Config) -> anyhow::Result<Arc<dyn RemoteFs>> {
-    if config.remote.disable_remote {
-        return Ok(Arc::new(NoRemote));
+/// Stops the metrics server when the daemon stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
-    let fs = StargzFs::new(root, config.remote.clone()).context("set up remote layers")?;
-    Ok(Arc::new(fs))
+}
+
+/// The filesystem of remote layers (eStargz over FUSE unless disabled) and
+/// its metrics server when `metrics_address` is set.
+async fn remote_fs(
+    root: &Path,
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn RemoteFs>, Option<AbortOnDrop>)> {
+    if config.remote.disable_remote {
+        return Ok((Arc::new(NoRemote), None));
+    }
+    let fs = Arc::new(StargzFs::new(root, config.remote.clone()).context("set up remote layers")?);
+    let server = match &config.remote.metrics_address {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind metrics_address {addr}"))?;
+            tracing::info!(address = %addr, "serving metrics at /metrics");
+            Some(AbortOnDrop(tokio::spawn(crate::remote::metrics::serve(
+                listener,
+                fs.clone(),
+            ))))
+        }
+        None => None,
+    };
+    Ok((fs, server))
 }
 
 /// Binds the socket: creates the parent directory, replaces a stale socket

@@ -7,6 +7,7 @@
 //! failure) makes it fall back to the local overlayfs snapshot.
 
 pub mod config;
+pub mod metrics;
 pub mod prefetch;
 pub mod restore;
 pub mod source;

@@ -115,6 +115,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The counters of one mounted layer.
+pub struct MountedStats {
+    /// The layer (fetch and verification counters).
+    pub layer: Arc<LayerReader>,
+    /// Its FUSE operation counters.
+    pub fuse: Arc<rstargz_fs::fuse::FuseStats>,
+}
+
 /// Counters of remote mounts.
 #[derive(Debug, Default)]
 pub struct RemoteMetrics {
@@ -371,9 +379,27 @@ impl StargzFs {
             .map(|m| m.layer.clone())
     }
 
-    /// Number of mounted layers.
-    pub fn mounted_layers(&self) -> usize {
-        self.mounts.lock().map_or(0, |m| m.len())
+    /// Counters of every mounted layer.
+    pub fn mounted(&self) -> Vec<MountedStats> {
+        self.mounts.lock().map_or_else(
+            |_| Vec::new(),
+            |m| {
+                m.values()
+                    .map(|m| MountedStats {
+                        layer: m.layer.clone(),
+                        fuse: m.handle.stats().clone(),
+                    })
+                    .collect()
+            },
+        )
+    }
+
+    /// Declines so far, by reason.
+    pub fn declines(&self) -> Vec<(&'static str, u64)> {
+        self.metrics.declined.lock().map_or_else(
+            |_| Vec::new(),
+            |m| m.iter().map(|(k, v)| (*k, *v)).collect(),
+        )
     }
 
     async fn check_layer(&self, mountpoint: &Path) -> Result<(), RemoteError> {
