@@ -15,6 +15,9 @@ use tokio::net::TcpListener;
 
 use super::stargz::StargzFs;
 
+/// Reads one FUSE counter.
+type FuseCounter = fn(&rstargz_fs::fuse::FuseStats) -> u64;
+
 /// Largest request head read before answering.
 const MAX_REQUEST: usize = 8 << 10;
 
@@ -118,7 +121,7 @@ pub fn render(fs: &StargzFs) -> String {
         "Chunks that failed to decode or verify (mounted layers).",
         &[("", sum(&|m| load(&m.layer.stats().bad_chunks)))],
     );
-    let ops: [(&str, fn(&rstargz_fs::fuse::FuseStats) -> u64); 6] = [
+    let ops: [(&str, FuseCounter); 6] = [
         ("lookup", |s| s.lookups.load(Ordering::Relaxed)),
         ("getattr", |s| s.getattrs.load(Ordering::Relaxed)),
         ("readdir", |s| s.readdirs.load(Ordering::Relaxed)),
