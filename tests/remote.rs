@@ -16,7 +16,7 @@ use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE, TOC_DIGEST};
 use rstargz_fs::testutil::golden::{blob, check_tree, meta};
 use rstargz_fs::testutil::proxy::FaultProxy;
 use rstargz_fs::testutil::registry::TestRegistry;
-use rstargz_fs::testutil::{TestLayer, push_image, test_blob};
+use rstargz_fs::testutil::{TestLayer, docker_config, push_image, push_image_with, test_blob};
 use rstargz_proto::types::Mount;
 use sha2::Digest as _;
 
@@ -104,13 +104,18 @@ fn start_daemon(dir: &Path) -> Daemon {
 
 /// Like [`start_daemon`] with `top` as the top-level config keys.
 fn start_daemon_with(dir: &Path, top: &str) -> Daemon {
+    start_daemon_full(dir, top, &dir.join("no-docker-config.json"))
+}
+
+/// Like [`start_daemon_with`] with credentials from `docker_config`.
+fn start_daemon_full(dir: &Path, top: &str, docker_config: &Path) -> Daemon {
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
             "{top}[resolver]\ndocker_config = \"{}\"\nrequest_timeout_sec = 5\n\
              [blob]\nmax_retries = 1\nmin_wait_msec = 10\nmax_wait_msec = 50\n",
-            dir.join("no-docker-config.json").display()
+            docker_config.display()
         ),
     )
     .unwrap();
@@ -495,6 +500,46 @@ async fn background_fetch_fills_the_whole_layer() {
         requests,
         "big.bin was fetched in the background"
     );
+    remove(&mut c, "container").await.unwrap();
+    remove(&mut c, "chain-0").await.unwrap();
+    daemon.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_mount_through_an_htpasswd_registry() {
+    let (user, password) = ("tester", "Pa55-word");
+    let registry = TestRegistry::start_with_htpasswd(user, password).await;
+    let reference = registry.reference("auth/image");
+    let dir = tempfile::tempdir().unwrap();
+    let creds = docker_config(dir.path(), &registry.host(), user, password);
+    let layers = vec![golden_layer("tree", "gzip")];
+    let digests = push_image_with(&reference, &layers, &creds).await;
+
+    // Without credentials the layer falls back to a local snapshot.
+    let anon = dir.path().join("anon");
+    std::fs::create_dir(&anon).unwrap();
+    let daemon = start_daemon(&anon);
+    let mut c = daemon.client().await;
+    let l = remote_labels(
+        "chain-0",
+        &reference,
+        digests[0].as_str(),
+        layers[0].toc_digest.as_deref(),
+    );
+    prepare(&mut c, "extract-0", "", &l).await.unwrap();
+    let log = daemon.log_text();
+    assert!(log.contains("auth refused"), "{log}");
+    assert!(!log.contains(password), "the password leaked into the log");
+    daemon.stop();
+
+    // With docker config credentials it mounts remotely.
+    let authed = dir.path().join("authed");
+    std::fs::create_dir(&authed).unwrap();
+    let daemon = start_daemon_full(&authed, "no_background_fetch = true\n", &creds);
+    let mut c = daemon.client().await;
+    let parent = prepare_remote_chain(&mut c, &reference, &layers, &digests).await;
+    let lowers = lowerdirs(&prepare(&mut c, "container", &parent, &[]).await.unwrap());
+    check_tree(&lowers[0], "tree");
     remove(&mut c, "container").await.unwrap();
     remove(&mut c, "chain-0").await.unwrap();
     daemon.stop();

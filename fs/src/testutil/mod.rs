@@ -88,11 +88,34 @@ pub struct TestLayer {
     pub toc_digest: Option<String>,
 }
 
+/// Writes `dir/config.json`, a docker config with basic-auth credentials
+/// for `host`, and returns its path.
+pub fn docker_config(dir: &Path, host: &str, user: &str, password: &str) -> std::path::PathBuf {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let path = dir.join("config.json");
+    std::fs::write(
+        &path,
+        format!(r#"{{"auths": {{"{host}": {{"auth": "{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    path
+}
+
 /// Pushes `layers` with a config and an OCI manifest as `reference` (on an
 /// auth-less registry) and returns the layer digests, bottom first.
 pub async fn push_image(reference: &str, layers: &[TestLayer]) -> Vec<Digest> {
     let dir = tempfile::tempdir().unwrap();
-    let client = Registry::new(test_config(&dir.path().join("none.json"))).unwrap();
+    push_image_with(reference, layers, &dir.path().join("none.json")).await
+}
+
+/// Like [`push_image`] with the credentials of `docker_config`.
+pub async fn push_image_with(
+    reference: &str,
+    layers: &[TestLayer],
+    docker_config: &Path,
+) -> Vec<Digest> {
+    let client = Registry::new(test_config(docker_config)).unwrap();
     let reference = Reference::parse(reference).unwrap();
     let mut descriptors = Vec::new();
     let mut digests = Vec::new();
