@@ -114,7 +114,7 @@ fn start_daemon_full(dir: &Path, top: &str, docker_config: &Path) -> Daemon {
         &config,
         format!(
             "{top}[resolver]\ndocker_config = \"{}\"\nrequest_timeout_sec = 5\n\
-             [blob]\nmax_retries = 1\nmin_wait_msec = 10\nmax_wait_msec = 50\n",
+             [blob]\nmax_retries = 1\nmin_wait_msec = 10\nmax_wait_msec = 50\ncheck_always = true\n",
             docker_config.display()
         ),
     )
@@ -281,6 +281,15 @@ async fn remote_layers_mount_lazily_and_stack_with_overlay() {
     assert!(sample(&text, "rstargz_fuse_operations_total{op=\"read\"}") >= 1.0);
     assert!(sample(&text, "rstargz_cache_misses_total") >= 1.0);
     assert_eq!(sample(&text, "rstargz_verification_failures_total"), 0.0);
+    let slow_reads = sample(&text, "rstargz_fuse_async_read_seconds_bucket{le=\"+Inf\"}");
+    assert!(
+        slow_reads >= 1.0,
+        "the small.txt read waited for its fetch: {text}"
+    );
+    assert_eq!(
+        sample(&text, "rstargz_fuse_async_read_seconds_count"),
+        slow_reads
+    );
 
     // The overlay applies the top layer's whiteouts and opaque directory.
     assert!(!merged.join("gone-file").exists());

@@ -77,6 +77,11 @@ pub struct BlobSection {
     pub max_wait_msec: u64,
     /// Never send multi-range requests.
     pub force_single_range_mode: bool,
+    /// Check skips the registry probe for a layer read successfully within
+    /// this many seconds.
+    pub valid_interval: u64,
+    /// Always probe in Check (`valid_interval = 0`).
+    pub check_always: bool,
 }
 
 impl Default for BlobSection {
@@ -87,6 +92,8 @@ impl Default for BlobSection {
             min_wait_msec: 30,
             max_wait_msec: 300_000,
             force_single_range_mode: false,
+            valid_interval: 60,
+            check_always: false,
         }
     }
 }
@@ -163,6 +170,15 @@ pub struct ResolverHost {
 }
 
 impl RemoteConfig {
+    /// How long a successful registry access vouches for a layer in Check.
+    pub fn check_validity(&self) -> Duration {
+        if self.blob.check_always {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(self.blob.valid_interval)
+        }
+    }
+
     /// The registry client's settings.
     pub fn registry_config(&self) -> RegistryConfig {
         RegistryConfig {

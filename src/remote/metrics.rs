@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use rstargz_fs::fuse::READ_LATENCY_BUCKETS;
 use rstargz_fs::registry::Purpose;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -143,12 +144,20 @@ pub fn render(fs: &StargzFs) -> String {
         &op_samples,
     );
     let nanos = sum(&|m| load(&m.fuse.async_read_nanos));
+    let name = "rstargz_fuse_async_read_seconds";
     let _ = writeln!(
         out,
-        "# HELP rstargz_fuse_async_read_seconds Time of FUSE reads that waited for a fetch.\n# TYPE rstargz_fuse_async_read_seconds summary\nrstargz_fuse_async_read_seconds_sum {}\nrstargz_fuse_async_read_seconds_count {}",
-        nanos as f64 / 1e9,
-        sum(&|m| load(&m.fuse.reads_async))
+        "# HELP {name} Latency of FUSE reads that waited for a fetch or decode (mounted layers).\n# TYPE {name} histogram"
     );
+    let mut cumulative = 0;
+    for (i, bound) in READ_LATENCY_BUCKETS.iter().enumerate() {
+        cumulative += sum(&|m| load(&m.fuse.async_read_buckets[i]));
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    cumulative += sum(&|m| load(&m.fuse.async_read_buckets[READ_LATENCY_BUCKETS.len()]));
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(out, "{name}_sum {}", nanos as f64 / 1e9);
+    let _ = writeln!(out, "{name}_count {cumulative}");
     let declined: Vec<(String, u64)> = fs
         .declines()
         .into_iter()

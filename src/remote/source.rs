@@ -31,6 +31,7 @@ pub struct RegistryBlob {
     source: LayerSource,
     size: u64,
     fetcher: OnceCell<BlobFetcher>,
+    last_success: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl RegistryBlob {
@@ -43,6 +44,7 @@ impl RegistryBlob {
             source,
             size,
             fetcher: OnceCell::new_with(Some(fetcher)),
+            last_success: std::sync::Mutex::new(Some(std::time::Instant::now())),
         })
     }
 
@@ -53,6 +55,7 @@ impl RegistryBlob {
             source,
             size,
             fetcher: OnceCell::new(),
+            last_success: std::sync::Mutex::new(None),
         }
     }
 
@@ -62,13 +65,31 @@ impl RegistryBlob {
             .await
     }
 
-    /// Cheap connectivity check that also refreshes auth and redirects.
-    pub async fn check(&self) -> Result<(), RegistryError> {
-        match self.fetcher.get() {
-            Some(f) => f.check().await,
-            // Connecting is the check.
-            None => self.fetcher().await.map(|_| ()),
+    fn record_success(&self) {
+        if let Ok(mut t) = self.last_success.lock() {
+            *t = Some(std::time::Instant::now());
         }
+    }
+
+    /// Cheap connectivity check that also refreshes auth and redirects,
+    /// skipped when the registry answered within `validity`.
+    pub async fn check(&self, validity: std::time::Duration) -> Result<(), RegistryError> {
+        let recent = self
+            .last_success
+            .lock()
+            .ok()
+            .and_then(|t| *t)
+            .is_some_and(|t| t.elapsed() < validity);
+        if recent {
+            return Ok(());
+        }
+        match self.fetcher.get() {
+            Some(f) => f.check().await?,
+            // Connecting is the check.
+            None => drop(self.fetcher().await?),
+        }
+        self.record_success();
+        Ok(())
     }
 
     /// Reads several ranges in as few requests as the registry allows.
@@ -77,10 +98,13 @@ impl RegistryBlob {
         ranges: &[Range<u64>],
         purpose: Purpose,
     ) -> Result<Vec<(Range<u64>, Bytes)>, RegistryError> {
-        self.fetcher()
+        let parts = self
+            .fetcher()
             .await?
             .fetch_ranges(ranges, registry_purpose(purpose))
-            .await
+            .await?;
+        self.record_success();
+        Ok(parts)
     }
 }
 

@@ -411,7 +411,7 @@ impl StargzFs {
             .ok_or_else(|| {
                 RemoteError::Unavailable(format!("no layer mounted at {}", mountpoint.display()))
             })?;
-        blob.check()
+        blob.check(self.config.check_validity())
             .await
             .map_err(|e| RemoteError::Unavailable(e.to_string()))
     }
