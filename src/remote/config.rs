@@ -33,6 +33,8 @@ pub struct RemoteConfig {
     pub disable_verification: bool,
     /// Concurrent background fetches over all layers.
     pub max_concurrency: usize,
+    /// `[background_fetch]`: bandwidth and pausing (our own keys).
+    pub background_fetch: BackgroundSection,
     /// `[blob]`: registry reads.
     pub blob: BlobSection,
     /// `[fuse]`: mounts.
@@ -55,10 +57,31 @@ impl Default for RemoteConfig {
             allow_no_verification: false,
             disable_verification: false,
             max_concurrency: 2,
+            background_fetch: BackgroundSection::default(),
             blob: BlobSection::default(),
             fuse: FuseSection::default(),
             directory_cache: CacheSection::default(),
             resolver: ResolverSection::default(),
+        }
+    }
+}
+
+/// `[background_fetch]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct BackgroundSection {
+    /// Bandwidth of background fetching over all layers (0: unbounded).
+    pub max_bytes_per_sec: u64,
+    /// Background fetching waits until no on-demand read has gone to a
+    /// registry for this long (ms).
+    pub silence_period_msec: u64,
+}
+
+impl Default for BackgroundSection {
+    fn default() -> Self {
+        BackgroundSection {
+            max_bytes_per_sec: 0,
+            silence_period_msec: 500,
         }
     }
 }

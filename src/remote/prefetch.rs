@@ -10,12 +10,84 @@
 
 use std::io;
 use std::ops::Range;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rstargz_fs::estargz::{Chunk, Ino, Prefetch};
 use rstargz_fs::layer::{BlobSource, LayerReader, Purpose};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// When an application last waited for the registry.
+#[derive(Debug, Default)]
+pub struct Activity {
+    last_on_demand: Mutex<Option<Instant>>,
+}
+
+impl Activity {
+    /// Records an on-demand registry read starting now.
+    pub fn on_demand(&self) {
+        if let Ok(mut t) = self.last_on_demand.lock() {
+            *t = Some(Instant::now());
+        }
+    }
+
+    fn last(&self) -> Option<Instant> {
+        self.last_on_demand.lock().ok().and_then(|t| *t)
+    }
+}
+
+/// Bounds of background fetching over all layers.
+#[derive(Debug)]
+pub struct BackgroundLimits {
+    permits: Arc<Semaphore>,
+    bytes_per_sec: u64,
+    silence: Duration,
+    next_slot: tokio::sync::Mutex<Instant>,
+    activity: Arc<Activity>,
+}
+
+impl BackgroundLimits {
+    /// `concurrency` chunks in flight, `bytes_per_sec` (0: unbounded), and
+    /// no new background chunk until `silence` has passed since the last
+    /// on-demand read recorded in `activity`.
+    pub fn new(
+        concurrency: usize,
+        bytes_per_sec: u64,
+        silence: Duration,
+        activity: Arc<Activity>,
+    ) -> Self {
+        BackgroundLimits {
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            bytes_per_sec,
+            silence,
+            next_slot: tokio::sync::Mutex::new(Instant::now()),
+            activity,
+        }
+    }
+
+    /// Waits until a chunk of `bytes` compressed bytes may be fetched.
+    pub async fn wait_turn(&self, bytes: u64) {
+        while let Some(last) = self.activity.last() {
+            let quiet = last.elapsed();
+            if quiet >= self.silence {
+                break;
+            }
+            tokio::time::sleep(self.silence - quiet).await;
+        }
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        let start = {
+            let mut next = self.next_slot.lock().await;
+            let start = (*next).max(Instant::now());
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
 
 /// A source that can hold one prefetched range in memory and serves reads
 /// inside it without touching `inner`.
@@ -115,14 +187,15 @@ pub async fn prefetch(layer: &LayerReader, source: &BufferedSource, end: u64) ->
     Ok(cached)
 }
 
-/// Fetches every chunk not yet cached at background priority, at most
-/// `limit`'s permits at a time across all layers.
-pub async fn background_fetch(layer: Arc<LayerReader>, limit: Arc<Semaphore>) {
+/// Fetches every chunk not yet cached at background priority within `limits`.
+pub async fn background_fetch(layer: Arc<LayerReader>, limits: Arc<BackgroundLimits>) {
     let mut tasks = tokio::task::JoinSet::new();
     for (ino, chunk) in all_chunks(&layer) {
-        let Ok(permit) = limit.clone().acquire_owned().await else {
+        let range = chunk.compressed_range();
+        let Ok(permit) = limits.permits.clone().acquire_owned().await else {
             return;
         };
+        limits.wait_turn(range.end - range.start).await;
         let layer = layer.clone();
         tasks.spawn(async move {
             let _permit = permit;
@@ -134,4 +207,37 @@ pub async fn background_fetch(layer: Arc<LayerReader>, limit: Arc<Semaphore>) {
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn background_turns_respect_bandwidth_and_silence() {
+        let activity = Arc::new(Activity::default());
+        let limits =
+            BackgroundLimits::new(2, 1 << 20, Duration::from_millis(500), activity.clone());
+        let start = Instant::now();
+        for _ in 0..3 {
+            limits.wait_turn(1 << 20).await;
+        }
+        // Three 1 MiB turns at 1 MiB/s: the third starts after two seconds.
+        assert!(
+            start.elapsed() >= Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(start.elapsed() < Duration::from_millis(2100));
+
+        let unbounded = BackgroundLimits::new(2, 0, Duration::from_millis(500), activity.clone());
+        activity.on_demand();
+        let start = Instant::now();
+        unbounded.wait_turn(1 << 30).await;
+        // Paused until the application has been quiet for the silence period.
+        assert!(start.elapsed() >= Duration::from_millis(500));
+        let start = Instant::now();
+        unbounded.wait_turn(1 << 30).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
 }

@@ -14,6 +14,8 @@ use rstargz_fs::layer::{BlobSource, Purpose};
 use rstargz_fs::registry::{self, BlobFetcher, LayerSource, Registry, RegistryError};
 use tokio::sync::OnceCell;
 
+use super::prefetch::Activity;
+
 /// The registry's priority class of a layer read.
 pub fn registry_purpose(purpose: Purpose) -> registry::Purpose {
     match purpose {
@@ -24,7 +26,8 @@ pub fn registry_purpose(purpose: Purpose) -> registry::Purpose {
     }
 }
 
-/// A layer blob in a registry.
+/// A layer blob in a registry; on-demand reads are recorded in `activity`
+/// so that background fetching gives way.
 #[derive(Debug)]
 pub struct RegistryBlob {
     registry: Registry,
@@ -32,11 +35,16 @@ pub struct RegistryBlob {
     size: u64,
     fetcher: OnceCell<BlobFetcher>,
     last_success: std::sync::Mutex<Option<std::time::Instant>>,
+    activity: Arc<Activity>,
 }
 
 impl RegistryBlob {
     /// Connects now (probe: endpoint, auth, redirect and size).
-    pub async fn connect(registry: Registry, source: LayerSource) -> Result<Self, RegistryError> {
+    pub async fn connect(
+        registry: Registry,
+        source: LayerSource,
+        activity: Arc<Activity>,
+    ) -> Result<Self, RegistryError> {
         let fetcher = registry.open_layer(&source, None).await?;
         let size = fetcher.size().unwrap_or(0);
         Ok(RegistryBlob {
@@ -45,17 +53,24 @@ impl RegistryBlob {
             size,
             fetcher: OnceCell::new_with(Some(fetcher)),
             last_success: std::sync::Mutex::new(Some(std::time::Instant::now())),
+            activity,
         })
     }
 
     /// A blob of known `size` that connects at its first read or check.
-    pub fn lazy(registry: Registry, source: LayerSource, size: u64) -> Self {
+    pub fn lazy(
+        registry: Registry,
+        source: LayerSource,
+        size: u64,
+        activity: Arc<Activity>,
+    ) -> Self {
         RegistryBlob {
             registry,
             source,
             size,
             fetcher: OnceCell::new(),
             last_success: std::sync::Mutex::new(None),
+            activity,
         }
     }
 
@@ -98,6 +113,9 @@ impl RegistryBlob {
         ranges: &[Range<u64>],
         purpose: Purpose,
     ) -> Result<Vec<(Range<u64>, Bytes)>, RegistryError> {
+        if purpose == Purpose::OnDemand {
+            self.activity.on_demand();
+        }
         let parts = self
             .fetcher()
             .await?

@@ -20,7 +20,7 @@ use rstargz_fs::registry::{LayerSource, Registry, RegistryError, layer_source_fr
 use serde::{Deserialize, Serialize};
 
 use super::config::RemoteConfig;
-use super::prefetch::{self, BufferedSource};
+use super::prefetch::{self, Activity, BackgroundLimits, BufferedSource};
 use super::source::{RegistryBlob, TocCachedSource, write_atomically};
 use super::{BoxFuture, RemoteError};
 use crate::snapshot::Labels;
@@ -141,7 +141,8 @@ pub struct StargzFs {
     config: RemoteConfig,
     mounts: Mutex<HashMap<PathBuf, Mounted>>,
     metrics: RemoteMetrics,
-    background: Arc<tokio::sync::Semaphore>,
+    background: Arc<BackgroundLimits>,
+    activity: Arc<Activity>,
 }
 
 impl std::fmt::Debug for StargzFs {
@@ -187,6 +188,7 @@ impl StargzFs {
             },
             Some(Arc::new(disk)),
         );
+        let activity = Arc::new(Activity::default());
         Ok(StargzFs {
             registry,
             cache: Arc::new(cache),
@@ -194,7 +196,13 @@ impl StargzFs {
             layers_dir: root.join("layers"),
             mounts: Mutex::new(HashMap::new()),
             metrics: RemoteMetrics::default(),
-            background: Arc::new(tokio::sync::Semaphore::new(config.max_concurrency.max(1))),
+            background: Arc::new(BackgroundLimits::new(
+                config.max_concurrency,
+                config.background_fetch.max_bytes_per_sec,
+                Duration::from_millis(config.background_fetch.silence_period_msec),
+                activity.clone(),
+            )),
+            activity,
             config,
         })
     }
@@ -260,10 +268,17 @@ impl StargzFs {
             .ok()
             .and_then(|b| serde_json::from_slice::<LayerMeta>(&b).ok());
         let blob = match known {
-            Some(meta) => RegistryBlob::lazy(self.registry.clone(), source.clone(), meta.blob_size),
-            None => RegistryBlob::connect(self.registry.clone(), source.clone())
-                .await
-                .map_err(|e| registry_reason(&e).decline(e))?,
+            Some(meta) => RegistryBlob::lazy(
+                self.registry.clone(),
+                source.clone(),
+                meta.blob_size,
+                self.activity.clone(),
+            ),
+            None => {
+                RegistryBlob::connect(self.registry.clone(), source.clone(), self.activity.clone())
+                    .await
+                    .map_err(|e| registry_reason(&e).decline(e))?
+            }
         };
         let blob = Arc::new(blob);
         let cached: Arc<dyn BlobSource> = Arc::new(TocCachedSource::new(
