@@ -556,3 +556,67 @@ async fn layers_mount_through_an_htpasswd_registry() {
     remove(&mut c, "chain-0").await.unwrap();
     daemon.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_golden_layer_matches_through_fuse() {
+    let registry = TestRegistry::start().await;
+    let reference = registry.reference("remote/golden");
+    let mut names = Vec::new();
+    let mut layers = Vec::new();
+    for case in rstargz_fs::testutil::golden::cases() {
+        for comp in ["gzip", "zstd"] {
+            names.push(case.case.clone());
+            layers.push(golden_layer(&case.case, comp));
+        }
+    }
+    let digests = push_image(&reference, &layers).await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_daemon(dir.path());
+    let mut c = daemon.client().await;
+    for (i, ((name, layer), digest)) in names.iter().zip(&layers).zip(&digests).enumerate() {
+        // Each layer on its own (no parent): its FUSE mount is the only lowerdir.
+        let chain = format!("golden-{i}");
+        let l = remote_labels(
+            &chain,
+            &reference,
+            digest.as_str(),
+            layer.toc_digest.as_deref(),
+        );
+        let err = prepare(&mut c, &format!("extract-{i}"), "", &l)
+            .await
+            .expect_err("remote");
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{name}: {err:?}");
+        let view = format!("view-{i}");
+        let mounts = c
+            .view(rstargz_proto::snapshots::ViewSnapshotRequest {
+                snapshotter: String::new(),
+                key: view.clone(),
+                parent: chain.clone(),
+                labels: Default::default(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        let fs = match lowerdirs_or_bind(&mounts) {
+            Some(p) => p,
+            None => panic!("{name}: {mounts:?}"),
+        };
+        assert!(is_mountpoint(&fs), "{name}: {} is FUSE", fs.display());
+        check_tree(&fs, name);
+        remove(&mut c, &view).await.unwrap();
+        remove(&mut c, &chain).await.unwrap();
+        assert!(!is_mountpoint(&fs), "{name}: unmounted by Remove");
+    }
+    daemon.stop();
+}
+
+/// The single lower directory of a View on one layer (a read-only bind
+/// mount, or an overlay with one lowerdir).
+fn lowerdirs_or_bind(mounts: &[Mount]) -> Option<PathBuf> {
+    let m = mounts.first()?;
+    if m.r#type == "bind" {
+        return Some(PathBuf::from(&m.source));
+    }
+    lowerdirs(mounts).into_iter().next()
+}
