@@ -375,23 +375,77 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
+/// What [`crash_with_a_container`] leaves behind.
+struct Crashed {
+    parent: String,
+    lowers: Vec<PathBuf>,
+    digests: Vec<rstargz_fs::registry::Digest>,
+}
+
+/// Pushes two layers to `reference`, prepares them remotely and a container
+/// on them, reads `small.txt` (now cached), and kills the daemon (-9).
+async fn crash_with_a_container(dir: &Path, reference: &str) -> Crashed {
+    let layers = vec![lower_layer(), golden_layer("whiteouts", "gzip")];
+    let digests = push_image(reference, &layers).await;
+    let mut daemon = start_daemon(dir);
+    let mut c = daemon.client().await;
+    let parent = prepare_remote_chain(&mut c, reference, &layers, &digests).await;
+    let lowers = lowerdirs(&prepare(&mut c, "container", &parent, &[]).await.unwrap());
+    assert_eq!(
+        std::fs::read(lowers[1].join("small.txt")).unwrap(),
+        b"hello lazy world\n"
+    );
+    daemon.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+    Crashed {
+        parent,
+        lowers,
+        digests,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_that_cannot_be_restored_heals_when_its_registry_is_back() {
+    let mut registry = TestRegistry::start().await;
+    let reference = registry.reference("remote/heal");
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = crash_with_a_container(dir.path(), &reference).await;
+    // Without its TOC copy and with the registry down, the top layer
+    // cannot be restored; the daemon still starts and serves.
+    let state = dir
+        .path()
+        .join("root/layers")
+        .join(crashed.digests[1].as_str().replace(':', "-"));
+    std::fs::remove_dir_all(&state).unwrap();
+    registry.stop();
+    let daemon = start_daemon(dir.path());
+    let mut c = daemon.client().await;
+    let log = daemon.log_text();
+    assert!(log.contains("restored=1 failed=1"), "{log}");
+    assert!(!is_mountpoint(&crashed.lowers[0]));
+    assert!(is_mountpoint(&crashed.lowers[1]));
+    stat(&mut c, "chain-1").await.unwrap();
+    let err = mounts(&mut c, "container").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+
+    // Once the registry is back, the check mounts the layer again.
+    registry.restart().await;
+    mounts(&mut c, "container").await.unwrap();
+    assert!(is_mountpoint(&crashed.lowers[0]));
+    check_tree(&crashed.lowers[0], "whiteouts");
+    remove(&mut c, "container").await.unwrap();
+    remove(&mut c, "chain-1").await.unwrap();
+    remove(&mut c, "chain-0").await.unwrap();
+    daemon.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layers_are_restored_after_a_crash_and_checked() {
     let mut registry = TestRegistry::start().await;
     let reference = registry.reference("remote/restore");
-    let layers = vec![lower_layer(), golden_layer("whiteouts", "gzip")];
-    let digests = push_image(&reference, &layers).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = start_daemon(dir.path());
-    let mut c = daemon.client().await;
-    let parent = prepare_remote_chain(&mut c, &reference, &layers, &digests).await;
-    let lowers = lowerdirs(&prepare(&mut c, "container", &parent, &[]).await.unwrap());
+    let crashed = crash_with_a_container(dir.path(), &reference).await;
+    let (parent, lowers) = (crashed.parent, crashed.lowers);
     let small = lowers[1].join("small.txt");
-    assert_eq!(std::fs::read(&small).unwrap(), b"hello lazy world\n");
-
-    // Crash with the layers mounted, and restart while the registry is down.
-    daemon.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
-    drop(daemon);
     registry.stop();
     let daemon = start_daemon(dir.path());
     let mut c = daemon.client().await;

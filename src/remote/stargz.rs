@@ -143,6 +143,7 @@ pub struct StargzFs {
     metrics: RemoteMetrics,
     background: Arc<BackgroundLimits>,
     activity: Arc<Activity>,
+    remount: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for StargzFs {
@@ -203,6 +204,7 @@ impl StargzFs {
                 activity.clone(),
             )),
             activity,
+            remount: tokio::sync::Mutex::new(()),
             config,
         })
     }
@@ -417,15 +419,39 @@ impl StargzFs {
         )
     }
 
-    async fn check_layer(&self, mountpoint: &Path) -> Result<(), RemoteError> {
-        let blob = self
-            .mounts
+    fn mounted_blob(&self, mountpoint: &Path) -> Option<Arc<RegistryBlob>> {
+        self.mounts
             .lock()
-            .ok()
-            .and_then(|m| m.get(mountpoint).map(|m| m.blob.clone()))
-            .ok_or_else(|| {
-                RemoteError::Unavailable(format!("no layer mounted at {}", mountpoint.display()))
-            })?;
+            .ok()?
+            .get(mountpoint)
+            .map(|m| m.blob.clone())
+    }
+
+    /// Checks the layer; a layer that is not mounted (its restore failed)
+    /// is mounted now if possible, so it heals once its registry is back.
+    async fn check_layer(&self, mountpoint: &Path, labels: &Labels) -> Result<(), RemoteError> {
+        let blob = match self.mounted_blob(mountpoint) {
+            Some(blob) => blob,
+            None => {
+                // One remount at a time: two at once would stack two mounts.
+                let _guard = self.remount.lock().await;
+                if self.mounted_blob(mountpoint).is_none() {
+                    self.mount_layer(mountpoint, labels).await.map_err(
+                        |Declined(reason, detail)| {
+                            RemoteError::Unavailable(format!(
+                                "layer not mounted ({}: {detail})",
+                                reason.as_str()
+                            ))
+                        },
+                    )?;
+                    tracing::info!(mountpoint = %mountpoint.display(), "remote layer mounted again");
+                    return Ok(());
+                }
+                self.mounted_blob(mountpoint).ok_or_else(|| {
+                    RemoteError::Unavailable(format!("no layer at {}", mountpoint.display()))
+                })?
+            }
+        };
         blob.check(self.config.check_validity())
             .await
             .map_err(|e| RemoteError::Unavailable(e.to_string()))
@@ -496,9 +522,9 @@ impl super::RemoteFs for StargzFs {
     fn check<'a>(
         &'a self,
         mountpoint: &'a Path,
-        _: &'a Labels,
+        labels: &'a Labels,
     ) -> BoxFuture<'a, Result<(), RemoteError>> {
-        Box::pin(self.check_layer(mountpoint))
+        Box::pin(self.check_layer(mountpoint, labels))
     }
 
     fn unmount<'a>(&'a self, mountpoint: &'a Path) -> BoxFuture<'a, Result<(), RemoteError>> {
