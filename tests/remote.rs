@@ -276,6 +276,7 @@ async fn remote_layers_mount_lazily_and_stack_with_overlay() {
 
     let text = scrape(&metrics);
     assert_eq!(sample(&text, "rstargz_mounted_layers"), 4.0);
+    assert_eq!(sample(&text, "rstargz_remote_mounts_total"), 4.0);
     let on_demand = sample(&text, "rstargz_fetch_bytes_total{purpose=\"on_demand\"}");
     assert!(on_demand > 0.0 && on_demand <= fetched as f64, "{text}");
     assert!(sample(&text, "rstargz_fuse_operations_total{op=\"read\"}") >= 1.0);
@@ -316,6 +317,13 @@ async fn remote_layers_mount_lazily_and_stack_with_overlay() {
     for l in &lowers {
         assert!(!is_mountpoint(l), "{} unmounted by Remove", l.display());
     }
+    let state = std::fs::read_dir(daemon.root.join("layers"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        state, 0,
+        "layer state (TOC copies) deleted with the last user"
+    );
     daemon.stop();
 }
 

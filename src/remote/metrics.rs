@@ -106,6 +106,13 @@ pub fn render(fs: &StargzFs) -> String {
         "Chunks fetched because no cache had them.",
         &[("", load(&cache.fetches))],
     );
+    family(
+        &mut out,
+        "rstargz_remote_mounts_total",
+        "counter",
+        "Layers mounted remotely (Prepare, restore, remount).",
+        &[("", load(&fs.metrics().mounted))],
+    );
     let layers = fs.mounted();
     family(
         &mut out,

@@ -104,6 +104,10 @@ struct Mounted {
     layer: Arc<LayerReader>,
     /// Prefetch and background fetch; stopped with the mount.
     fetcher: Option<AbortOnDrop>,
+    /// The layer's state directory (TOC copies).
+    state: PathBuf,
+    /// Device number of the mount (finds it after its directory moved).
+    dev: Option<u64>,
 }
 
 /// Aborts a task when dropped.
@@ -303,6 +307,14 @@ impl StargzFs {
         }
         let layer = Arc::new(layer);
         let handle = self.mount_fuse(mountpoint, layer.clone()).await?;
+        let dev = {
+            use std::os::unix::fs::MetadataExt;
+            let at = mountpoint.to_path_buf();
+            tokio::task::spawn_blocking(move || std::fs::metadata(at).map(|m| m.dev()))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        };
         let default_prefetch = source.prefetch_size.unwrap_or(self.config.prefetch_size);
         let fetcher = self
             .start_fetching(layer.clone(), buffered, default_prefetch)
@@ -318,6 +330,8 @@ impl StargzFs {
                     blob,
                     layer,
                     fetcher,
+                    state,
+                    dev,
                 },
             );
         }
@@ -457,13 +471,43 @@ impl StargzFs {
             .map_err(|e| RemoteError::Unavailable(e.to_string()))
     }
 
-    async fn unmount_layer(&self, mountpoint: &Path) -> Result<(), RemoteError> {
-        let Some(mut mounted) = self
+    /// Deletes a layer's TOC copies once no mounted snapshot uses the layer
+    /// (snapshots of the same layer in other chains share them).
+    async fn forget_state(&self, state: &Path) {
+        let shared = self
             .mounts
             .lock()
-            .ok()
-            .and_then(|mut m| m.remove(mountpoint))
-        else {
+            .map_or(true, |m| m.values().any(|m| m.state == state));
+        if shared {
+            return;
+        }
+        if let Err(e) = tokio::fs::remove_dir_all(state).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %state.display(), error = %e, "cannot delete layer state");
+        }
+    }
+
+    /// Takes the layer mounted at `mountpoint` out of the map. The core may
+    /// have renamed the snapshot directory since the mount (Remove moves it
+    /// aside before deleting), so a path not in the map is matched by the
+    /// device of the mount found there.
+    fn take_mounted(&self, mountpoint: &Path) -> Option<(PathBuf, Mounted)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut mounts = self.mounts.lock().ok()?;
+        if let Some(m) = mounts.remove(mountpoint) {
+            return Some((mountpoint.to_path_buf(), m));
+        }
+        let dev = std::fs::metadata(mountpoint).ok()?.dev();
+        let key = mounts
+            .iter()
+            .find(|(_, m)| m.dev == Some(dev))
+            .map(|(k, _)| k.clone())?;
+        mounts.remove(&key).map(|m| (key, m))
+    }
+
+    async fn unmount_layer(&self, mountpoint: &Path) -> Result<(), RemoteError> {
+        let Some((key, mut mounted)) = self.take_mounted(mountpoint) else {
             return Ok(());
         };
         // No more fetching for a layer on its way out.
@@ -471,9 +515,22 @@ impl StargzFs {
         // A mount still busy with the last reads of a removed container
         // usually frees up within moments.
         let mut delay = Duration::from_millis(20);
-        for _ in 0..6 {
+        let mut last_error = String::new();
+        for attempt in 0..7 {
+            if attempt > 0 {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            let at = mountpoint.to_path_buf();
             let (result, back) = tokio::task::spawn_blocking(move || {
-                let r = mounted.handle.unmount();
+                // Unmount where the mount is now; the handle then only
+                // waits for its workers (its own path may be stale).
+                let r = match nix::mount::umount(&at) {
+                    Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {
+                        mounted.handle.unmount().map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
                 (r, mounted)
             })
             .await
@@ -483,23 +540,23 @@ impl StargzFs {
             })?;
             mounted = back;
             match result {
-                Ok(()) => return Ok(()),
-                Err(e) => tracing::debug!(error = %e, "unmount busy; retrying"),
+                Ok(()) => {
+                    self.forget_state(&mounted.state).await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "unmount busy; retrying");
+                    last_error = e;
+                }
             }
-            tokio::time::sleep(delay).await;
-            delay *= 2;
         }
-        let last = mounted.handle.unmount();
-        let result = last.map_err(|e| RemoteError::Failed {
+        if let Ok(mut m) = self.mounts.lock() {
+            m.insert(key, mounted);
+        }
+        Err(RemoteError::Failed {
             context: format!("unmount {}", mountpoint.display()),
-            source: e.into(),
-        });
-        if result.is_err()
-            && let Ok(mut m) = self.mounts.lock()
-        {
-            m.insert(mountpoint.to_path_buf(), mounted);
-        }
-        result
+            source: last_error.into(),
+        })
     }
 }
 
