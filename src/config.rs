@@ -50,6 +50,9 @@ pub struct Config {
     pub log_level: Option<String>,
     /// Snapshotter behaviour.
     pub snapshotter: SnapshotterConfig,
+    /// Remote layers (top-level keys and sections, as the Go reference).
+    #[serde(flatten)]
+    pub remote: crate::remote::RemoteConfig,
 }
 
 /// `[snapshotter]`.

@@ -23,6 +23,8 @@ enum Command {
     Image(cli::image::ImageArgs),
     /// Measure a running service (figures as JSON lines).
     Bench(cli::bench::BenchArgs),
+    /// Mount an eStargz image lazily at a directory (no containerd) until Ctrl-C.
+    Mount(cli::mount::MountArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +33,6 @@ fn main() -> anyhow::Result<()> {
         Command::Layer(args) => cli::layer::run(args),
         Command::Image(args) => cli::image::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Mount(args) => cli::mount::run(args),
     }
 }

@@ -12,3 +12,5 @@ pub mod estargz;
 pub mod fuse;
 pub mod layer;
 pub mod registry;
+#[cfg(feature = "testutil")]
+pub mod testutil;

@@ -9,27 +9,11 @@ use base64::Engine as _;
 use bytes::Bytes;
 use common::proxy::{FaultProxy, TokenAuth};
 use common::registry::TestRegistry;
-use common::{push_anonymously, test_blob, test_config};
+use common::{docker_config, push_anonymously, test_blob, test_config};
 use rstargz_fs::registry::{Purpose, Reference, Registry, RegistryError};
 
 const USER: &str = "tester";
 const PASSWORD: &str = "s3cret-Pa55word";
-
-fn docker_config(
-    dir: &std::path::Path,
-    host: &str,
-    user: &str,
-    password: &str,
-) -> std::path::PathBuf {
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let path = dir.join("config.json");
-    std::fs::write(
-        &path,
-        format!(r#"{{"auths": {{"{host}": {{"auth": "{auth}"}}}}}}"#),
-    )
-    .unwrap();
-    path
-}
 
 #[tokio::test]
 async fn htpasswd_registry_with_docker_config_credentials() {

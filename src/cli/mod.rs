@@ -3,4 +3,5 @@
 pub mod bench;
 pub mod image;
 pub mod layer;
+pub mod mount;
 pub mod serve;

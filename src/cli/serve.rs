@@ -15,7 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::config::{Config, DEFAULT_ADDRESS, DEFAULT_LOG_LEVEL, DEFAULT_ROOT, Fallback};
 use crate::grpc::SnapshotsService;
 use crate::lcow::LcowBackend;
-use crate::remote::NoRemote;
+use crate::remote::{NoRemote, RemoteFs, StargzFs};
 use crate::snapshot::overlay::OverlayBackend;
 use crate::snapshot::{Options, Snapshotter};
 
@@ -84,14 +84,31 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
         Fallback::Lcow => Arc::new(LcowBackend),
     };
     let backend = Arc::clone(&opts.backend);
-    let remote = if opts.backend.supports_remote() {
+    let remote = if !backend.supports_remote() {
+        "not offered by this fallback"
+    } else if config.remote.disable_remote {
         "disabled"
     } else {
-        "not offered by this fallback"
+        "enabled"
     };
+    // Kept alive until shutdown: dropping it stops the metrics server.
+    let mut _metrics_server = None;
+    if backend.supports_remote() {
+        let (fs, metrics) = remote_fs(&root, &config).await?;
+        opts.remote = fs;
+        _metrics_server = metrics;
+        crate::remote::restore::detach_stale_mounts(&root);
+    }
     let snapshotter = tokio::task::spawn_blocking(move || Snapshotter::open(opts))
         .await?
         .with_context(|| format!("open snapshotter at {}", root.display()))?;
+    let (restored, failed) = snapshotter
+        .restore_remote()
+        .await
+        .context("restore remote layers")?;
+    if restored + failed > 0 {
+        tracing::info!(restored, failed, "remote layers restored");
+    }
     let listener = bind(&address)?;
     tracing::info!(
         root = %root.display(),
@@ -135,6 +152,41 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
     snapshotter.close().await.context("close metadata store")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Stops the metrics server when the daemon stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The filesystem of remote layers (eStargz over FUSE unless disabled) and
+/// its metrics server when `metrics_address` is set.
+async fn remote_fs(
+    root: &Path,
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn RemoteFs>, Option<AbortOnDrop>)> {
+    if config.remote.disable_remote {
+        return Ok((Arc::new(NoRemote), None));
+    }
+    let fs = Arc::new(StargzFs::new(root, config.remote.clone()).context("set up remote layers")?);
+    let server = match &config.remote.metrics_address {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind metrics_address {addr}"))?;
+            tracing::info!(address = %addr, "serving metrics at /metrics");
+            Some(AbortOnDrop(tokio::spawn(crate::remote::metrics::serve(
+                listener,
+                fs.clone(),
+            ))))
+        }
+        None => None,
+    };
+    Ok((fs, server))
 }
 
 /// Binds the socket: creates the parent directory, replaces a stale socket

@@ -135,8 +135,8 @@ impl Snapshotter {
             let fs = self.inner.layout.fs_dir(snap.id);
             match self.inner.remote.mount(&fs, &labels).await {
                 Ok(()) => return self.commit_remote(snap, target, labels).await,
-                Err(e) => tracing::debug!(
-                    key = %target, error = %e, "remote-snapshot-prepared" = "false",
+                Err(e) => tracing::info!(
+                    key = %target, reason = %e, "remote-snapshot-prepared" = "false",
                     "falling back to a local snapshot"
                 ),
             }
@@ -163,7 +163,7 @@ impl Snapshotter {
             .await;
         match committed {
             Ok(_) | Err(Error::AlreadyExists(_)) => {
-                tracing::debug!(key = %target, "remote-snapshot-prepared" = "true", "remote snapshot");
+                tracing::info!(key = %target, "remote-snapshot-prepared" = "true", "remote snapshot");
                 Err(Error::AlreadyExists(format!("target snapshot {target:?}")))
             }
             Err(e) => Err(e),
@@ -240,6 +240,37 @@ impl Snapshotter {
             }
         }
         Ok(())
+    }
+
+    /// Mounts every remote layer again (daemon start-up). A layer that
+    /// cannot be mounted stays in the metadata and makes Mounts of its
+    /// children answer Unavailable. Returns (restored, failed).
+    pub async fn restore_remote(&self) -> Result<(usize, usize)> {
+        let layers = self
+            .blocking(|s| {
+                s.store.read(|tx| {
+                    let mut out = Vec::new();
+                    for info in tx.walk()? {
+                        if info.kind == Kind::Committed && info.labels.contains_key(REMOTE_LABEL) {
+                            out.push((tx.snapshot(&info.name)?.id, info.name, info.labels));
+                        }
+                    }
+                    Ok(out)
+                })
+            })
+            .await?;
+        let mut restored = 0;
+        for (id, name, labels) in &layers {
+            let fs = self.inner.layout.fs_dir(*id);
+            match self.inner.remote.mount(&fs, labels).await {
+                Ok(()) => restored += 1,
+                Err(e) => tracing::warn!(
+                    snapshot = %name, error = %e,
+                    "cannot restore remote layer; Mounts of its children will be unavailable"
+                ),
+            }
+        }
+        Ok((restored, layers.len() - restored))
     }
 
     /// Commits the Active snapshot `key` as `name`, recording its usage.

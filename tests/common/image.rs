@@ -1,46 +1,27 @@
 //! Helpers of the image tests: the fs crate's registry harness and fault
-//! proxy (compiled in from `fs/tests/common`, not copied), a registry client
-//! for tests, a fixture image tree and a checker that opens every converted
-//! layer with our eStargz reader and compares it with the source files.
+//! proxy (`rstargz_fs::testutil`), a registry client for tests, a fixture
+//! image tree and a checker that opens every converted layer with our
+//! eStargz reader and compares it with the source files.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-#[path = "../../fs/tests/common/proxy.rs"]
-pub mod proxy;
-#[path = "../../fs/tests/common/registry.rs"]
-pub mod registry;
+pub use rstargz_fs::testutil::{proxy, registry};
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rstargz::image::oci::{self, Descriptor};
 use rstargz::image::{ImageRef, Store};
 use rstargz_fs::estargz::{self, FileSource, Layer, OpenOptions};
-use rstargz_fs::registry::{Backoff, Registry, RegistryConfig};
+use rstargz_fs::registry::Registry;
 use sha2::Digest as _;
-
-/// A 127.0.0.1 port with nothing listening on it (used by the registry harness).
-pub fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// A registry client without ambient credentials and with quick retries.
 pub fn client(scratch: &Path) -> Registry {
-    Registry::new(RegistryConfig {
-        docker_config: Some(scratch.join("no-docker-config.json")),
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(10),
-        fetch_timeout: Duration::from_secs(30),
-        backoff: Backoff {
-            min: Duration::from_millis(5),
-            max: Duration::from_millis(50),
-            max_retries: 2,
-        },
-        ..RegistryConfig::default()
-    })
+    Registry::new(rstargz_fs::testutil::test_config(
+        &scratch.join("no-docker-config.json"),
+    ))
     .unwrap()
 }
 

@@ -144,6 +144,12 @@ impl Drop for Daemon {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            // A killed daemon leaves its FUSE mounts behind (a failing
+            // test must not leak them into the next one).
+            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            for mount in rstargz::remote::restore::stale_mounts(&info, &self.root) {
+                let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
+            }
         }
     }
 }

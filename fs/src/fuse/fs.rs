@@ -80,6 +80,9 @@ pub fn errno(err: &FsError) -> Errno {
     }
 }
 
+/// Upper bounds (seconds) of the async read latency buckets.
+pub const READ_LATENCY_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+
 /// Per-operation counters, for the daemon's metrics.
 #[derive(Debug, Default)]
 pub struct FuseStats {
@@ -101,6 +104,10 @@ pub struct FuseStats {
     pub read_timeouts: AtomicU64,
     /// Total nanoseconds spent in async reads.
     pub async_read_nanos: AtomicU64,
+    /// Async reads per latency bucket: bucket `i` counts reads that took at
+    /// most [`READ_LATENCY_BUCKETS`]`[i]` seconds (not cumulative); the last
+    /// slot counts slower reads.
+    pub async_read_buckets: [AtomicU64; READ_LATENCY_BUCKETS.len() + 1],
     /// Opens served with kernel passthrough.
     pub passthrough_opens: AtomicU64,
     /// Largest read request the kernel sent, in bytes.
@@ -518,10 +525,16 @@ impl Filesystem for LayerFs {
                     Err(FsError::Timeout(timeout))
                 }
             };
+            let elapsed = started.elapsed();
             stats.async_read_nanos.fetch_add(
-                u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
                 Ordering::Relaxed,
             );
+            let bucket = READ_LATENCY_BUCKETS
+                .iter()
+                .position(|b| elapsed.as_secs_f64() <= *b)
+                .unwrap_or(READ_LATENCY_BUCKETS.len());
+            stats.async_read_buckets[bucket].fetch_add(1, Ordering::Relaxed);
             match res {
                 Ok(data) => reply.data(&data),
                 Err(e) => {

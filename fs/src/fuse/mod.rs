@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
-pub use self::fs::{FsError, FuseStats, LayerFs, errno};
+pub use self::fs::{FsError, FuseStats, LayerFs, READ_LATENCY_BUCKETS, errno};
 pub use self::overlay_view::{OpaqueXattr, OverlayView};
 use crate::cache::FileStore;
 use crate::layer::LayerReader;

@@ -6,6 +6,16 @@
 //! `containerd.io/snapshot.ref` label; `RemoteError::Declined` (or any
 //! failure) makes it fall back to the local overlayfs snapshot.
 
+pub mod config;
+pub mod metrics;
+pub mod prefetch;
+pub mod restore;
+pub mod source;
+pub mod stargz;
+
+pub use config::RemoteConfig;
+pub use stargz::{DeclineReason, StargzFs};
+
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;

@@ -74,14 +74,7 @@ impl TestRegistry {
         }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new(BINARY)
-            .arg("serve")
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = spawn(dir.path());
         let mut reg = Self {
             child,
             addr,
@@ -90,6 +83,19 @@ impl TestRegistry {
         };
         reg.wait_ready().await;
         reg
+    }
+
+    /// Stops the registry (its data stays for [`Self::restart`]).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the registry again on the same address with the same data.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(self.dir.path());
+        self.wait_ready().await;
     }
 
     async fn wait_ready(&mut self) {
@@ -133,6 +139,22 @@ impl TestRegistry {
     pub fn reference(&self, repo: &str) -> String {
         format!("{}/{repo}:latest", self.addr)
     }
+}
+
+/// Runs the registry with `dir/config.yml`, logging to `dir/registry.log`.
+fn spawn(dir: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("registry.log"))
+        .unwrap();
+    Command::new(BINARY)
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 /// Writes ca.pem/ca.key and leaf.pem/leaf.key (SAN IP:127.0.0.1) into `dir`

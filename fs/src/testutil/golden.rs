@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 
+use crate::estargz::{Index, Layer, NodeKind, ROOT_INO, ReadAt, Toc};
 use base64::Engine as _;
-use rstargz_fs::estargz::{Index, Layer, NodeKind, ROOT_INO, ReadAt, Toc};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
@@ -288,4 +288,78 @@ pub fn diff_id(blob: &[u8], zstd: bool) -> (String, u64) {
             .unwrap();
     }
     (format!("sha256:{}", sha256_hex(&out)), out.len() as u64)
+}
+
+/// Compares a directory tree (a mounted layer or an overlay of layers) with
+/// `case`'s expected entries through the kernel: type, permissions, owner,
+/// size, content, symlink target, device numbers and xattrs. Whiteout and
+/// opaque markers are skipped (an overlay consumes them).
+pub fn check_tree(root: &std::path::Path, case: &str) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for e in effective_entries(&expected(case)) {
+        if e.overlay.is_some() {
+            continue;
+        }
+        let rel = clean(&e.path);
+        let ctx = format!("{case}: {rel}");
+        let path = root.join(&rel);
+        let md = std::fs::symlink_metadata(&path).unwrap_or_else(|err| panic!("{ctx}: {err}"));
+        let ft = md.file_type();
+        let kind_ok = match e.kind.as_str() {
+            "reg" | "hardlink" => ft.is_file(),
+            "dir" => ft.is_dir(),
+            "symlink" => ft.is_symlink(),
+            "char" => ft.is_char_device(),
+            "block" => ft.is_block_device(),
+            "fifo" => ft.is_fifo(),
+            k => panic!("{ctx}: unexpected type {k}"),
+        };
+        assert!(kind_ok, "{ctx}: type {ft:?}, expected {}", e.kind);
+        if e.kind == "hardlink" {
+            let target = std::fs::symlink_metadata(root.join(clean(&e.linkname))).unwrap();
+            assert_eq!(md.ino(), target.ino(), "{ctx}: hardlink shares the inode");
+            continue;
+        }
+        if e.kind != "symlink" {
+            assert_eq!(md.mode() & 0o7777, e.mode, "{ctx}: mode");
+        }
+        assert_eq!(u64::from(md.uid()), e.uid, "{ctx}: uid");
+        assert_eq!(u64::from(md.gid()), e.gid, "{ctx}: gid");
+        match e.kind.as_str() {
+            "reg" => {
+                assert_eq!(md.len(), e.size, "{ctx}: size");
+                let data = std::fs::read(&path).unwrap();
+                assert_eq!(Some(sha256_hex(&data)), e.sha256, "{ctx}: content");
+            }
+            "symlink" => assert_eq!(
+                std::fs::read_link(&path).unwrap().to_str(),
+                Some(e.linkname.as_str()),
+                "{ctx}: link"
+            ),
+            "char" | "block" => {
+                let rdev = md.rdev();
+                assert_eq!(
+                    (libc::major(rdev), libc::minor(rdev)),
+                    (e.devmajor.unwrap(), e.devminor.unwrap()),
+                    "{ctx}: device"
+                );
+            }
+            _ => {}
+        }
+        if e.kind != "symlink" {
+            let mut have = HashMap::new();
+            for name in xattr::list(&path).unwrap() {
+                let name = name.to_string_lossy().into_owned();
+                if name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.") {
+                    continue;
+                }
+                let value = xattr::get(&path, &name).unwrap().unwrap_or_default();
+                have.insert(
+                    name,
+                    base64::engine::general_purpose::STANDARD.encode(value),
+                );
+            }
+            assert_eq!(have, e.xattrs, "{ctx}: xattrs");
+        }
+    }
 }

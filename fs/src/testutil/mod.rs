@@ -1,0 +1,173 @@
+//! Test support shared by this crate's and the root crate's integration
+//! tests (feature `testutil`): a real `docker-registry` per test
+//! ([`registry`]), a fault proxy with counters in front of it ([`proxy`])
+//! the golden eStargz cases with checkers ([`golden`]) and small helpers. Test code: it panics on any setup failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+pub mod golden;
+pub mod proxy;
+pub mod registry;
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::registry::{Backoff, Digest, Reference, Registry, RegistryConfig};
+
+/// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate.
+pub fn test_blob(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A registry config for tests: no ambient docker config, quick retries.
+pub fn test_config(docker_config: &Path) -> RegistryConfig {
+    RegistryConfig {
+        docker_config: Some(docker_config.to_path_buf()),
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(10),
+        fetch_timeout: Duration::from_secs(30),
+        backoff: Backoff {
+            min: Duration::from_millis(5),
+            max: Duration::from_millis(50),
+            max_retries: 2,
+        },
+        ..RegistryConfig::default()
+    }
+}
+
+/// A 127.0.0.1 port with nothing listening on it.
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub async fn wait_until_async(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Pushes `data` as a blob of `repo` on an auth-less `registry`.
+pub async fn push_anonymously(
+    registry: &registry::TestRegistry,
+    repo: &str,
+    data: &[u8],
+) -> Digest {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Registry::new(test_config(&dir.path().join("none.json"))).unwrap();
+    let reference = Reference::parse(&registry.reference(repo)).unwrap();
+    client
+        .push_blob(&reference, bytes::Bytes::copy_from_slice(data))
+        .await
+        .unwrap()
+}
+
+/// One layer of a test image.
+#[derive(Debug, Clone)]
+pub struct TestLayer {
+    /// The compressed blob.
+    pub blob: Vec<u8>,
+    /// sha256 of the uncompressed tar (`sha256:…`).
+    pub diff_id: String,
+    /// The `containerd.io/snapshot/stargz/toc.digest` annotation, if any.
+    pub toc_digest: Option<String>,
+}
+
+/// Writes `dir/config.json`, a docker config with basic-auth credentials
+/// for `host`, and returns its path.
+pub fn docker_config(dir: &Path, host: &str, user: &str, password: &str) -> std::path::PathBuf {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let path = dir.join("config.json");
+    std::fs::write(
+        &path,
+        format!(r#"{{"auths": {{"{host}": {{"auth": "{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    path
+}
+
+/// Pushes `layers` with a config and an OCI manifest as `reference` (on an
+/// auth-less registry) and returns the layer digests, bottom first.
+pub async fn push_image(reference: &str, layers: &[TestLayer]) -> Vec<Digest> {
+    let dir = tempfile::tempdir().unwrap();
+    push_image_with(reference, layers, &dir.path().join("none.json")).await
+}
+
+/// Like [`push_image`] with the credentials of `docker_config`.
+pub async fn push_image_with(
+    reference: &str,
+    layers: &[TestLayer],
+    docker_config: &Path,
+) -> Vec<Digest> {
+    let client = Registry::new(test_config(docker_config)).unwrap();
+    let reference = Reference::parse(reference).unwrap();
+    let mut descriptors = Vec::new();
+    let mut digests = Vec::new();
+    for layer in layers {
+        let digest = client
+            .push_blob(&reference, bytes::Bytes::copy_from_slice(&layer.blob))
+            .await
+            .unwrap();
+        let mut annotations = serde_json::Map::new();
+        if let Some(toc) = &layer.toc_digest {
+            annotations.insert(
+                crate::registry::labels::TOC_DIGEST.into(),
+                toc.clone().into(),
+            );
+        }
+        descriptors.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest.as_str(),
+            "size": layer.blob.len(),
+            "annotations": annotations,
+        }));
+        digests.push(digest);
+    }
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>()},
+    }))
+    .unwrap();
+    let config_len = config.len();
+    let config_digest = client
+        .push_blob(&reference, bytes::Bytes::from(config))
+        .await
+        .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest.as_str(),
+            "size": config_len,
+        },
+        "layers": descriptors,
+    }))
+    .unwrap();
+    client
+        .put_manifest(
+            &reference,
+            "application/vnd.oci.image.manifest.v1+json",
+            bytes::Bytes::from(manifest),
+        )
+        .await
+        .unwrap();
+    digests
+}

@@ -1,0 +1,209 @@
+//! `rstargz mount REF DIR`: mounts a whole eStargz image lazily without
+//! containerd — each layer over FUSE (as the daemon does), stacked with a
+//! read-only overlayfs at DIR — until Ctrl-C or SIGTERM, then unmounts
+//! everything. For demos, debugging and benchmarks.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use nix::mount::{MntFlags, MsFlags};
+use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE, TOC_DIGEST};
+use rstargz_fs::registry::{Reference, Registry};
+use serde::Deserialize;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::Config;
+use crate::remote::{RemoteFs, StargzFs};
+
+/// Arguments of `rstargz mount`.
+#[derive(Debug, clap::Args)]
+pub struct MountArgs {
+    /// Image reference (`host/repo:tag` or `host/repo@sha256:…`).
+    pub reference: String,
+    /// Where the image's root filesystem appears.
+    pub dir: PathBuf,
+    /// Reach the registry over plain HTTP.
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Layer mountpoints, TOC copies and chunk cache [default: /var/lib/rstargz/mount].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// TOML config file (remote-layer keys as for `serve`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Log level or tracing filter.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    digest: String,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+struct Platform {
+    architecture: String,
+    os: String,
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+/// Runs the mount until a signal.
+pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log_level)
+                .with_context(|| format!("bad --log-level {:?}", args.log_level))?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start tokio runtime")?;
+    runtime.block_on(mount(args))
+}
+
+/// The image manifest of `reference`, resolving an index to this machine's platform.
+async fn image_layers(
+    registry: &Registry,
+    reference: &Reference,
+) -> anyhow::Result<Vec<Descriptor>> {
+    let fetched = registry.get_manifest(reference).await?;
+    let manifest: Manifest = serde_json::from_slice(&fetched.bytes).context("parse manifest")?;
+    if manifest.manifests.is_empty() {
+        return Ok(manifest.layers);
+    }
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let chosen = manifest
+        .manifests
+        .iter()
+        .find(|m| {
+            m.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+        })
+        .with_context(|| format!("no linux/{arch} image in the index"))?;
+    let pinned = Reference::parse(&format!(
+        "{}/{}@{}",
+        reference.registry, reference.repository, chosen.digest
+    ))?;
+    let fetched = registry.get_manifest(&pinned).await?;
+    let manifest: Manifest = serde_json::from_slice(&fetched.bytes).context("parse manifest")?;
+    Ok(manifest.layers)
+}
+
+async fn mount(args: MountArgs) -> anyhow::Result<()> {
+    let reference = Reference::parse(&args.reference)?;
+    let mut config = Config::load(args.config.as_deref())?.remote;
+    if args.plain_http {
+        config
+            .resolver
+            .insecure_hosts
+            .push(reference.registry.clone());
+    }
+    let state = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/rstargz/mount"));
+    let layers_root = state.join(format!("mnt-{}", std::process::id()));
+    let fs = StargzFs::new(&state, config).context("set up remote layers")?;
+    let layers = image_layers(fs.registry(), &reference).await?;
+    if layers.is_empty() {
+        bail!("{} has no layers", args.reference);
+    }
+    let mut mounted: Vec<PathBuf> = Vec::new();
+    let result = async {
+        for (i, layer) in layers.iter().enumerate() {
+            let dir = layers_root.join(i.to_string());
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            let mut labels = BTreeMap::new();
+            labels.insert(STARGZ_REFERENCE.to_string(), args.reference.clone());
+            labels.insert(STARGZ_DIGEST.to_string(), layer.digest.clone());
+            if let Some(toc) = layer.annotations.get(TOC_DIGEST) {
+                labels.insert(TOC_DIGEST.to_string(), toc.clone());
+            }
+            fs.mount(&dir, &labels)
+                .await
+                .with_context(|| format!("layer {i} ({})", layer.digest))?;
+            mounted.push(dir);
+        }
+        stack(&mounted, &args.dir)
+    }
+    .await;
+    if let Err(e) = result {
+        unmount_layers(&fs, &mounted, &layers_root).await;
+        return Err(e);
+    }
+    tracing::info!(reference = %args.reference, dir = %args.dir.display(), layers = mounted.len(), "mounted; Ctrl-C to unmount");
+    let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = sigint.recv() => {}
+    }
+    if let Err(e) = nix::mount::umount(&args.dir) {
+        tracing::warn!(dir = %args.dir.display(), error = %e, "busy; detaching");
+        nix::mount::umount2(&args.dir, MntFlags::MNT_DETACH)
+            .with_context(|| format!("unmount {}", args.dir.display()))?;
+    }
+    unmount_layers(&fs, &mounted, &layers_root).await;
+    tracing::info!("unmounted");
+    Ok(())
+}
+
+/// One layer is bind-mounted (overlayfs needs two lowers without an upper);
+/// more are stacked read-only, uppermost first.
+fn stack(layers: &[PathBuf], target: &Path) -> anyhow::Result<()> {
+    let result = if let [only] = layers {
+        nix::mount::mount(
+            Some(only.as_path()),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    } else {
+        let lowers: Vec<String> = layers
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .collect();
+        let opts = format!("lowerdir={}", lowers.join(":"));
+        nix::mount::mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            MsFlags::MS_RDONLY,
+            Some(opts.as_str()),
+        )
+    };
+    result.with_context(|| format!("mount the image at {}", target.display()))
+}
+
+async fn unmount_layers(fs: &StargzFs, mounted: &[PathBuf], root: &Path) {
+    for dir in mounted.iter().rev() {
+        if let Err(e) = fs.unmount(dir).await {
+            tracing::warn!(dir = %dir.display(), error = %e, "layer unmount failed");
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(root) {
+        tracing::warn!(dir = %root.display(), error = %e, "cannot remove layer mountpoints");
+    }
+}

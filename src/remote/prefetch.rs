@@ -1,0 +1,243 @@
+//! Prefetch and background fetch of a mounted layer.
+//!
+//! Prefetch reads the prioritized region (the compressed bytes before the
+//! `.prefetch.landmark`, or the label's/config's size for layers without
+//! landmarks) as one range read, then decodes and caches every chunk in it,
+//! so the prioritized files read with no further fetch. Background fetch
+//! then walks the rest of the layer chunk by chunk at the lowest priority:
+//! the registry's priority gate lets on-demand reads overtake it, and a
+//! semaphore shared by all layers bounds how many chunks are in flight.
+
+use std::io;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rstargz_fs::estargz::{Chunk, Ino, Prefetch};
+use rstargz_fs::layer::{BlobSource, LayerReader, Purpose};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// When an application last waited for the registry.
+#[derive(Debug, Default)]
+pub struct Activity {
+    last_on_demand: Mutex<Option<Instant>>,
+}
+
+impl Activity {
+    /// Records an on-demand registry read starting now.
+    pub fn on_demand(&self) {
+        if let Ok(mut t) = self.last_on_demand.lock() {
+            *t = Some(Instant::now());
+        }
+    }
+
+    fn last(&self) -> Option<Instant> {
+        self.last_on_demand.lock().ok().and_then(|t| *t)
+    }
+}
+
+/// Bounds of background fetching over all layers.
+#[derive(Debug)]
+pub struct BackgroundLimits {
+    permits: Arc<Semaphore>,
+    bytes_per_sec: u64,
+    silence: Duration,
+    next_slot: tokio::sync::Mutex<Instant>,
+    activity: Arc<Activity>,
+}
+
+impl BackgroundLimits {
+    /// `concurrency` chunks in flight, `bytes_per_sec` (0: unbounded), and
+    /// no new background chunk until `silence` has passed since the last
+    /// on-demand read recorded in `activity`.
+    pub fn new(
+        concurrency: usize,
+        bytes_per_sec: u64,
+        silence: Duration,
+        activity: Arc<Activity>,
+    ) -> Self {
+        BackgroundLimits {
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            bytes_per_sec,
+            silence,
+            next_slot: tokio::sync::Mutex::new(Instant::now()),
+            activity,
+        }
+    }
+
+    /// Waits until a chunk of `bytes` compressed bytes may be fetched.
+    pub async fn wait_turn(&self, bytes: u64) {
+        while let Some(last) = self.activity.last() {
+            let quiet = last.elapsed();
+            if quiet >= self.silence {
+                break;
+            }
+            tokio::time::sleep(self.silence - quiet).await;
+        }
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        let start = {
+            let mut next = self.next_slot.lock().await;
+            let start = (*next).max(Instant::now());
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
+/// A source that can hold one prefetched range in memory and serves reads
+/// inside it without touching `inner`.
+pub struct BufferedSource {
+    inner: Arc<dyn BlobSource>,
+    buffer: RwLock<Option<(u64, Bytes)>>,
+}
+
+impl BufferedSource {
+    /// Wraps `inner` with an empty buffer.
+    pub fn new(inner: Arc<dyn BlobSource>) -> Self {
+        BufferedSource {
+            inner,
+            buffer: RwLock::new(None),
+        }
+    }
+
+    fn set(&self, buffer: Option<(u64, Bytes)>) {
+        if let Ok(mut b) = self.buffer.write() {
+            *b = buffer;
+        }
+    }
+
+    fn slice(&self, range: &Range<u64>) -> Option<Bytes> {
+        let b = self.buffer.read().ok()?;
+        let (start, bytes) = b.as_ref()?;
+        let end = start + bytes.len() as u64;
+        (range.start >= *start && range.end <= end)
+            .then(|| bytes.slice((range.start - start) as usize..(range.end - start) as usize))
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobSource for BufferedSource {
+    async fn read_range(&self, range: Range<u64>, purpose: Purpose) -> io::Result<Bytes> {
+        match self.slice(&range) {
+            Some(bytes) => Ok(bytes),
+            None => self.inner.read_range(range, purpose).await,
+        }
+    }
+
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+}
+
+/// Every non-hole chunk of the layer, in blob order.
+fn all_chunks(layer: &LayerReader) -> Vec<(Ino, Chunk)> {
+    let index = layer.index();
+    let mut out: Vec<(Ino, Chunk)> = (1..=index.len() as Ino)
+        .flat_map(|ino| {
+            index
+                .chunks(ino)
+                .iter()
+                .filter(|c| !c.is_zeros())
+                .map(move |c| (ino, c.clone()))
+        })
+        .collect();
+    out.sort_by_key(|(_, c)| c.compressed_range().start);
+    // Hard links share chunks: fetch each compressed range once.
+    out.dedup_by_key(|(_, c)| c.compressed_range().start);
+    out
+}
+
+/// The compressed prefix to prefetch: the landmark's, else `default_size`.
+pub fn prefetch_end(layer: &LayerReader, default_size: u64) -> u64 {
+    match layer.index().prefetch() {
+        Prefetch::Range { end } => end,
+        Prefetch::Disabled => 0,
+        Prefetch::Unknown => default_size.min(layer.blob_size()),
+    }
+}
+
+/// Fetches `[0, end)` in one range read and caches every chunk inside it.
+/// Returns the number of chunks cached.
+pub async fn prefetch(layer: &LayerReader, source: &BufferedSource, end: u64) -> io::Result<usize> {
+    if end == 0 {
+        return Ok(0);
+    }
+    let chunks: Vec<(Ino, Chunk)> = all_chunks(layer)
+        .into_iter()
+        .filter(|(_, c)| c.compressed_range().end <= end)
+        .collect();
+    let Some(last) = chunks.iter().map(|(_, c)| c.compressed_range().end).max() else {
+        return Ok(0);
+    };
+    let bytes = source.inner.read_range(0..last, Purpose::Prefetch).await?;
+    source.set(Some((0, bytes)));
+    let mut cached = 0;
+    for (ino, chunk) in &chunks {
+        match layer.chunk(*ino, chunk, Purpose::Prefetch).await {
+            Ok(_) => cached += 1,
+            Err(e) => tracing::warn!(ino, error = %e, "prefetched chunk failed"),
+        }
+    }
+    source.set(None);
+    Ok(cached)
+}
+
+/// Fetches every chunk not yet cached at background priority within `limits`.
+pub async fn background_fetch(layer: Arc<LayerReader>, limits: Arc<BackgroundLimits>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (ino, chunk) in all_chunks(&layer) {
+        let range = chunk.compressed_range();
+        let Ok(permit) = limits.permits.clone().acquire_owned().await else {
+            return;
+        };
+        limits.wait_turn(range.end - range.start).await;
+        let layer = layer.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = layer.chunk(ino, &chunk, Purpose::Background).await {
+                tracing::debug!(ino, error = %e, "background fetch of a chunk failed");
+            }
+        });
+        // Reap finished tasks so the set stays small.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn background_turns_respect_bandwidth_and_silence() {
+        let activity = Arc::new(Activity::default());
+        let limits =
+            BackgroundLimits::new(2, 1 << 20, Duration::from_millis(500), activity.clone());
+        let start = Instant::now();
+        for _ in 0..3 {
+            limits.wait_turn(1 << 20).await;
+        }
+        // Three 1 MiB turns at 1 MiB/s: the third starts after two seconds.
+        assert!(
+            start.elapsed() >= Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(start.elapsed() < Duration::from_millis(2100));
+
+        let unbounded = BackgroundLimits::new(2, 0, Duration::from_millis(500), activity.clone());
+        activity.on_demand();
+        let start = Instant::now();
+        unbounded.wait_turn(1 << 30).await;
+        // Paused until the application has been quiet for the silence period.
+        assert!(start.elapsed() >= Duration::from_millis(500));
+        let start = Instant::now();
+        unbounded.wait_turn(1 << 30).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+}

@@ -1,0 +1,590 @@
+//! [`StargzFs`]: the [`RemoteFs`] of eStargz layers in registries.
+//!
+//! Mount: labels → layer source → registry blob → verified TOC → FUSE mount.
+//! Per layer, `<root>/layers/<layer digest>/` keeps the footer and TOC reads
+//! and `meta.json` (blob size), written atomically at first mount, so the
+//! same layer mounts again (restore) without reaching the registry; its
+//! chunks then come from the chunk cache or, once it is back, the registry.
+//! Every decline carries a plain-words reason (see [`DeclineReason`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rstargz_fs::cache::{ChunkCache, ChunkCacheConfig, DiskCache, FileStore};
+use rstargz_fs::estargz::{self, OpenOptions, Verify};
+use rstargz_fs::fuse::{self, MountHandle, MountOptions};
+use rstargz_fs::layer::{BlobSource, LayerError, LayerReader};
+use rstargz_fs::registry::{LayerSource, Registry, RegistryError, layer_source_from_labels};
+use serde::{Deserialize, Serialize};
+
+use super::config::RemoteConfig;
+use super::prefetch::{self, Activity, BackgroundLimits, BufferedSource};
+use super::source::{RegistryBlob, TocCachedSource, write_atomically};
+use super::{BoxFuture, RemoteError};
+use crate::snapshot::Labels;
+
+/// Why a layer was not mounted remotely (counted in metrics, logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeclineReason {
+    /// Remote mounts are switched off in the config.
+    Disabled,
+    /// The labels name no registry source.
+    NoSource,
+    /// No `toc.digest` annotation and verification not waived.
+    NoTocDigest,
+    /// The blob is not eStargz (no footer or TOC).
+    NotEstargz,
+    /// The TOC does not match the annotation.
+    TocDigestMismatch,
+    /// The registry refused the credentials.
+    AuthRefused,
+    /// The registry could not be reached or failed.
+    RegistryUnreachable,
+    /// Mounting FUSE failed.
+    MountFailed,
+}
+
+impl DeclineReason {
+    /// Plain words for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disabled => "remote snapshots disabled",
+            Self::NoSource => "no registry source in labels",
+            Self::NoTocDigest => "no TOC digest annotation",
+            Self::NotEstargz => "not eStargz",
+            Self::TocDigestMismatch => "TOC digest mismatch",
+            Self::AuthRefused => "auth refused",
+            Self::RegistryUnreachable => "registry unreachable",
+            Self::MountFailed => "FUSE mount failed",
+        }
+    }
+
+    fn decline(self, detail: impl std::fmt::Display) -> Declined {
+        Declined(self, detail.to_string())
+    }
+}
+
+/// A decline with its reason and details.
+#[derive(Debug)]
+struct Declined(DeclineReason, String);
+
+fn registry_reason(e: &RegistryError) -> DeclineReason {
+    match e {
+        RegistryError::Unauthorized { .. }
+        | RegistryError::Forbidden { .. }
+        | RegistryError::Credentials { .. } => DeclineReason::AuthRefused,
+        _ => DeclineReason::RegistryUnreachable,
+    }
+}
+
+fn layer_reason(e: &LayerError) -> DeclineReason {
+    match e {
+        LayerError::Source { .. } => DeclineReason::RegistryUnreachable,
+        LayerError::Format(estargz::Error::TocDigestMismatch { .. }) => {
+            DeclineReason::TocDigestMismatch
+        }
+        _ => DeclineReason::NotEstargz,
+    }
+}
+
+/// What `meta.json` of a layer's state directory records.
+#[derive(Debug, Serialize, Deserialize)]
+struct LayerMeta {
+    blob_size: u64,
+    reference: String,
+    digest: String,
+}
+
+/// A mounted layer.
+struct Mounted {
+    handle: MountHandle,
+    blob: Arc<RegistryBlob>,
+    layer: Arc<LayerReader>,
+    /// Prefetch and background fetch; stopped with the mount.
+    fetcher: Option<AbortOnDrop>,
+    /// The layer's state directory (TOC copies).
+    state: PathBuf,
+    /// Device number of the mount (finds it after its directory moved).
+    dev: Option<u64>,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The counters of one mounted layer.
+pub struct MountedStats {
+    /// The layer (fetch and verification counters).
+    pub layer: Arc<LayerReader>,
+    /// Its FUSE operation counters.
+    pub fuse: Arc<rstargz_fs::fuse::FuseStats>,
+}
+
+/// Counters of remote mounts.
+#[derive(Debug, Default)]
+pub struct RemoteMetrics {
+    /// Declines by reason.
+    pub declined: Mutex<BTreeMap<&'static str, u64>>,
+    /// Successful mounts.
+    pub mounted: std::sync::atomic::AtomicU64,
+}
+
+/// eStargz layers from registries, mounted with FUSE.
+pub struct StargzFs {
+    registry: Registry,
+    cache: Arc<ChunkCache>,
+    files: Option<Arc<FileStore>>,
+    layers_dir: PathBuf,
+    config: RemoteConfig,
+    mounts: Mutex<HashMap<PathBuf, Mounted>>,
+    metrics: RemoteMetrics,
+    background: Arc<BackgroundLimits>,
+    activity: Arc<Activity>,
+    remount: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for StargzFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StargzFs")
+            .field("layers_dir", &self.layers_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors setting up [`StargzFs`].
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The registry client could not be built.
+    #[error("registry client: {0}")]
+    Registry(#[from] RegistryError),
+    /// A cache directory could not be opened.
+    #[error("cache: {0}")]
+    Cache(#[from] rstargz_fs::cache::DiskCacheError),
+}
+
+impl StargzFs {
+    /// Sets up caches under `root` (unless the config names a directory).
+    pub fn new(root: &Path, config: RemoteConfig) -> Result<StargzFs, SetupError> {
+        let registry = Registry::new(config.registry_config())?;
+        let cache_dir = config
+            .directory_cache
+            .dir
+            .clone()
+            .unwrap_or_else(|| root.join("cache"));
+        let disk = DiskCache::open(cache_dir.join("chunks"), config.directory_cache.max_bytes)?;
+        let files = if config.fuse.passthrough {
+            Some(Arc::new(FileStore::open(
+                cache_dir.join("files"),
+                config.directory_cache.max_bytes,
+            )?))
+        } else {
+            None
+        };
+        let cache = ChunkCache::new(
+            &ChunkCacheConfig {
+                memory_bytes: config.directory_cache.memory_bytes,
+            },
+            Some(Arc::new(disk)),
+        );
+        let activity = Arc::new(Activity::default());
+        Ok(StargzFs {
+            registry,
+            cache: Arc::new(cache),
+            files,
+            layers_dir: root.join("layers"),
+            mounts: Mutex::new(HashMap::new()),
+            metrics: RemoteMetrics::default(),
+            background: Arc::new(BackgroundLimits::new(
+                config.max_concurrency,
+                config.background_fetch.max_bytes_per_sec,
+                Duration::from_millis(config.background_fetch.silence_period_msec),
+                activity.clone(),
+            )),
+            activity,
+            remount: tokio::sync::Mutex::new(()),
+            config,
+        })
+    }
+
+    /// Counters of mounts and declines.
+    pub fn metrics(&self) -> &RemoteMetrics {
+        &self.metrics
+    }
+
+    /// The registry client (its fetch metrics).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The shared chunk cache.
+    pub fn cache(&self) -> &Arc<ChunkCache> {
+        &self.cache
+    }
+
+    fn count_decline(&self, reason: DeclineReason) {
+        if let Ok(mut m) = self.metrics.declined.lock() {
+            *m.entry(reason.as_str()).or_default() += 1;
+        }
+    }
+
+    fn open_options(&self, source: &LayerSource) -> Result<OpenOptions, Declined> {
+        let mut opts = OpenOptions::default();
+        if self.config.disable_verification {
+            opts.verify = Verify::Disabled;
+            return Ok(opts);
+        }
+        match &source.toc_digest {
+            Some(d) => {
+                opts.expected_toc_digest = Some(
+                    estargz::Digest::parse(d.as_str())
+                        .map_err(|e| DeclineReason::NoTocDigest.decline(e))?,
+                );
+            }
+            None if source.skip_verify_requested && self.config.allow_no_verification => {
+                tracing::warn!(layer = %source.layer.digest, "mounting without verification (skipverify label)");
+                opts.verify = Verify::Disabled;
+            }
+            None => return Err(DeclineReason::NoTocDigest.decline(&source.layer.digest)),
+        }
+        Ok(opts)
+    }
+
+    async fn mount_layer(&self, mountpoint: &Path, labels: &Labels) -> Result<(), Declined> {
+        if self.config.disable_remote {
+            return Err(DeclineReason::Disabled.decline("disable_remote = true"));
+        }
+        let labels: HashMap<String, String> =
+            labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let source =
+            layer_source_from_labels(&labels).map_err(|e| DeclineReason::NoSource.decline(e))?;
+        let opts = self.open_options(&source)?;
+        let state = self
+            .layers_dir
+            .join(source.layer.digest.as_str().replace(':', "-"));
+        let meta_path = state.join("meta.json");
+        let known = tokio::fs::read(&meta_path)
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice::<LayerMeta>(&b).ok());
+        let blob = match known {
+            Some(meta) => RegistryBlob::lazy(
+                self.registry.clone(),
+                source.clone(),
+                meta.blob_size,
+                self.activity.clone(),
+            ),
+            None => {
+                RegistryBlob::connect(self.registry.clone(), source.clone(), self.activity.clone())
+                    .await
+                    .map_err(|e| registry_reason(&e).decline(e))?
+            }
+        };
+        let blob = Arc::new(blob);
+        let cached: Arc<dyn BlobSource> = Arc::new(TocCachedSource::new(
+            blob.clone() as Arc<dyn BlobSource>,
+            state.clone(),
+        ));
+        let buffered = Arc::new(BufferedSource::new(cached));
+        let layer = LayerReader::open(buffered.clone(), self.cache.clone(), &opts)
+            .await
+            .map_err(|e| layer_reason(&e).decline(e))?;
+        let meta = LayerMeta {
+            blob_size: layer.blob_size(),
+            reference: source.reference.to_string(),
+            digest: source.layer.digest.to_string(),
+        };
+        if let Ok(json) = serde_json::to_vec_pretty(&meta)
+            && let Err(e) = write_atomically(&meta_path, &json).await
+        {
+            tracing::warn!(path = %meta_path.display(), error = %e, "cannot record layer metadata");
+        }
+        let layer = Arc::new(layer);
+        let handle = self.mount_fuse(mountpoint, layer.clone()).await?;
+        let dev = {
+            use std::os::unix::fs::MetadataExt;
+            let at = mountpoint.to_path_buf();
+            tokio::task::spawn_blocking(move || std::fs::metadata(at).map(|m| m.dev()))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        };
+        let default_prefetch = source.prefetch_size.unwrap_or(self.config.prefetch_size);
+        let fetcher = self
+            .start_fetching(layer.clone(), buffered, default_prefetch)
+            .await;
+        self.metrics
+            .mounted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut m) = self.mounts.lock() {
+            m.insert(
+                mountpoint.to_path_buf(),
+                Mounted {
+                    handle,
+                    blob,
+                    layer,
+                    fetcher,
+                    state,
+                    dev,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts prefetch then background fetch (as configured) and waits up
+    /// to `prefetch_timeout_sec` for the prefetch.
+    async fn start_fetching(
+        &self,
+        layer: Arc<LayerReader>,
+        buffered: Arc<BufferedSource>,
+        default_prefetch: u64,
+    ) -> Option<AbortOnDrop> {
+        let end = if self.config.noprefetch {
+            0
+        } else {
+            prefetch::prefetch_end(&layer, default_prefetch)
+        };
+        let background = !self.config.no_background_fetch;
+        if end == 0 && !background {
+            return None;
+        }
+        let limit = self.background.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            match prefetch::prefetch(&layer, &buffered, end).await {
+                Ok(chunks) if chunks > 0 => tracing::debug!(bytes = end, chunks, "prefetched"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "prefetch failed"),
+            }
+            let _ = done_tx.send(());
+            if background {
+                prefetch::background_fetch(layer, limit).await;
+            }
+        });
+        let wait = Duration::from_secs(self.config.prefetch_timeout_sec);
+        if end > 0 && tokio::time::timeout(wait, done_rx).await.is_err() {
+            tracing::info!(
+                timeout_sec = wait.as_secs(),
+                "prefetch still running; Prepare returns without it"
+            );
+        }
+        Some(AbortOnDrop(task))
+    }
+
+    async fn mount_fuse(
+        &self,
+        mountpoint: &Path,
+        layer: Arc<LayerReader>,
+    ) -> Result<MountHandle, Declined> {
+        let mut opts = MountOptions {
+            runtime: Some(tokio::runtime::Handle::current()),
+            passthrough: self.files.clone(),
+            ..MountOptions::default()
+        };
+        if let Some(s) = self.config.fuse.attr_timeout {
+            opts.attr_ttl = Duration::from_secs(s);
+        }
+        if let Some(s) = self.config.fuse.entry_timeout {
+            opts.entry_ttl = Duration::from_secs(s);
+        }
+        let at = mountpoint.to_path_buf();
+        tokio::task::spawn_blocking(move || fuse::mount(&at, layer, opts))
+            .await
+            .map_err(|e| DeclineReason::MountFailed.decline(e))?
+            .map_err(|e| DeclineReason::MountFailed.decline(e))
+    }
+
+    /// The layer mounted at `mountpoint`, if any.
+    pub fn layer_at(&self, mountpoint: &Path) -> Option<Arc<LayerReader>> {
+        self.mounts
+            .lock()
+            .ok()?
+            .get(mountpoint)
+            .map(|m| m.layer.clone())
+    }
+
+    /// Counters of every mounted layer.
+    pub fn mounted(&self) -> Vec<MountedStats> {
+        self.mounts.lock().map_or_else(
+            |_| Vec::new(),
+            |m| {
+                m.values()
+                    .map(|m| MountedStats {
+                        layer: m.layer.clone(),
+                        fuse: m.handle.stats().clone(),
+                    })
+                    .collect()
+            },
+        )
+    }
+
+    /// Declines so far, by reason.
+    pub fn declines(&self) -> Vec<(&'static str, u64)> {
+        self.metrics.declined.lock().map_or_else(
+            |_| Vec::new(),
+            |m| m.iter().map(|(k, v)| (*k, *v)).collect(),
+        )
+    }
+
+    fn mounted_blob(&self, mountpoint: &Path) -> Option<Arc<RegistryBlob>> {
+        self.mounts
+            .lock()
+            .ok()?
+            .get(mountpoint)
+            .map(|m| m.blob.clone())
+    }
+
+    /// Checks the layer; a layer that is not mounted (its restore failed)
+    /// is mounted now if possible, so it heals once its registry is back.
+    async fn check_layer(&self, mountpoint: &Path, labels: &Labels) -> Result<(), RemoteError> {
+        let blob = match self.mounted_blob(mountpoint) {
+            Some(blob) => blob,
+            None => {
+                // One remount at a time: two at once would stack two mounts.
+                let _guard = self.remount.lock().await;
+                if self.mounted_blob(mountpoint).is_none() {
+                    self.mount_layer(mountpoint, labels).await.map_err(
+                        |Declined(reason, detail)| {
+                            RemoteError::Unavailable(format!(
+                                "layer not mounted ({}: {detail})",
+                                reason.as_str()
+                            ))
+                        },
+                    )?;
+                    tracing::info!(mountpoint = %mountpoint.display(), "remote layer mounted again");
+                    return Ok(());
+                }
+                self.mounted_blob(mountpoint).ok_or_else(|| {
+                    RemoteError::Unavailable(format!("no layer at {}", mountpoint.display()))
+                })?
+            }
+        };
+        blob.check(self.config.check_validity())
+            .await
+            .map_err(|e| RemoteError::Unavailable(e.to_string()))
+    }
+
+    /// Deletes a layer's TOC copies once no mounted snapshot uses the layer
+    /// (snapshots of the same layer in other chains share them).
+    async fn forget_state(&self, state: &Path) {
+        let shared = self
+            .mounts
+            .lock()
+            .map_or(true, |m| m.values().any(|m| m.state == state));
+        if shared {
+            return;
+        }
+        if let Err(e) = tokio::fs::remove_dir_all(state).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %state.display(), error = %e, "cannot delete layer state");
+        }
+    }
+
+    /// Takes the layer mounted at `mountpoint` out of the map. The core may
+    /// have renamed the snapshot directory since the mount (Remove moves it
+    /// aside before deleting), so a path not in the map is matched by the
+    /// device of the mount found there.
+    fn take_mounted(&self, mountpoint: &Path) -> Option<(PathBuf, Mounted)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut mounts = self.mounts.lock().ok()?;
+        if let Some(m) = mounts.remove(mountpoint) {
+            return Some((mountpoint.to_path_buf(), m));
+        }
+        let dev = std::fs::metadata(mountpoint).ok()?.dev();
+        let key = mounts
+            .iter()
+            .find(|(_, m)| m.dev == Some(dev))
+            .map(|(k, _)| k.clone())?;
+        mounts.remove(&key).map(|m| (key, m))
+    }
+
+    async fn unmount_layer(&self, mountpoint: &Path) -> Result<(), RemoteError> {
+        let Some((key, mut mounted)) = self.take_mounted(mountpoint) else {
+            return Ok(());
+        };
+        // No more fetching for a layer on its way out.
+        drop(mounted.fetcher.take());
+        // A mount still busy with the last reads of a removed container
+        // usually frees up within moments.
+        let mut delay = Duration::from_millis(20);
+        let mut last_error = String::new();
+        for attempt in 0..7 {
+            if attempt > 0 {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            let at = mountpoint.to_path_buf();
+            let (result, back) = tokio::task::spawn_blocking(move || {
+                // Unmount where the mount is now; the handle then only
+                // waits for its workers (its own path may be stale).
+                let r = match nix::mount::umount(&at) {
+                    Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {
+                        mounted.handle.unmount().map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                (r, mounted)
+            })
+            .await
+            .map_err(|e| RemoteError::Failed {
+                context: "unmount task".into(),
+                source: e.into(),
+            })?;
+            mounted = back;
+            match result {
+                Ok(()) => {
+                    self.forget_state(&mounted.state).await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "unmount busy; retrying");
+                    last_error = e;
+                }
+            }
+        }
+        if let Ok(mut m) = self.mounts.lock() {
+            m.insert(key, mounted);
+        }
+        Err(RemoteError::Failed {
+            context: format!("unmount {}", mountpoint.display()),
+            source: last_error.into(),
+        })
+    }
+}
+
+impl super::RemoteFs for StargzFs {
+    fn mount<'a>(
+        &'a self,
+        mountpoint: &'a Path,
+        labels: &'a Labels,
+    ) -> BoxFuture<'a, Result<(), RemoteError>> {
+        Box::pin(async move {
+            self.mount_layer(mountpoint, labels)
+                .await
+                .map_err(|Declined(reason, detail)| {
+                    self.count_decline(reason);
+                    RemoteError::Declined(format!("{}: {detail}", reason.as_str()))
+                })
+        })
+    }
+
+    fn check<'a>(
+        &'a self,
+        mountpoint: &'a Path,
+        labels: &'a Labels,
+    ) -> BoxFuture<'a, Result<(), RemoteError>> {
+        Box::pin(self.check_layer(mountpoint, labels))
+    }
+
+    fn unmount<'a>(&'a self, mountpoint: &'a Path) -> BoxFuture<'a, Result<(), RemoteError>> {
+        Box::pin(self.unmount_layer(mountpoint))
+    }
+}
