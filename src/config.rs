@@ -50,9 +50,14 @@ pub struct Config {
     pub log_level: Option<String>,
     /// Snapshotter behaviour.
     pub snapshotter: SnapshotterConfig,
-    /// Remote layers (top-level keys and sections, as the Go reference).
-    #[serde(flatten)]
+    /// Remote layers (top-level keys and sections, as the Go reference);
+    /// read from the same table by [`Config::parse`].
+    #[serde(skip)]
     pub remote: crate::remote::RemoteConfig,
+    /// Keys of the file that no setting reads (typos, other versions' keys),
+    /// reported as warnings rather than silently dropped.
+    #[serde(skip)]
+    pub unknown_keys: Vec<String>,
 }
 
 /// `[snapshotter]`.
@@ -101,13 +106,91 @@ impl Config {
 
     /// Parses TOML text.
     pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
-        toml::from_str(text)
+        // The daemon's keys and the remote-layer keys share one namespace (as
+        // in the Go reference), so each half reads the whole table and a key
+        // is unknown only when neither half reads it.
+        let table: toml::Table = text.parse()?;
+        let mut core_ignored = Vec::new();
+        let mut config: Config =
+            serde_ignored::deserialize(toml::Value::Table(table.clone()), |path| {
+                core_ignored.push(path.to_string())
+            })?;
+        let mut remote_ignored = Vec::new();
+        config.remote = serde_ignored::deserialize(toml::Value::Table(table), |path| {
+            remote_ignored.push(path.to_string())
+        })?;
+        let ignored_by = |ignored: &[String], key: &str| {
+            ignored
+                .iter()
+                .any(|i| key == i || key.starts_with(&format!("{i}.")))
+        };
+        let mut unknown: Vec<String> = core_ignored
+            .iter()
+            .filter(|k| ignored_by(&remote_ignored, k))
+            .chain(
+                remote_ignored
+                    .iter()
+                    .filter(|k| ignored_by(&core_ignored, k)),
+            )
+            .cloned()
+            .collect();
+        unknown.sort();
+        unknown.dedup();
+        config.unknown_keys = unknown;
+        Ok(config)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_keys_are_reported() {
+        let c = Config::parse(
+            "prefetch_szie = 1\n[snapshotter]\nasync_remov = true\n[blob]\nmax_retries = 2\nmax_retrys = 3\n",
+        );
+        let Ok(c) = c else { panic!("parse: {c:?}") };
+        let mut keys = c.unknown_keys.clone();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "blob.max_retrys",
+                "prefetch_szie",
+                "snapshotter.async_remov"
+            ]
+        );
+    }
+
+    /// The README's configuration reference must stay valid: every key in its
+    /// TOML block is one the daemon reads.
+    #[test]
+    fn readme_configuration_block_is_all_known_keys() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("## Configuration")
+            .nth(1)
+            .expect("README has a Configuration section");
+        let block = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("Configuration section has a toml block");
+        let c = Config::parse(block);
+        let Ok(c) = c else {
+            panic!("README config does not parse: {c:?}")
+        };
+        assert!(
+            c.unknown_keys.is_empty(),
+            "README names unknown keys: {:?}",
+            c.unknown_keys
+        );
+        assert!(
+            c.remote.metrics_address.is_some(),
+            "block was parsed, not skipped"
+        );
+    }
 
     #[test]
     fn empty_and_full_configs() {
