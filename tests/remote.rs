@@ -324,6 +324,21 @@ async fn remote_layers_mount_lazily_and_stack_with_overlay() {
         state, 0,
         "layer state (TOC copies) deleted with the last user"
     );
+    // Counters keep what unmounted layers counted (Prometheus counters
+    // never go backwards).
+    let before = text;
+    let after = scrape(&metrics);
+    assert_eq!(sample(&after, "rstargz_mounted_layers"), 0.0);
+    for series in [
+        "rstargz_fuse_operations_total{op=\"read\"}",
+        "rstargz_fuse_operations_total{op=\"lookup\"}",
+        "rstargz_fuse_async_read_seconds_count",
+    ] {
+        assert!(
+            sample(&after, series) >= sample(&before, series),
+            "{series} went down after unmount: {after}"
+        );
+    }
     daemon.stop();
 }
 

@@ -122,15 +122,26 @@ impl Default for BlobSection {
 }
 
 /// `[fuse]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct FuseSection {
     /// Attribute TTL (s); layers are immutable, so the default is long.
     pub attr_timeout: Option<u64>,
     /// Entry TTL (s).
     pub entry_timeout: Option<u64>,
-    /// Kernel FUSE passthrough for fully cached large files.
+    /// Kernel FUSE passthrough for fully cached large files. On by default:
+    /// a mount whose kernel refuses it falls back to normal reads by itself.
     pub passthrough: bool,
+}
+
+impl Default for FuseSection {
+    fn default() -> Self {
+        FuseSection {
+            attr_timeout: None,
+            entry_timeout: None,
+            passthrough: true,
+        }
+    }
 }
 
 /// `[directory_cache]` (our own keys: the Go reference's are specific to

@@ -121,13 +121,20 @@ pub fn render(fs: &StargzFs) -> String {
         "Layers mounted now.",
         &[("", layers.len() as u64)],
     );
+    let retired = fs.retired();
     let sum = |f: &dyn Fn(&super::stargz::MountedStats) -> u64| layers.iter().map(f).sum::<u64>();
+    // FUSE totals: mounted layers plus those already unmounted.
+    let fuse_sum =
+        |f: &dyn Fn(&rstargz_fs::fuse::FuseStats) -> u64| sum(&|m| f(&m.fuse)) + f(&retired.fuse);
     family(
         &mut out,
         "rstargz_verification_failures_total",
         "counter",
-        "Chunks that failed to decode or verify (mounted layers).",
-        &[("", sum(&|m| load(&m.layer.stats().bad_chunks)))],
+        "Chunks that failed to decode or verify.",
+        &[(
+            "",
+            sum(&|m| load(&m.layer.stats().bad_chunks)) + load(&retired.bad_chunks),
+        )],
     );
     let ops: [(&str, FuseCounter); 6] = [
         ("lookup", |s| s.lookups.load(Ordering::Relaxed)),
@@ -141,27 +148,27 @@ pub fn render(fs: &StargzFs) -> String {
     ];
     let op_samples: Vec<(String, u64)> = ops
         .iter()
-        .map(|(name, get)| (format!("op=\"{name}\""), sum(&|m| get(&m.fuse))))
+        .map(|(name, get)| (format!("op=\"{name}\""), fuse_sum(get)))
         .collect();
     family(
         &mut out,
         "rstargz_fuse_operations_total",
         "counter",
-        "FUSE operations (mounted layers).",
+        "FUSE operations.",
         &op_samples,
     );
-    let nanos = sum(&|m| load(&m.fuse.async_read_nanos));
+    let nanos = fuse_sum(&|f| load(&f.async_read_nanos));
     let name = "rstargz_fuse_async_read_seconds";
     let _ = writeln!(
         out,
-        "# HELP {name} Latency of FUSE reads that waited for a fetch or decode (mounted layers).\n# TYPE {name} histogram"
+        "# HELP {name} Latency of FUSE reads that waited for a fetch or decode.\n# TYPE {name} histogram"
     );
     let mut cumulative = 0;
     for (i, bound) in READ_LATENCY_BUCKETS.iter().enumerate() {
-        cumulative += sum(&|m| load(&m.fuse.async_read_buckets[i]));
+        cumulative += fuse_sum(&|f| load(&f.async_read_buckets[i]));
         let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
     }
-    cumulative += sum(&|m| load(&m.fuse.async_read_buckets[READ_LATENCY_BUCKETS.len()]));
+    cumulative += fuse_sum(&|f| load(&f.async_read_buckets[READ_LATENCY_BUCKETS.len()]));
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
     let _ = writeln!(out, "{name}_sum {}", nanos as f64 / 1e9);
     let _ = writeln!(out, "{name}_count {cumulative}");

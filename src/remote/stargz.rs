@@ -148,6 +148,18 @@ pub struct StargzFs {
     background: Arc<BackgroundLimits>,
     activity: Arc<Activity>,
     remount: tokio::sync::Mutex<()>,
+    /// Counters of layers already unmounted, so the totals exported as
+    /// Prometheus counters never decrease.
+    retired: Retired,
+}
+
+/// Final counts of unmounted layers.
+#[derive(Debug, Default)]
+pub struct Retired {
+    /// FUSE operation counters.
+    pub fuse: rstargz_fs::fuse::FuseStats,
+    /// Chunks that failed to decode or verify.
+    pub bad_chunks: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for StargzFs {
@@ -209,6 +221,7 @@ impl StargzFs {
             )),
             activity,
             remount: tokio::sync::Mutex::new(()),
+            retired: Retired::default(),
             config,
         })
     }
@@ -425,6 +438,18 @@ impl StargzFs {
         )
     }
 
+    /// Counts of layers no longer mounted (add them to [`Self::mounted`]'s).
+    pub fn retired(&self) -> &Retired {
+        &self.retired
+    }
+
+    fn retire(&self, mounted: &Mounted) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.retired.fuse.absorb(mounted.handle.stats());
+        let bad = mounted.layer.stats().bad_chunks.load(Relaxed);
+        self.retired.bad_chunks.fetch_add(bad, Relaxed);
+    }
+
     /// Declines so far, by reason.
     pub fn declines(&self) -> Vec<(&'static str, u64)> {
         self.metrics.declined.lock().map_or_else(
@@ -541,6 +566,7 @@ impl StargzFs {
             mounted = back;
             match result {
                 Ok(()) => {
+                    self.retire(&mounted);
                     self.forget_state(&mounted.state).await;
                     return Ok(());
                 }

@@ -114,6 +114,37 @@ pub struct FuseStats {
     pub max_read_request: AtomicU64,
 }
 
+impl FuseStats {
+    /// Adds the counts of `other` (a mount that is going away) to these, so
+    /// that totals summed over mounts never go backwards.
+    pub fn absorb(&self, other: &FuseStats) {
+        let add = |to: &AtomicU64, from: &AtomicU64| {
+            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        };
+        add(&self.lookups, &other.lookups);
+        add(&self.getattrs, &other.getattrs);
+        add(&self.readdirs, &other.readdirs);
+        add(&self.opens, &other.opens);
+        add(&self.reads_inline, &other.reads_inline);
+        add(&self.reads_async, &other.reads_async);
+        add(&self.read_errors, &other.read_errors);
+        add(&self.read_timeouts, &other.read_timeouts);
+        add(&self.async_read_nanos, &other.async_read_nanos);
+        for (to, from) in self
+            .async_read_buckets
+            .iter()
+            .zip(&other.async_read_buckets)
+        {
+            add(to, from);
+        }
+        add(&self.passthrough_opens, &other.passthrough_opens);
+        self.max_read_request.fetch_max(
+            other.max_read_request.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+    }
+}
+
 /// The filesystem of one layer.
 pub struct LayerFs {
     layer: Arc<LayerReader>,
