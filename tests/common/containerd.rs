@@ -120,8 +120,29 @@ impl Containerd {
     }
 }
 
+impl Containerd {
+    /// Kills and deletes every task in every namespace: shims outlive
+    /// containerd, so a test failing mid-run would leave them (and their
+    /// containers and cgroups) behind.
+    fn kill_tasks(&self) {
+        let lines = |args: &[&str]| -> Vec<String> {
+            let out = self.run_tool("ctr", args);
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        };
+        for ns in lines(&["namespaces", "ls", "-q"]) {
+            for task in lines(&["--namespace", &ns, "tasks", "ls", "-q"]) {
+                let _ = self.run_tool("ctr", &["--namespace", &ns, "tasks", "delete", "-f", &task]);
+            }
+        }
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
+        self.kill_tasks();
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = std::time::Instant::now() + super::DEADLINE;
