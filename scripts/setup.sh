@@ -7,6 +7,8 @@ packages=(
   fuse3            # /dev/fuse userspace bits, fusermount3
   containerd runc  # end-to-end tests and the overlayfs benchmark baseline
   docker-registry  # a real OCI registry on 127.0.0.1 for tests
+  stargz-snapshotter  # ctr-remote (image rpull) for the containerd end-to-end test
+  busybox-static   # /bin/busybox, the end-to-end test image's shell
   apache2-utils    # htpasswd -B for the registry basic-auth tests
   e2fsprogs        # mkfs.ext4 for LCOW scratch disks
   qemu-utils       # qemu-img checks the VHDX we write

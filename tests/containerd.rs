@@ -9,73 +9,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
+use common::containerd::Containerd;
 use common::*;
 use rstargz_proto::snapshots as pb;
 use sha2::{Digest, Sha256};
-
-struct Containerd {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Containerd {
-    fn start(dir: &Path, snapshotter_socket: &Path) -> Containerd {
-        let socket = dir.join("containerd.sock");
-        let config = dir.join("containerd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = {root:?}\nstate = {state:?}\n\
-                 [grpc]\n  address = {socket:?}\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable = true\n\
-                 [proxy_plugins.stargz]\n  type = \"snapshot\"\n  address = {snap:?}\n",
-                root = dir.join("croot"),
-                state = dir.join("cstate"),
-                socket = socket,
-                snap = snapshotter_socket,
-            ),
-        )
-        .unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("containerd.log")).unwrap())
-            .spawn()
-            .expect("containerd is installed (scripts/setup.sh)");
-        let c = Containerd { child, socket };
-        wait_for("containerd socket", || {
-            std::os::unix::net::UnixStream::connect(&c.socket).is_ok()
-        });
-        c
-    }
-
-    /// Runs `ctr` against this containerd; returns stdout, asserting success.
-    fn ctr(&self, args: &[&str]) -> String {
-        let out = Command::new("ctr")
-            .arg("--address")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("ctr is installed (scripts/setup.sh)");
-        assert!(
-            out.status.success(),
-            "ctr {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
 
 fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(data)))
@@ -149,7 +87,7 @@ fn oci_image(dir: &Path) -> (PathBuf, String) {
 async fn containerd_uses_rstargz_as_proxy_snapshotter() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path());
-    let ctrd = Containerd::start(dir.path(), &d.socket);
+    let ctrd = Containerd::start(dir.path(), &d.socket, "stargz");
     let plugins = ctrd.ctr(&["plugins", "ls"]);
     assert!(
         plugins.lines().any(|l| l.contains("snapshotter")

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod containerd;
 pub mod vhdx_check;
 
 use std::collections::HashMap;
