@@ -113,22 +113,7 @@ fn check_mount(root: &Path, case: &str, ctx: &str, opaque: OpaqueXattr) {
         if e.kind == "hardlink" {
             continue;
         }
-        let ft = meta.file_type();
-        let ok = match e.kind.as_str() {
-            "reg" => ft.is_file(),
-            "dir" => ft.is_dir(),
-            "symlink" => ft.is_symlink(),
-            "char" => ft.is_char_device(),
-            "block" => ft.is_block_device(),
-            "fifo" => ft.is_fifo(),
-            _ => false,
-        };
-        assert!(ok, "{ctx}: type {ft:?}");
-        if e.kind != "symlink" {
-            assert_eq!(meta.mode() & 0o7777, e.mode, "{ctx}: mode");
-        }
-        assert_eq!(u64::from(meta.uid()), e.uid, "{ctx}: uid");
-        assert_eq!(u64::from(meta.gid()), e.gid, "{ctx}: gid");
+        assert_attrs(&ctx, &meta, e);
         assert_eq!(meta.mtime(), rounded_mtime(&e.mtime), "{ctx}: mtime");
         match e.kind.as_str() {
             "reg" => {

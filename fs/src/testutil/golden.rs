@@ -290,12 +290,34 @@ pub fn diff_id(blob: &[u8], zstd: bool) -> (String, u64) {
     (format!("sha256:{}", sha256_hex(&out)), out.len() as u64)
 }
 
+/// Asserts that `md` (of an entry seen through the kernel) has the file
+/// type, permissions and owner `e` expects. Hardlinks are checked by inode.
+pub fn assert_attrs(ctx: &str, md: &std::fs::Metadata, e: &ExpectedEntry) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let ft = md.file_type();
+    let kind_ok = match e.kind.as_str() {
+        "reg" => ft.is_file(),
+        "dir" => ft.is_dir(),
+        "symlink" => ft.is_symlink(),
+        "char" => ft.is_char_device(),
+        "block" => ft.is_block_device(),
+        "fifo" => ft.is_fifo(),
+        k => panic!("{ctx}: unexpected type {k}"),
+    };
+    assert!(kind_ok, "{ctx}: type {ft:?}, expected {}", e.kind);
+    if e.kind != "symlink" {
+        assert_eq!(md.mode() & 0o7777, e.mode, "{ctx}: mode");
+    }
+    assert_eq!(u64::from(md.uid()), e.uid, "{ctx}: uid");
+    assert_eq!(u64::from(md.gid()), e.gid, "{ctx}: gid");
+}
+
 /// Compares a directory tree (a mounted layer or an overlay of layers) with
 /// `case`'s expected entries through the kernel: type, permissions, owner,
 /// size, content, symlink target, device numbers and xattrs. Whiteout and
 /// opaque markers are skipped (an overlay consumes them).
 pub fn check_tree(root: &std::path::Path, case: &str) {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::os::unix::fs::MetadataExt;
     for e in effective_entries(&expected(case)) {
         if e.overlay.is_some() {
             continue;
@@ -304,27 +326,16 @@ pub fn check_tree(root: &std::path::Path, case: &str) {
         let ctx = format!("{case}: {rel}");
         let path = root.join(&rel);
         let md = std::fs::symlink_metadata(&path).unwrap_or_else(|err| panic!("{ctx}: {err}"));
-        let ft = md.file_type();
-        let kind_ok = match e.kind.as_str() {
-            "reg" | "hardlink" => ft.is_file(),
-            "dir" => ft.is_dir(),
-            "symlink" => ft.is_symlink(),
-            "char" => ft.is_char_device(),
-            "block" => ft.is_block_device(),
-            "fifo" => ft.is_fifo(),
-            k => panic!("{ctx}: unexpected type {k}"),
-        };
-        assert!(kind_ok, "{ctx}: type {ft:?}, expected {}", e.kind);
         if e.kind == "hardlink" {
+            assert!(
+                md.file_type().is_file(),
+                "{ctx}: hardlink to a regular file"
+            );
             let target = std::fs::symlink_metadata(root.join(clean(&e.linkname))).unwrap();
             assert_eq!(md.ino(), target.ino(), "{ctx}: hardlink shares the inode");
             continue;
         }
-        if e.kind != "symlink" {
-            assert_eq!(md.mode() & 0o7777, e.mode, "{ctx}: mode");
-        }
-        assert_eq!(u64::from(md.uid()), e.uid, "{ctx}: uid");
-        assert_eq!(u64::from(md.gid()), e.gid, "{ctx}: gid");
+        assert_attrs(&ctx, &md, &e);
         match e.kind.as_str() {
             "reg" => {
                 assert_eq!(md.len(), e.size, "{ctx}: size");
