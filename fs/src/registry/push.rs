@@ -53,28 +53,7 @@ impl Registry {
         }
         let host = self.push_host(reference)?;
         let scope = push_scope(&reference.repository);
-        let start = endpoint_url(&host, &format!("{}/blobs/uploads/", reference.repository))?;
-        let resp = self
-            .inner
-            .execute(&spec(&host, reference, &scope, false), |c| {
-                c.post(start.clone())
-                    .header(reqwest::header::CONTENT_LENGTH, 0)
-            })
-            .await?;
-        if resp.response.status() != StatusCode::ACCEPTED {
-            return Err(status_error(
-                &resp.response,
-                resp.response.status(),
-                reference,
-            ));
-        }
-        let mut location = header_str(&resp.response, reqwest::header::LOCATION)
-            .and_then(|l| start.join(l).ok())
-            .ok_or_else(|| RegistryError::Protocol {
-                host: host.host.clone(),
-                reason: "upload started without a Location".into(),
-            })?;
-        drop(resp);
+        let mut location = self.start_upload(&host, reference, &scope).await?;
         location
             .query_pairs_mut()
             .append_pair("digest", digest.as_str());
