@@ -20,6 +20,16 @@ use rstargz::image::{self, ConvertOptions, ImageError, ImageRef, Quiet, Store};
 use rstargz_fs::estargz::{Compression, WriterOptions};
 use rstargz_fs::registry::Reference;
 
+/// Converts `src` to `dst` quietly with the tests' options.
+async fn convert(
+    client: &rstargz_fs::registry::Registry,
+    src: &ImageRef,
+    dst: &ImageRef,
+    compression: Compression,
+) -> Result<image::ConvertReport, ImageError> {
+    image::convert(client, src, dst, &options(compression), Arc::new(Quiet)).await
+}
+
 fn options(compression: Compression) -> ConvertOptions {
     ConvertOptions {
         writer: WriterOptions {
@@ -114,15 +124,9 @@ async fn registry_to_registry_zstd() {
         .await
         .unwrap();
     let dst = at(&reg.host(), "zstd/app:v1");
-    let report = image::convert(
-        &client,
-        &src,
-        &dst,
-        &options(Compression::Zstd),
-        Arc::new(Quiet),
-    )
-    .await
-    .unwrap();
+    let report = convert(&client, &src, &dst, Compression::Zstd)
+        .await
+        .unwrap();
     let store = Store::source(&client, &dst).unwrap();
     let desc = root_descriptor(&store).await;
     assert_eq!(desc.digest, report.digest.to_string());
@@ -154,15 +158,9 @@ async fn layout_to_registry_and_back() {
         .unwrap();
 
     let mid = at(&reg.host(), "esgz/app:v1");
-    let first = image::convert(
-        &client,
-        &src,
-        &mid,
-        &options(Compression::Gzip),
-        Arc::new(Quiet),
-    )
-    .await
-    .unwrap();
+    let first = convert(&client, &src, &mid, Compression::Gzip)
+        .await
+        .unwrap();
     let store = Store::source(&client, &mid).unwrap();
     let desc = root_descriptor(&store).await;
     assert_eq!(desc.digest, first.digest.to_string());
@@ -170,15 +168,9 @@ async fn layout_to_registry_and_back() {
 
     let out_dir = tmp.path().join("layout-dst");
     let dst = ImageRef::parse(&format!("oci:{}:converted", out_dir.display())).unwrap();
-    let second = image::convert(
-        &client,
-        &mid,
-        &dst,
-        &options(Compression::Gzip),
-        Arc::new(Quiet),
-    )
-    .await
-    .unwrap();
+    let second = convert(&client, &mid, &dst, Compression::Gzip)
+        .await
+        .unwrap();
     assert!(out_dir.join("oci-layout").is_file());
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("index.json")).unwrap()).unwrap();
@@ -232,15 +224,9 @@ async fn multi_platform_index() {
         .unwrap();
 
     let dst = at(&reg.host(), "multi-esgz/app:v1");
-    let report = image::convert(
-        &client,
-        &src,
-        &dst,
-        &options(Compression::Gzip),
-        Arc::new(Quiet),
-    )
-    .await
-    .unwrap();
+    let report = convert(&client, &src, &dst, Compression::Gzip)
+        .await
+        .unwrap();
     assert_eq!(report.media_type, oci::OCI_INDEX);
     assert_eq!(report.manifests.len(), 2);
     let store = Store::source(&client, &dst).unwrap();
@@ -278,27 +264,15 @@ async fn rerun_skips_existing_blobs() {
             .count()
     };
     proxy.clear_seen();
-    let first = image::convert(
-        &client,
-        &src,
-        &dst,
-        &options(Compression::Gzip),
-        Arc::new(Quiet),
-    )
-    .await
-    .unwrap();
+    let first = convert(&client, &src, &dst, Compression::Gzip)
+        .await
+        .unwrap();
     // Two layers and the config.
     assert_eq!(uploads(&proxy), 3);
     proxy.clear_seen();
-    let second = image::convert(
-        &client,
-        &src,
-        &dst,
-        &options(Compression::Gzip),
-        Arc::new(Quiet),
-    )
-    .await
-    .unwrap();
+    let second = convert(&client, &src, &dst, Compression::Gzip)
+        .await
+        .unwrap();
     assert_eq!(uploads(&proxy), 0, "{:?}", proxy.seen());
     assert_eq!(first.digest, second.digest);
     assert!(second.manifests[0].layers.iter().all(|l| !l.uploaded));
@@ -347,15 +321,9 @@ async fn convert_fails(tmp: &Path, reg: &TestRegistry, dir: &Path, repo: &str) -
     let client = client(tmp);
     let src = ImageRef::parse(&format!("oci:{}:v1", dir.display())).unwrap();
     let dst = at(&reg.host(), repo);
-    let err = image::convert(
-        &client,
-        &src,
-        &dst,
-        &options(Compression::Gzip),
-        Arc::new(Quiet),
-    )
-    .await
-    .unwrap_err();
+    let err = convert(&client, &src, &dst, Compression::Gzip)
+        .await
+        .unwrap_err();
     // Nothing was tagged at the destination.
     let ImageRef::Registry(r) = &dst else {
         unreachable!()
@@ -441,15 +409,9 @@ async fn foreign_layers_pass_through() {
     let src = ImageRef::parse(&format!("oci:{}:v1", dir.display())).unwrap();
     let out = tmp.path().join("out");
     let dst = ImageRef::parse(&format!("oci:{}:v1", out.display())).unwrap();
-    let report = image::convert(
-        &client,
-        &src,
-        &dst,
-        &options(Compression::Gzip),
-        Arc::new(Quiet),
-    )
-    .await
-    .unwrap();
+    let report = convert(&client, &src, &dst, Compression::Gzip)
+        .await
+        .unwrap();
     let layers = &report.manifests[0].layers;
     assert!(layers[0].passed_through && !layers[0].uploaded);
     assert_eq!(layers[0].diff_id, foreign_diff_id);
