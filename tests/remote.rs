@@ -9,16 +9,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::remote::*;
 use common::*;
-use rstargz::snapshot::REMOTE_LABEL;
 use rstargz_fs::estargz::{WriterOptions, convert};
-use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE, TOC_DIGEST};
 use rstargz_fs::testutil::golden::{blob, check_tree, meta};
 use rstargz_fs::testutil::proxy::FaultProxy;
 use rstargz_fs::testutil::registry::TestRegistry;
 use rstargz_fs::testutil::{TestLayer, docker_config, push_image, push_image_with, test_blob};
 use rstargz_proto::types::Mount;
-use sha2::Digest as _;
 
 const BIG: usize = 8 << 20;
 
@@ -32,68 +30,23 @@ fn golden_layer(case: &str, comp: &str) -> TestLayer {
     }
 }
 
-/// A plain tar built in memory from `(path, mode, data)`; a path ending in
-/// `/` is a directory.
-fn tar_of(entries: &[(&str, u32, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, mode, data) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(*mode);
-        h.set_mtime(1_700_000_000);
-        if path.ends_with('/') {
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_size(0);
-        } else {
-            h.set_size(data.len() as u64);
-        }
-        b.append_data(&mut h, path, *data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
 /// The bottom layer: what the whiteouts layer deletes, a small file and a
 /// big incompressible one (for the laziness bound).
 fn lower_layer() -> TestLayer {
     let big = test_blob(BIG, 7);
-    let tar = tar_of(&[
-        ("gone-file", 0o644, b"doomed"),
-        ("dir/", 0o755, b""),
-        ("dir/gone-dir/", 0o755, b""),
-        ("dir/gone-dir/x", 0o644, b"x"),
-        ("opaque/", 0o755, b""),
-        ("opaque/old", 0o644, b"old"),
-        ("small.txt", 0o644, b"hello lazy world\n"),
-        ("big.bin", 0o644, &big),
-    ]);
-    let mut out = Vec::new();
-    let opts = WriterOptions {
-        chunk_size: 256 << 10,
-        ..WriterOptions::default()
-    };
-    let made = convert(&tar[..], &mut out, &opts).unwrap();
-    TestLayer {
-        blob: out,
-        diff_id: made.diff_id.to_string(),
-        toc_digest: Some(made.toc_digest.to_string()),
-    }
-}
-
-/// The labels containerd's remote-snapshot handler (ctr-remote) sets.
-fn remote_labels<'a>(
-    chain: &'a str,
-    reference: &'a str,
-    digest: &'a str,
-    toc: Option<&'a str>,
-) -> Vec<(&'a str, &'a str)> {
-    let mut l = vec![
-        ("containerd.io/snapshot.ref", chain),
-        (STARGZ_REFERENCE, reference),
-        (STARGZ_DIGEST, digest),
-    ];
-    if let Some(toc) = toc {
-        l.push((TOC_DIGEST, toc));
-    }
-    l
+    estargz_layer(
+        &[
+            ("gone-file", 0o644, b"doomed"),
+            ("dir/", 0o755, b""),
+            ("dir/gone-dir/", 0o755, b""),
+            ("dir/gone-dir/x", 0o644, b"x"),
+            ("opaque/", 0o755, b""),
+            ("opaque/old", 0o644, b"old"),
+            ("small.txt", 0o644, b"hello lazy world\n"),
+            ("big.bin", 0o644, &big),
+        ],
+        256 << 10,
+    )
 }
 
 /// A daemon whose registry client sees no ambient credentials, without
@@ -109,68 +62,18 @@ fn start_daemon_with(dir: &Path, top: &str) -> Daemon {
 
 /// Like [`start_daemon_with`] with credentials from `docker_config`.
 fn start_daemon_full(dir: &Path, top: &str, docker_config: &Path) -> Daemon {
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{top}[resolver]\ndocker_config = \"{}\"\nrequest_timeout_sec = 5\n\
-             [blob]\nmax_retries = 1\nmin_wait_msec = 10\nmax_wait_msec = 50\ncheck_always = true\n",
-            docker_config.display()
-        ),
-    )
-    .unwrap();
-    Daemon::start_with(dir, &["--config", config.to_str().unwrap()])
+    start_remote_daemon(dir, top, docker_config, "")
 }
 
 /// Prepares each layer as a remote snapshot `chain-<i>` on the previous
-/// one (each answers AlreadyExists and carries the remote label); returns
-/// the topmost chain name.
+/// one; returns the topmost chain name.
 async fn prepare_remote_chain(
     c: &mut Client,
     reference: &str,
     layers: &[TestLayer],
     digests: &[rstargz_fs::registry::Digest],
 ) -> String {
-    let mut parent = String::new();
-    for (i, (layer, digest)) in layers.iter().zip(digests).enumerate() {
-        let chain = format!("chain-{i}");
-        let labels = remote_labels(
-            &chain,
-            reference,
-            digest.as_str(),
-            layer.toc_digest.as_deref(),
-        );
-        let err = prepare(c, &format!("extract-{i}"), &parent, &labels)
-            .await
-            .expect_err("a remote layer is committed by Prepare");
-        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
-        let info = stat(c, &chain).await.unwrap();
-        assert!(info.labels.contains_key(REMOTE_LABEL), "{info:?}");
-        parent = chain;
-    }
-    parent
-}
-
-async fn mounts(c: &mut Client, key: &str) -> Result<Vec<Mount>, tonic::Status> {
-    c.mounts(rstargz_proto::snapshots::MountsRequest {
-        snapshotter: String::new(),
-        key: key.into(),
-    })
-    .await
-    .map(|r| r.into_inner().mounts)
-}
-
-/// The lowerdirs of an overlay mount, uppermost first.
-fn lowerdirs(mounts: &[Mount]) -> Vec<PathBuf> {
-    assert_eq!(mounts.len(), 1, "{mounts:?}");
-    mounts[0]
-        .options
-        .iter()
-        .find_map(|o| o.strip_prefix("lowerdir="))
-        .unwrap_or_else(|| panic!("no lowerdir in {mounts:?}"))
-        .split(':')
-        .map(PathBuf::from)
-        .collect()
+    prepare_remote_chain_as(c, "", reference, layers, digests).await
 }
 
 /// A daemon serving metrics on a free port, and that port's address.
@@ -201,12 +104,6 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in {text}"))
         .parse()
         .unwrap()
-}
-
-fn is_mountpoint(path: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let p = path.to_str().unwrap();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(p))
 }
 
 /// Mounts what a Mounts answer describes at `target` (as containerd would).
@@ -340,10 +237,6 @@ async fn remote_layers_mount_lazily_and_stack_with_overlay() {
         );
     }
     daemon.stop();
-}
-
-fn hex_sha(data: &[u8]) -> String {
-    format!("{:x}", sha2::Sha256::digest(data))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

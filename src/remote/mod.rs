@@ -65,6 +65,15 @@ pub trait RemoteFs: Send + Sync + std::fmt::Debug {
 
     /// Unmounts the layer at `mountpoint` and frees its resources.
     fn unmount<'a>(&'a self, mountpoint: &'a Path) -> BoxFuture<'a, Result<(), RemoteError>>;
+
+    /// Deletes what is kept on disk for layers no snapshot uses any more;
+    /// `in_use` holds the labels of every remote snapshot. Called at
+    /// start-up, before serving: a crash between a Remove's commit and its
+    /// unmount leaves such state behind.
+    fn forget_unused<'a>(&'a self, in_use: &'a [Labels]) -> BoxFuture<'a, ()> {
+        let _ = in_use;
+        Box::pin(async {})
+    }
 }
 
 /// No remote support: every mount is declined, so all snapshots are local.

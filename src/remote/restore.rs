@@ -1,67 +1,48 @@
 //! Start-up clean-up of remote layers: FUSE mounts left under the root by a
-//! daemon that died are detached, so the layers can be mounted again.
+//! daemon that died are aborted and detached, so the layers can be mounted
+//! again.
 
 use std::path::Path;
+
+use rstargz_fs::fuse::mountinfo::{self, MountEntry};
 
 /// The source (fsname) of our FUSE mounts; the type is `fuse`, or
 /// `fuse.rstargz` where the kernel records the subtype.
 const FUSE_SOURCE: &str = "rstargz";
 
-/// Mountpoints under `root` of FUSE filesystems served by rstargz, from a
-/// `/proc/self/mountinfo` text (deepest first).
-pub fn stale_mounts(mountinfo: &str, root: &Path) -> Vec<std::path::PathBuf> {
-    let mut found: Vec<std::path::PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| {
-            // Fields: id parent maj:min root mountpoint opts [optional…] - fstype source superopts
-            let mut fields = line.split(' ');
-            let mountpoint = fields.nth(4)?;
-            let mut tail = line.split(" - ").nth(1)?.split(' ');
-            let (fstype, source) = (tail.next()?, tail.next()?);
-            let ours = (fstype == "fuse" || fstype == "fuse.rstargz") && source == FUSE_SOURCE;
-            ours.then(|| unescape(mountpoint).into())
-        })
-        .filter(|p: &std::path::PathBuf| p.starts_with(root))
+/// Mounts under `root` of FUSE filesystems served by rstargz, from a mount
+/// table (deepest first).
+pub fn stale_mounts(table: Vec<MountEntry>, root: &Path) -> Vec<MountEntry> {
+    let mut found: Vec<MountEntry> = table
+        .into_iter()
+        .filter(|m| (m.fstype == "fuse" || m.fstype == "fuse.rstargz") && m.source == FUSE_SOURCE)
+        .filter(|m| m.mountpoint.starts_with(root))
         .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.sort_by_key(|m| std::cmp::Reverse(m.mountpoint.components().count()));
     found
 }
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && let Ok(v) =
-                u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("x"), 8)
-        {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Lazily detaches every stale rstargz FUSE mount under `root`; returns how
-/// many were detached. Failures are logged: a mount that stays blocks only
-/// its own layer.
+/// Aborts and lazily detaches every stale rstargz FUSE mount under `root`;
+/// returns how many were detached. Aborting first matters: a killed daemon
+/// whose thread waited on its own mount cannot exit until its connection
+/// is aborted, and until then the mount hangs whoever touches it instead
+/// of failing. Failures are logged: a mount that stays blocks only its own
+/// layer.
 pub fn detach_stale_mounts(root: &Path) -> usize {
-    let info = match std::fs::read_to_string("/proc/self/mountinfo") {
-        Ok(i) => i,
+    let table = match mountinfo::read() {
+        Ok(t) => t,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read mountinfo; stale mounts stay");
             return 0;
         }
     };
     let mut detached = 0;
-    for path in stale_mounts(&info, root) {
-        match nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
+    for m in stale_mounts(table, root) {
+        let path = &m.mountpoint;
+        if let Err(e) = mountinfo::abort_connection(m.dev) {
+            tracing::warn!(mountpoint = %path.display(), error = %e, "cannot abort stale FUSE connection");
+        }
+        match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
             Ok(()) => {
                 tracing::info!(mountpoint = %path.display(), "detached stale FUSE mount");
                 detached += 1;
@@ -88,12 +69,19 @@ mod tests {
 41 35 0:35 / /r/snapshots/4/fs rw - fuse other ro
 40 35 0:34 / /r/with\\040space rw - fuse.rstargz rstargz ro
 ";
-        let found = stale_mounts(info, Path::new("/r"));
-        let mut names: Vec<_> = found.iter().map(|p| p.display().to_string()).collect();
+        let found = stale_mounts(mountinfo::parse(info), Path::new("/r"));
+        let mut names: Vec<_> = found
+            .iter()
+            .map(|m| (m.mountpoint.display().to_string(), m.dev))
+            .collect();
         names.sort();
         assert_eq!(
             names,
-            ["/r/snapshots/1/fs", "/r/snapshots/2/fs", "/r/with space"]
+            [
+                ("/r/snapshots/1/fs".to_string(), 30),
+                ("/r/snapshots/2/fs".to_string(), 31),
+                ("/r/with space".to_string(), 34)
+            ]
         );
     }
 }

@@ -89,6 +89,13 @@ fn layer_reason(e: &LayerError) -> DeclineReason {
     }
 }
 
+/// The registry source named by a snapshot's labels.
+fn source_of(labels: &Labels) -> Result<LayerSource, RegistryError> {
+    let labels: HashMap<String, String> =
+        labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    layer_source_from_labels(&labels)
+}
+
 /// What `meta.json` of a layer's state directory records.
 #[derive(Debug, Serialize, Deserialize)]
 struct LayerMeta {
@@ -273,14 +280,9 @@ impl StargzFs {
         if self.config.disable_remote {
             return Err(DeclineReason::Disabled.decline("disable_remote = true"));
         }
-        let labels: HashMap<String, String> =
-            labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let source =
-            layer_source_from_labels(&labels).map_err(|e| DeclineReason::NoSource.decline(e))?;
+        let source = source_of(labels).map_err(|e| DeclineReason::NoSource.decline(e))?;
         let opts = self.open_options(&source)?;
-        let state = self
-            .layers_dir
-            .join(source.layer.digest.as_str().replace(':', "-"));
+        let state = self.state_dir(&source);
         let meta_path = state.join("meta.json");
         let known = tokio::fs::read(&meta_path)
             .await
@@ -320,14 +322,7 @@ impl StargzFs {
         }
         let layer = Arc::new(layer);
         let handle = self.mount_fuse(mountpoint, layer.clone()).await?;
-        let dev = {
-            use std::os::unix::fs::MetadataExt;
-            let at = mountpoint.to_path_buf();
-            tokio::task::spawn_blocking(move || std::fs::metadata(at).map(|m| m.dev()))
-                .await
-                .ok()
-                .and_then(Result::ok)
-        };
+        let dev = handle.dev();
         let default_prefetch = source.prefetch_size.unwrap_or(self.config.prefetch_size);
         let fetcher = self
             .start_fetching(layer.clone(), buffered, default_prefetch)
@@ -496,6 +491,38 @@ impl StargzFs {
             .map_err(|e| RemoteError::Unavailable(e.to_string()))
     }
 
+    /// `<root>/layers/<layer digest>`: the layer's footer and TOC copies.
+    fn state_dir(&self, source: &LayerSource) -> PathBuf {
+        self.layers_dir
+            .join(source.layer.digest.as_str().replace(':', "-"))
+    }
+
+    /// Deletes the state directories of layers that neither a snapshot in
+    /// `in_use` nor a mount uses.
+    async fn forget_unused_states(&self, in_use: &[Labels]) {
+        let mut keep: std::collections::HashSet<PathBuf> = in_use
+            .iter()
+            .filter_map(|labels| source_of(labels).ok())
+            .map(|source| self.state_dir(&source))
+            .collect();
+        if let Ok(m) = self.mounts.lock() {
+            keep.extend(m.values().map(|m| m.state.clone()));
+        }
+        let Ok(mut entries) = tokio::fs::read_dir(&self.layers_dir).await else {
+            return;
+        };
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let path = entry.path();
+            if keep.contains(&path) {
+                continue;
+            }
+            match tokio::fs::remove_dir_all(&path).await {
+                Ok(()) => tracing::info!(dir = %path.display(), "deleted state of an unused layer"),
+                Err(e) => tracing::warn!(dir = %path.display(), error = %e, "cannot delete layer state"),
+            }
+        }
+    }
+
     /// Deletes a layer's TOC copies once no mounted snapshot uses the layer
     /// (snapshots of the same layer in other chains share them).
     async fn forget_state(&self, state: &Path) {
@@ -518,12 +545,12 @@ impl StargzFs {
     /// aside before deleting), so a path not in the map is matched by the
     /// device of the mount found there.
     fn take_mounted(&self, mountpoint: &Path) -> Option<(PathBuf, Mounted)> {
-        use std::os::unix::fs::MetadataExt;
         let mut mounts = self.mounts.lock().ok()?;
         if let Some(m) = mounts.remove(mountpoint) {
             return Some((mountpoint.to_path_buf(), m));
         }
-        let dev = std::fs::metadata(mountpoint).ok()?.dev();
+        // From the mount table: a stat on our own mount could hang a kill.
+        let dev = fuse::mountinfo::device_of(mountpoint)?;
         let key = mounts
             .iter()
             .find(|(_, m)| m.dev == Some(dev))
@@ -612,5 +639,9 @@ impl super::RemoteFs for StargzFs {
 
     fn unmount<'a>(&'a self, mountpoint: &'a Path) -> BoxFuture<'a, Result<(), RemoteError>> {
         Box::pin(self.unmount_layer(mountpoint))
+    }
+
+    fn forget_unused<'a>(&'a self, in_use: &'a [Labels]) -> BoxFuture<'a, ()> {
+        Box::pin(self.forget_unused_states(in_use))
     }
 }

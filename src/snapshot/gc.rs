@@ -13,7 +13,6 @@
 //! Deletion happens after the lock is released. A directory whose `fs` is
 //! still a mount point after unmounting is never deleted.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::error::{Context, Error, Result};
@@ -122,69 +121,8 @@ pub(super) fn delete_now(dir: &Path) -> Result<()> {
     }
 }
 
-/// Whether something is mounted on `path`: listed in /proc/self/mountinfo
-/// (catches bind mounts on the same device) or on another device than its
-/// parent.
+/// Whether something is mounted on `path` (from the mount table: a `stat`
+/// on one of our own FUSE mounts could hang a kill of the daemon).
 pub(super) fn is_mount_point(path: &Path) -> bool {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return false;
-    };
-    if let Some(Ok(parent)) = path.parent().map(std::fs::symlink_metadata)
-        && meta.dev() != parent.dev()
-    {
-        return true;
-    }
-    let Ok(canonical) = std::fs::canonicalize(path) else {
-        return false;
-    };
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let wanted = canonical.to_string_lossy();
-    mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .any(|mount_point| unescape_octal(mount_point) == wanted)
-}
-
-/// Undoes mountinfo's `\ooo` escaping of spaces, tabs, newlines, backslashes.
-fn unescape_octal(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && let Some(code) = bytes
-                .get(i + 1..i + 4)
-                .and_then(|d| std::str::from_utf8(d).ok())
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-        {
-            out.push(code);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_unescape() {
-        assert_eq!(unescape_octal("/a\\040b\\134c"), "/a b\\c");
-        assert_eq!(unescape_octal("/plain"), "/plain");
-    }
-
-    #[test]
-    fn root_and_proc_are_mount_points_tmp_subdir_is_not() {
-        assert!(is_mount_point(Path::new("/proc")));
-        let Ok(dir) = tempfile::tempdir() else {
-            panic!("tempdir")
-        };
-        assert!(!is_mount_point(dir.path()));
-    }
+    rstargz_fs::fuse::mountinfo::is_mount_point(path)
 }

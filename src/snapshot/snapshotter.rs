@@ -242,9 +242,10 @@ impl Snapshotter {
         Ok(())
     }
 
-    /// Mounts every remote layer again (daemon start-up). A layer that
-    /// cannot be mounted stays in the metadata and makes Mounts of its
-    /// children answer Unavailable. Returns (restored, failed).
+    /// Mounts every remote layer again (daemon start-up) and lets the
+    /// remote filesystem delete the state of layers no snapshot uses. A
+    /// layer that cannot be mounted stays in the metadata and makes Mounts
+    /// of its children answer Unavailable. Returns (restored, failed).
     pub async fn restore_remote(&self) -> Result<(usize, usize)> {
         let layers = self
             .blocking(|s| {
@@ -270,7 +271,9 @@ impl Snapshotter {
                 ),
             }
         }
-        Ok((restored, layers.len() - restored))
+        let in_use: Vec<Labels> = layers.into_iter().map(|(_, _, l)| l).collect();
+        self.inner.remote.forget_unused(&in_use).await;
+        Ok((restored, in_use.len() - restored))
     }
 
     /// Commits the Active snapshot `key` as `name`, recording its usage.

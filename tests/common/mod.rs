@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod containerd;
+pub mod remote;
 pub mod vhdx_check;
 
 use std::collections::HashMap;
@@ -116,10 +117,13 @@ impl Daemon {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "daemon did not exit on {signal}"
-            );
+            if start.elapsed() > DEADLINE {
+                let states = thread_states(child.id());
+                // Abort its mounts so the stuck process can go.
+                rstargz::remote::restore::detach_stale_mounts(&self.root);
+                let _ = child.wait();
+                panic!("daemon did not exit on {signal}; its threads:\n{states}");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -144,13 +148,11 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
-            let _ = child.wait();
             // A killed daemon leaves its FUSE mounts behind (a failing
-            // test must not leak them into the next one).
-            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            for mount in rstargz::remote::restore::stale_mounts(&info, &self.root) {
-                let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
-            }
+            // test must not leak them into the next one); aborting them
+            // also frees a daemon stuck on its own mount.
+            rstargz::remote::restore::detach_stale_mounts(&self.root);
+            let _ = child.wait();
         }
     }
 }
@@ -293,4 +295,27 @@ pub fn entries(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// State, wait channel and kernel stack of every thread of `pid` (why a
+/// process does not exit).
+pub fn thread_states(pid: u32) -> String {
+    let mut out = String::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten();
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let state = read("status")
+            .lines()
+            .filter(|l| l.starts_with("Name:") || l.starts_with("State:"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        out.push_str(&format!(
+            "{} {state} wchan={}\n{}\n",
+            dir.display(),
+            read("wchan"),
+            read("stack")
+        ));
+    }
+    out
 }

@@ -6,6 +6,7 @@
 //! the given tokio runtime. Dropping the handle unmounts.
 
 pub mod fs;
+pub mod mountinfo;
 pub mod overlay_view;
 pub mod passthrough;
 
@@ -106,12 +107,19 @@ pub struct MountHandle {
     mountpoint: PathBuf,
     session: Option<BackgroundSession>,
     stats: Arc<FuseStats>,
+    dev: Option<u64>,
 }
 
 impl MountHandle {
     /// The mountpoint.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// Device number of the mount (from the mount table, never by a `stat`
+    /// on it: see [`mountinfo`]); finds it after its directory moved.
+    pub fn dev(&self) -> Option<u64> {
+        self.dev
     }
 
     /// Per-operation counters of this mount.
@@ -172,6 +180,9 @@ pub fn mount(
         MountOption::Subtype("rstargz".into()),
         MountOption::RO,
         MountOption::NoDev,
+        // Setuid binaries of a layer still work in containers: the overlay
+        // mount on top, not this lower layer, decides (tests/security.rs).
+        MountOption::NoSuid,
         MountOption::DefaultPermissions,
     ];
     config.acl = if opts.allow_other {
@@ -192,22 +203,26 @@ pub fn mount(
         .map_err(err)?
         .spawn()
         .map_err(err)?;
-    // Only now: stat on the mountpoint needs the session to be serving.
-    if let Err(e) = set_read_ahead(mountpoint, read_ahead_kb) {
-        tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "cannot raise read-ahead");
+    let dev = mountinfo::device_of(mountpoint);
+    match dev {
+        Some(dev) => {
+            if let Err(e) = set_read_ahead(dev, read_ahead_kb) {
+                tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "cannot raise read-ahead");
+            }
+        }
+        None => tracing::warn!(mountpoint = %mountpoint.display(), "new mount not in the mount table"),
     }
     Ok(MountHandle {
         mountpoint: mountpoint.to_owned(),
         session: Some(session),
         stats,
+        dev,
     })
 }
 
-/// Sets the read-ahead of the mount's backing device info
-/// (`/sys/class/bdi/<major>:<minor>/read_ahead_kb`).
-fn set_read_ahead(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata(mountpoint)?.dev();
+/// Sets the read-ahead of the backing device info of the mount with device
+/// `dev` (`/sys/class/bdi/<major>:<minor>/read_ahead_kb`).
+fn set_read_ahead(dev: u64, kb: u32) -> std::io::Result<()> {
     let path = format!(
         "/sys/class/bdi/{}:{}/read_ahead_kb",
         libc::major(dev),
