@@ -568,10 +568,16 @@ async fn random_kill_9_under_mixed_load() {
     let mut fixture = Fixture::new(registry.reference("crash/mixed"));
     fixture.digests = push_image(&fixture.reference, &fixture.layers).await;
     let fixture = Arc::new(fixture);
-    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // CRASH_KEEP=1 keeps the root and the daemon logs for a post-mortem.
+    let dir = match std::env::var_os("CRASH_KEEP") {
+        Some(_) => tmp.keep(),
+        None => tmp.path().to_path_buf(),
+    };
+    println!("crash root: {}", dir.display());
 
     // Long-lived snapshots: a local base, a remote chain and a container.
-    let d = start(dir.path());
+    let d = start(&dir);
     let mut c = d.client().await;
     prepare(&mut c, "base-active", "", &[]).await.unwrap();
     commit(&mut c, "base", "base-active").await.unwrap();
@@ -613,7 +619,7 @@ async fn random_kill_9_under_mixed_load() {
             stop: AtomicBool::new(false),
             violations: Mutex::new(Vec::new()),
         });
-        let mut d = start(dir.path());
+        let mut d = start(&dir);
         let mut c = d.client().await;
         check_state(round, &d, &mut c, &s).await;
         prune(&mut c, &d.root, &s).await;
@@ -670,7 +676,7 @@ async fn random_kill_9_under_mixed_load() {
         stop: AtomicBool::new(false),
         violations: Mutex::new(Vec::new()),
     };
-    let d = start(dir.path());
+    let d = start(&dir);
     let mut c = d.client().await;
     check_state(rounds, &d, &mut c, &s).await;
     let root = d.root.clone();

@@ -66,6 +66,14 @@ pub trait RemoteFs: Send + Sync + std::fmt::Debug {
     /// Unmounts the layer at `mountpoint` and frees its resources.
     fn unmount<'a>(&'a self, mountpoint: &'a Path) -> BoxFuture<'a, Result<(), RemoteError>>;
 
+    /// Owner (uid, gid) of the root directory of the layer mounted at
+    /// `mountpoint`, from the layer itself: the daemon must never `stat`
+    /// its own mount (see `rstargz_fs::fuse::mountinfo`).
+    fn root_owner(&self, mountpoint: &Path) -> Option<(u32, u32)> {
+        let _ = mountpoint;
+        None
+    }
+
     /// Deletes what is kept on disk for layers no snapshot uses any more;
     /// `in_use` holds the labels of every remote snapshot. Called at
     /// start-up, before serving: a crash between a Remove's commit and its

@@ -644,4 +644,10 @@ impl super::RemoteFs for StargzFs {
     fn forget_unused<'a>(&'a self, in_use: &'a [Labels]) -> BoxFuture<'a, ()> {
         Box::pin(self.forget_unused_states(in_use))
     }
+
+    fn root_owner(&self, mountpoint: &Path) -> Option<(u32, u32)> {
+        let layer = self.layer_at(mountpoint)?;
+        let root = layer.index().node(estargz::ROOT_INO)?;
+        Some((root.uid(), root.gid()))
+    }
 }

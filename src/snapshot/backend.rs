@@ -32,6 +32,9 @@ pub struct NewSnapshot<'a> {
     pub key: &'a str,
     /// Its labels.
     pub labels: &'a Labels,
+    /// Owner (uid, gid) of the parent's root directory when the parent is
+    /// a mounted remote layer (known without a `stat` on the mount).
+    pub parent_owner: Option<(u32, u32)>,
 }
 
 /// A local snapshot format. Every method but `before_create` runs under the

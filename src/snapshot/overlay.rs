@@ -82,10 +82,16 @@ impl LocalBackend for OverlayBackend {
             mkdir_mode(&new.dir.join("work"), 0o711)?;
         }
         if let Some(&parent) = new.snap.parent_ids.first() {
-            let parent_fs = new.layout.fs_dir(parent);
-            let meta = std::fs::metadata(&parent_fs)
-                .context(|| format!("stat {}", parent_fs.display()))?;
-            std::os::unix::fs::chown(&fs, Some(meta.uid()), Some(meta.gid()))
+            let (uid, gid) = match new.parent_owner {
+                Some(owner) => owner,
+                None => {
+                    let parent_fs = new.layout.fs_dir(parent);
+                    let meta = std::fs::metadata(&parent_fs)
+                        .context(|| format!("stat {}", parent_fs.display()))?;
+                    (meta.uid(), meta.gid())
+                }
+            };
+            std::os::unix::fs::chown(&fs, Some(uid), Some(gid))
                 .context(|| format!("chown {}", fs.display()))?;
         }
         Ok(())

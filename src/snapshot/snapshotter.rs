@@ -399,6 +399,10 @@ impl Inner {
                 .layout
                 .snapshots_dir()
                 .join(format!("{NEW_PREFIX}{}", unique_suffix()));
+            let parent_owner = snap
+                .parent_ids
+                .first()
+                .and_then(|&p| self.remote.root_owner(&self.layout.fs_dir(p)));
             let new = NewSnapshot {
                 tx,
                 layout: &self.layout,
@@ -406,6 +410,7 @@ impl Inner {
                 snap: &snap,
                 key,
                 labels,
+                parent_owner,
             };
             let built = self.build_dir(&new);
             if built.is_err() {

@@ -55,7 +55,10 @@ impl Daemon {
     pub fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
         let root = dir.join("root");
         let socket = dir.join("rstargz.sock");
-        let log = dir.join(format!("serve-{}.log", Instant::now().elapsed().as_nanos()));
+        // One log per start (restarts keep the earlier ones).
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir.join(format!("serve-{n}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_rstargz"))
             .arg("serve")
             .arg("--root")
