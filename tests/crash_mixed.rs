@@ -73,10 +73,10 @@ impl Fixture {
                 ("small0.txt".into(), b"layer zero\n".to_vec()),
             ],
             vec![
-                ("b.bin".into(), test_blob(512 << 10, 2)),
-                ("dir/c.bin".into(), test_blob(256 << 10, 3)),
+                ("b.bin".into(), test_blob(512 << 10, 3)),
+                ("dir/c.bin".into(), test_blob(256 << 10, 5)),
             ],
-            vec![("d.bin".into(), test_blob(640 << 10, 4))],
+            vec![("d.bin".into(), test_blob(640 << 10, 7))],
         ];
         let layers = files
             .iter()

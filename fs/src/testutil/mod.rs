@@ -116,6 +116,12 @@ pub async fn push_image_with(
     docker_config: &Path,
 ) -> Vec<Digest> {
     let client = Registry::new(test_config(docker_config)).unwrap();
+    push_image_via(&client, reference, layers).await
+}
+
+/// Like [`push_image`] through `client` (its credentials and hosts config,
+/// e.g. a CA for a TLS registry).
+pub async fn push_image_via(client: &Registry, reference: &str, layers: &[TestLayer]) -> Vec<Digest> {
     let reference = Reference::parse(reference).unwrap();
     let mut descriptors = Vec::new();
     let mut digests = Vec::new();

@@ -130,6 +130,18 @@ impl TestRegistry {
         }
     }
 
+    /// Where the registry stores the blob `digest` (`sha256:…`), for tests
+    /// that corrupt it.
+    pub fn blob_path(&self, digest: &str) -> std::path::PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     /// `127.0.0.1:<port>`.
     pub fn host(&self) -> String {
         self.addr.to_string()
