@@ -215,7 +215,13 @@ async fn local_op(c: &mut Client, s: &Shared, rng: &mut Rng, name: &str) -> bool
 /// A private remote chain of `layers` (or the shared keep chain when
 /// empty), a container and a View on it, Mounts, reads through its FUSE
 /// layers; then sometimes everything is removed again.
-async fn remote_op(c: &mut Client, s: &Shared, rng: &mut Rng, name: &str, layers: &[usize]) -> bool {
+async fn remote_op(
+    c: &mut Client,
+    s: &Shared,
+    rng: &mut Rng,
+    name: &str,
+    layers: &[usize],
+) -> bool {
     let f = &s.fixture;
     let mut parent = if layers.is_empty() {
         "keep-chain-1".to_string()
@@ -348,7 +354,8 @@ fn reader(s: Arc<Shared>, mut rng: Rng) {
         let off = rng.below(data.len() as u64) as usize;
         let len = 1 + rng.below((200 << 10).min(data.len() - off) as u64) as usize;
         let mut buf = vec![0u8; len];
-        let read = std::fs::File::open(target.dir.join(path)).and_then(|f| f.read_at(&mut buf, off as u64));
+        let read = std::fs::File::open(target.dir.join(path))
+            .and_then(|f| f.read_at(&mut buf, off as u64));
         match read {
             Ok(n) if n > 0 && buf[..n] == data[off..off + n] => {
                 s.reads.fetch_add(1, Ordering::Relaxed);
@@ -393,7 +400,10 @@ fn db_rows(root: &Path) -> Vec<Row> {
         let (id, key) = (r.get(0)?, r.get(1)?);
         let digest: Option<String> = r.get(2)?;
         let remote: bool = r.get(3)?;
-        assert!(!remote || digest.is_some(), "remote snapshot {key} without digest");
+        assert!(
+            !remote || digest.is_some(),
+            "remote snapshot {key} without digest"
+        );
         Ok(Row {
             id,
             key,
@@ -440,9 +450,15 @@ async fn check_state(round: usize, d: &Daemon, c: &mut Client, s: &Shared) {
     {
         let e = s.expect.lock().unwrap();
         let lost: Vec<_> = e.present.iter().filter(|k| !listed.contains(*k)).collect();
-        assert!(lost.is_empty(), "round {round}: acknowledged snapshots lost: {lost:?}");
+        assert!(
+            lost.is_empty(),
+            "round {round}: acknowledged snapshots lost: {lost:?}"
+        );
         let back: Vec<_> = e.absent.iter().filter(|k| listed.contains(*k)).collect();
-        assert!(back.is_empty(), "round {round}: removed snapshots came back: {back:?}");
+        assert!(
+            back.is_empty(),
+            "round {round}: removed snapshots came back: {back:?}"
+        );
     }
     let rows = db_rows(&d.root);
     let keys: BTreeSet<String> = rows.iter().map(|r| r.key.clone()).collect();
@@ -450,7 +466,11 @@ async fn check_state(round: usize, d: &Daemon, c: &mut Client, s: &Shared) {
     for r in &rows {
         let info = stat(c, &r.key).await.unwrap();
         assert_eq!(info.name, r.key);
-        assert_eq!(info.labels.contains_key(REMOTE_LABEL), r.remote_layer.is_some(), "{info:?}");
+        assert_eq!(
+            info.labels.contains_key(REMOTE_LABEL),
+            r.remote_layer.is_some(),
+            "{info:?}"
+        );
     }
 
     // Mounts under the root: exactly one FUSE mount per remote layer.
@@ -502,7 +522,10 @@ async fn check_state(round: usize, d: &Daemon, c: &mut Client, s: &Shared) {
     cleanup(c).await.unwrap();
     let dirs = names_in(&snapshots);
     let ids: BTreeSet<String> = rows.iter().map(|r| r.id.to_string()).collect();
-    assert_eq!(dirs, ids, "round {round}: directories vs rows after Cleanup");
+    assert_eq!(
+        dirs, ids,
+        "round {round}: directories vs rows after Cleanup"
+    );
 
     // The disk cache holds only whole, verified files (the daemon keeps
     // fetching and evicting meanwhile: a file may vanish, never tear).
@@ -512,7 +535,12 @@ async fn check_state(round: usize, d: &Daemon, c: &mut Client, s: &Shared) {
             continue;
         };
         let name = chunk.file_name().unwrap().to_string_lossy().into_owned();
-        assert_eq!(hex_sha(&data), name, "round {round}: chunk {} is torn", chunk.display());
+        assert_eq!(
+            hex_sha(&data),
+            name,
+            "round {round}: chunk {} is torn",
+            chunk.display()
+        );
     }
     let shas = f.file_shas();
     for file in sharded_files(&cache.join("files/files")) {
@@ -603,9 +631,9 @@ async fn random_kill_9_under_mixed_load() {
         .collect();
 
     let mut expect = Expect::default();
-    expect.present.extend(
-        ["base", "keep-chain-0", "keep-chain-1", "keep-c"].map(String::from),
-    );
+    expect
+        .present
+        .extend(["base", "keep-chain-0", "keep-chain-1", "keep-c"].map(String::from));
     let mut kills_at = BTreeMap::new();
     let mut total_reads = 0;
     for round in 0..rounds {
@@ -628,7 +656,12 @@ async fn random_kill_9_under_mixed_load() {
         for w in 0..WORKERS {
             let c = d.client().await;
             let r = Rng(rng.next());
-            tasks.push(tokio::spawn(worker(c, s.clone(), r, format!("r{round}w{w}"))));
+            tasks.push(tokio::spawn(worker(
+                c,
+                s.clone(),
+                r,
+                format!("r{round}w{w}"),
+            )));
         }
         let readers: Vec<_> = (0..READERS)
             .map(|_| {
@@ -639,7 +672,9 @@ async fn random_kill_9_under_mixed_load() {
         let kill_after = 1 + rng.below(60) as usize;
         let s2 = s.clone();
         tokio::task::spawn_blocking(move || {
-            wait_for("load events", || s2.events.load(Ordering::Relaxed) >= kill_after)
+            wait_for("load events", || {
+                s2.events.load(Ordering::Relaxed) >= kill_after
+            })
         })
         .await
         .unwrap();

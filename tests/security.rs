@@ -23,7 +23,10 @@ const NO_BACKGROUND: &str = "no_background_fetch = true\n";
 /// A one-file eStargz layer, different for every `n`.
 fn small_layer(n: u64) -> TestLayer {
     // test_blob sets the seed's low bit: keep seeds odd to keep them apart.
-    estargz_layer(&[("file.bin", 0o644, &test_blob(100 << 10, 2 * n + 1))], 64 << 10)
+    estargz_layer(
+        &[("file.bin", 0o644, &test_blob(100 << 10, 2 * n + 1))],
+        64 << 10,
+    )
 }
 
 /// Prepares `layer` of `reference` as the remote snapshot `chain` with
@@ -40,7 +43,13 @@ async fn prepare_layer(
 }
 
 /// Asserts that Prepare mounted the layer remotely (AlreadyExists).
-async fn assert_remote(c: &mut Client, chain: &str, reference: &str, layer: &TestLayer, digest: &Digest) {
+async fn assert_remote(
+    c: &mut Client,
+    chain: &str,
+    reference: &str,
+    layer: &TestLayer,
+    digest: &Digest,
+) {
     let err = prepare_layer(c, chain, reference, digest, layer.toc_digest.as_deref())
         .await
         .expect_err("remote layers answer AlreadyExists");
@@ -72,7 +81,8 @@ fn docker_config_for(path: &Path, creds: &[(&str, &str, &str)]) {
     let auths: serde_json::Map<String, serde_json::Value> = creds
         .iter()
         .map(|(host, user, password)| {
-            let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            let auth =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
             (host.to_string(), serde_json::json!({ "auth": auth }))
         })
         .collect();
@@ -102,7 +112,10 @@ async fn credentials_never_reach_logs_or_errors() {
     });
     docker_config_for(
         &creds,
-        &[(&basic.host(), user, password), (&proxy.host(), tuser, tpassword)],
+        &[
+            (&basic.host(), user, password),
+            (&proxy.host(), tuser, tpassword),
+        ],
     );
 
     let d = start_remote_daemon(dir.path(), NO_BACKGROUND, &creds, "");
@@ -114,7 +127,9 @@ async fn credentials_never_reach_logs_or_errors() {
     for chain in ["basic", "token"] {
         let fs = layer_dir(&mut c, chain).await;
         assert_eq!(std::fs::read(fs.join("file.bin")).unwrap().len(), 100 << 10);
-        prepare(&mut c, &format!("c-{chain}"), chain, &[]).await.unwrap();
+        prepare(&mut c, &format!("c-{chain}"), chain, &[])
+            .await
+            .unwrap();
     }
 
     d.stop();
@@ -122,22 +137,41 @@ async fn credentials_never_reach_logs_or_errors() {
     // Now every credential is wrong and every token revoked: after a
     // restart (nothing remembered) checks fail with 401s and new layers are
     // refused.
-    docker_config_for(&creds, &[(&basic.host(), user, wrong), (&proxy.host(), tuser, twrong)]);
+    docker_config_for(
+        &creds,
+        &[(&basic.host(), user, wrong), (&proxy.host(), tuser, twrong)],
+    );
     proxy.revoke_tokens();
     let d = start_remote_daemon(dir.path(), NO_BACKGROUND, &creds, "");
     let mut c = d.client().await;
     for chain in ["basic", "token"] {
         let err = mounts(&mut c, &format!("c-{chain}")).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-        assert!(err.message().contains("unauthorized"), "a clear reason: {err:?}");
+        assert!(
+            err.message().contains("unauthorized"),
+            "a clear reason: {err:?}"
+        );
         errors.push(format!("{err:?} {err}"));
     }
-    let other = push_image(&format!("{}/sec/other:latest", plain.host()), &[small_layer(3)]).await;
+    let other = push_image(
+        &format!("{}/sec/other:latest", plain.host()),
+        &[small_layer(3)],
+    )
+    .await;
     let refused = format!("{}/sec/other:latest", proxy.host());
-    let fallback = prepare_layer(&mut c, "refused", &refused, &other[0], small_layer(3).toc_digest.as_deref())
-        .await
-        .unwrap();
-    assert!(!fallback.is_empty(), "a refused layer falls back to a local snapshot");
+    let fallback = prepare_layer(
+        &mut c,
+        "refused",
+        &refused,
+        &other[0],
+        small_layer(3).toc_digest.as_deref(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !fallback.is_empty(),
+        "a refused layer falls back to a local snapshot"
+    );
     let log = d.log_text();
     assert!(log.contains("auth refused"), "{log}");
     d.stop();
@@ -148,7 +182,8 @@ async fn credentials_never_reach_logs_or_errors() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("serve-"))
         .map(|e| std::fs::read_to_string(e.path()).unwrap())
         .collect::<String>();
-    let b64 = |u: &str, p: &str| base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+    let b64 =
+        |u: &str, p: &str| base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
     let secrets = [
         password.to_string(),
         wrong.to_string(),
@@ -163,19 +198,34 @@ async fn credentials_never_reach_logs_or_errors() {
         "tok-1-".to_string(),
     ];
     for secret in &secrets {
-        assert!(!log.contains(secret.as_str()), "{secret:?} leaked into the log");
+        assert!(
+            !log.contains(secret.as_str()),
+            "{secret:?} leaked into the log"
+        );
         for e in &errors {
-            assert!(!e.contains(secret.as_str()), "{secret:?} leaked into an error: {e}");
+            assert!(
+                !e.contains(secret.as_str()),
+                "{secret:?} leaked into an error: {e}"
+            );
         }
     }
-    println!("{} log bytes and {} errors checked for {} secrets", log.len(), errors.len(), secrets.len());
+    println!(
+        "{} log bytes and {} errors checked for {} secrets",
+        log.len(),
+        errors.len(),
+        secrets.len()
+    );
 }
 
 /// A hosts.toml for `host` under `certs`.
 fn hosts_toml(certs: &Path, host: &str, body: &str) {
     let dir = certs.join(host);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("hosts.toml"), format!("server = \"https://{host}\"\n{body}")).unwrap();
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!("server = \"https://{host}\"\n{body}"),
+    )
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +240,11 @@ async fn tls_is_verified_unless_a_host_says_otherwise() {
     let dir = tempfile::tempdir().unwrap();
     let push_certs = dir.path().join("push-certs.d");
     for r in &regs {
-        hosts_toml(&push_certs, &r.host(), &format!("ca = \"{}\"\n", r.ca_path().display()));
+        hosts_toml(
+            &push_certs,
+            &r.host(),
+            &format!("ca = \"{}\"\n", r.ca_path().display()),
+        );
     }
     let mut config = rstargz_fs::testutil::test_config(&dir.path().join("none.json"));
     config.hosts.certs_dir = Some(push_certs);
@@ -202,12 +256,18 @@ async fn tls_is_verified_unless_a_host_says_otherwise() {
     let mut digests = Vec::new();
     for (r, layer) in regs.iter().zip(&layers) {
         let reference = r.reference("sec/tls");
-        digests.push(push_image_via(&pusher, &reference, std::slice::from_ref(layer)).await[0].clone());
+        digests.push(
+            push_image_via(&pusher, &reference, std::slice::from_ref(layer)).await[0].clone(),
+        );
         refs.push(reference);
     }
 
     let certs = dir.path().join("certs.d");
-    hosts_toml(&certs, &regs[0].host(), &format!("ca = \"{}\"\n", regs[0].ca_path().display()));
+    hosts_toml(
+        &certs,
+        &regs[0].host(),
+        &format!("ca = \"{}\"\n", regs[0].ca_path().display()),
+    );
     hosts_toml(&certs, &regs[1].host(), "skip_verify = true\n");
     hosts_toml(&certs, &regs[2].host(), "");
     let config = dir.path().join("config.toml");
@@ -225,18 +285,35 @@ async fn tls_is_verified_unless_a_host_says_otherwise() {
     let mut c = d.client().await;
     assert_remote(&mut c, "ca", &refs[0], &layers[0], &digests[0]).await;
     assert_remote(&mut c, "skip", &refs[1], &layers[1], &digests[1]).await;
-    let mounts = prepare_layer(&mut c, "unverified", &refs[2], &digests[2], layers[2].toc_digest.as_deref())
-        .await
-        .unwrap();
-    assert!(!mounts.is_empty(), "the unverified registry falls back to a local snapshot");
+    let mounts = prepare_layer(
+        &mut c,
+        "unverified",
+        &refs[2],
+        &digests[2],
+        layers[2].toc_digest.as_deref(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !mounts.is_empty(),
+        "the unverified registry falls back to a local snapshot"
+    );
     let log = d.log_text();
     let declined: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("remote-snapshot-prepared=\"false\""))
         .collect();
     assert_eq!(declined.len(), 1, "{log}");
-    assert!(declined[0].contains("registry unreachable"), "{}", declined[0]);
-    assert!(declined[0].to_lowercase().contains("certificate"), "a clear reason: {}", declined[0]);
+    assert!(
+        declined[0].contains("registry unreachable"),
+        "{}",
+        declined[0]
+    );
+    assert!(
+        declined[0].to_lowercase().contains("certificate"),
+        "a clear reason: {}",
+        declined[0]
+    );
     d.stop();
 }
 
@@ -244,7 +321,13 @@ async fn tls_is_verified_unless_a_host_says_otherwise() {
 /// starts at `chunk_offset` in `blob`.
 fn chunk_member(blob: &[u8], name: &str, chunk_offset: u64) -> std::ops::Range<usize> {
     let (_, decoded) = rstargz_fs::estargz::read_toc(blob, 1 << 30).unwrap();
-    let mut offsets: Vec<u64> = decoded.toc.entries.iter().map(|e| e.offset).filter(|&o| o > 0).collect();
+    let mut offsets: Vec<u64> = decoded
+        .toc
+        .entries
+        .iter()
+        .map(|e| e.offset)
+        .filter(|&o| o > 0)
+        .collect();
     offsets.sort_unstable();
     let start = decoded
         .toc
@@ -282,7 +365,9 @@ async fn toc_and_chunk_digests_are_verified_by_default() {
     let reference = registry.reference("sec/digests");
     let data = test_blob(256 << 10, 5);
     let layer = estargz_layer(&[("big.bin", 0o644, &data)], 64 << 10);
-    let digest = push_image(&reference, std::slice::from_ref(&layer)).await.remove(0);
+    let digest = push_image(&reference, std::slice::from_ref(&layer))
+        .await
+        .remove(0);
     let dir = tempfile::tempdir().unwrap();
     let d = start_remote_daemon(dir.path(), NO_BACKGROUND, &dir.path().join("none.json"), "");
     let mut c = d.client().await;
@@ -332,21 +417,30 @@ async fn fuse_mounts_are_read_only_nosuid_nodev_and_owned_by_root() {
     // container (the overlay mount decides there).
     let id = std::fs::read("/usr/bin/id").unwrap();
     let layer = estargz_layer(&[("id", 0o4755, &id), ("file", 0o644, b"data")], 64 << 10);
-    let digest = push_image(&reference, std::slice::from_ref(&layer)).await.remove(0);
+    let digest = push_image(&reference, std::slice::from_ref(&layer))
+        .await
+        .remove(0);
     let dir = tempfile::tempdir().unwrap();
     let d = start_remote_daemon(dir.path(), NO_BACKGROUND, &dir.path().join("none.json"), "");
     let mut c = d.client().await;
     assert_remote(&mut c, "layer", &reference, &layer, &digest).await;
     let fs = layer_dir(&mut c, "layer").await;
 
-    let m = mount_table().into_iter().rev().find(|m| m.mountpoint == fs).unwrap();
+    let m = mount_table()
+        .into_iter()
+        .rev()
+        .find(|m| m.mountpoint == fs)
+        .unwrap();
     assert!(m.fstype == "fuse" || m.fstype == "fuse.rstargz", "{m:?}");
     assert_eq!(m.source, "rstargz", "{m:?}");
     for opt in ["ro", "nosuid", "nodev"] {
         assert!(m.options.iter().any(|o| o == opt), "{opt} missing: {m:?}");
     }
     for opt in ["user_id=0", "group_id=0", "default_permissions"] {
-        assert!(m.super_options.iter().any(|o| o == opt), "{opt} missing: {m:?}");
+        assert!(
+            m.super_options.iter().any(|o| o == opt),
+            "{opt} missing: {m:?}"
+        );
     }
     let root = std::fs::metadata(&fs).unwrap();
     assert_eq!((root.uid(), root.gid()), (0, 0));
@@ -357,7 +451,10 @@ async fn fuse_mounts_are_read_only_nosuid_nodev_and_owned_by_root() {
     };
     erofs(std::fs::write(fs.join("new"), b"x"), "create");
     erofs(
-        std::fs::OpenOptions::new().write(true).open(fs.join("file")).map(drop),
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(fs.join("file"))
+            .map(drop),
         "open for writing",
     );
     erofs(std::fs::create_dir(fs.join("dir")), "mkdir");

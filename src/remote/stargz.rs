@@ -518,7 +518,9 @@ impl StargzFs {
             }
             match tokio::fs::remove_dir_all(&path).await {
                 Ok(()) => tracing::info!(dir = %path.display(), "deleted state of an unused layer"),
-                Err(e) => tracing::warn!(dir = %path.display(), error = %e, "cannot delete layer state"),
+                Err(e) => {
+                    tracing::warn!(dir = %path.display(), error = %e, "cannot delete layer state")
+                }
             }
         }
     }

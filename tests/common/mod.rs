@@ -304,7 +304,9 @@ pub fn entries(dir: &Path) -> Vec<String> {
 /// process does not exit).
 pub fn thread_states(pid: u32) -> String {
     let mut out = String::new();
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
     for task in tasks.flatten() {
         let dir = task.path();
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();

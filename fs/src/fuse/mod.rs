@@ -210,7 +210,9 @@ pub fn mount(
                 tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "cannot raise read-ahead");
             }
         }
-        None => tracing::warn!(mountpoint = %mountpoint.display(), "new mount not in the mount table"),
+        None => {
+            tracing::warn!(mountpoint = %mountpoint.display(), "new mount not in the mount table")
+        }
     }
     Ok(MountHandle {
         mountpoint: mountpoint.to_owned(),

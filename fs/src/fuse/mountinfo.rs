@@ -124,7 +124,10 @@ mod tests {
         );
         assert_eq!(t.len(), 2);
         assert_eq!(t[0].mountpoint, Path::new("/r/snapshots/1/fs"));
-        assert_eq!((t[0].dev, t[0].fstype.as_str(), t[0].source.as_str()), (30, "fuse", "rstargz"));
+        assert_eq!(
+            (t[0].dev, t[0].fstype.as_str(), t[0].source.as_str()),
+            (30, "fuse", "rstargz")
+        );
         assert_eq!(t[1].mountpoint, Path::new("/r/with space"));
         assert_eq!(t[1].dev, libc::makedev(8, 1));
     }

@@ -121,7 +121,11 @@ pub async fn push_image_with(
 
 /// Like [`push_image`] through `client` (its credentials and hosts config,
 /// e.g. a CA for a TLS registry).
-pub async fn push_image_via(client: &Registry, reference: &str, layers: &[TestLayer]) -> Vec<Digest> {
+pub async fn push_image_via(
+    client: &Registry,
+    reference: &str,
+    layers: &[TestLayer],
+) -> Vec<Digest> {
     let reference = Reference::parse(reference).unwrap();
     let mut descriptors = Vec::new();
     let mut digests = Vec::new();
