@@ -141,9 +141,9 @@ fn all_chunks(layer: &LayerReader) -> Vec<(Ino, Chunk)> {
         .flat_map(|ino| {
             index
                 .chunks(ino)
-                .iter()
+                .into_iter()
                 .filter(|c| !c.is_zeros())
-                .map(move |c| (ino, c.clone()))
+                .map(move |c| (ino, c))
         })
         .collect();
     out.sort_by_key(|(_, c)| c.compressed_range().start);

@@ -217,7 +217,7 @@ impl LayerFs {
         if node.kind() != NodeKind::Reg || node.size() < self.opts.passthrough_min_bytes.max(1) {
             return None;
         }
-        Some((store, FileStore::file_key(self.index.chunks(ino))?))
+        Some((store, FileStore::file_key(&self.index.chunks(ino))?))
     }
 
     /// Opens `ino` in the mode the passthrough table chooses.
@@ -261,7 +261,7 @@ impl LayerFs {
         };
         let (store, index) = (store.clone(), self.index.clone());
         self.runtime.spawn_blocking(move || {
-            if let Err(e) = store.prepare(key, index.chunks(ino), &disk) {
+            if let Err(e) = store.prepare(key, &index.chunks(ino), &disk) {
                 tracing::warn!(ino, error = %e, "cannot materialize file for passthrough");
             }
         });

@@ -193,7 +193,7 @@ impl LayerReader {
     pub fn read_cached(&self, ino: Ino, offset: u64, len: u64) -> Option<Vec<u8>> {
         let (start, end) = self.file_range(ino, offset, len).ok()?;
         let mut out = Vec::with_capacity((end - start) as usize);
-        for chunk in self.index.chunks_for_range(ino, start, end - start) {
+        for chunk in &self.index.chunks_for_range(ino, start, end - start) {
             if chunk.is_zeros() {
                 append_part(&mut out, chunk, &[], start, end);
                 continue;
@@ -214,7 +214,7 @@ impl LayerReader {
     pub async fn read(&self, ino: Ino, offset: u64, len: u64) -> Result<Vec<u8>, LayerError> {
         let (start, end) = self.file_range(ino, offset, len)?;
         let mut out = Vec::with_capacity((end - start) as usize);
-        for chunk in self.index.chunks_for_range(ino, start, end - start) {
+        for chunk in &self.index.chunks_for_range(ino, start, end - start) {
             let bytes = self.chunk(ino, chunk, Purpose::OnDemand).await?;
             append_part(&mut out, chunk, &bytes, start, end);
         }
@@ -229,13 +229,13 @@ impl LayerReader {
     /// decode in parallel with the reader instead of one after another).
     /// Each fetch is abandoned after `timeout`, so a dead source leaks no tasks.
     pub fn read_ahead(self: &Arc<Self>, ino: Ino, end: u64, count: usize, timeout: Duration) {
-        let chunks = self.index.chunks(ino);
-        let first = chunks.partition_point(|c| c.chunk_offset < end);
-        for chunk in chunks.iter().skip(first).take(count) {
-            if chunk.is_zeros() || self.cache.get_in_memory(&self.key(ino, chunk)).is_some() {
+        let first = self.index.chunks_before(ino, end);
+        let last = self.index.chunk_count(ino).min(first.saturating_add(count));
+        for chunk in (first..last).filter_map(|k| self.index.chunk(ino, k)) {
+            if chunk.is_zeros() || self.cache.get_in_memory(&self.key(ino, &chunk)).is_some() {
                 continue;
             }
-            let (this, chunk) = (self.clone(), chunk.clone());
+            let this = self.clone();
             tokio::spawn(async move {
                 let fetch = this.chunk(ino, &chunk, Purpose::Prefetch);
                 match tokio::time::timeout(timeout, fetch).await {

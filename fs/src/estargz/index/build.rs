@@ -307,6 +307,9 @@ impl Builder {
             if e.offset == 0 {
                 return Err(err(EntryError::MissingOffset));
             }
+            if e.offset > MAX_CHUNK_BLOB_OFFSET {
+                return Err(err(EntryError::OutOfRange("offset")));
+            }
             if e.offset >= self.payload_end {
                 return Err(err(EntryError::OffsetOutOfBlob {
                     offset: e.offset,
@@ -403,19 +406,100 @@ impl Builder {
             let n = &mut self.nodes[parent as usize - 1];
             (n.a, n.b) = (begin as u32, (idx - begin) as u32);
         }
-        self.nodes.shrink_to_fit();
-        self.chunks.shrink_to_fit();
+        let (nodes, attrs) = pack_nodes(&self.nodes);
+        let (chunks, extents, multi, inner) = pack_chunks(&self.nodes, &self.chunks);
         self.xattrs.shrink_to_fit();
         self.xattr_sets.shrink_to_fit();
         self.strings.shrink_to_fit();
         Ok(Index {
-            nodes: self.nodes,
+            nodes,
+            attrs,
             dirents,
-            chunks: self.chunks,
+            chunks,
+            extents,
+            multi,
+            inner,
             xattrs: self.xattrs,
             xattr_sets: self.xattr_sets,
             strings: self.strings,
             prefetch: self.prefetch,
         })
     }
+}
+
+/// Packs the nodes, interning their shared attributes.
+fn pack_nodes(nodes: &[Node]) -> (Vec<PackedNode>, Vec<Attrs>) {
+    let mut attrs = Vec::new();
+    let mut ids: HashMap<Attrs, u32> = HashMap::new();
+    let packed = nodes
+        .iter()
+        .map(|n| {
+            let a = Attrs::of(n);
+            // At most one set per node, so the count fits the inode type.
+            let id = *ids.entry(a).or_insert_with(|| {
+                attrs.push(a);
+                (attrs.len() - 1) as u32
+            });
+            PackedNode {
+                size: n.size,
+                parent: n.parent,
+                a: n.a,
+                b: n.b,
+                attrs: id,
+            }
+        })
+        .collect();
+    attrs.shrink_to_fit();
+    (packed, attrs)
+}
+
+/// Packed chunks plus the side tables: file offsets of multi-chunk files'
+/// chunks (with each file's first chunk and run start) and non-zero inner offsets.
+type PackedChunks = (Vec<PackedChunk>, Vec<u64>, Vec<(u32, u32)>, Vec<(u32, u32)>);
+
+fn pack_chunks(nodes: &[Node], chunks: &[Chunk]) -> PackedChunks {
+    let mut extents = Vec::new();
+    let mut multi = Vec::new();
+    for n in nodes.iter().filter(|n| n.kind == NodeKind::Reg && n.b > 1) {
+        multi.push((n.a, extents.len() as u32));
+        extents.extend(
+            chunks[n.a as usize..(n.a + n.b) as usize]
+                .iter()
+                .map(|c| c.chunk_offset),
+        );
+    }
+    multi.sort_unstable();
+    let mut inner = Vec::new();
+    let packed = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut word = if c.is_zeros() {
+                PACKED_ZEROS
+            } else {
+                c.offset & MAX_CHUNK_BLOB_OFFSET
+            };
+            if c.digest().is_some() {
+                word |= PACKED_HAS_DIGEST;
+            }
+            if c.inner_offset() != 0 {
+                word |= PACKED_INNER;
+                inner.push((i as u32, c.inner_offset() as u32));
+            }
+            let len = if c.is_zeros() {
+                0
+            } else {
+                c.compressed_end.saturating_sub(c.offset)
+            };
+            PackedChunk {
+                digest: c.digest,
+                offset_and_flags: word,
+                compressed_len: u32::try_from(len).unwrap_or(u32::MAX),
+                size: c.size,
+            }
+        })
+        .collect();
+    extents.shrink_to_fit();
+    inner.shrink_to_fit();
+    (packed, extents, multi, inner)
 }
