@@ -11,6 +11,7 @@ pub mod config;
 pub mod grpc;
 pub mod image;
 pub mod lcow;
+pub mod memory;
 pub mod remote;
 pub mod snapshot;
 pub mod store;

@@ -44,6 +44,7 @@ pub struct ServeArgs {
 
 /// Runs the daemon until SIGINT/SIGTERM.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    crate::memory::tune_allocator();
     let mut config = Config::load(args.config.as_deref())?;
     let root = args
         .root

@@ -89,20 +89,6 @@ fn layer_reason(e: &LayerError) -> DeclineReason {
     }
 }
 
-/// Hands the heap pages freed after a layer's TOC was parsed back to the
-/// kernel. The parse allocates many small objects (several times the size
-/// of the index it leaves behind) on whichever threads ran it; glibc keeps
-/// such freed fragments resident in its per-thread arenas, so without this
-/// each mount would leave tens of bytes per TOC entry of dead memory in RSS.
-fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
-    // takes the allocator's own locks and touches no live allocation.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// What `meta.json` of a layer's state directory records.
 #[derive(Debug, Serialize, Deserialize)]
 struct LayerMeta {
@@ -332,7 +318,8 @@ impl StargzFs {
         {
             tracing::warn!(path = %meta_path.display(), error = %e, "cannot record layer metadata");
         }
-        release_freed_memory();
+        // The parse left many small freed objects behind in the arenas.
+        crate::memory::release_freed_memory();
         let layer = Arc::new(layer);
         let handle = self.mount_fuse(mountpoint, layer.clone()).await?;
         let dev = {

@@ -36,13 +36,21 @@ pub(super) struct Builder {
     payload_end: u64,
     limits: Limits,
     nodes: Vec<Node>,
-    dirents: Vec<(Ino, DirEnt)>,
+    dirents: Vec<(Ino, BuildEnt)>,
     chunks: Vec<Chunk>,
     xattrs: Vec<(StrRef, StrRef)>,
     xattr_sets: Vec<(u32, u32)>,
     strings: Vec<u8>,
     paths: HashMap<String, Ino>,
     prefetch: Prefetch,
+}
+
+/// A directory entry while building: the name is kept as a plain reference
+/// (its LEB128 length sits just before it in the string table).
+#[derive(Clone, Copy)]
+struct BuildEnt {
+    name: StrRef,
+    ino: Ino,
 }
 
 /// A regular file whose chunks are still being collected.
@@ -78,6 +86,15 @@ impl Builder {
         })?;
         self.strings.extend_from_slice(s);
         Ok(StrRef { off, len })
+    }
+
+    /// Interns a directory entry name behind its LEB128 length.
+    fn intern_name(&mut self, s: &[u8]) -> Result<StrRef> {
+        let len = u32::try_from(s.len()).map_err(|_| Error::TocTooLarge {
+            cap: u32::MAX.into(),
+        })?;
+        push_leb128(&mut self.strings, len);
+        self.intern(s)
     }
 
     fn next_ino(&self) -> Result<Ino> {
@@ -137,7 +154,7 @@ impl Builder {
             }
             return Err(err(EntryError::Duplicate));
         }
-        let name_ref = self.intern(name.as_bytes())?;
+        let name_ref = self.intern_name(name.as_bytes())?;
         if e.kind == "hardlink" {
             let target_path = components(&e.link_name)
                 .map(|c| c.join("/"))
@@ -153,7 +170,7 @@ impl Builder {
             node.nlink = node.nlink.saturating_add(1);
             self.dirents.push((
                 parent,
-                DirEnt {
+                BuildEnt {
                     name: name_ref,
                     ino: target,
                 },
@@ -167,7 +184,7 @@ impl Builder {
         self.nodes.push(Node::new(kind, parent));
         self.dirents.push((
             parent,
-            DirEnt {
+            BuildEnt {
                 name: name_ref,
                 ino,
             },
@@ -234,10 +251,10 @@ impl Builder {
                 Some(_) => return Err(Error::entry(i, &e.name, EntryError::ParentNotDir(path))),
                 None => {
                     let ino = self.next_ino()?;
-                    let name = self.intern(comp.as_bytes())?;
+                    let name = self.intern_name(comp.as_bytes())?;
                     self.nodes.push(Node::new(NodeKind::Dir, dir));
                     self.nodes[dir as usize - 1].nlink += 1;
-                    self.dirents.push((dir, DirEnt { name, ino }));
+                    self.dirents.push((dir, BuildEnt { name, ino }));
                     self.paths.insert(path.clone(), ino);
                     ino
                 }
@@ -400,7 +417,11 @@ impl Builder {
             let parent = self.dirents[idx].0;
             let begin = idx;
             while idx < self.dirents.len() && self.dirents[idx].0 == parent {
-                dirents.push(self.dirents[idx].1);
+                let e = self.dirents[idx].1;
+                dirents.push(DirEnt {
+                    name: e.name.off - leb128_len(e.name.len),
+                    ino: e.ino,
+                });
                 idx += 1;
             }
             let n = &mut self.nodes[parent as usize - 1];
@@ -441,7 +462,6 @@ fn pack_nodes(nodes: &[Node]) -> (Vec<PackedNode>, Vec<Attrs>) {
                 (attrs.len() - 1) as u32
             });
             PackedNode {
-                size: n.size,
                 parent: n.parent,
                 a: n.a,
                 b: n.b,

@@ -14,7 +14,7 @@
 //!
 //! Memory: nodes, directory entries and chunks live in flat vectors and all
 //! strings in one byte table, so there is no per-directory map. Nodes are
-//! stored packed (24 bytes) with their attributes interned in a shared
+//! stored packed (16 bytes) with their attributes interned in a shared
 //! table (files of one image mostly share owner, mode and time); chunks
 //! are stored packed (48 bytes) with the rarely needed parts (positions in
 //! multi-chunk files, inner offsets) in small side tables. [`Node`] and
@@ -195,11 +195,31 @@ impl Node {
     }
 }
 
-/// A directory entry: name (in the string table) and the inode it names.
+/// A directory entry: where its name is in the string table (a LEB128
+/// length, then the bytes) and the inode it names.
 #[derive(Debug, Clone, Copy)]
 struct DirEnt {
-    name: StrRef,
+    name: u32,
     ino: Ino,
+}
+
+/// Bytes of the LEB128 encoding of `len`.
+fn leb128_len(mut len: u32) -> u32 {
+    let mut n = 1;
+    while len >= 0x80 {
+        len >>= 7;
+        n += 1;
+    }
+    n
+}
+
+/// Appends the LEB128 encoding of `len` to `out`.
+fn push_leb128(out: &mut Vec<u8>, mut len: u32) {
+    while len >= 0x80 {
+        out.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -208,10 +228,11 @@ struct StrRef {
     len: u32,
 }
 
-/// A node as stored; the attributes are an index into `Index::attrs`.
+/// A node as stored; the attributes are an index into `Index::attrs`. The
+/// size is implied: a file's chunks tile it, a symlink's is its target's
+/// length, everything else is 0.
 #[derive(Debug, Clone, Copy)]
 struct PackedNode {
-    size: u64,
     parent: Ino,
     a: u32,
     b: u32,
@@ -245,9 +266,9 @@ impl Attrs {
         }
     }
 
-    fn node(&self, p: &PackedNode) -> Node {
+    fn node(&self, p: &PackedNode, size: u64) -> Node {
         Node {
-            size: p.size,
+            size,
             mtime: self.mtime,
             mode: self.mode,
             uid: self.uid,
@@ -393,8 +414,9 @@ pub struct Index {
 }
 
 // Memory per entry matters (the FUSE layer holds one index per layer).
-const _: () = assert!(std::mem::size_of::<PackedNode>() == 24);
+const _: () = assert!(std::mem::size_of::<PackedNode>() == 16);
 const _: () = assert!(std::mem::size_of::<PackedChunk>() == 48);
+const _: () = assert!(std::mem::size_of::<DirEnt>() == 8);
 
 impl Index {
     /// Validates `toc` against the blob layout described by `footer` and builds the index.
@@ -418,7 +440,16 @@ impl Index {
     /// The node of `ino`.
     pub fn node(&self, ino: Ino) -> Option<Node> {
         let p = self.packed(ino)?;
-        Some(self.attrs[p.attrs as usize].node(p))
+        let attrs = &self.attrs[p.attrs as usize];
+        let size = match attrs.kind {
+            NodeKind::Reg => self.chunk_span(ino).map_or(0, |span| {
+                let last = span.1 - 1;
+                self.chunk_offset_at(span, last) + u64::from(self.chunks[span.0 + last].size)
+            }),
+            NodeKind::Symlink => u64::from(p.b),
+            _ => 0,
+        };
+        Some(attrs.node(p, size))
     }
 
     fn packed(&self, ino: Ino) -> Option<&PackedNode> {
@@ -450,7 +481,24 @@ impl Index {
     pub fn children(&self, dir: Ino) -> impl ExactSizeIterator<Item = (&str, Ino)> + '_ {
         self.dir_entries(dir)
             .iter()
-            .map(|d| (self.name_str(d.name), d.ino))
+            .map(|d| (self.name_str(self.ent_name(d)), d.ino))
+    }
+
+    /// The name of a directory entry.
+    fn ent_name(&self, d: &DirEnt) -> StrRef {
+        let (mut len, mut shift, mut off) = (0u32, 0, d.name as usize);
+        while let Some(&b) = self.strings.get(off) {
+            len |= u32::from(b & 0x7f) << shift;
+            off += 1;
+            shift += 7;
+            if b & 0x80 == 0 || shift > 28 {
+                break;
+            }
+        }
+        StrRef {
+            off: off as u32,
+            len,
+        }
     }
 
     fn name_str(&self, r: StrRef) -> &str {
@@ -461,7 +509,7 @@ impl Index {
     /// Looks `name` up in directory `dir`.
     pub fn lookup(&self, dir: Ino, name: &str) -> Option<Ino> {
         let ents = self.dir_entries(dir);
-        ents.binary_search_by(|d| self.str(d.name).cmp(name.as_bytes()))
+        ents.binary_search_by(|d| self.str(self.ent_name(d)).cmp(name.as_bytes()))
             .ok()
             .map(|i| ents[i].ino)
     }
