@@ -88,8 +88,22 @@ for idx, name in enumerate(images):
              f"{i['rss_mount_bytes'] / 1e6:+.1f} MB | {i['rss_mount_bytes'] / n:.0f} | "
              f"{i['cpu_mount_seconds'] * 1e3:.0f} | {walked / 1e6:+.1f} MB | {walked / n:.0f} |")
 for t in TARGETS:
-    if t in res:
-        emit(f"\n{t}: idle RSS {res[t]['rss_idle_bytes'] / 1e6:.1f} MB before the first mount.")
+    if t not in res:
+        continue
+    emit(f"\n{t}: idle RSS {res[t]['rss_idle_bytes'] / 1e6:.1f} MB before the first mount.")
+    # Per entry without the fixed cost of a mount: the slope between the
+    # smallest and the largest tree layer.
+    trees = sorted((i for i in res[t]["images"] if "/tree" in i["image"]), key=lambda i: i["entries"])
+    if len(trees) >= 2 and trees[-1]["entries"] > trees[0]["entries"]:
+        lo, hi = trees[0], trees[-1]
+        n = hi["entries"] - lo["entries"]
+        slope = (hi["rss_mount_bytes"] - lo["rss_mount_bytes"]) / n
+        walked = (hi["rss_mount_bytes"] + hi["rss_walk_bytes"]
+                  - lo["rss_mount_bytes"] - lo["rss_walk_bytes"]) / n
+        cpu = (hi["cpu_mount_seconds"] - lo["cpu_mount_seconds"]) / n * 1e5
+        emit(f"{t}: per entry beyond a mount's fixed cost (slope {lo['entries']} → {hi['entries']} "
+             f"entries): {slope:.0f} B after mount, {walked:.0f} B after walk, "
+             f"{cpu:.2f} CPU s per 100k entries to mount.")
 emit()
 emit("entries: names a walk of the mounted root sees (files, directories, the root); "
      "RSS after walk: growth from before the mount until after a full `find` + `lstat`.")

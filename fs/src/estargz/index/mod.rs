@@ -524,15 +524,17 @@ impl Index {
     /// Target of a symlink.
     pub fn symlink_target(&self, ino: Ino) -> Option<&str> {
         let n = self.packed(ino)?;
-        (self.kind_of(n) == NodeKind::Symlink)
-            .then(|| self.name_str(StrRef { off: n.a, len: n.b }))
+        (self.kind_of(n) == NodeKind::Symlink).then(|| self.name_str(StrRef { off: n.a, len: n.b }))
     }
 
     /// Extended attributes of a node.
     pub fn xattrs(&self, ino: Ino) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         let range = self
             .packed(ino)
-            .and_then(|n| self.xattr_sets.get(self.attrs[n.attrs as usize].xattr_set as usize))
+            .and_then(|n| {
+                self.xattr_sets
+                    .get(self.attrs[n.attrs as usize].xattr_set as usize)
+            })
             .map(|&(start, len)| start as usize..(start + len) as usize)
             .unwrap_or(0..0);
         self.xattrs[range]
