@@ -72,6 +72,7 @@ fn options(target: Target, work: &Path) -> Options {
         runs: runs.iter().map(|r| r.parse().unwrap()).collect(),
         random_ops: 20,
         max_time: Duration::from_secs(30),
+        repeat: 2,
     }
 }
 
@@ -145,6 +146,7 @@ async fn read_path_and_resources_produce_figures() {
         daemon.pid(),
         &[reference],
         &dir.path().join("w3"),
+        Duration::ZERO,
     )
     .await
     .unwrap();

@@ -120,6 +120,9 @@ pub struct Options {
     pub random_ops: u64,
     /// Time bound of each run.
     pub max_time: Duration,
+    /// Times each run that does not start cold is repeated; the best is
+    /// reported (other load on the machine only ever slows a run down).
+    pub repeat: u32,
 }
 
 /// Figures of one run.
@@ -234,11 +237,41 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
 }
 
 fn runs(opts: &Options, root: &Path) -> Result<Vec<RunReport>, BenchError> {
-    let file = root.join(&opts.file);
-    let tree = root.join(&opts.tree);
     let mut primed = false;
     let mut out = Vec::new();
     for run in &opts.runs {
+        // A cold read is cold only the first time.
+        let times = match run {
+            Run::Read {
+                state: State::Cold, ..
+            } => 1,
+            _ => opts.repeat.max(1),
+        };
+        let mut best: Option<(f64, RunReport)> = None;
+        for _ in 0..times {
+            let report = one_run(opts, root, run, &mut primed)?;
+            let speed = match &report {
+                RunReport::Read { figures, .. } => figures.mb_per_s,
+                RunReport::Walk { figures, .. } => figures.entries_per_s,
+            };
+            if best.as_ref().is_none_or(|(b, _)| speed > *b) {
+                best = Some((speed, report));
+            }
+        }
+        out.extend(best.map(|(_, r)| r));
+    }
+    Ok(out)
+}
+
+fn one_run(
+    opts: &Options,
+    root: &Path,
+    run: &Run,
+    primed: &mut bool,
+) -> Result<RunReport, BenchError> {
+    let file = root.join(&opts.file);
+    let tree = root.join(&opts.tree);
+    {
         match *run {
             Run::Read {
                 state,
@@ -246,13 +279,13 @@ fn runs(opts: &Options, root: &Path) -> Result<Vec<RunReport>, BenchError> {
                 block,
             } => {
                 if state == State::Page {
-                    if !primed {
+                    if !*primed {
                         io::prime(&file).map_err(io_err(file.display()))?;
-                        primed = true;
+                        *primed = true;
                     }
                 } else {
                     io::drop_caches().map_err(io_err("dropping caches"))?;
-                    primed = false;
+                    *primed = false;
                 }
                 let spec = ReadSpec {
                     access,
@@ -264,24 +297,23 @@ fn runs(opts: &Options, root: &Path) -> Result<Vec<RunReport>, BenchError> {
                     max_time: opts.max_time,
                 };
                 let figures = io::read_file(&file, &spec).map_err(io_err(file.display()))?;
-                out.push(RunReport::Read {
+                Ok(RunReport::Read {
                     state,
                     access,
                     block,
                     figures,
-                });
+                })
             }
             Run::Walk { cold } => {
                 if cold {
                     io::drop_caches().map_err(io_err("dropping caches"))?;
-                    primed = false;
+                    *primed = false;
                 }
                 let figures = io::walk(&tree).map_err(io_err(tree.display()))?;
-                out.push(RunReport::Walk { cold, figures });
+                Ok(RunReport::Walk { cold, figures })
             }
         }
     }
-    Ok(out)
 }
 
 #[cfg(test)]

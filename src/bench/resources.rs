@@ -109,6 +109,7 @@ pub async fn measure(
     pid: u32,
     images: &[String],
     work: &Path,
+    hold: std::time::Duration,
 ) -> Result<Report, ResourceError> {
     let sample_now = || sample(pid).map_err(|e| ResourceError::Io(format!("pid {pid}"), e));
     let mut snap = Snapshotter::connect(socket).await?;
@@ -142,6 +143,8 @@ pub async fn measure(
         Ok(())
     }
     .await;
+    // Lets a person inspect the daemon with everything mounted.
+    tokio::time::sleep(hold).await;
     for m in mounted.iter().rev() {
         if let Err(e) = snap.unmount(m).await {
             tracing::warn!(error = %e, "cannot unmount a benchmark image");

@@ -54,6 +54,9 @@ struct ReadPathArgs {
     /// Time bound of each run, seconds.
     #[arg(long, default_value_t = 30.0)]
     max_seconds: f64,
+    /// Repeats of each run that does not start cold (the best is reported).
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
     /// Name printed with the figures.
     #[arg(long, default_value = "target")]
     label: String,
@@ -73,6 +76,9 @@ struct ResourcesArgs {
     /// Scratch directory for mountpoints.
     #[arg(long)]
     work: PathBuf,
+    /// Seconds to keep everything mounted after measuring (for inspection).
+    #[arg(long, default_value_t = 0.0, hide = true)]
+    hold_seconds: f64,
     /// Name printed with the figures.
     #[arg(long, default_value = "target")]
     label: String,
@@ -121,6 +127,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 runs: a.runs,
                 random_ops: a.random_ops,
                 max_time: std::time::Duration::from_secs_f64(a.max_seconds),
+                repeat: a.repeat,
             };
             let report = runtime()?
                 .block_on(read_path::run(&opts))
@@ -129,7 +136,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         BenchCommand::Resources(a) => {
             let report = runtime()?
-                .block_on(resources::measure(&a.address, a.pid, &a.images, &a.work))
+                .block_on(resources::measure(
+                    &a.address,
+                    a.pid,
+                    &a.images,
+                    &a.work,
+                    std::time::Duration::from_secs_f64(a.hold_seconds),
+                ))
                 .context("resources benchmark")?;
             print_labelled(&report, a.label)
         }

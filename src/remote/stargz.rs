@@ -318,8 +318,6 @@ impl StargzFs {
         {
             tracing::warn!(path = %meta_path.display(), error = %e, "cannot record layer metadata");
         }
-        // The parse left many small freed objects behind in the arenas.
-        crate::memory::release_freed_memory();
         let layer = Arc::new(layer);
         let handle = self.mount_fuse(mountpoint, layer.clone()).await?;
         let dev = {
@@ -350,6 +348,10 @@ impl StargzFs {
                 },
             );
         }
+        // Opening the layer left the parsed TOC's many small objects freed
+        // in the arenas (of whichever threads ran it); now that the mount is
+        // complete nothing of it is still being dropped.
+        crate::memory::release_freed_memory();
         Ok(())
     }
 
