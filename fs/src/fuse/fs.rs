@@ -23,6 +23,7 @@ use fuser::{
 };
 
 use super::MountOptions;
+use super::access::AccessPattern;
 use super::overlay_view::OverlayView;
 use super::passthrough::{OpenMode, PassthroughOpens};
 use crate::cache::FileStore;
@@ -160,6 +161,8 @@ pub struct LayerFs {
     opens: PassthroughOpens,
     /// Attributes sent with negative lookups (node id 0).
     negative: FileAttr,
+    /// Which inodes are being read sequentially (read-ahead only for those).
+    access: AccessPattern,
 }
 
 impl LayerFs {
@@ -187,6 +190,7 @@ impl LayerFs {
             total_blocks: total_bytes / u64::from(BLOCK_SIZE),
             passthrough_on: AtomicBool::new(false),
             opens: PassthroughOpens::default(),
+            access: AccessPattern::default(),
             negative: FileAttr {
                 ino: INodeNo(0),
                 size: 0,
@@ -528,6 +532,7 @@ impl Filesystem for LayerFs {
             Ok(i) => i,
             Err(e) => return reply.error(errno(&e)),
         };
+        let sequential = self.access.record(ino, offset, u64::from(size));
         if let Some(data) = self.layer.read_cached(ino, offset, u64::from(size)) {
             self.stats.reads_inline.fetch_add(1, Ordering::Relaxed);
             return reply.data(&data);
@@ -538,7 +543,11 @@ impl Filesystem for LayerFs {
             self.stats.clone(),
             self.opts.read_timeout,
         );
-        let read_ahead = self.opts.read_ahead_chunks;
+        let read_ahead = if sequential {
+            self.opts.read_ahead_chunks
+        } else {
+            0
+        };
         self.runtime.spawn(async move {
             let started = Instant::now();
             layer.read_ahead(

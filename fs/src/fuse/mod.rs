@@ -5,6 +5,7 @@
 //! (each with its own cloned `/dev/fuse` fd) and cache-missing reads run on
 //! the given tokio runtime. Dropping the handle unmounts.
 
+pub mod access;
 pub mod fs;
 pub mod overlay_view;
 pub mod passthrough;
@@ -32,8 +33,9 @@ pub struct MountOptions {
     /// hanging the application. 30 s: long enough for a slow registry to
     /// return a 4 MiB chunk, short enough that a dead one is noticed.
     pub read_timeout: Duration,
-    /// Chunks fetched ahead of a read that missed the cache (sequential
-    /// readers then overlap fetch and decode with their own reads).
+    /// Chunks fetched ahead of a sequential read that missed the cache
+    /// (the reader then overlaps fetch and decode with its own reads);
+    /// random reads fetch only what they need.
     pub read_ahead_chunks: usize,
     /// Kernel read-ahead of the mount in KiB. FUSE starts at the block
     /// layer's 128 KiB default, which also caps buffered read requests at
