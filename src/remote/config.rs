@@ -129,6 +129,9 @@ pub struct FuseSection {
     pub attr_timeout: Option<u64>,
     /// Entry TTL (s).
     pub entry_timeout: Option<u64>,
+    /// A read not answered within this many seconds fails with EIO (our
+    /// key; default 30).
+    pub read_timeout_sec: Option<u64>,
     /// Kernel FUSE passthrough for fully cached large files. On by default:
     /// a mount whose kernel refuses it falls back to normal reads by itself.
     pub passthrough: bool,
@@ -139,6 +142,7 @@ impl Default for FuseSection {
         FuseSection {
             attr_timeout: None,
             entry_timeout: None,
+            read_timeout_sec: None,
             passthrough: true,
         }
     }

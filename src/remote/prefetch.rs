@@ -132,6 +132,15 @@ impl BlobSource for BufferedSource {
     fn size(&self) -> u64 {
         self.inner.size()
     }
+
+    async fn forget(&self, range: Range<u64>) {
+        if self.slice(&range).is_some() {
+            // The prefetched copy is bad somewhere: every chunk still to be
+            // decoded from it is read from the registry instead.
+            self.set(None);
+        }
+        self.inner.forget(range).await;
+    }
 }
 
 /// Every non-hole chunk of the layer, in blob order.

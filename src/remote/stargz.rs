@@ -407,6 +407,9 @@ impl StargzFs {
         if let Some(s) = self.config.fuse.entry_timeout {
             opts.entry_ttl = Duration::from_secs(s);
         }
+        if let Some(s) = self.config.fuse.read_timeout_sec {
+            opts.read_timeout = Duration::from_secs(s);
+        }
         let at = mountpoint.to_path_buf();
         tokio::task::spawn_blocking(move || fuse::mount(&at, layer, opts))
             .await

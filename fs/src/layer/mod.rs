@@ -7,6 +7,9 @@
 //! opened with verification disabled, decoded from the blob). Chunks are
 //! fetched whole (the format's seek granularity) through the shared
 //! [`ChunkCache`], so identical chunks are fetched once across layers.
+//! Bytes that fail to decode or verify (footer, TOC, chunk) are fetched
+//! again, up to [`FETCH_ATTEMPTS`] times: a network that corrupts or cuts a
+//! response now and then costs a refetch, never a wrong byte or an error.
 
 pub mod source;
 
@@ -24,6 +27,11 @@ use crate::estargz::{
     decode_toc, parse_footer,
 };
 pub use source::{BlobSource, LocalBlob, Purpose};
+
+/// Reads of the same bytes before their decode or verification failure is
+/// final. A blob that is really corrupt costs four extra reads; a transient
+/// fault hit with probability p survives all five only with p^5.
+pub const FETCH_ATTEMPTS: u32 = 5;
 
 /// Errors of layer reads.
 #[derive(Debug, thiserror::Error)]
@@ -107,30 +115,23 @@ impl LayerReader {
         opts: &OpenOptions,
     ) -> Result<Self, LayerError> {
         let size = source.size();
-        let tail_len = (estargz::footer::MAX_FOOTER_SIZE as u64).min(size);
-        let tail = read(&*source, size - tail_len..size, Purpose::Metadata).await?;
-        let footer = parse_footer(&tail, size)?;
-        let toc_range = footer.toc_range();
-        if toc_range.end - toc_range.start > opts.max_toc_size.saturating_add(1 << 20) {
-            return Err(estargz::Error::TocTooLarge {
-                cap: opts.max_toc_size,
+        let tail_range = size - (estargz::footer::MAX_FOOTER_SIZE as u64).min(size)..size;
+        let mut attempt = 1;
+        let (footer, decoded) = loop {
+            let mut toc_range = None;
+            match read_footer_and_toc(&*source, tail_range.clone(), &mut toc_range, opts).await {
+                Ok(found) => break found,
+                Err(e @ LayerError::Format(_)) if attempt < FETCH_ATTEMPTS => {
+                    tracing::warn!(attempt, error = %e, "layer footer or TOC unusable; fetching again");
+                    source.forget(tail_range.clone()).await;
+                    if let Some(r) = toc_range {
+                        source.forget(r).await;
+                    }
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
             }
-            .into());
-        }
-        let compressed = read(&*source, toc_range, Purpose::Metadata).await?;
-        let max = opts.max_toc_size;
-        let decoded = tokio::task::spawn_blocking(move || decode_toc(&footer, &compressed, max))
-            .await
-            .map_err(|e| LayerError::Task(e.to_string()))??;
-        if let Some(expected) = opts.expected_toc_digest
-            && expected != decoded.digest
-        {
-            return Err(estargz::Error::TocDigestMismatch {
-                expected: expected.to_string(),
-                actual: decoded.digest.to_string(),
-            }
-            .into());
-        }
+        };
         let index = Index::build(&decoded.toc, &footer, &opts.limits)?;
         Ok(LayerReader {
             index: Arc::new(index),
@@ -285,26 +286,70 @@ impl LayerReader {
         purpose: Purpose,
     ) -> Result<Bytes, LayerError> {
         let range = chunk.compressed_range();
-        let compressed = read(&*self.source, range.clone(), purpose).await?;
-        self.stats.source_reads.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .source_bytes
-            .fetch_add(range.end - range.start, Ordering::Relaxed);
-        let (compression, verify) = (self.compression, self.verify);
-        let decoded = tokio::task::spawn_blocking(move || {
-            decode_chunk(compression, ino, &chunk, &compressed, verify)
-        })
-        .await
-        .map_err(|e| LayerError::Task(e.to_string()))?;
-        match decoded {
-            Ok(v) => Ok(Bytes::from(v)),
-            Err(e) => {
-                self.stats.bad_chunks.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(ino, error = %e, "chunk failed to decode or verify");
-                Err(e.into())
+        let mut attempt = 1;
+        loop {
+            let compressed = read(&*self.source, range.clone(), purpose).await?;
+            self.stats.source_reads.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .source_bytes
+                .fetch_add(range.end - range.start, Ordering::Relaxed);
+            let (compression, verify, c) = (self.compression, self.verify, chunk.clone());
+            let decoded = tokio::task::spawn_blocking(move || {
+                decode_chunk(compression, ino, &c, &compressed, verify)
+            })
+            .await
+            .map_err(|e| LayerError::Task(e.to_string()))?;
+            match decoded {
+                Ok(v) => return Ok(Bytes::from(v)),
+                Err(e) => {
+                    self.stats.bad_chunks.fetch_add(1, Ordering::Relaxed);
+                    if attempt >= FETCH_ATTEMPTS {
+                        tracing::warn!(ino, attempt, error = %e, "chunk failed to decode or verify; giving up");
+                        return Err(e.into());
+                    }
+                    tracing::warn!(ino, attempt, error = %e, "chunk failed to decode or verify; fetching again");
+                    self.source.forget(range.clone()).await;
+                    attempt += 1;
+                }
             }
         }
     }
+}
+
+/// Reads and decodes footer and TOC, checking the TOC against
+/// `opts.expected_toc_digest`; `toc_range` records where the TOC was read.
+async fn read_footer_and_toc(
+    source: &dyn BlobSource,
+    tail_range: std::ops::Range<u64>,
+    toc_range: &mut Option<std::ops::Range<u64>>,
+    opts: &OpenOptions,
+) -> Result<(estargz::Footer, estargz::DecodedToc), LayerError> {
+    let size = source.size();
+    let tail = read(source, tail_range, Purpose::Metadata).await?;
+    let footer = parse_footer(&tail, size)?;
+    let range = footer.toc_range();
+    if range.end - range.start > opts.max_toc_size.saturating_add(1 << 20) {
+        return Err(estargz::Error::TocTooLarge {
+            cap: opts.max_toc_size,
+        }
+        .into());
+    }
+    *toc_range = Some(range.clone());
+    let compressed = read(source, range, Purpose::Metadata).await?;
+    let max = opts.max_toc_size;
+    let decoded = tokio::task::spawn_blocking(move || decode_toc(&footer, &compressed, max))
+        .await
+        .map_err(|e| LayerError::Task(e.to_string()))??;
+    if let Some(expected) = opts.expected_toc_digest
+        && expected != decoded.digest
+    {
+        return Err(estargz::Error::TocDigestMismatch {
+            expected: expected.to_string(),
+            actual: decoded.digest.to_string(),
+        }
+        .into());
+    }
+    Ok((footer, decoded))
 }
 
 async fn read(

@@ -1,7 +1,8 @@
 //! The public facade [`Registry`]: configuration, HTTP clients per TLS
 //! setting, the authorizer, per-endpoint priority gates and metrics, plus
-//! the one request loop every call goes through (auth header, 401 → refresh
-//! once, retries with backoff for idempotent requests, per-attempt timeout).
+//! the one request loop every call goes through (auth header, 401 → fresh
+//! credentials, retries with backoff for idempotent requests, per-attempt
+//! timeout).
 //!
 //! Redirects are never followed by reqwest; callers that expect them
 //! (blob reads) follow them themselves so the target can be cached.
@@ -250,7 +251,8 @@ impl RegistryInner {
         };
         let host_name = spec.host.host.clone();
         let mut auth_override: Option<String> = None;
-        let mut refreshed_auth = false;
+        let mut sent_auth: Option<String> = None;
+        let mut auth_refreshes = 0u32;
         let mut attempt = 0u32;
         loop {
             let permit = gate.acquire(spec.purpose).await;
@@ -263,9 +265,10 @@ impl RegistryInner {
                     Some(a) => Some(a.clone()),
                     None => self.authorizer.header(&target).await?,
                 };
-                if let Some(a) = auth {
+                if let Some(a) = &auth {
                     request = request.header(reqwest::header::AUTHORIZATION, a);
                 }
+                sent_auth = auth;
             }
             self.metrics.request(spec.purpose);
             let outcome = request.send().await;
@@ -291,13 +294,17 @@ impl RegistryInner {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     if status == 401 && spec.authorize {
-                        if refreshed_auth {
+                        // A token can expire or be revoked between any two
+                        // requests, so a 401 is retried as long as the
+                        // authorizer comes up with a different header;
+                        // the same one refused twice (basic auth) is final.
+                        if auth_refreshes > self.config.backoff.max_retries {
                             return Err(RegistryError::Unauthorized {
                                 host: host_name,
                                 repository: spec.repository.to_string(),
                             });
                         }
-                        refreshed_auth = true;
+                        auth_refreshes += 1;
                         let challenge = response
                             .headers()
                             .get_all(reqwest::header::WWW_AUTHENTICATE)
@@ -308,11 +315,11 @@ impl RegistryInner {
                         drop(response);
                         drop(permit);
                         match self.authorizer.on_unauthorized(&target, &challenge).await? {
-                            Some(header) => {
+                            Some(header) if sent_auth.as_ref() != Some(&header) => {
                                 auth_override = Some(header);
                                 continue;
                             }
-                            None => {
+                            _ => {
                                 return Err(RegistryError::Unauthorized {
                                     host: host_name,
                                     repository: spec.repository.to_string(),

@@ -1,6 +1,6 @@
 //! Retry policy: which failures are worth retrying, and exponential backoff
 //! with jitter (derived from the clock, so no RNG dependency) that honours
-//! `Retry-After` in seconds.
+//! `Retry-After` (seconds or an HTTP-date).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,9 +44,18 @@ pub fn retryable_status(status: u16) -> bool {
     status == 429 || (500..600).contains(&status) && status != 501
 }
 
-/// Parses `Retry-After` given in seconds (HTTP dates are ignored).
+/// Parses `Retry-After`: delay seconds, or an HTTP-date (a date in the
+/// past means no wait).
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// A number in [0, 1) that differs between calls and callers.
@@ -94,6 +103,17 @@ mod tests {
         assert!(retryable_status(429) && retryable_status(500) && retryable_status(503));
         assert!(!retryable_status(501) && !retryable_status(404) && !retryable_status(401));
         assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "a date in the past: retry at once"
+        );
+        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let d = parse_retry_after(&soon).unwrap();
+        assert!(
+            d > Duration::from_secs(110) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
     }
 }
