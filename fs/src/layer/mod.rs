@@ -389,3 +389,129 @@ fn append_part(out: &mut Vec<u8>, chunk: &Chunk, bytes: &[u8], start: u64, end: 
         out.extend_from_slice(&bytes[(from - range.start) as usize..(to - range.start) as usize]);
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::ops::Range;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicU32;
+
+    use super::*;
+    use crate::cache::ChunkCacheConfig;
+    use crate::estargz::{WriterOptions, convert};
+
+    /// An in-memory blob whose next `corrupt` reads come back with their
+    /// middle byte flipped.
+    struct Flaky {
+        data: Bytes,
+        corrupt: AtomicU32,
+        reads: AtomicU32,
+        forgotten: Mutex<Vec<Range<u64>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl BlobSource for Flaky {
+        async fn read_range(&self, range: Range<u64>, _: Purpose) -> io::Result<Bytes> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let mut bytes = self.data[range.start as usize..range.end as usize].to_vec();
+            let bad = self
+                .corrupt
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if bad && !bytes.is_empty() {
+                let at = bytes.len() / 2;
+                bytes[at] ^= 0x5a;
+            }
+            Ok(bytes.into())
+        }
+
+        fn size(&self) -> u64 {
+            self.data.len() as u64
+        }
+
+        async fn forget(&self, range: Range<u64>) {
+            self.forgotten.lock().unwrap().push(range);
+        }
+    }
+
+    /// Bytes that do not compress much.
+    fn noise(len: u32) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    }
+
+    fn layer_blob(content: &[u8]) -> (Vec<u8>, Digest) {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(content.len() as u64);
+        b.append_data(&mut h, "file", content).unwrap();
+        let tar = b.into_inner().unwrap();
+        let mut out = Vec::new();
+        let made = convert(&tar[..], &mut out, &WriterOptions::default()).unwrap();
+        (out, made.toc_digest)
+    }
+
+    fn flaky(blob: Vec<u8>, corrupt: u32) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            data: blob.into(),
+            corrupt: AtomicU32::new(corrupt),
+            reads: AtomicU32::new(0),
+            forgotten: Mutex::new(Vec::new()),
+        })
+    }
+
+    #[tokio::test]
+    async fn corrupted_reads_are_fetched_again_until_they_verify() {
+        let content = noise(100_000);
+        let (blob, toc) = layer_blob(&content);
+        let opts = OpenOptions {
+            expected_toc_digest: Some(toc),
+            ..OpenOptions::default()
+        };
+        let cache = Arc::new(ChunkCache::new(&ChunkCacheConfig::default(), None));
+        // The first two footer reads are corrupt.
+        let source = flaky(blob, 2);
+        let layer = LayerReader::open(source.clone(), cache, &opts)
+            .await
+            .unwrap();
+        let tail = source.size() - estargz::footer::MAX_FOOTER_SIZE as u64..source.size();
+        assert_eq!(*source.forgotten.lock().unwrap(), [tail.clone(), tail]);
+        let ino = layer.index().lookup_path("file").unwrap();
+        source.corrupt.store(FETCH_ATTEMPTS - 1, Ordering::SeqCst);
+        let got = layer.read(ino, 0, 200_000).await.unwrap();
+        assert!(got == content, "the bytes read are the file's");
+        let bad = layer.stats().bad_chunks.load(Ordering::SeqCst);
+        assert_eq!(bad, u64::from(FETCH_ATTEMPTS - 1));
+    }
+
+    #[tokio::test]
+    async fn a_blob_that_never_verifies_fails_after_the_last_attempt() {
+        let content = noise(50_000);
+        let (blob, toc) = layer_blob(&content);
+        let opts = OpenOptions {
+            expected_toc_digest: Some(toc),
+            ..OpenOptions::default()
+        };
+        let cache = Arc::new(ChunkCache::new(&ChunkCacheConfig::default(), None));
+        let always = flaky(blob.clone(), u32::MAX);
+        let err = LayerReader::open(always.clone(), cache.clone(), &opts)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LayerError::Format(_)), "{err}");
+        assert!(always.reads.load(Ordering::SeqCst) <= 2 * FETCH_ATTEMPTS);
+
+        let source = flaky(blob, 0);
+        let layer = LayerReader::open(source.clone(), cache, &opts)
+            .await
+            .unwrap();
+        let ino = layer.index().lookup_path("file").unwrap();
+        source.corrupt.store(u32::MAX, Ordering::SeqCst);
+        let before = source.reads.load(Ordering::SeqCst);
+        let err = layer.read(ino, 0, 10).await.unwrap_err();
+        assert!(matches!(err, LayerError::Shared(_)), "{err}");
+        assert_eq!(source.reads.load(Ordering::SeqCst) - before, FETCH_ATTEMPTS);
+    }
+}
