@@ -217,24 +217,45 @@ async fn mount_remote(
     layer: &TestLayer,
 ) -> PathBuf {
     let digests = push_image(&registry.reference(repo), std::slice::from_ref(layer)).await;
+    try_mount_remote(c, proxy, repo, name, layer, &digests[0])
+        .await
+        .unwrap()
+}
+
+/// Prepares the pushed `layer` (blob `digest`) of `repo` as the remote
+/// snapshot `name` and returns the directory a View of it shows; an error
+/// says why it is not a remote snapshot.
+async fn try_mount_remote(
+    c: &mut Client,
+    proxy: &FaultProxy,
+    repo: &str,
+    name: &str,
+    layer: &TestLayer,
+    digest: &rstargz_fs::registry::Digest,
+) -> Result<PathBuf, String> {
     let reference = format!("{}/{repo}:latest", proxy.host());
     let labels = [
         ("containerd.io/snapshot.ref", name),
         (STARGZ_REFERENCE, reference.as_str()),
-        (STARGZ_DIGEST, digests[0].as_str()),
+        (STARGZ_DIGEST, digest.as_str()),
         (TOC_DIGEST, layer.toc_digest.as_deref().unwrap()),
     ];
-    let err = prepare(c, &format!("extract-{name}"), "", &labels)
+    match prepare(c, &format!("extract-{name}"), "", &labels).await {
+        Err(e) if e.code() == tonic::Code::AlreadyExists => {}
+        other => {
+            return Err(format!(
+                "{name}: Prepare answered {other:?}, not AlreadyExists"
+            ));
+        }
+    }
+    let info = stat(c, name).await.map_err(|e| e.to_string())?;
+    if !info.labels.contains_key(REMOTE_LABEL) {
+        return Err(format!("{name} fell back to a local snapshot: {info:?}"));
+    }
+    let mounts = view(c, &format!("view-{name}"), name)
         .await
-        .expect_err("a remote layer is committed by Prepare");
-    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{name}: {err:?}");
-    let info = stat(c, name).await.unwrap();
-    assert!(
-        info.labels.contains_key(REMOTE_LABEL),
-        "{name} fell back to a local snapshot: {info:?}"
-    );
-    let mounts = view(c, &format!("view-{name}"), name).await.unwrap();
-    bind_source(&mounts)
+        .map_err(|e| e.to_string())?;
+    Ok(bind_source(&mounts))
 }
 
 /// The first byte of a `bytes=A-B` Range header.
@@ -405,4 +426,182 @@ async fn faults_while_a_layer_mounts_are_retried_never_a_fallback() {
         "{log}"
     );
     daemon.stop();
+}
+
+/// Path of the Go reference daemon (built by scripts/bench-faults.sh).
+const GO_DAEMON: &str = "/usr/local/bin/containerd-stargz-grpc";
+
+/// A snapshotter under benchmark: ours or the Go reference.
+enum Bench {
+    Ours(Daemon),
+    Go {
+        child: std::process::Child,
+        root: PathBuf,
+        socket: PathBuf,
+    },
+}
+
+impl Bench {
+    /// The same retry and timeout settings for both, in each one's keys.
+    fn start(go: bool, dir: &Path) -> Bench {
+        if !go {
+            return Bench::Ours(start_daemon(dir, "noprefetch = true\n"));
+        }
+        let (root, socket, config) = (dir.join("root"), dir.join("go.sock"), dir.join("go.toml"));
+        std::fs::write(
+            &config,
+            "noprefetch = true\nno_background_fetch = true\n\
+             [blob]\nfetching_timeout_sec = 1\nmax_retries = 5\nmin_wait_msec = 10\nmax_wait_msec = 200\n",
+        )
+        .unwrap();
+        let child = std::process::Command::new(GO_DAEMON)
+            .arg("-address")
+            .arg(&socket)
+            .arg("-root")
+            .arg(&root)
+            .arg("-config")
+            .arg(&config)
+            .args(["-log-level", "warn"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("go.log")).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for("the Go daemon's socket", || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        Bench::Go {
+            child,
+            root,
+            socket,
+        }
+    }
+
+    async fn client(&self) -> Client {
+        match self {
+            Bench::Ours(d) => d.client().await,
+            Bench::Go { socket, .. } => rstargz::client::connect(socket).await.unwrap(),
+        }
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        if let Bench::Go { child, root, .. } = self {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            wait_for("the Go daemon to exit", || {
+                child.try_wait().ok().flatten().is_some()
+            });
+            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            for m in rstargz::remote::restore::stale_mounts(&info, root) {
+                let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+/// Full read of every file of an image by `READERS` parallel readers, with
+/// no faults and with 20 % of blob requests faulted (mixed), for rstargz and
+/// (when installed) the Go reference, each on a fresh root. Prints the times,
+/// the ratio to the fault-free time and the read outcomes.
+/// `FAULT_BENCH_DIRS` scales the image (9 files, ~2.5 MB per directory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: scripts/bench-faults.sh"]
+async fn bench_full_read_under_faults() {
+    let dirs: usize = std::env::var("FAULT_BENCH_DIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let (registry, proxy) = registry_behind_proxy().await;
+    let (layer, files) = image(1, dirs, 1);
+    let repo = "bench/image";
+    let digest =
+        push_image(&registry.reference(repo), std::slice::from_ref(&layer)).await[0].clone();
+    let size: u64 = files.len() as u64;
+    eprintln!(
+        "image: {size} files in {dirs} directories, blob {:.1} MB, 64 KiB chunks; {READERS} readers",
+        layer.blob.len() as f64 / 1e6
+    );
+    let mut impls = vec![false];
+    if Path::new(GO_DAEMON).exists() {
+        impls.push(true);
+    } else {
+        eprintln!("{GO_DAEMON} not installed: rstargz only");
+    }
+    let mut lines = Vec::new();
+    for go in impls {
+        let name = if go { "go-reference" } else { "rstargz" };
+        let mut clean = None;
+        for faulted in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let bench = Bench::start(go, dir.path());
+            let mut c = bench.client().await;
+            proxy.set_plan(faulted.then(|| FaultPlan {
+                seed: 2024,
+                ..FaultPlan::blobs(FaultMode::Mixed, 0.2)
+            }));
+            proxy.clear_seen();
+            let started = Instant::now();
+            let root = match try_mount_remote(&mut c, &proxy, repo, "bench", &layer, &digest).await
+            {
+                Ok(root) => root,
+                Err(e) => {
+                    lines.push(format!(
+                        "{name:<13}{:<8} not mounted remotely: {e}",
+                        if faulted { "mixed" } else { "clean" }
+                    ));
+                    proxy.set_plan(None);
+                    continue;
+                }
+            };
+            let mounted = started.elapsed();
+            let counts = read_all(&root, &files, READERS, Duration::from_secs(1800)).await;
+            let total = started.elapsed();
+            let injected = proxy.faults_injected();
+            let blob_requests = proxy
+                .seen()
+                .iter()
+                .filter(|s| s.path.contains("/blobs/"))
+                .count();
+            proxy.set_plan(None);
+            let after = read_all(&root, &files, 1, Duration::from_secs(600)).await;
+            let base = *clean.get_or_insert(total);
+            lines.push(format!(
+                "{name:<13}{:<8}{:>9.2}{:>9.2}{:>8.1}x{:>9}{:>9}{:>7}{:>8}{:>6}{:>6}{:>10}",
+                if faulted { "mixed" } else { "clean" },
+                mounted.as_secs_f64(),
+                total.as_secs_f64(),
+                total.as_secs_f64() / base.as_secs_f64(),
+                blob_requests,
+                injected,
+                counts.tried,
+                counts.correct,
+                counts.eio,
+                counts.wrong,
+                format!("{}/{}", after.correct, after.tried),
+            ));
+            eprintln!("{}", lines.last().unwrap());
+            drop(c);
+            drop(bench);
+        }
+    }
+    eprintln!(
+        "\n{:<13}{:<8}{:>9}{:>9}{:>9}{:>9}{:>9}{:>7}{:>8}{:>6}{:>6}{:>10}",
+        "snapshotter",
+        "faults",
+        "mount s",
+        "total s",
+        "ratio",
+        "requests",
+        "faulted",
+        "tried",
+        "correct",
+        "EIO",
+        "wrong",
+        "after"
+    );
+    for l in &lines {
+        eprintln!("{l}");
+    }
+    eprintln!("(ratio: total time against the same snapshotter without faults, same run)");
 }

@@ -77,8 +77,8 @@ pub struct FaultPlan {
     pub mode: FaultMode,
     /// Chance that one eligible request is faulted (0..=1).
     pub probability: f64,
-    /// Only blob reads are eligible (else every `/v2/` request is; the token
-    /// endpoint never is).
+    /// Only blob reads (and redirect targets) are eligible (else every `/v2/`
+    /// request is; the token endpoint never is).
     pub only_blobs: bool,
     /// Seed of the proxy's random choices, so a run can be repeated.
     pub seed: u64,
@@ -131,7 +131,9 @@ impl Injector {
     /// The fault for a request to `path`, if it gets one.
     fn decide(&mut self, method: &str, path: &str) -> Option<FaultMode> {
         let plan = self.plan?;
-        let eligible = path.starts_with("/v2/")
+        // Redirect targets count as blob reads: a client that cached one
+        // keeps meeting faults there.
+        let eligible = (path.starts_with("/v2/") || path.starts_with("/redirected/"))
             && (!plan.only_blobs || (method == "GET" && path.contains("/blobs/sha256:")));
         if !eligible
             || plan.max_faults.is_some_and(|m| self.injected >= m)
@@ -466,6 +468,11 @@ async fn hold(conn: &mut TcpStream) {
 }
 
 async fn redirect(s: &State, conn: &mut TcpStream, path: &str) -> std::io::Result<()> {
+    // A redirect target redirected again points at the same blob.
+    let path = path
+        .strip_prefix("/redirected/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(path.to_string(), |(_, p)| format!("/{p}"));
     let location = format!(
         "/redirected/{}{}",
         s.redirect_generation.load(Ordering::SeqCst),
