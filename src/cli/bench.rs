@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
+use crate::bench::shaper::{Link, Shaper};
 use crate::bench::snapshot_ops;
 
 /// Arguments of `rstargz bench`.
@@ -17,6 +18,24 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// Prepare+Mounts+Commit+Remove round trips per second over a Snapshots socket.
     SnapshotOps(SnapshotOpsArgs),
+    /// A link-shaping TCP proxy (delay, shared bandwidth cap, counters) until Ctrl-C.
+    Shape(ShapeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ShapeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// Where connections go.
+    #[arg(long)]
+    upstream: std::net::SocketAddr,
+    /// Round-trip time added (half per direction, plus one per new connection).
+    #[arg(long, default_value_t = 20)]
+    rtt_ms: u64,
+    /// Bandwidth per direction shared by all connections (0: unlimited).
+    #[arg(long, default_value_t = 100)]
+    rate_mbit: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -47,6 +66,10 @@ struct SnapshotOpsArgs {
 /// Runs `rstargz bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
+        BenchCommand::Shape(a) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(shape(a))
+        }
         BenchCommand::SnapshotOps(a) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             let opts = snapshot_ops::Options {
@@ -65,4 +88,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Runs the shaping proxy; prints its address, then its counters as a JSON
+/// line on SIGUSR1 and at exit (SIGINT/SIGTERM).
+async fn shape(a: ShapeArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let link = Link::new(a.rtt_ms, a.rate_mbit);
+    let shaper = Shaper::start(a.listen, a.upstream, link)
+        .await
+        .with_context(|| format!("listening on {}", a.listen))?;
+    println!(
+        "{}",
+        serde_json::json!({"listening": shaper.addr().to_string(), "rtt_ms": a.rtt_ms, "rate_mbit": a.rate_mbit})
+    );
+    let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = usr1.recv() => println!("{}", serde_json::to_string(&shaper.counters())?),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    println!("{}", serde_json::to_string(&shaper.counters())?);
+    Ok(())
 }
