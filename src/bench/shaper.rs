@@ -343,13 +343,9 @@ mod tests {
     #[tokio::test]
     async fn delay_bandwidth_and_counters() {
         let up = upstream(250_000).await;
-        let shaper = Shaper::start(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            up,
-            Link::new(40, 20),
-        )
-        .await
-        .expect("start");
+        let shaper = Shaper::start(SocketAddr::from(([127, 0, 0, 1], 0)), up, Link::new(40, 20))
+            .await
+            .expect("start");
         // 2 round trips (handshake + request) and 250 kB at 2.5 MB/s = 100 ms.
         let t = request(shaper.addr(), 250_000).await;
         assert!(t >= Duration::from_millis(175), "{t:?}");
