@@ -1,4 +1,7 @@
 //! Benchmarks that drive running services and report figures (never
 //! pass/fail): the numbers are compared with a baseline measured in the same run.
 
+pub mod coldstart;
+pub mod plot;
+pub mod shaper;
 pub mod snapshot_ops;

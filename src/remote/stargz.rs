@@ -151,6 +151,8 @@ pub struct StargzFs {
     /// Counters of layers already unmounted, so the totals exported as
     /// Prometheus counters never decrease.
     retired: Retired,
+    /// Where mounts record the files opened (`rstargz mount --record`).
+    access_log: Option<fuse::AccessLog>,
 }
 
 /// Final counts of unmounted layers.
@@ -222,6 +224,7 @@ impl StargzFs {
             activity,
             remount: tokio::sync::Mutex::new(()),
             retired: Retired::default(),
+            access_log: None,
             config,
         })
     }
@@ -399,6 +402,7 @@ impl StargzFs {
         let mut opts = MountOptions {
             runtime: Some(tokio::runtime::Handle::current()),
             passthrough: self.files.clone(),
+            access_log: self.access_log.clone(),
             ..MountOptions::default()
         };
         if let Some(s) = self.config.fuse.attr_timeout {
@@ -415,6 +419,11 @@ impl StargzFs {
             .await
             .map_err(|e| DeclineReason::MountFailed.decline(e))?
             .map_err(|e| DeclineReason::MountFailed.decline(e))
+    }
+
+    /// Records the files opened in layers mounted from now on into `log`.
+    pub fn record_opens(&mut self, log: fuse::AccessLog) {
+        self.access_log = Some(log);
     }
 
     /// The layer mounted at `mountpoint`, if any.

@@ -485,7 +485,12 @@ impl Filesystem for LayerFs {
             Ok(i)
         });
         match res {
-            Ok(i) => self.open_file(i, reply),
+            Ok(i) => {
+                if let Some(log) = &self.opts.access_log {
+                    log.record(&self.index, i);
+                }
+                self.open_file(i, reply)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }

@@ -5,6 +5,7 @@
 //! (each with its own cloned `/dev/fuse` fd) and cache-missing reads run on
 //! the given tokio runtime. Dropping the handle unmounts.
 
+pub mod access_log;
 pub mod fs;
 pub mod overlay_view;
 pub mod passthrough;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
+pub use self::access_log::AccessLog;
 pub use self::fs::{FsError, FuseStats, LayerFs, READ_LATENCY_BUCKETS, errno};
 pub use self::overlay_view::{OpaqueXattr, OverlayView};
 use crate::cache::FileStore;
@@ -56,6 +58,8 @@ pub struct MountOptions {
     /// them warm, and a second copy of every small file would double the
     /// disk use for little gain.
     pub passthrough_min_bytes: u64,
+    /// Records the files opened (for `rstargz mount --record`).
+    pub access_log: Option<AccessLog>,
 }
 
 impl Default for MountOptions {
@@ -72,6 +76,7 @@ impl Default for MountOptions {
             runtime: None,
             passthrough: None,
             passthrough_min_bytes: 1 << 20,
+            access_log: None,
         }
     }
 }
