@@ -355,7 +355,8 @@ pub(crate) fn header_str(response: &reqwest::Response, name: HeaderName) -> Opti
     response.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-fn configured_headers(host: &RegistryHost) -> HeaderMap {
+/// The extra headers `hosts.toml` sets for `host` (invalid ones are skipped).
+pub(crate) fn configured_headers(host: &RegistryHost) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (k, v) in &host.headers {
         if let (Ok(k), Ok(v)) = (

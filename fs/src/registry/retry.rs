@@ -31,7 +31,8 @@ impl Backoff {
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         let base = self.min.saturating_mul(1u32 << attempt.min(20));
         let jitter = base.mul_f64(jitter_fraction(attempt));
-        let d = (base + jitter).min(self.max);
+        // Saturating: a configured min near Duration::MAX must not panic.
+        let d = base.saturating_add(jitter).min(self.max);
         match retry_after {
             Some(r) => r.min(self.max).max(d),
             None => d,
@@ -85,6 +86,12 @@ mod tests {
         };
         let d0 = b.delay(0, None);
         assert!(d0 >= Duration::from_millis(10) && d0 < Duration::from_millis(20));
+        let huge = Backoff {
+            min: Duration::MAX,
+            max: Duration::MAX,
+            max_retries: 5,
+        };
+        assert_eq!(huge.delay(3, None), Duration::MAX);
         let d3 = b.delay(3, None);
         assert!(d3 >= Duration::from_millis(80) && d3 < Duration::from_millis(160));
         assert_eq!(b.delay(30, None), Duration::from_millis(500));
