@@ -15,6 +15,8 @@ packages=(
   zstd gzip tar    # format round-trip checks with the standard tools
   jq curl
   openssl          # test CA and certificates for the registry TLS tests
+  docker.io docker-compose  # the dev stack (docker-compose.yml), run by tests/compose.rs
+  mmdebstrap       # its Debian base image, made offline from the apt sources
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -26,8 +28,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian starts these services on install; our tests run their own instances.
-for svc in containerd docker-registry; do
+# Debian starts these services on install; our tests run their own instances
+# (docker first: it starts containerd, and its socket unit would start it again).
+for svc in docker.socket docker containerd docker-registry; do
   systemctl stop "$svc" 2>/dev/null || true
 done
 command -v cargo >/dev/null || { echo "setup: cargo not found (install Rust via rustup)" >&2; exit 1; }

@@ -5,6 +5,7 @@
 
 pub mod containerd;
 pub mod vhdx_check;
+pub mod workload;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
