@@ -135,6 +135,9 @@ pub struct FuseSection {
     /// Kernel FUSE passthrough for fully cached large files. On by default:
     /// a mount whose kernel refuses it falls back to normal reads by itself.
     pub passthrough: bool,
+    /// Keep the FUSE connections open across a SIGTERM restart (through
+    /// `rstargz fd-holder`), so running containers never lose their layers.
+    pub live_restart: bool,
 }
 
 impl Default for FuseSection {
@@ -144,6 +147,7 @@ impl Default for FuseSection {
             entry_timeout: None,
             read_timeout_sec: None,
             passthrough: true,
+            live_restart: true,
         }
     }
 }

@@ -7,6 +7,9 @@
 //! failure) makes it fall back to the local overlayfs snapshot.
 
 pub mod config;
+pub mod fdholder;
+pub mod fdstore;
+pub mod live;
 pub mod metrics;
 pub mod prefetch;
 pub mod restore;

@@ -20,6 +20,7 @@ use rstargz_fs::registry::{LayerSource, Registry, RegistryError, layer_source_fr
 use serde::{Deserialize, Serialize};
 
 use super::config::RemoteConfig;
+use super::live::LiveMounts;
 use super::prefetch::{self, Activity, BackgroundLimits, BufferedSource};
 use super::source::{RegistryBlob, TocCachedSource, write_atomically};
 use super::{BoxFuture, RemoteError};
@@ -153,6 +154,8 @@ pub struct StargzFs {
     retired: Retired,
     /// Where mounts record the files opened (`rstargz mount --record`).
     access_log: Option<fuse::AccessLog>,
+    /// Live restart (mounts kept across daemon restarts), when enabled.
+    live: Option<LiveMounts>,
 }
 
 /// Final counts of unmounted layers.
@@ -225,8 +228,45 @@ impl StargzFs {
             remount: tokio::sync::Mutex::new(()),
             retired: Retired::default(),
             access_log: None,
+            live: None,
             config,
         })
+    }
+
+    /// Keeps mounts alive across restarts through `live`.
+    pub fn with_live_restart(mut self, live: LiveMounts) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    /// Live restart, when enabled.
+    pub fn live(&self) -> Option<&LiveMounts> {
+        self.live.as_ref()
+    }
+
+    /// Leaves every mount to the next daemon (SIGTERM with live restart);
+    /// returns how many were handed over. Mounts that cannot be are
+    /// unmounted.
+    pub fn hand_over_all(&self) -> usize {
+        let mounts: Vec<(PathBuf, Mounted)> = self
+            .mounts
+            .lock()
+            .map(|mut m| m.drain().collect())
+            .unwrap_or_default();
+        let mut handed = 0;
+        for (path, mounted) in mounts {
+            let Mounted {
+                handle, fetcher, ..
+            } = mounted;
+            drop(fetcher);
+            // Without live restart the handle unmounts as it drops.
+            if let Some(live) = &self.live
+                && live.hand_over(&path, handle)
+            {
+                handed += 1;
+            }
+        }
+        handed
     }
 
     /// Counters of mounts and declines.
@@ -322,7 +362,10 @@ impl StargzFs {
             tracing::warn!(path = %meta_path.display(), error = %e, "cannot record layer metadata");
         }
         let layer = Arc::new(layer);
-        let handle = self.mount_fuse(mountpoint, layer.clone()).await?;
+        let (handle, fresh) = match self.resume_fuse(mountpoint, layer.clone()).await {
+            Some(handle) => (handle, false),
+            None => (self.mount_fuse(mountpoint, layer.clone()).await?, true),
+        };
         let dev = {
             use std::os::unix::fs::MetadataExt;
             let at = mountpoint.to_path_buf();
@@ -331,6 +374,9 @@ impl StargzFs {
                 .ok()
                 .and_then(Result::ok)
         };
+        if let Some(live) = &self.live {
+            live.register(mountpoint, &handle, dev, fresh);
+        }
         let default_prefetch = source.prefetch_size.unwrap_or(self.config.prefetch_size);
         let fetcher = self
             .start_fetching(layer.clone(), buffered, default_prefetch)
@@ -394,11 +440,33 @@ impl StargzFs {
         Some(AbortOnDrop(task))
     }
 
-    async fn mount_fuse(
-        &self,
-        mountpoint: &Path,
-        layer: Arc<LayerReader>,
-    ) -> Result<MountHandle, Declined> {
+    /// Takes over the live mount a previous daemon left at `mountpoint`.
+    async fn resume_fuse(&self, mountpoint: &Path, layer: Arc<LayerReader>) -> Option<MountHandle> {
+        let live = self.live.as_ref()?;
+        let (conn, state) = live.take(mountpoint)?;
+        let opts = self.mount_options();
+        let at = mountpoint.to_path_buf();
+        let resumed =
+            tokio::task::spawn_blocking(move || fuse::resume(&at, layer, opts, conn, &state)).await;
+        match resumed {
+            Ok(Ok(handle)) => {
+                tracing::info!(mountpoint = %mountpoint.display(), "live mount taken over");
+                Some(handle)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot take over live mount; mounting afresh");
+                live.abandon(mountpoint);
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "take-over task failed; mounting afresh");
+                live.abandon(mountpoint);
+                None
+            }
+        }
+    }
+
+    fn mount_options(&self) -> MountOptions {
         let mut opts = MountOptions {
             runtime: Some(tokio::runtime::Handle::current()),
             passthrough: self.files.clone(),
@@ -414,6 +482,15 @@ impl StargzFs {
         if let Some(s) = self.config.fuse.read_timeout_sec {
             opts.read_timeout = Duration::from_secs(s);
         }
+        opts
+    }
+
+    async fn mount_fuse(
+        &self,
+        mountpoint: &Path,
+        layer: Arc<LayerReader>,
+    ) -> Result<MountHandle, Declined> {
+        let opts = self.mount_options();
         let at = mountpoint.to_path_buf();
         tokio::task::spawn_blocking(move || fuse::mount(&at, layer, opts))
             .await
@@ -578,6 +655,9 @@ impl StargzFs {
             mounted = back;
             match result {
                 Ok(()) => {
+                    if let Some(live) = &self.live {
+                        live.forget(&key);
+                    }
                     self.retire(&mounted);
                     self.forget_state(&mounted.state).await;
                     return Ok(());
