@@ -10,7 +10,7 @@ use crate::config::Config;
 
 /// Every fuzz target of the workspace by name (`fuzz/fuzz_targets/<name>.rs`):
 /// the format and registry harnesses of `rstargz-fs` plus the config file.
-pub fn targets() -> Vec<(&'static str, fn(&[u8]))> {
+pub fn targets() -> Vec<rstargz_fs::fuzzing::Target> {
     let mut all = rstargz_fs::fuzzing::TARGETS.to_vec();
     all.push(("config", fuzz_config));
     all

@@ -12,11 +12,12 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs `f` over every file of `dir` (dot files excepted); returns how many.
+/// Runs `f` over every file of `dir` (dot files and subdirectories excepted); returns how many.
 fn replay(dir: &Path, f: fn(&[u8])) -> usize {
     let mut n = 0;
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with('.') {
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if !is_file || entry.file_name().to_string_lossy().starts_with('.') {
             continue;
         }
         let data = std::fs::read(entry.path()).expect("readable fuzz input");

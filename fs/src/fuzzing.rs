@@ -14,8 +14,11 @@ use crate::estargz::writer::{WriterOptions, convert};
 use crate::registry::hosts::parse_hosts_file;
 use crate::registry::multipart::{byteranges_boundary, parse_byteranges};
 
-/// Every harness of this crate by fuzz target name (`fuzz/fuzz_targets/<name>.rs`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target: its name (`fuzz/fuzz_targets/<name>.rs`) and harness body.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every harness of this crate by fuzz target name.
+pub const TARGETS: &[Target] = &[
     ("blob", fuzz_blob),
     ("toc_json", fuzz_toc_json),
     ("tar", fuzz_tar),

@@ -36,7 +36,7 @@ pub fn to_status(err: Error) -> Status {
             cut -= 1;
         }
         message.truncate(cut);
-        message.push_str("…");
+        message.push('…');
     }
     Status::new(code, message)
 }
