@@ -458,6 +458,39 @@ async fn cut_bodies_resets_hangs_and_dated_retry_after_are_retried() {
 }
 
 #[tokio::test]
+async fn a_hanging_on_demand_request_is_hedged_long_before_its_timeout() {
+    let reg = TestRegistry::start().await;
+    let proxy = FaultProxy::start(reg.addr).await;
+    let f = fixture_with(&reg, 10_000, |c| {
+        c.fetch_timeout = Duration::from_secs(20);
+        c.hedge_after_min = Some(Duration::from_millis(50));
+    })
+    .await;
+    let fetcher = open(&f, &proxy.host(), None).await;
+    proxy.set_plan(first(FaultMode::Hang, 1));
+    let started = std::time::Instant::now();
+    let got = fetcher
+        .fetch_ranges(&[100..200], Purpose::OnDemand)
+        .await
+        .unwrap();
+    assert_content(&f, &got, &[100..200]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let m = f.registry.metrics();
+    assert_eq!((m.hedges, m.retries), (1, 0));
+    // Background reads wait for their answer instead.
+    proxy.set_plan(first(FaultMode::Stall(Duration::from_millis(400)), 1));
+    fetcher
+        .fetch_ranges(&[300..400], Purpose::Background)
+        .await
+        .unwrap();
+    assert_eq!(f.registry.metrics().hedges, 1);
+}
+
+#[tokio::test]
 async fn stalled_registry_times_out() {
     let reg = TestRegistry::start().await;
     let proxy = FaultProxy::start(reg.addr).await;

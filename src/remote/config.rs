@@ -105,6 +105,10 @@ pub struct BlobSection {
     pub valid_interval: u64,
     /// Always probe in Check (`valid_interval = 0`).
     pub check_always: bool,
+    /// An on-demand request not answered within four times the usual
+    /// latency and at least this many ms is sent again, first answer wins
+    /// (our key; 0: never).
+    pub hedge_after_msec: u64,
 }
 
 impl Default for BlobSection {
@@ -117,6 +121,7 @@ impl Default for BlobSection {
             force_single_range_mode: false,
             valid_interval: 60,
             check_always: false,
+            hedge_after_msec: 200,
         }
     }
 }
@@ -243,6 +248,8 @@ impl RemoteConfig {
                 max_retries: self.blob.max_retries,
             },
             force_single_range: self.blob.force_single_range_mode,
+            hedge_after_min: (self.blob.hedge_after_msec > 0)
+                .then(|| Duration::from_millis(self.blob.hedge_after_msec)),
             ..RegistryConfig::default()
         }
     }

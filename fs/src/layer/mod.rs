@@ -214,10 +214,18 @@ impl LayerReader {
     /// Reads `[offset, offset + len)` of file `ino` (short at end of file).
     pub async fn read(&self, ino: Ino, offset: u64, len: u64) -> Result<Vec<u8>, LayerError> {
         let (start, end) = self.file_range(ino, offset, len)?;
+        let chunks = self.index.chunks_for_range(ino, start, end - start);
+        // At once: a slow or retried chunk delays the read once, not once
+        // per chunk before it.
+        let fetched = futures_util::future::try_join_all(
+            chunks
+                .iter()
+                .map(|chunk| self.chunk(ino, chunk, Purpose::OnDemand)),
+        )
+        .await?;
         let mut out = Vec::with_capacity((end - start) as usize);
-        for chunk in self.index.chunks_for_range(ino, start, end - start) {
-            let bytes = self.chunk(ino, chunk, Purpose::OnDemand).await?;
-            append_part(&mut out, chunk, &bytes, start, end);
+        for (chunk, bytes) in chunks.iter().zip(&fetched) {
+            append_part(&mut out, chunk, bytes, start, end);
         }
         self.stats
             .bytes_served

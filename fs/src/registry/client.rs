@@ -19,6 +19,7 @@ use super::auth::{AuthTarget, Authorizer};
 use super::credentials::{CredentialStore, default_docker_config_path};
 use super::error::{RegistryError, Result, describe_transport_error};
 use super::gate::{GatePermit, PriorityGate, Purpose};
+use super::hedge::{self, Latency};
 use super::hosts::{HostsConfig, RegistryHost, Scheme, resolve_hosts};
 use super::metrics::{FetchMetrics, MetricsSnapshot};
 use super::reference::Reference;
@@ -52,6 +53,10 @@ pub struct RegistryConfig {
     pub max_request_bytes: u64,
     /// Never send multi-range requests.
     pub force_single_range: bool,
+    /// An on-demand request without an answer after four times the usual
+    /// latency, and at least this long, is sent a second time and the first
+    /// answer wins (None: never).
+    pub hedge_after_min: Option<Duration>,
 }
 
 impl Default for RegistryConfig {
@@ -69,6 +74,7 @@ impl Default for RegistryConfig {
             max_ranges_per_request: 64,
             max_request_bytes: 4 << 20,
             force_single_range: false,
+            hedge_after_min: Some(Duration::from_millis(200)),
         }
     }
 }
@@ -92,6 +98,7 @@ pub(crate) struct RegistryInner {
     clients: Mutex<HashMap<TlsKey, reqwest::Client>>,
     gates: Mutex<HashMap<String, Arc<PriorityGate>>>,
     pub(crate) metrics: FetchMetrics,
+    latency: Latency,
 }
 
 /// Where and how one request is sent.
@@ -155,6 +162,7 @@ impl Registry {
                 clients: Mutex::new(clients),
                 gates: Mutex::new(HashMap::new()),
                 metrics: FetchMetrics::default(),
+                latency: Latency::default(),
             }),
         })
     }
@@ -271,7 +279,20 @@ impl RegistryInner {
                 sent_auth = auth;
             }
             self.metrics.request(spec.purpose);
-            let outcome = request.send().await;
+            let hedge_after = self
+                .config
+                .hedge_after_min
+                .filter(|_| spec.idempotent && spec.purpose == Purpose::OnDemand)
+                .map(|floor| self.latency.hedge_after(floor, spec.timeout / 2));
+            let sent = std::time::Instant::now();
+            let outcome = hedge::send(request, hedge_after, || {
+                self.metrics.request(spec.purpose);
+                self.metrics.hedge();
+            })
+            .await;
+            if outcome.is_ok() {
+                self.latency.record(sent.elapsed());
+            }
             let retry_after;
             match outcome {
                 Err(e) => {

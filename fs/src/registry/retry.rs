@@ -74,6 +74,7 @@ fn jitter_fraction(salt: u32) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
