@@ -21,5 +21,5 @@ if [ ! -x "$go_daemon" ]; then
 fi
 
 echo "machine: $(nproc) cores, kernel $(uname -r)" >&2
-FAULT_BENCH_DIRS=${1:-16} cargo test -q -p rstargz --test faults bench_full_read_under_faults \
-  -- --ignored --nocapture 2>&1 | grep -v '^running\|^test \|^$'
+FAULT_BENCH_DIRS=${1:-16} cargo test -q --release -p rstargz --test faults bench_full_read_under_faults \
+  -- --ignored --nocapture 2>&1 | grep -v '^running\|^test \|^\.\?$'
