@@ -9,8 +9,8 @@ echo "== unit and integration tests (cargo test)"
 cargo test --workspace --all-targets 2>&1
 
 echo "== bounded fuzz run, every target (fuzz/run.sh)"
-# 40 s per target, two at a time: about 2 min of fuzzing after the build.
-bash fuzz/run.sh "${FUZZ_SECONDS:-40}"
+# 30 s per target, two at a time: about 1.5 min of fuzzing after the build.
+bash fuzz/run.sh "${FUZZ_SECONDS:-30}"
 
 echo "== containerd snapshotter conformance suite"
 bash scripts/conformance.sh
