@@ -205,26 +205,23 @@ impl Drop for MountHandle {
     }
 }
 
-/// Mounts `layer` read-only at `mountpoint`. When this returns, the FUSE
-/// handshake is done and the mount serves requests.
-pub fn mount(
+/// The runtime that serves reads: the one in `opts`, else the caller's.
+fn session_runtime(
     mountpoint: &Path,
-    layer: Arc<LayerReader>,
-    opts: MountOptions,
-) -> Result<MountHandle, MountError> {
-    let runtime = match opts.runtime.clone() {
-        Some(r) => r,
+    opts: &MountOptions,
+) -> Result<tokio::runtime::Handle, MountError> {
+    match opts.runtime.clone() {
+        Some(r) => Ok(r),
         None => tokio::runtime::Handle::try_current()
-            .map_err(|_| MountError::NoRuntime(mountpoint.to_owned()))?,
-    };
+            .map_err(|_| MountError::NoRuntime(mountpoint.to_owned())),
+    }
+}
+
+/// Session settings shared by a fresh mount and a taken-over one. All
+/// workers share one fd (`clone_fd` off): the kernel fails the pending
+/// requests of a cloned fd when it closes, which a handover must not do.
+fn session_config(opts: &MountOptions) -> Config {
     let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("rstargz".into()),
-        MountOption::Subtype("rstargz".into()),
-        MountOption::RO,
-        MountOption::NoDev,
-        MountOption::DefaultPermissions,
-    ];
     config.acl = if opts.allow_other {
         SessionACL::All
     } else {
@@ -232,6 +229,25 @@ pub fn mount(
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = false;
+    config
+}
+
+/// Mounts `layer` read-only at `mountpoint`. When this returns, the FUSE
+/// handshake is done and the mount serves requests.
+pub fn mount(
+    mountpoint: &Path,
+    layer: Arc<LayerReader>,
+    opts: MountOptions,
+) -> Result<MountHandle, MountError> {
+    let runtime = session_runtime(mountpoint, &opts)?;
+    let mut config = session_config(&opts);
+    config.mount_options = vec![
+        MountOption::FSName("rstargz".into()),
+        MountOption::Subtype("rstargz".into()),
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::DefaultPermissions,
+    ];
     let stats = Arc::new(FuseStats::default());
     let read_ahead_kb = opts.read_ahead_kb;
     let live = Arc::new(Live::new());
@@ -275,19 +291,8 @@ pub fn resume(
         path: mountpoint.to_owned(),
         source,
     };
-    let runtime = match opts.runtime.clone() {
-        Some(r) => r,
-        None => tokio::runtime::Handle::try_current()
-            .map_err(|_| MountError::NoRuntime(mountpoint.to_owned()))?,
-    };
-    let mut config = Config::default();
-    config.acl = if opts.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    config.n_threads = Some(opts.threads.max(1));
-    config.clone_fd = false;
+    let runtime = session_runtime(mountpoint, &opts)?;
+    let config = session_config(&opts);
     let stats = Arc::new(FuseStats::default());
     let live = Arc::new(Live::resumed(state, handover::dup(&conn).map_err(err)?));
     let fs = LayerFs::with_live(layer, opts, runtime, stats.clone(), live.clone());
