@@ -124,6 +124,8 @@ pub struct Options {
     pub large: LargeShape,
     /// Binaries.
     pub bins: Binaries,
+    /// Modes to run (all when empty).
+    pub modes: Vec<Mode>,
 }
 
 /// One measured run.
@@ -266,6 +268,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         for w in &workloads {
             for run in 0..opts.runs {
                 for mode in Mode::ALL {
+                    if !opts.modes.is_empty() && !opts.modes.contains(&mode) {
+                        continue;
+                    }
                     let reference = format!("{shaped}/bench/{}:{}", w.kind.name(), mode.tag());
                     let s = measure(opts, &shaper, w, &reference, mode, link, run).with_context(
                         || format!("{} {} {} run {run}", w.kind.name(), link.name, mode.label()),
@@ -471,6 +476,11 @@ fn measure(
         let sample = timed_run(&ctrd, shaper, w, reference, mode, link, run);
         ctrd.stop();
         drop(snap);
+        keep_logs(
+            &dir,
+            &opts.out,
+            &format!("{}-{}-{:?}-{run}", w.kind.name(), link.name, mode),
+        );
         let sample = sample?;
         if let Some(s) = mode.snapshotter() {
             check_remote(&dir.join(format!("{}.log", s.plugin())), s)?;
@@ -549,6 +559,23 @@ fn timed_run(
         connections: counted.connections,
         local_run_s,
     })
+}
+
+/// Copies the run's daemon logs to `<out>/logs/<name>-*.log`.
+fn keep_logs(dir: &Path, out: &Path, name: &str) {
+    let logs = out.join("logs");
+    if std::fs::create_dir_all(&logs).is_err() {
+        return;
+    }
+    for (from, to) in [
+        (dir.join("rstargz.log"), "rstargz"),
+        (dir.join("stargz.log"), "go"),
+        (dir.join("containerd/containerd.log"), "containerd"),
+    ] {
+        if from.exists() {
+            let _ = std::fs::copy(&from, logs.join(format!("{name}-{to}.log")));
+        }
+    }
 }
 
 /// Fails when a lazy mode fell back to a full pull (the log says why).

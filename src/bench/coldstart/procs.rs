@@ -174,7 +174,8 @@ pub fn start_snapshotter(
                 .arg(&socket)
                 .arg("--config")
                 .arg(&config)
-                .args(["--log-level", "info"]);
+                .arg("--log-level")
+                .arg(std::env::var("RSTARGZ_BENCH_LOG").unwrap_or_else(|_| "info".into()));
             c
         }
         Snapshotter::GoReference => {
