@@ -15,6 +15,10 @@ packages=(
   zstd gzip tar    # format round-trip checks with the standard tools
   jq curl
   openssl          # test CA and certificates for the registry TLS tests
+  fonts-dejavu-core   # the cold-start benchmark's PNG plots (DejaVu Sans)
+  python3-minimal libpython3.11-stdlib  # the cold-start benchmark's Python image
+  # The Go reference snapshotter, built below for side-by-side benchmarks:
+  golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-containerd-containerd-dev
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -30,4 +34,9 @@ fi
 for svc in containerd docker-registry; do
   systemctl stop "$svc" 2>/dev/null || true
 done
+# The Go reference daemon (benchmarks and their CI smoke test), ~30 s to build.
+if [ ! -x /usr/local/bin/containerd-stargz-grpc ]; then
+  echo "setup: building the Go reference snapshotter" >&2
+  "$(dirname "$0")/go-reference/build.sh" /usr/local/bin/containerd-stargz-grpc >&2
+fi
 command -v cargo >/dev/null || { echo "setup: cargo not found (install Rust via rustup)" >&2; exit 1; }
