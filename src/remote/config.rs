@@ -105,6 +105,10 @@ pub struct BlobSection {
     pub valid_interval: u64,
     /// Always probe in Check (`valid_interval = 0`).
     pub check_always: bool,
+    /// Compressed bytes an on-demand read may fetch beyond its chunk, to
+    /// cache the following files of the layer with the same request (our
+    /// own key; 0 turns it off).
+    pub read_amplify_bytes: u64,
 }
 
 impl Default for BlobSection {
@@ -117,6 +121,7 @@ impl Default for BlobSection {
             force_single_range_mode: false,
             valid_interval: 60,
             check_always: false,
+            read_amplify_bytes: 256 << 10,
         }
     }
 }

@@ -317,6 +317,8 @@ impl StargzFs {
         {
             tracing::warn!(path = %meta_path.display(), error = %e, "cannot record layer metadata");
         }
+        let mut layer = layer;
+        layer.set_read_amplification(self.config.blob.read_amplify_bytes);
         let layer = Arc::new(layer);
         let handle = self.mount_fuse(mountpoint, layer.clone()).await?;
         let dev = {
