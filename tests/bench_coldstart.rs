@@ -39,10 +39,7 @@ fn quick_cold_start_produces_every_figure() {
         image["plain_bytes"].as_u64().unwrap(),
         image["needs"]["needed_bytes"].as_u64().unwrap(),
     );
-    assert!(
-        image["prioritized_files"].as_u64().unwrap() > 0,
-        "{image}"
-    );
+    assert!(image["prioritized_files"].as_u64().unwrap() > 0, "{image}");
     assert!(needed > 0 && needed * 2 < plain, "{image}");
     let samples = report["samples"].as_array().unwrap();
     for link in LINKS {
@@ -63,7 +60,10 @@ fn quick_cold_start_produces_every_figure() {
         }
     }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.contains("Go stargz + prio") && md.contains("### Targets"), "{md}");
+    assert!(
+        md.contains("Go stargz + prio") && md.contains("### Targets"),
+        "{md}"
+    );
     for link in LINKS {
         let png = std::fs::read(out.join(format!("cold-start-{link}.png"))).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{link}");

@@ -96,7 +96,10 @@ fn draw(
                     .map(|c| (i, *m, c.total_s))
             })
             .collect();
-        let floor = r.floor(facts.image, link).map(|(n, l)| n + l);
+        let floor = r
+            .floor(facts.image, link)
+            .map(|(n, l)| n + l)
+            .filter(|f| f.is_finite());
         let top = values
             .iter()
             .map(|v| v.2)

@@ -388,7 +388,7 @@ impl StargzFs {
             state.to_path_buf(),
         ));
         let buffered = Arc::new(BufferedSource::new(cached));
-        let layer = LayerReader::open(buffered.clone(), self.cache.clone(), &opts)
+        let layer = LayerReader::open(buffered.clone(), self.cache.clone(), opts)
             .await
             .map_err(|e| layer_reason(&e).decline(e))?;
         Ok((blob, buffered, layer))

@@ -258,6 +258,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             f.prioritized_files,
             started.elapsed().as_secs_f64()
         );
+        // The trees are in the registry now; free the disk for the runs.
+        if let Err(e) = std::fs::remove_dir_all(opts.work.join("layers").join(kind.name())) {
+            tracing::warn!(error = %e, "cannot remove the layer trees");
+        }
         workloads.push(w);
         facts.push(f);
     }
@@ -288,17 +292,23 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
                     samples.push(s);
                 }
             }
+            // After every image, so an interrupted run still leaves figures.
+            report::write(&report(opts, &facts, &samples), &opts.out)?;
         }
     }
-    let report = Report {
+    let report = report(opts, &facts, &samples);
+    report::write(&report, &opts.out)?;
+    Ok(report)
+}
+
+fn report(opts: &Options, facts: &[ImageFacts], samples: &[Sample]) -> Report {
+    Report {
         machine: machine(&opts.bins),
         links: opts.links.clone(),
         runs: opts.runs,
-        images: facts,
-        samples,
-    };
-    report::write(&report, &opts.out)?;
-    Ok(report)
+        images: facts.to_vec(),
+        samples: samples.to_vec(),
+    }
 }
 
 fn mb(b: u64) -> f64 {
@@ -348,12 +358,16 @@ async fn publish(
                     prioritized,
                     ..WriterOptions::default()
                 },
-                ..ConvertOptions::default()
+                // One layer at a time: the large image's temporary files
+                // would otherwise need several GB at once.
+                parallelism: 1,
+                temp_dir: Some(opts.work.join("tmp")),
             };
             image::convert(client, &src?, &dst?, &copts, Arc::new(Quiet)).await?;
             anyhow::Ok(())
         }
     };
+    std::fs::create_dir_all(opts.work.join("tmp"))?;
     convert(Vec::new()).await?;
     let recorded = record(w, &format!("{registry}/bench/{name}:esgz"), opts)?;
     if recorded.is_empty() {
