@@ -11,14 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 go_daemon=/usr/local/bin/containerd-stargz-grpc
-if [ ! -x "$go_daemon" ]; then
-  if apt-get install -y -q golang-go golang-github-containerd-stargz-snapshotter-dev \
-       golang-github-containerd-containerd-dev >/dev/null 2>&1 &&
-     [ -x /work/shared/bench/go-reference/build.sh ]; then
-    /work/shared/bench/go-reference/build.sh "$go_daemon" >&2 || true
-  fi
-  [ -x "$go_daemon" ] || echo "Go reference not available: measuring rstargz only" >&2
-fi
+[ -x "$go_daemon" ] || scripts/setup.sh  # builds the Go reference
 
 echo "machine: $(nproc) cores, kernel $(uname -r)" >&2
 FAULT_BENCH_DIRS=${1:-16} cargo test -q --release -p rstargz --test faults bench_full_read_under_faults \

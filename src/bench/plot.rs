@@ -56,7 +56,8 @@ fn color(m: Mode) -> RGBColor {
 pub fn cold_start(r: &Report, link: &LinkCase, path: &Path) -> anyhow::Result<()> {
     register_font()?;
     let panels = r.images.len().max(1) as u32;
-    let (w, h) = (PANEL_WIDTH * panels, HEIGHT);
+    // Wide enough for the title even with one panel.
+    let (w, h) = ((PANEL_WIDTH * panels).max(900), HEIGHT);
     let mut buf = vec![0u8; (w * h * 3) as usize];
     draw(r, link, &mut buf, (w, h)).map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
     let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
@@ -95,7 +96,10 @@ fn draw(
                     .map(|c| (i, *m, c.total_s))
             })
             .collect();
-        let floor = r.floor(facts.image, link).map(|(n, l)| n + l);
+        let floor = r
+            .floor(facts.image, link)
+            .map(|(n, l)| n + l)
+            .filter(|f| f.is_finite());
         let top = values
             .iter()
             .map(|v| v.2)
@@ -116,7 +120,7 @@ fn draw(
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(55)
-            .build_cartesian_2d((0..Mode::ALL.len()).into_segmented(), 0f64..top)?;
+            .build_cartesian_2d((0..Mode::ALL.len() - 1).into_segmented(), 0f64..top)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -155,11 +159,7 @@ fn draw(
         }))?;
         if let Some(f) = floor {
             chart.draw_series(LineSeries::new(
-                vec![
-                    (SegmentValue::Exact(0), f),
-                    (SegmentValue::Exact(Mode::ALL.len() - 1), f),
-                    (SegmentValue::Last, f),
-                ],
+                vec![(SegmentValue::Exact(0), f), (SegmentValue::Last, f)],
                 RED.stroke_width(2),
             ))?;
         }

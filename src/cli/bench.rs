@@ -47,9 +47,15 @@ struct ColdStartArgs {
     /// Bandwidth of the shaped link.
     #[arg(long, default_value_t = 100)]
     rate_mbit: u64,
+    /// Modes (overlayfs, rstargz, rstargz-prio, go, go-prio) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    modes: Vec<String>,
     /// Only loopback (no shaped link).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "shaped_only")]
     loopback_only: bool,
+    /// Only the shaped link.
+    #[arg(long)]
+    shaped_only: bool,
     /// The Go reference daemon.
     #[arg(long, default_value = "/usr/local/bin/containerd-stargz-grpc")]
     go_reference: PathBuf,
@@ -177,11 +183,14 @@ fn cold_start(a: ColdStartArgs) -> anyhow::Result<()> {
             .map(|s| images::Kind::parse(s))
             .collect::<anyhow::Result<_>>()?
     };
-    let mut links = vec![LinkCase {
-        name: "loopback".into(),
-        rtt_ms: 0,
-        rate_mbit: 0,
-    }];
+    let mut links = Vec::new();
+    if !a.shaped_only {
+        links.push(LinkCase {
+            name: "loopback".into(),
+            rtt_ms: 0,
+            rate_mbit: 0,
+        });
+    }
     if !a.loopback_only {
         links.push(LinkCase {
             name: format!("{}ms-{}mbit", a.rtt_ms, a.rate_mbit),
@@ -189,7 +198,23 @@ fn cold_start(a: ColdStartArgs) -> anyhow::Result<()> {
             rate_mbit: a.rate_mbit,
         });
     }
+    let modes = a
+        .modes
+        .iter()
+        .map(|m| {
+            coldstart::Mode::ALL
+                .into_iter()
+                .find(|x| {
+                    serde_json::to_value(x)
+                        .ok()
+                        .and_then(|v| v.as_str().map(|s| s == m))
+                        == Some(true)
+                })
+                .with_context(|| format!("unknown mode {m:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let opts = coldstart::Options {
+        modes,
         work: a.work,
         out: a.out.clone(),
         images,

@@ -109,6 +109,10 @@ pub struct BlobSection {
     /// latency and at least this many ms is sent again, first answer wins
     /// (our key; 0: never).
     pub hedge_after_msec: u64,
+    /// Compressed bytes an on-demand read may fetch beyond its chunk, to
+    /// cache the following files of the layer with the same request (our
+    /// own key; 0 turns it off).
+    pub read_amplify_bytes: u64,
 }
 
 impl Default for BlobSection {
@@ -122,6 +126,7 @@ impl Default for BlobSection {
             valid_interval: 60,
             check_always: false,
             hedge_after_msec: 200,
+            read_amplify_bytes: 256 << 10,
         }
     }
 }

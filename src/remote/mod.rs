@@ -15,6 +15,7 @@ pub mod prefetch;
 pub mod restore;
 pub mod source;
 pub mod stargz;
+pub mod warm;
 
 pub use config::RemoteConfig;
 pub use stargz::{DeclineReason, StargzFs};

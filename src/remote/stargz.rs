@@ -23,6 +23,7 @@ use super::config::RemoteConfig;
 use super::live::LiveMounts;
 use super::prefetch::{self, Activity, BackgroundLimits, BufferedSource};
 use super::source::{RegistryBlob, TocCachedSource, write_atomically};
+use super::warm::{Warm, WarmLayers};
 use super::{BoxFuture, RemoteError};
 use crate::snapshot::Labels;
 
@@ -156,6 +157,8 @@ pub struct StargzFs {
     access_log: Option<fuse::AccessLog>,
     /// Live restart (mounts kept across daemon restarts), when enabled.
     live: Option<LiveMounts>,
+    /// Following layers opened ahead of their Prepare.
+    warm: WarmLayers,
 }
 
 /// Final counts of unmounted layers.
@@ -229,6 +232,7 @@ impl StargzFs {
             retired: Retired::default(),
             access_log: None,
             live: None,
+            warm: WarmLayers::default(),
             config,
         })
     }
@@ -321,36 +325,28 @@ impl StargzFs {
         let source =
             layer_source_from_labels(&labels).map_err(|e| DeclineReason::NoSource.decline(e))?;
         let opts = self.open_options(&source)?;
-        let state = self
-            .layers_dir
-            .join(source.layer.digest.as_str().replace(':', "-"));
+        self.warm_neighbours(&source);
+        let state = self.layer_state(&source.layer.digest);
         let meta_path = state.join("meta.json");
-        let known = tokio::fs::read(&meta_path)
+        let warm = self
+            .warm
+            .take(source.layer.digest.as_str())
             .await
-            .ok()
-            .and_then(|b| serde_json::from_slice::<LayerMeta>(&b).ok());
-        let blob = match known {
-            Some(meta) => RegistryBlob::lazy(
-                self.registry.clone(),
-                source.clone(),
-                meta.blob_size,
-                self.activity.clone(),
-            ),
-            None => {
-                RegistryBlob::connect(self.registry.clone(), source.clone(), self.activity.clone())
-                    .await
-                    .map_err(|e| registry_reason(&e).decline(e))?
+            .filter(|w| {
+                w.verify == opts.verify
+                    && opts
+                        .expected_toc_digest
+                        .is_none_or(|d| d == w.layer.toc_digest())
+            });
+        let (blob, buffered, layer) = match warm {
+            Some(w) => {
+                if let Some(prefix) = w.prefix {
+                    w.buffered.set(Some((0, prefix)));
+                }
+                (w.blob, w.buffered, w.layer)
             }
+            None => self.open_layer(&source, &state, &opts).await?,
         };
-        let blob = Arc::new(blob);
-        let cached: Arc<dyn BlobSource> = Arc::new(TocCachedSource::new(
-            blob.clone() as Arc<dyn BlobSource>,
-            state.clone(),
-        ));
-        let buffered = Arc::new(BufferedSource::new(cached));
-        let layer = LayerReader::open(buffered.clone(), self.cache.clone(), &opts)
-            .await
-            .map_err(|e| layer_reason(&e).decline(e))?;
         let meta = LayerMeta {
             blob_size: layer.blob_size(),
             reference: source.reference.to_string(),
@@ -361,6 +357,8 @@ impl StargzFs {
         {
             tracing::warn!(path = %meta_path.display(), error = %e, "cannot record layer metadata");
         }
+        let mut layer = layer;
+        layer.set_read_amplification(self.config.blob.read_amplify_bytes);
         let layer = Arc::new(layer);
         let (handle, fresh) = match self.resume_fuse(mountpoint, layer.clone()).await {
             Some(handle) => (handle, false),
@@ -398,6 +396,108 @@ impl StargzFs {
             );
         }
         Ok(())
+    }
+
+    fn layer_state(&self, digest: &rstargz_fs::registry::Digest) -> PathBuf {
+        self.layers_dir.join(digest.as_str().replace(':', "-"))
+    }
+
+    /// Connects to the layer's blob (lazily when its size is known from an
+    /// earlier mount) and reads its TOC.
+    async fn open_layer(
+        &self,
+        source: &rstargz_fs::registry::LayerSource,
+        state: &Path,
+        opts: &OpenOptions,
+    ) -> Result<(Arc<RegistryBlob>, Arc<BufferedSource>, LayerReader), Declined> {
+        let meta_path = state.join("meta.json");
+        let known = tokio::fs::read(&meta_path)
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice::<LayerMeta>(&b).ok());
+        let blob = match known {
+            Some(meta) => RegistryBlob::lazy(
+                self.registry.clone(),
+                source.clone(),
+                meta.blob_size,
+                self.activity.clone(),
+            ),
+            None => {
+                RegistryBlob::connect(self.registry.clone(), source.clone(), self.activity.clone())
+                    .await
+                    .map_err(|e| registry_reason(&e).decline(e))?
+            }
+        };
+        let blob = Arc::new(blob);
+        let cached: Arc<dyn BlobSource> = Arc::new(TocCachedSource::new(
+            blob.clone() as Arc<dyn BlobSource>,
+            state.to_path_buf(),
+        ));
+        let buffered = Arc::new(BufferedSource::new(cached));
+        let layer = LayerReader::open(buffered.clone(), self.cache.clone(), opts)
+            .await
+            .map_err(|e| layer_reason(&e).decline(e))?;
+        Ok((blob, buffered, layer))
+    }
+
+    /// Starts opening the image's following layers (connect, TOC, raw
+    /// prioritized prefix) in the background.
+    fn warm_neighbours(&self, source: &rstargz_fs::registry::LayerSource) {
+        let verify = if self.config.disable_verification {
+            Verify::Disabled
+        } else {
+            Verify::Enabled
+        };
+        for n in &source.neighbours {
+            let mut next = source.clone();
+            next.layer = n.clone();
+            next.toc_digest = None;
+            next.neighbours = Vec::new();
+            let (registry, activity) = (self.registry.clone(), self.activity.clone());
+            let (state, cache) = (self.layer_state(&n.digest), self.cache.clone());
+            let default_prefetch = source.prefetch_size.unwrap_or(self.config.prefetch_size);
+            let noprefetch = self.config.noprefetch;
+            self.warm.start(n.digest.as_str(), async move {
+                let blob = RegistryBlob::connect(registry, next, activity)
+                    .await
+                    .map_err(|e| tracing::debug!(error = %e, "warming a layer: connect failed"))
+                    .ok()?;
+                let blob = Arc::new(blob);
+                let cached: Arc<dyn BlobSource> = Arc::new(TocCachedSource::new(
+                    blob.clone() as Arc<dyn BlobSource>,
+                    state,
+                ));
+                let buffered = Arc::new(BufferedSource::new(cached));
+                let opts = OpenOptions {
+                    verify,
+                    ..OpenOptions::default()
+                };
+                let layer = LayerReader::open(buffered.clone(), cache, &opts)
+                    .await
+                    .map_err(|e| tracing::debug!(error = %e, "warming a layer: not eStargz"))
+                    .ok()?;
+                let end = if noprefetch {
+                    0
+                } else {
+                    prefetch::prefetch_end(&layer, default_prefetch)
+                };
+                let prefix = if end > 0 {
+                    blob.read_range(0..end, rstargz_fs::layer::Purpose::Prefetch)
+                        .await
+                        .map_err(|e| tracing::debug!(error = %e, "warming a layer: prefix failed"))
+                        .ok()
+                } else {
+                    None
+                };
+                Some(Warm {
+                    blob,
+                    buffered,
+                    layer,
+                    verify,
+                    prefix,
+                })
+            });
+        }
     }
 
     /// Starts prefetch then background fetch (as configured) and waits up

@@ -224,6 +224,7 @@ fn python_trees(libs: &Path, py: &Path) -> anyhow::Result<()> {
     }
     replicate(Path::new(PYTHON), py)?;
     std::os::unix::fs::symlink("python3.11", py.join("usr/bin/python3"))?;
+    std::fs::create_dir_all(py.join("usr/lib"))?;
     let status = Command::new("cp")
         .arg("-a")
         .arg(PYTHON_LIB)

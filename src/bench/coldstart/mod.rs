@@ -124,6 +124,8 @@ pub struct Options {
     pub large: LargeShape,
     /// Binaries.
     pub bins: Binaries,
+    /// Modes to run (all when empty).
+    pub modes: Vec<Mode>,
 }
 
 /// One measured run.
@@ -219,7 +221,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     }
     if !opts.bins.go_reference.exists() {
         bail!(
-            "{} is missing: build it with scripts/go-reference/build.sh (scripts/bench-coldstart.sh does)",
+            "{} is missing: build it with ../shared/bench/go-reference/build.sh (scripts/setup.sh does)",
             opts.bins.go_reference.display()
         );
     }
@@ -256,6 +258,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             f.prioritized_files,
             started.elapsed().as_secs_f64()
         );
+        // The trees are in the registry now; free the disk for the runs.
+        if let Err(e) = std::fs::remove_dir_all(opts.work.join("layers").join(kind.name())) {
+            tracing::warn!(error = %e, "cannot remove the layer trees");
+        }
         workloads.push(w);
         facts.push(f);
     }
@@ -266,6 +272,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         for w in &workloads {
             for run in 0..opts.runs {
                 for mode in Mode::ALL {
+                    if !opts.modes.is_empty() && !opts.modes.contains(&mode) {
+                        continue;
+                    }
                     let reference = format!("{shaped}/bench/{}:{}", w.kind.name(), mode.tag());
                     let s = measure(opts, &shaper, w, &reference, mode, link, run).with_context(
                         || format!("{} {} {} run {run}", w.kind.name(), link.name, mode.label()),
@@ -283,17 +292,23 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
                     samples.push(s);
                 }
             }
+            // After every image, so an interrupted run still leaves figures.
+            report::write(&report(opts, &facts, &samples), &opts.out)?;
         }
     }
-    let report = Report {
+    let report = report(opts, &facts, &samples);
+    report::write(&report, &opts.out)?;
+    Ok(report)
+}
+
+fn report(opts: &Options, facts: &[ImageFacts], samples: &[Sample]) -> Report {
+    Report {
         machine: machine(&opts.bins),
         links: opts.links.clone(),
         runs: opts.runs,
-        images: facts,
-        samples,
-    };
-    report::write(&report, &opts.out)?;
-    Ok(report)
+        images: facts.to_vec(),
+        samples: samples.to_vec(),
+    }
 }
 
 fn mb(b: u64) -> f64 {
@@ -343,12 +358,16 @@ async fn publish(
                     prioritized,
                     ..WriterOptions::default()
                 },
-                ..ConvertOptions::default()
+                // One layer at a time: the large image's temporary files
+                // would otherwise need several GB at once.
+                parallelism: 1,
+                temp_dir: Some(opts.work.join("tmp")),
             };
             image::convert(client, &src?, &dst?, &copts, Arc::new(Quiet)).await?;
             anyhow::Ok(())
         }
     };
+    std::fs::create_dir_all(opts.work.join("tmp"))?;
     convert(Vec::new()).await?;
     let recorded = record(w, &format!("{registry}/bench/{name}:esgz"), opts)?;
     if recorded.is_empty() {
@@ -471,6 +490,11 @@ fn measure(
         let sample = timed_run(&ctrd, shaper, w, reference, mode, link, run);
         ctrd.stop();
         drop(snap);
+        keep_logs(
+            &dir,
+            &opts.out,
+            &format!("{}-{}-{:?}-{run}", w.kind.name(), link.name, mode),
+        );
         let sample = sample?;
         if let Some(s) = mode.snapshotter() {
             check_remote(&dir.join(format!("{}.log", s.plugin())), s)?;
@@ -549,6 +573,23 @@ fn timed_run(
         connections: counted.connections,
         local_run_s,
     })
+}
+
+/// Copies the run's daemon logs to `<out>/logs/<name>-*.log`.
+fn keep_logs(dir: &Path, out: &Path, name: &str) {
+    let logs = out.join("logs");
+    if std::fs::create_dir_all(&logs).is_err() {
+        return;
+    }
+    for (from, to) in [
+        (dir.join("rstargz.log"), "rstargz"),
+        (dir.join("stargz.log"), "go"),
+        (dir.join("containerd/containerd.log"), "containerd"),
+    ] {
+        if from.exists() {
+            let _ = std::fs::copy(&from, logs.join(format!("{name}-{to}.log")));
+        }
+    }
 }
 
 /// Fails when a lazy mode fell back to a full pull (the log says why).
