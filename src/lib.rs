@@ -8,6 +8,8 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod image;
 pub mod lcow;

@@ -1,5 +1,6 @@
 //! Start-up clean-up of remote layers: FUSE mounts left under the root by a
-//! daemon that died are detached, so the layers can be mounted again.
+//! daemon that died are detached (unless taken over live, see
+//! [`super::live`]), so the layers can be mounted again.
 
 use std::path::Path;
 
@@ -10,21 +11,33 @@ const FUSE_SOURCE: &str = "rstargz";
 /// Mountpoints under `root` of FUSE filesystems served by rstargz, from a
 /// `/proc/self/mountinfo` text (deepest first).
 pub fn stale_mounts(mountinfo: &str, root: &Path) -> Vec<std::path::PathBuf> {
-    let mut found: Vec<std::path::PathBuf> = mountinfo
+    let mut found: Vec<std::path::PathBuf> = our_mounts(mountinfo, root)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}
+
+/// Our FUSE mounts under `root` with their device numbers (mountinfo
+/// order). Read from mountinfo, never by stat: a mount nobody serves
+/// would hang the caller.
+pub fn our_mounts(mountinfo: &str, root: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    mountinfo
         .lines()
         .filter_map(|line| {
             // Fields: id parent maj:min root mountpoint opts [optional…] - fstype source superopts
             let mut fields = line.split(' ');
-            let mountpoint = fields.nth(4)?;
+            let (maj, min) = fields.nth(2)?.split_once(':')?;
+            let dev = libc::makedev(maj.parse().ok()?, min.parse().ok()?);
+            let mountpoint = fields.nth(1)?;
             let mut tail = line.split(" - ").nth(1)?.split(' ');
             let (fstype, source) = (tail.next()?, tail.next()?);
             let ours = (fstype == "fuse" || fstype == "fuse.rstargz") && source == FUSE_SOURCE;
-            ours.then(|| unescape(mountpoint).into())
+            ours.then(|| (unescape(mountpoint).into(), dev))
         })
-        .filter(|p: &std::path::PathBuf| p.starts_with(root))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found
+        .filter(|(p, _): &(std::path::PathBuf, u64)| p.starts_with(root))
+        .collect()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -48,10 +61,11 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Lazily detaches every stale rstargz FUSE mount under `root`; returns how
-/// many were detached. Failures are logged: a mount that stays blocks only
-/// its own layer.
-pub fn detach_stale_mounts(root: &Path) -> usize {
+/// Lazily detaches every stale rstargz FUSE mount under `root` except those
+/// in `keep` (live mounts a new daemon takes over); returns how many were
+/// detached. Failures are logged: a mount that stays blocks only its own
+/// layer.
+pub fn detach_stale_mounts(root: &Path, keep: &[std::path::PathBuf]) -> usize {
     let info = match std::fs::read_to_string("/proc/self/mountinfo") {
         Ok(i) => i,
         Err(e) => {
@@ -61,6 +75,9 @@ pub fn detach_stale_mounts(root: &Path) -> usize {
     };
     let mut detached = 0;
     for path in stale_mounts(&info, root) {
+        if keep.contains(&path) {
+            continue;
+        }
         match nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
             Ok(()) => {
                 tracing::info!(mountpoint = %path.display(), "detached stale FUSE mount");
@@ -94,6 +111,14 @@ mod tests {
         assert_eq!(
             names,
             ["/r/snapshots/1/fs", "/r/snapshots/2/fs", "/r/with space"]
+        );
+        let devs = our_mounts(info, Path::new("/r/snapshots"));
+        assert_eq!(
+            devs,
+            [
+                ("/r/snapshots/1/fs".into(), libc::makedev(0, 30)),
+                ("/r/snapshots/2/fs".into(), libc::makedev(0, 31)),
+            ]
         );
     }
 }

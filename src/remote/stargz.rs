@@ -20,8 +20,10 @@ use rstargz_fs::registry::{LayerSource, Registry, RegistryError, layer_source_fr
 use serde::{Deserialize, Serialize};
 
 use super::config::RemoteConfig;
+use super::live::LiveMounts;
 use super::prefetch::{self, Activity, BackgroundLimits, BufferedSource};
 use super::source::{RegistryBlob, TocCachedSource, write_atomically};
+use super::warm::{Warm, WarmLayers};
 use super::{BoxFuture, RemoteError};
 use crate::snapshot::Labels;
 
@@ -151,6 +153,12 @@ pub struct StargzFs {
     /// Counters of layers already unmounted, so the totals exported as
     /// Prometheus counters never decrease.
     retired: Retired,
+    /// Where mounts record the files opened (`rstargz mount --record`).
+    access_log: Option<fuse::AccessLog>,
+    /// Live restart (mounts kept across daemon restarts), when enabled.
+    live: Option<LiveMounts>,
+    /// Following layers opened ahead of their Prepare.
+    warm: WarmLayers,
 }
 
 /// Final counts of unmounted layers.
@@ -222,8 +230,47 @@ impl StargzFs {
             activity,
             remount: tokio::sync::Mutex::new(()),
             retired: Retired::default(),
+            access_log: None,
+            live: None,
+            warm: WarmLayers::default(),
             config,
         })
+    }
+
+    /// Keeps mounts alive across restarts through `live`.
+    pub fn with_live_restart(mut self, live: LiveMounts) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    /// Live restart, when enabled.
+    pub fn live(&self) -> Option<&LiveMounts> {
+        self.live.as_ref()
+    }
+
+    /// Leaves every mount to the next daemon (SIGTERM with live restart);
+    /// returns how many were handed over. Mounts that cannot be are
+    /// unmounted.
+    pub fn hand_over_all(&self) -> usize {
+        let mounts: Vec<(PathBuf, Mounted)> = self
+            .mounts
+            .lock()
+            .map(|mut m| m.drain().collect())
+            .unwrap_or_default();
+        let mut handed = 0;
+        for (path, mounted) in mounts {
+            let Mounted {
+                handle, fetcher, ..
+            } = mounted;
+            drop(fetcher);
+            // Without live restart the handle unmounts as it drops.
+            if let Some(live) = &self.live
+                && live.hand_over(&path, handle)
+            {
+                handed += 1;
+            }
+        }
+        handed
     }
 
     /// Counters of mounts and declines.
@@ -278,36 +325,28 @@ impl StargzFs {
         let source =
             layer_source_from_labels(&labels).map_err(|e| DeclineReason::NoSource.decline(e))?;
         let opts = self.open_options(&source)?;
-        let state = self
-            .layers_dir
-            .join(source.layer.digest.as_str().replace(':', "-"));
+        self.warm_neighbours(&source);
+        let state = self.layer_state(&source.layer.digest);
         let meta_path = state.join("meta.json");
-        let known = tokio::fs::read(&meta_path)
+        let warm = self
+            .warm
+            .take(source.layer.digest.as_str())
             .await
-            .ok()
-            .and_then(|b| serde_json::from_slice::<LayerMeta>(&b).ok());
-        let blob = match known {
-            Some(meta) => RegistryBlob::lazy(
-                self.registry.clone(),
-                source.clone(),
-                meta.blob_size,
-                self.activity.clone(),
-            ),
-            None => {
-                RegistryBlob::connect(self.registry.clone(), source.clone(), self.activity.clone())
-                    .await
-                    .map_err(|e| registry_reason(&e).decline(e))?
+            .filter(|w| {
+                w.verify == opts.verify
+                    && opts
+                        .expected_toc_digest
+                        .is_none_or(|d| d == w.layer.toc_digest())
+            });
+        let (blob, buffered, layer) = match warm {
+            Some(w) => {
+                if let Some(prefix) = w.prefix {
+                    w.buffered.set(Some((0, prefix)));
+                }
+                (w.blob, w.buffered, w.layer)
             }
+            None => self.open_layer(&source, &state, &opts).await?,
         };
-        let blob = Arc::new(blob);
-        let cached: Arc<dyn BlobSource> = Arc::new(TocCachedSource::new(
-            blob.clone() as Arc<dyn BlobSource>,
-            state.clone(),
-        ));
-        let buffered = Arc::new(BufferedSource::new(cached));
-        let layer = LayerReader::open(buffered.clone(), self.cache.clone(), &opts)
-            .await
-            .map_err(|e| layer_reason(&e).decline(e))?;
         let meta = LayerMeta {
             blob_size: layer.blob_size(),
             reference: source.reference.to_string(),
@@ -318,8 +357,13 @@ impl StargzFs {
         {
             tracing::warn!(path = %meta_path.display(), error = %e, "cannot record layer metadata");
         }
+        let mut layer = layer;
+        layer.set_read_amplification(self.config.blob.read_amplify_bytes);
         let layer = Arc::new(layer);
-        let handle = self.mount_fuse(mountpoint, layer.clone()).await?;
+        let (handle, fresh) = match self.resume_fuse(mountpoint, layer.clone()).await {
+            Some(handle) => (handle, false),
+            None => (self.mount_fuse(mountpoint, layer.clone()).await?, true),
+        };
         let dev = {
             use std::os::unix::fs::MetadataExt;
             let at = mountpoint.to_path_buf();
@@ -328,6 +372,9 @@ impl StargzFs {
                 .ok()
                 .and_then(Result::ok)
         };
+        if let Some(live) = &self.live {
+            live.register(mountpoint, &handle, dev, fresh);
+        }
         let default_prefetch = source.prefetch_size.unwrap_or(self.config.prefetch_size);
         let fetcher = self
             .start_fetching(layer.clone(), buffered, default_prefetch)
@@ -353,6 +400,108 @@ impl StargzFs {
         // complete nothing of it is still being dropped.
         crate::memory::release_freed_memory();
         Ok(())
+    }
+
+    fn layer_state(&self, digest: &rstargz_fs::registry::Digest) -> PathBuf {
+        self.layers_dir.join(digest.as_str().replace(':', "-"))
+    }
+
+    /// Connects to the layer's blob (lazily when its size is known from an
+    /// earlier mount) and reads its TOC.
+    async fn open_layer(
+        &self,
+        source: &rstargz_fs::registry::LayerSource,
+        state: &Path,
+        opts: &OpenOptions,
+    ) -> Result<(Arc<RegistryBlob>, Arc<BufferedSource>, LayerReader), Declined> {
+        let meta_path = state.join("meta.json");
+        let known = tokio::fs::read(&meta_path)
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice::<LayerMeta>(&b).ok());
+        let blob = match known {
+            Some(meta) => RegistryBlob::lazy(
+                self.registry.clone(),
+                source.clone(),
+                meta.blob_size,
+                self.activity.clone(),
+            ),
+            None => {
+                RegistryBlob::connect(self.registry.clone(), source.clone(), self.activity.clone())
+                    .await
+                    .map_err(|e| registry_reason(&e).decline(e))?
+            }
+        };
+        let blob = Arc::new(blob);
+        let cached: Arc<dyn BlobSource> = Arc::new(TocCachedSource::new(
+            blob.clone() as Arc<dyn BlobSource>,
+            state.to_path_buf(),
+        ));
+        let buffered = Arc::new(BufferedSource::new(cached));
+        let layer = LayerReader::open(buffered.clone(), self.cache.clone(), opts)
+            .await
+            .map_err(|e| layer_reason(&e).decline(e))?;
+        Ok((blob, buffered, layer))
+    }
+
+    /// Starts opening the image's following layers (connect, TOC, raw
+    /// prioritized prefix) in the background.
+    fn warm_neighbours(&self, source: &rstargz_fs::registry::LayerSource) {
+        let verify = if self.config.disable_verification {
+            Verify::Disabled
+        } else {
+            Verify::Enabled
+        };
+        for n in &source.neighbours {
+            let mut next = source.clone();
+            next.layer = n.clone();
+            next.toc_digest = None;
+            next.neighbours = Vec::new();
+            let (registry, activity) = (self.registry.clone(), self.activity.clone());
+            let (state, cache) = (self.layer_state(&n.digest), self.cache.clone());
+            let default_prefetch = source.prefetch_size.unwrap_or(self.config.prefetch_size);
+            let noprefetch = self.config.noprefetch;
+            self.warm.start(n.digest.as_str(), async move {
+                let blob = RegistryBlob::connect(registry, next, activity)
+                    .await
+                    .map_err(|e| tracing::debug!(error = %e, "warming a layer: connect failed"))
+                    .ok()?;
+                let blob = Arc::new(blob);
+                let cached: Arc<dyn BlobSource> = Arc::new(TocCachedSource::new(
+                    blob.clone() as Arc<dyn BlobSource>,
+                    state,
+                ));
+                let buffered = Arc::new(BufferedSource::new(cached));
+                let opts = OpenOptions {
+                    verify,
+                    ..OpenOptions::default()
+                };
+                let layer = LayerReader::open(buffered.clone(), cache, &opts)
+                    .await
+                    .map_err(|e| tracing::debug!(error = %e, "warming a layer: not eStargz"))
+                    .ok()?;
+                let end = if noprefetch {
+                    0
+                } else {
+                    prefetch::prefetch_end(&layer, default_prefetch)
+                };
+                let prefix = if end > 0 {
+                    blob.read_range(0..end, rstargz_fs::layer::Purpose::Prefetch)
+                        .await
+                        .map_err(|e| tracing::debug!(error = %e, "warming a layer: prefix failed"))
+                        .ok()
+                } else {
+                    None
+                };
+                Some(Warm {
+                    blob,
+                    buffered,
+                    layer,
+                    verify,
+                    prefix,
+                })
+            });
+        }
     }
 
     /// Starts prefetch then background fetch (as configured) and waits up
@@ -395,14 +544,37 @@ impl StargzFs {
         Some(AbortOnDrop(task))
     }
 
-    async fn mount_fuse(
-        &self,
-        mountpoint: &Path,
-        layer: Arc<LayerReader>,
-    ) -> Result<MountHandle, Declined> {
+    /// Takes over the live mount a previous daemon left at `mountpoint`.
+    async fn resume_fuse(&self, mountpoint: &Path, layer: Arc<LayerReader>) -> Option<MountHandle> {
+        let live = self.live.as_ref()?;
+        let (conn, state) = live.take(mountpoint)?;
+        let opts = self.mount_options();
+        let at = mountpoint.to_path_buf();
+        let resumed =
+            tokio::task::spawn_blocking(move || fuse::resume(&at, layer, opts, conn, &state)).await;
+        match resumed {
+            Ok(Ok(handle)) => {
+                tracing::info!(mountpoint = %mountpoint.display(), "live mount taken over");
+                Some(handle)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot take over live mount; mounting afresh");
+                live.abandon(mountpoint);
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "take-over task failed; mounting afresh");
+                live.abandon(mountpoint);
+                None
+            }
+        }
+    }
+
+    fn mount_options(&self) -> MountOptions {
         let mut opts = MountOptions {
             runtime: Some(tokio::runtime::Handle::current()),
             passthrough: self.files.clone(),
+            access_log: self.access_log.clone(),
             ..MountOptions::default()
         };
         if let Some(s) = self.config.fuse.attr_timeout {
@@ -411,11 +583,28 @@ impl StargzFs {
         if let Some(s) = self.config.fuse.entry_timeout {
             opts.entry_ttl = Duration::from_secs(s);
         }
+        if let Some(s) = self.config.fuse.read_timeout_sec {
+            opts.read_timeout = Duration::from_secs(s);
+        }
+        opts
+    }
+
+    async fn mount_fuse(
+        &self,
+        mountpoint: &Path,
+        layer: Arc<LayerReader>,
+    ) -> Result<MountHandle, Declined> {
+        let opts = self.mount_options();
         let at = mountpoint.to_path_buf();
         tokio::task::spawn_blocking(move || fuse::mount(&at, layer, opts))
             .await
             .map_err(|e| DeclineReason::MountFailed.decline(e))?
             .map_err(|e| DeclineReason::MountFailed.decline(e))
+    }
+
+    /// Records the files opened in layers mounted from now on into `log`.
+    pub fn record_opens(&mut self, log: fuse::AccessLog) {
+        self.access_log = Some(log);
     }
 
     /// The layer mounted at `mountpoint`, if any.
@@ -570,6 +759,9 @@ impl StargzFs {
             mounted = back;
             match result {
                 Ok(()) => {
+                    if let Some(live) = &self.live {
+                        live.forget(&key);
+                    }
                     self.retire(&mounted);
                     self.forget_state(&mounted.state).await;
                     return Ok(());

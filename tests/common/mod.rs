@@ -5,6 +5,7 @@
 
 pub mod containerd;
 pub mod vhdx_check;
+pub mod workload;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,7 +55,9 @@ impl Daemon {
     pub fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
         let root = dir.join("root");
         let socket = dir.join("rstargz.sock");
-        let log = dir.join(format!("serve-{}.log", Instant::now().elapsed().as_nanos()));
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir.join(format!("serve-{n}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_rstargz"))
             .arg("serve")
             .arg("--root")
@@ -129,8 +132,19 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM; asserts a clean exit.
+    /// SIGINT (a full stop: remote layers unmounted); asserts a clean exit.
     pub fn stop(mut self) {
+        let status = self.signal_and_wait(nix::sys::signal::Signal::SIGINT);
+        assert!(
+            status.success(),
+            "unclean exit {status}: {}",
+            self.log_text()
+        );
+    }
+
+    /// SIGTERM (remote layers stay mounted for the next daemon, live
+    /// restart); asserts a clean exit.
+    pub fn stop_for_restart(mut self) {
         let status = self.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
         assert!(
             status.success(),

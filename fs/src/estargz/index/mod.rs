@@ -521,6 +521,25 @@ impl Index {
             .try_fold(ROOT_INO, |dir, name| self.lookup(dir, name))
     }
 
+    /// A path of `ino` from the root without a leading `/` (the root is
+    /// `""`); for a hard-linked file, one of its names.
+    pub fn path(&self, ino: Ino) -> Option<String> {
+        let mut names = Vec::new();
+        let mut at = ino;
+        // Bounded by the node count: a hostile TOC cannot loop us.
+        for _ in 0..=self.len() {
+            if at == ROOT_INO {
+                names.reverse();
+                return Some(names.join("/"));
+            }
+            let parent = self.node(at)?.parent();
+            let (name, _) = self.children(parent).find(|(_, i)| *i == at)?;
+            names.push(name);
+            at = parent;
+        }
+        None
+    }
+
     /// Target of a symlink.
     pub fn symlink_target(&self, ino: Ino) -> Option<&str> {
         let n = self.packed(ino)?;
