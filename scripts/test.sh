@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's test command: unit, integration and conformance tests.
+# The project's test command: unit, integration, fuzz (bounded) and conformance tests.
 # Run as root on a machine prepared by scripts/setup.sh. Each stage prints
 # its runner's summary; the script fails if any stage fails.
 set -euo pipefail
@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 
 echo "== unit and integration tests (cargo test)"
 cargo test --workspace --all-targets 2>&1
+
+echo "== bounded fuzz run, every target (fuzz/run.sh)"
+# 30 s per target, two at a time: about 1.5 min of fuzzing after the build.
+bash fuzz/run.sh "${FUZZ_SECONDS:-30}"
 
 echo "== containerd snapshotter conformance suite"
 bash scripts/conformance.sh

@@ -8,9 +8,12 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod image;
 pub mod lcow;
+pub mod memory;
 pub mod remote;
 pub mod snapshot;
 pub mod store;

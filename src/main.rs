@@ -25,6 +25,9 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Mount an eStargz image lazily at a directory (no containerd) until Ctrl-C.
     Mount(cli::mount::MountArgs),
+    /// Keep the FUSE connections of `serve` open across its restarts (started by serve).
+    #[command(hide = true)]
+    FdHolder(cli::fd_holder::FdHolderArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         Command::Image(args) => cli::image::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Mount(args) => cli::mount::run(args),
+        Command::FdHolder(args) => cli::fd_holder::run(args),
     }
 }

@@ -17,70 +17,18 @@ mod image_common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::containerd::Containerd;
+use common::containerd::{Containerd, RunDirGuard};
+use common::workload::{cgroup_dirs, expected_sums, image_layers, sums_script, unmount_all_under};
 use common::*;
 use image_common::proxy::FaultProxy;
 use image_common::registry::TestRegistry;
-use image_common::{at, client, pseudo_random};
+use image_common::{at, client};
 use rstargz::image::Store;
 use rstargz::image::build::{self, BuildOptions, LayerInput};
 use rstargz::snapshot::REMOTE_LABEL;
-use sha2::Digest as _;
 
-const BUSYBOX: &str = "/bin/busybox";
 const PLUGIN: &str = "rstargz";
 const NAMESPACE: &str = "rstargz-e2e";
-/// Files the container checksums (paths inside the image).
-const CHECKED: &[&str] = &["/data/a.bin", "/data/b.bin", "/tree/d07/f013.txt"];
-
-/// Three layer trees: busybox, a few MB of incompressible data, and many
-/// small files.
-fn image_layers(dir: &Path) -> Vec<PathBuf> {
-    assert!(
-        Path::new(BUSYBOX).exists(),
-        "{BUSYBOX} is missing: install busybox-static (scripts/setup.sh)"
-    );
-    let base = dir.join("l-base");
-    std::fs::create_dir_all(base.join("bin")).unwrap();
-    std::fs::copy(BUSYBOX, base.join("bin/busybox")).unwrap();
-    for d in ["proc", "sys", "dev", "tmp", "etc"] {
-        std::fs::create_dir_all(base.join(d)).unwrap();
-    }
-    let data = dir.join("l-data");
-    std::fs::create_dir_all(data.join("data")).unwrap();
-    std::fs::write(data.join("data/a.bin"), pseudo_random(3 << 20, 11)).unwrap();
-    std::fs::write(data.join("data/b.bin"), pseudo_random((2 << 20) + 4321, 12)).unwrap();
-    let tree = dir.join("l-tree");
-    for d in 0..20 {
-        let sub = tree.join(format!("tree/d{d:02}"));
-        std::fs::create_dir_all(&sub).unwrap();
-        for f in 0..25 {
-            std::fs::write(
-                sub.join(format!("f{f:03}.txt")),
-                format!("file {d}/{f}\n").repeat(f + 1),
-            )
-            .unwrap();
-        }
-    }
-    vec![base, data, tree]
-}
-
-/// `sha256sum`-style lines for the checked files.
-fn expected_sums(layers: &[PathBuf]) -> String {
-    CHECKED
-        .iter()
-        .map(|p| {
-            let host = layers
-                .iter()
-                .map(|l| l.join(&p[1..]))
-                .find(|f| f.exists())
-                .unwrap();
-            let sum = sha2::Sha256::digest(std::fs::read(host).unwrap());
-            let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
-            format!("{hex}  {p}\n")
-        })
-        .collect()
-}
 
 /// Daemon config: no ambient credentials, no background fetch (it would
 /// blur what the pull fetched).
@@ -109,47 +57,6 @@ async fn layer_bytes(scratch: &Path, host: &str, repo: &str) -> (u64, usize) {
     )
 }
 
-/// containerd 1.6 puts shim sockets under `/run/containerd/s` whatever its
-/// `state` says; removes those directories on drop if they were not there
-/// before (only when empty: another containerd may be using them).
-struct RunDirGuard {
-    existed: bool,
-}
-
-const RUN_DIR: &str = "/run/containerd";
-
-impl RunDirGuard {
-    fn new() -> Self {
-        RunDirGuard {
-            existed: Path::new(RUN_DIR).exists(),
-        }
-    }
-}
-
-impl Drop for RunDirGuard {
-    fn drop(&mut self) {
-        if !self.existed {
-            for d in ["s", "runc", ""] {
-                let _ = std::fs::remove_dir(Path::new(RUN_DIR).join(d));
-            }
-        }
-    }
-}
-
-/// Cgroup directories named `name` in any hierarchy.
-fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-        .unwrap()
-        .map(|e| e.unwrap().path().join(name))
-        .filter(|p| p.exists())
-        .collect();
-    let top = Path::new("/sys/fs/cgroup").join(name);
-    if top.exists() && !found.contains(&top) {
-        found.push(top);
-    }
-    found
-}
-
 /// Committed snapshots, and how many of them carry the remote label
 /// (asked over our own gRPC socket).
 async fn committed_and_remote(d: &Daemon) -> (usize, usize) {
@@ -169,24 +76,11 @@ async fn committed_and_remote(d: &Daemon) -> (usize, usize) {
     (names.len(), remote)
 }
 
-/// Mount points under `dir` (FUSE, overlay or anything else), deepest first.
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found
-}
-
 /// Runs the checksum command in a fresh container of `image`, with runc's
 /// state under `dir` and a one-level cgroup runc removes with the
 /// container; asserts the container left no cgroup behind.
 fn run_sums(ctrd: &Containerd, dir: &Path, image: &str, id: &str) -> String {
-    let script = format!("cd / && /bin/busybox sha256sum {}", CHECKED.join(" "));
+    let script = sums_script();
     let fifo_dir = dir.join("fifo");
     let runc_root = dir.join("runc");
     let cgroup = format!("rstargz-e2e-{}-{id}", std::process::id());
@@ -327,9 +221,6 @@ async fn lazy_pull_and_run_with_containerd() {
 
     drop(ctrd);
     d.stop();
-    let left = mounts_under(dir);
-    for m in &left {
-        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-    }
+    let left = unmount_all_under(dir);
     assert!(left.is_empty(), "mounts left under the temp dir: {left:?}");
 }

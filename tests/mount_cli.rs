@@ -73,6 +73,8 @@ async fn mount_shows_the_image_and_unmounts_on_ctrl_c() {
         .arg(&state)
         .arg("--config")
         .arg(&config)
+        .arg("--record")
+        .arg(dir.path().join("record.txt"))
         .stdin(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -87,6 +89,16 @@ async fn mount_shows_the_image_and_unmounts_on_ctrl_c() {
         mounts_under(&target) == 1
     });
     assert_eq!(mounts_under(&state), 2, "one FUSE mount per layer");
+    // Opened first, in this order (over both layers), then everything.
+    let first = [
+        "/d0/s2/f3.txt",
+        "/dir/kept",
+        "/d0/s0/f1.txt",
+        "/d0/s2/f3.txt",
+    ];
+    for p in first {
+        std::fs::read(target.join(&p[1..])).unwrap();
+    }
     check_tree(&target, "whiteouts");
     check_tree(&target, "tree");
 
@@ -101,4 +113,11 @@ async fn mount_shows_the_image_and_unmounts_on_ctrl_c() {
     );
     assert_eq!(mounts_under(&target), 0);
     assert_eq!(mounts_under(&state), 0);
+
+    let record = std::fs::read_to_string(dir.path().join("record.txt")).unwrap();
+    let lines: Vec<&str> = record.lines().collect();
+    assert_eq!(lines[..3], first[..3], "first-open order, each file once");
+    let unique: std::collections::HashSet<&str> = lines.iter().copied().collect();
+    assert_eq!(unique.len(), lines.len(), "duplicates in {record}");
+    assert!(lines.contains(&"/opaque/new") && lines.contains(&"/d0/s1/f9.txt"));
 }

@@ -10,6 +10,8 @@
 pub mod cache;
 pub mod estargz;
 pub mod fuse;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod layer;
 pub mod registry;
 #[cfg(feature = "testutil")]

@@ -116,7 +116,7 @@ fn sequential_read_throughput() {
         true,
     );
     let key = FileStore::file_key(
-        layer
+        &layer
             .index()
             .chunks(layer.index().lookup_path("big.bin").unwrap()),
     )

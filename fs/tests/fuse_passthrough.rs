@@ -34,7 +34,7 @@ fn fully_cached_file_is_served_by_kernel_passthrough() {
     let source = TestSource::new(blob("sizes", "gzip"), Behaviour::Serve);
     let layer = open_layer(&rt, source.clone(), cache.clone());
     let (ino, path) = biggest_file(layer.index());
-    let key = FileStore::file_key(layer.index().chunks(ino)).unwrap();
+    let key = FileStore::file_key(&layer.index().chunks(ino)).unwrap();
     let m = mount_layer(&rt, layer.clone(), opts.clone());
     let want = std::fs::read(m.path.join(&path)).unwrap();
     // Closing the fully read file materializes it in the background.
@@ -65,7 +65,7 @@ fn damaged_materialized_file_is_never_passed_through() {
     let source = TestSource::new(blob("sizes", "zstd"), Behaviour::Serve);
     let layer = open_layer(&rt, source, cache);
     let (ino, path) = biggest_file(layer.index());
-    let key = FileStore::file_key(layer.index().chunks(ino)).unwrap();
+    let key = FileStore::file_key(&layer.index().chunks(ino)).unwrap();
     {
         let (store, opts) = passthrough_opts(dir.path());
         let m = mount_layer(&rt, layer.clone(), opts);
@@ -108,7 +108,7 @@ fn open_during_a_cached_open_and_overlay_on_top_both_work() {
     let source = TestSource::new(blob("sizes", "gzip"), Behaviour::Serve);
     let layer = open_layer(&rt, source, cache);
     let (ino, path) = biggest_file(layer.index());
-    let key = FileStore::file_key(layer.index().chunks(ino)).unwrap();
+    let key = FileStore::file_key(&layer.index().chunks(ino)).unwrap();
     let m = mount_layer(&rt, layer.clone(), opts.clone());
     let file = m.path.join(&path);
     // Held open (page-cache mode) while the file becomes ready.
@@ -150,7 +150,7 @@ fn file_store_stays_within_its_bound() {
     let m = mount_layer(&rt, layer.clone(), opts);
     check_contents(&m.path, "sizes");
     m.unmount();
-    let key = FileStore::file_key(layer.index().chunks(ino)).unwrap();
+    let key = FileStore::file_key(&layer.index().chunks(ino)).unwrap();
     assert!(!store.is_ready(&key), "{path} does not fit");
     assert!(store.used_bytes() < big);
 }
@@ -186,7 +186,7 @@ fn binaries_execute_from_the_mount_cached_and_passed_through() {
     let source = TestSource::new(layer_with_true_binary(), Behaviour::Serve);
     let layer = open_layer(&rt, source, disk_cache(dir.path(), 1 << 30));
     let ino = layer.index().lookup_path("bin/true").unwrap();
-    let key = FileStore::file_key(layer.index().chunks(ino)).unwrap();
+    let key = FileStore::file_key(&layer.index().chunks(ino)).unwrap();
     // First run: mmap through the page cache; then the file is materialized.
     let m = mount_layer(&rt, layer.clone(), opts.clone());
     let status = std::process::Command::new(m.path.join("bin/true"))

@@ -590,3 +590,101 @@ fn legacy_stargz_footer_without_digests() {
     assert_eq!(layer.read_file_at(a, 0, &mut buf).unwrap(), 5);
     assert_eq!(&buf, b"hello");
 }
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+/// A BufRead that counts the compressed bytes the decoder consumed.
+struct Counted<'a>(&'a [u8], usize);
+
+impl std::io::Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1 += n;
+        Ok(n)
+    }
+}
+
+impl std::io::BufRead for Counted<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        Ok(self.0)
+    }
+    fn consume(&mut self, n: usize) {
+        self.0 = &self.0[n..];
+        self.1 += n;
+    }
+}
+
+#[test]
+fn decompression_bomb_is_cut_off_at_the_declared_size() {
+    // One gzip member of 64 MiB of zeros (~64 KiB compressed), read as a
+    // 4 KiB file; a second file points into the same member cut in half,
+    // a member that never ends.
+    let bomb = gzip(&vec![0u8; 64 << 20]);
+    let mut blob = gzip(b"");
+    let at = blob.len() as u64;
+    blob.extend_from_slice(&bomb);
+    let endless_at = blob.len() as u64;
+    blob.extend_from_slice(&bomb[..bomb.len() / 2]);
+    let zeros = Digest::of(&[0u8; 4096]).to_string();
+    let file = |name: &str, offset, digest: &str| TocEntry {
+        chunk_digest: digest.into(),
+        ..reg(name, 4096, offset)
+    };
+    let toc = Toc {
+        version: 1,
+        entries: vec![
+            file("bomb", at, &zeros),
+            file("endless", endless_at, &zeros),
+            file("liar", at, D),
+        ],
+    };
+    let json = rstargz_fs::estargz::toc::encode_toc(&toc).unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(json.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "stargz.index.json", &json[..])
+        .unwrap();
+    let toc_offset = blob.len() as u64;
+    blob.extend_from_slice(&gzip(&tar.into_inner().unwrap()));
+    blob.extend_from_slice(&rstargz_fs::estargz::footer::estargz_footer(toc_offset));
+
+    let layer = Layer::open(&blob[..], &OpenOptions::default()).unwrap();
+    let mut buf = vec![1u8; 1 << 20];
+    for name in ["bomb", "endless"] {
+        let ino = layer.index().lookup_path(name).unwrap();
+        assert_eq!(
+            layer.read_file_at(ino, 0, &mut buf).unwrap(),
+            4096,
+            "{name}"
+        );
+        assert!(buf[..4096].iter().all(|b| *b == 0), "{name}");
+        // The decoder consumed a few compressed bytes, not the member.
+        let chunk = layer.index().chunks(ino)[0].clone();
+        let range = chunk.compressed_range();
+        let mut src = Counted(&blob[range.start as usize..range.end as usize], 0);
+        let mut out = vec![0u8; 4096];
+        rstargz_fs::estargz::decode_chunk_into(
+            Compression::Gzip,
+            ino,
+            &chunk,
+            &mut src,
+            Verify::Enabled,
+            &mut out,
+        )
+        .unwrap();
+        assert!(src.1 < 8 << 10, "{name}: {} compressed bytes read", src.1);
+    }
+    // Cut off or not, the bytes must match the digest.
+    let liar = layer.index().lookup_path("liar").unwrap();
+    assert!(matches!(
+        layer.read_file_at(liar, 0, &mut buf),
+        Err(Error::ChunkDigestMismatch { .. })
+    ));
+}

@@ -7,7 +7,7 @@ mod common;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use common::proxy::{FaultProxy, TokenAuth};
+use common::proxy::{FaultMode, FaultPlan, FaultProxy, TokenAuth};
 use common::registry::TestRegistry;
 use common::{docker_config, push_anonymously, test_blob, test_config};
 use rstargz_fs::registry::{Purpose, Reference, Registry, RegistryError};
@@ -129,6 +129,20 @@ async fn bearer_token_flow_caches_tokens_and_refreshes_on_401() {
         2,
         "a 401 fetches a fresh token once"
     );
+
+    // A token may be refused on any request: each 401 fetches a new one
+    // (test_config: two retries, so three refreshes in a row).
+    proxy.set_plan(Some(FaultPlan {
+        max_faults: Some(3),
+        ..FaultPlan::blobs(FaultMode::Unauthorized, 1.0)
+    }));
+    let got = fetcher
+        .fetch_ranges(&[20..29], Purpose::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(&got[0].1[..], &blob[20..29]);
+    assert_eq!(proxy.token_requests(), 5);
+    proxy.set_plan(None);
 
     // Without credentials the token server refuses, and we say so.
     let anonymous = Registry::new(test_config(&dir.path().join("none.json"))).unwrap();

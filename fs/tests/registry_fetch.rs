@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::proxy::{Fault, FaultProxy};
+use common::proxy::{Fault, FaultMode, FaultPlan, FaultProxy};
 use common::registry::TestRegistry;
 use common::{test_blob, test_config, wait_until_async};
 use rstargz_fs::registry::{
@@ -403,6 +403,91 @@ async fn transient_errors_are_retried_with_backoff_and_501_is_not() {
         "{err}"
     );
     assert_eq!(f.registry.metrics().retries, before);
+}
+
+/// Faults on the first `count` blob requests, then none.
+fn first(mode: FaultMode, count: u64) -> Option<FaultPlan> {
+    Some(FaultPlan {
+        max_faults: Some(count),
+        ..FaultPlan::blobs(mode, 1.0)
+    })
+}
+
+#[tokio::test]
+async fn cut_bodies_resets_hangs_and_dated_retry_after_are_retried() {
+    let reg = TestRegistry::start().await;
+    let proxy = FaultProxy::start(reg.addr).await;
+    let f = fixture_with(&reg, 300_000, |c| {
+        c.fetch_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let fetcher = open(&f, &proxy.host(), None).await;
+    let ranges = [1000..50_000, 200_000..200_010, 250_000..300_000];
+    // test_config allows two retries: two faults in a row are hidden.
+    for mode in [
+        FaultMode::ShortBody,
+        FaultMode::Reset,
+        FaultMode::Hang,
+        FaultMode::Status(503),
+    ] {
+        for single in [false, true] {
+            let want: &[Range<u64>] = if single { &ranges[..1] } else { &ranges };
+            proxy.set_plan(first(mode, 2));
+            let before = f.registry.metrics().retries;
+            let got = fetcher.fetch_ranges(want, Purpose::OnDemand).await.unwrap();
+            assert_content(&f, &got, want);
+            assert_eq!(proxy.faults_injected(), 2, "{mode:?}");
+            assert_eq!(f.registry.metrics().retries, before + 2, "{mode:?}");
+        }
+    }
+    assert!(
+        !fetcher.is_single_range_mode(),
+        "faults are not a reason to give up multi-range"
+    );
+    // More cut bodies in a row than retries: the failure surfaces.
+    proxy.set_plan(first(FaultMode::ShortBody, 3));
+    let err = fetcher
+        .fetch_ranges(&ranges[..1], Purpose::OnDemand)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Unreachable { .. }), "{err}");
+    // Opening a blob (the probe) gets the same retries.
+    proxy.set_plan(first(FaultMode::ShortBody, 2));
+    let reopened = open(&f, &proxy.host(), None).await;
+    assert_eq!(reopened.size(), Some(300_000));
+}
+
+#[tokio::test]
+async fn a_hanging_on_demand_request_is_hedged_long_before_its_timeout() {
+    let reg = TestRegistry::start().await;
+    let proxy = FaultProxy::start(reg.addr).await;
+    let f = fixture_with(&reg, 10_000, |c| {
+        c.fetch_timeout = Duration::from_secs(20);
+        c.hedge_after_min = Some(Duration::from_millis(50));
+    })
+    .await;
+    let fetcher = open(&f, &proxy.host(), None).await;
+    proxy.set_plan(first(FaultMode::Hang, 1));
+    let started = std::time::Instant::now();
+    let got = fetcher
+        .fetch_ranges(&[100..200], Purpose::OnDemand)
+        .await
+        .unwrap();
+    assert_content(&f, &got, &[100..200]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let m = f.registry.metrics();
+    assert_eq!((m.hedges, m.retries), (1, 0));
+    // Background reads wait for their answer instead.
+    proxy.set_plan(first(FaultMode::Stall(Duration::from_millis(400)), 1));
+    fetcher
+        .fetch_ranges(&[300..400], Purpose::Background)
+        .await
+        .unwrap();
+    assert_eq!(f.registry.metrics().hedges, 1);
 }
 
 #[tokio::test]

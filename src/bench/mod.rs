@@ -1,4 +1,11 @@
 //! Benchmarks that drive running services and report figures (never
 //! pass/fail): the numbers are compared with a baseline measured in the same run.
 
+pub mod coldstart;
+pub mod io;
+pub mod plot;
+pub mod read_path;
+pub mod remote_layer;
+pub mod resources;
+pub mod shaper;
 pub mod snapshot_ops;

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::bench::snapshot_ops;
+use crate::bench::shaper::{Link, Shaper};
+use crate::bench::{read_path, resources, snapshot_ops};
 
 /// Arguments of `rstargz bench`.
 #[derive(Debug, clap::Args)]
@@ -17,6 +18,128 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// Prepare+Mounts+Commit+Remove round trips per second over a Snapshots socket.
     SnapshotOps(SnapshotOpsArgs),
+    /// Timed reads of a file and walks of a tree in a container root mounted
+    /// through a snapshotter (or natively); one JSON line.
+    ReadPath(ReadPathArgs),
+    /// A daemon's RSS, CPU time and mount latency per mounted image; one JSON line.
+    Resources(ResourcesArgs),
+    /// Cold start (pull + create + run) per image, link and mode, with the Go reference.
+    ColdStart(ColdStartArgs),
+    /// A link-shaping TCP proxy (delay, shared bandwidth cap, counters) until Ctrl-C.
+    Shape(ShapeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReadPathArgs {
+    /// Snapshots socket of the snapshotter to mount through (with --image).
+    #[arg(long, requires = "image", conflicts_with = "native")]
+    address: Option<PathBuf>,
+    /// Image reference in a registry (with --address).
+    #[arg(long)]
+    image: Option<String>,
+    /// Instead: a local directory holding the same tree (overlay baseline).
+    #[arg(long)]
+    native: Option<PathBuf>,
+    /// Scratch directory for mountpoints.
+    #[arg(long)]
+    work: PathBuf,
+    /// File to read, relative to the root.
+    #[arg(long, default_value = "big.bin")]
+    file: PathBuf,
+    /// Tree to walk, relative to the root.
+    #[arg(long, default_value = ".")]
+    tree: PathBuf,
+    /// Runs in order: STATE-ACCESS-BLOCK (cold|disk|page, seq|rand, e.g.
+    /// 4k) or walk-cold / walk-warm; comma-separated or repeated.
+    #[arg(long = "run", value_delimiter = ',', required = true)]
+    runs: Vec<read_path::Run>,
+    /// Reads per random run.
+    #[arg(long, default_value_t = 256)]
+    random_ops: u64,
+    /// Time bound of each run, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    max_seconds: f64,
+    /// Repeats of each run that does not start cold (the best is reported).
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
+    /// Name printed with the figures.
+    #[arg(long, default_value = "target")]
+    label: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct ResourcesArgs {
+    /// Snapshots socket of the daemon.
+    #[arg(long)]
+    address: PathBuf,
+    /// Its process id (RSS and CPU time are read from /proc).
+    #[arg(long)]
+    pid: u32,
+    /// Images to mount one after another (all stay mounted until the end).
+    #[arg(long = "image", required = true)]
+    images: Vec<String>,
+    /// Scratch directory for mountpoints.
+    #[arg(long)]
+    work: PathBuf,
+    /// Seconds to keep everything mounted after measuring (for inspection).
+    #[arg(long, default_value_t = 0.0, hide = true)]
+    hold_seconds: f64,
+    /// Name printed with the figures.
+    #[arg(long, default_value = "target")]
+    label: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct ColdStartArgs {
+    /// Where report.json, report.md and the PNG plots go.
+    #[arg(long, default_value = "bench-out/cold-start")]
+    out: PathBuf,
+    /// Scratch directory (registry data, image trees, run roots); wiped per run.
+    #[arg(long, default_value = "/var/tmp/rstargz-coldstart")]
+    work: PathBuf,
+    /// Tiny images, one run: a smoke test of the whole pipeline.
+    #[arg(long)]
+    quick: bool,
+    /// Runs per image, link and mode [default: 3, quick: 1].
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Images (small, python, large) [default: all; quick: large].
+    #[arg(long, value_delimiter = ',')]
+    images: Vec<String>,
+    /// Round trip of the shaped link.
+    #[arg(long, default_value_t = 20)]
+    rtt_ms: u64,
+    /// Bandwidth of the shaped link.
+    #[arg(long, default_value_t = 100)]
+    rate_mbit: u64,
+    /// Modes (overlayfs, rstargz, rstargz-prio, go, go-prio) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    modes: Vec<String>,
+    /// Only loopback (no shaped link).
+    #[arg(long, conflicts_with = "shaped_only")]
+    loopback_only: bool,
+    /// Only the shaped link.
+    #[arg(long)]
+    shaped_only: bool,
+    /// The Go reference daemon.
+    #[arg(long, default_value = "/usr/local/bin/containerd-stargz-grpc")]
+    go_reference: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct ShapeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// Where connections go.
+    #[arg(long)]
+    upstream: std::net::SocketAddr,
+    /// Round-trip time added (half per direction, plus one per new connection).
+    #[arg(long, default_value_t = 20)]
+    rtt_ms: u64,
+    /// Bandwidth per direction shared by all connections (0: unlimited).
+    #[arg(long, default_value_t = 100)]
+    rate_mbit: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,9 +169,45 @@ struct SnapshotOpsArgs {
 
 /// Runs `rstargz bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let runtime = || tokio::runtime::Runtime::new().context("starting the tokio runtime");
     match args.command {
+        BenchCommand::ReadPath(a) => {
+            let target = match (a.address, a.image, a.native) {
+                (Some(socket), Some(image), None) => read_path::Target::Remote { socket, image },
+                (None, None, Some(lower)) => read_path::Target::Native { lower },
+                _ => anyhow::bail!("give either --address and --image, or --native"),
+            };
+            let opts = read_path::Options {
+                target,
+                work: a.work,
+                file: a.file,
+                tree: a.tree,
+                runs: a.runs,
+                random_ops: a.random_ops,
+                max_time: std::time::Duration::from_secs_f64(a.max_seconds),
+                repeat: a.repeat,
+            };
+            let report = runtime()?
+                .block_on(read_path::run(&opts))
+                .context("read-path benchmark")?;
+            print_labelled(&report, a.label)
+        }
+        BenchCommand::Resources(a) => {
+            let report = runtime()?
+                .block_on(resources::measure(
+                    &a.address,
+                    a.pid,
+                    &a.images,
+                    &a.work,
+                    std::time::Duration::from_secs_f64(a.hold_seconds),
+                ))
+                .context("resources benchmark")?;
+            print_labelled(&report, a.label)
+        }
+        BenchCommand::ColdStart(a) => cold_start(a),
+        BenchCommand::Shape(a) => runtime()?.block_on(shape(a)),
         BenchCommand::SnapshotOps(a) => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            let runtime = runtime()?;
             let opts = snapshot_ops::Options {
                 snapshotter: a.snapshotter,
                 namespace: a.namespace,
@@ -59,10 +218,122 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             let report = runtime
                 .block_on(snapshot_ops::run(&a.address, &opts))
                 .with_context(|| format!("benchmarking {}", a.address.display()))?;
-            let mut out = serde_json::to_value(&report)?;
-            out["label"] = a.label.into();
-            println!("{out}");
-            Ok(())
+            print_labelled(&report, a.label)
         }
     }
+}
+
+/// Prints `report` as one JSON line with a `label` field.
+fn print_labelled(report: &impl serde::Serialize, label: String) -> anyhow::Result<()> {
+    let mut out = serde_json::to_value(report)?;
+    out["label"] = label.into();
+    println!("{out}");
+    Ok(())
+}
+
+/// Runs the shaping proxy; prints its address, then its counters as a JSON
+/// line on SIGUSR1 and at exit (SIGINT/SIGTERM).
+async fn shape(a: ShapeArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let link = Link::new(a.rtt_ms, a.rate_mbit);
+    let shaper = Shaper::start(a.listen, a.upstream, link)
+        .await
+        .with_context(|| format!("listening on {}", a.listen))?;
+    println!(
+        "{}",
+        serde_json::json!({"listening": shaper.addr().to_string(), "rtt_ms": a.rtt_ms, "rate_mbit": a.rate_mbit})
+    );
+    let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = usr1.recv() => println!("{}", serde_json::to_string(&shaper.counters())?),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    println!("{}", serde_json::to_string(&shaper.counters())?);
+    Ok(())
+}
+
+fn cold_start(a: ColdStartArgs) -> anyhow::Result<()> {
+    use crate::bench::coldstart::{self, LinkCase, images};
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                // The prioritized list names files of every layer; each
+                // layer warns about the others' files.
+                .unwrap_or_else(|_| "warn,rstargz_fs::estargz::writer=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let images = if a.images.is_empty() {
+        if a.quick {
+            vec![images::Kind::Large]
+        } else {
+            vec![
+                images::Kind::Small,
+                images::Kind::Python,
+                images::Kind::Large,
+            ]
+        }
+    } else {
+        a.images
+            .iter()
+            .map(|s| images::Kind::parse(s))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let mut links = Vec::new();
+    if !a.shaped_only {
+        links.push(LinkCase {
+            name: "loopback".into(),
+            rtt_ms: 0,
+            rate_mbit: 0,
+        });
+    }
+    if !a.loopback_only {
+        links.push(LinkCase {
+            name: format!("{}ms-{}mbit", a.rtt_ms, a.rate_mbit),
+            rtt_ms: a.rtt_ms,
+            rate_mbit: a.rate_mbit,
+        });
+    }
+    let modes = a
+        .modes
+        .iter()
+        .map(|m| {
+            coldstart::Mode::ALL
+                .into_iter()
+                .find(|x| {
+                    serde_json::to_value(x)
+                        .ok()
+                        .and_then(|v| v.as_str().map(|s| s == m))
+                        == Some(true)
+                })
+                .with_context(|| format!("unknown mode {m:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let opts = coldstart::Options {
+        modes,
+        work: a.work,
+        out: a.out.clone(),
+        images,
+        links,
+        runs: a.runs.unwrap_or(if a.quick { 1 } else { 3 }).max(1),
+        large: if a.quick {
+            images::LargeShape::QUICK
+        } else {
+            images::LargeShape::FULL
+        },
+        bins: coldstart::procs::Binaries {
+            rstargz: std::env::current_exe().context("locating the rstargz binary")?,
+            go_reference: a.go_reference,
+        },
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    let report = runtime.block_on(coldstart::run(&opts))?;
+    print!("{}", coldstart::report::markdown(&report));
+    eprintln!("report: {}", a.out.display());
+    Ok(())
 }

@@ -68,6 +68,10 @@ struct ConvertArgs {
     /// File to prefetch, applied to every layer (absent files are ignored); repeatable.
     #[arg(long = "prioritize", value_name = "PATH")]
     prioritized: Vec<String>,
+    /// File listing files to prefetch, one path a line, in priority order
+    /// (as `rstargz mount --record` writes it); after any --prioritize.
+    #[arg(long, value_name = "FILE")]
+    prioritize_file: Option<PathBuf>,
     /// Layers converted at once.
     #[arg(long, default_value_t = 4)]
     jobs: usize,
@@ -135,6 +139,17 @@ async fn convert(a: ConvertArgs) -> anyhow::Result<()> {
     let src = ImageRef::parse(&a.src)?;
     let dst = ImageRef::parse(&a.dst)?;
     let client = client(&a.registry, &[&src, &dst])?;
+    let mut prioritized = a.prioritized;
+    if let Some(file) = &a.prioritize_file {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        prioritized.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
     let opts = ConvertOptions {
         writer: WriterOptions {
             compression: match a.compression {
@@ -142,7 +157,7 @@ async fn convert(a: ConvertArgs) -> anyhow::Result<()> {
                 CompressionArg::Zstd => Compression::Zstd,
             },
             chunk_size: a.chunk_size,
-            prioritized: a.prioritized,
+            prioritized,
             ..WriterOptions::default()
         },
         parallelism: a.jobs.max(1),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use nix::mount::{MntFlags, MsFlags};
+use rstargz_fs::fuse::AccessLog;
 use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE, TOC_DIGEST};
 use rstargz_fs::registry::{Reference, Registry};
 use serde::Deserialize;
@@ -32,6 +33,10 @@ pub struct MountArgs {
     /// TOML config file (remote-layer keys as for `serve`).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Write the files the image's users open, in first-open order, one
+    /// `/`-rooted path a line, to FILE at unmount (for `image convert --prioritize-file`).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
     /// Log level or tracing filter.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -123,7 +128,11 @@ async fn mount(args: MountArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("/var/lib/rstargz/mount"));
     let layers_root = state.join(format!("mnt-{}", std::process::id()));
-    let fs = StargzFs::new(&state, config).context("set up remote layers")?;
+    let mut fs = StargzFs::new(&state, config).context("set up remote layers")?;
+    let access_log = args.record.as_ref().map(|_| AccessLog::default());
+    if let Some(log) = &access_log {
+        fs.record_opens(log.clone());
+    }
     let layers = image_layers(fs.registry(), &reference).await?;
     if layers.is_empty() {
         bail!("{} has no layers", args.reference);
@@ -157,6 +166,18 @@ async fn mount(args: MountArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = sigterm.recv() => {}
         _ = sigint.recv() => {}
+    }
+    if let (Some(file), Some(log)) = (&args.record, &access_log) {
+        let paths = log.paths();
+        let text: String = paths.iter().map(|p| format!("{p}\n")).collect();
+        match std::fs::write(file, text) {
+            Ok(()) => {
+                tracing::info!(file = %file.display(), files = paths.len(), "recorded opened files")
+            }
+            Err(e) => {
+                tracing::error!(file = %file.display(), error = %e, "cannot write the record")
+            }
+        }
     }
     if let Err(e) = nix::mount::umount(&args.dir) {
         tracing::warn!(dir = %args.dir.display(), error = %e, "busy; detaching");

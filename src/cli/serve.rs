@@ -1,6 +1,8 @@
 //! `rstargz serve`: the snapshotter daemon. Serves containerd's Snapshots
 //! gRPC API on a unix socket until SIGINT/SIGTERM, then stops accepting,
-//! lets in-flight requests finish and closes the store.
+//! lets in-flight requests finish and closes the store. With live restart
+//! (the default) SIGTERM leaves the remote layers mounted for the next
+//! daemon; SIGINT unmounts them.
 
 use std::io::IsTerminal;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -15,6 +17,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::config::{Config, DEFAULT_ADDRESS, DEFAULT_LOG_LEVEL, DEFAULT_ROOT, Fallback};
 use crate::grpc::SnapshotsService;
 use crate::lcow::LcowBackend;
+use crate::remote::fdstore::FdStore;
+use crate::remote::live::LiveMounts;
 use crate::remote::{NoRemote, RemoteFs, StargzFs};
 use crate::snapshot::overlay::OverlayBackend;
 use crate::snapshot::{Options, Snapshotter};
@@ -44,6 +48,7 @@ pub struct ServeArgs {
 
 /// Runs the daemon until SIGINT/SIGTERM.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    crate::memory::tune_allocator();
     let mut config = Config::load(args.config.as_deref())?;
     let root = args
         .root
@@ -96,11 +101,25 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
     };
     // Kept alive until shutdown: dropping it stops the metrics server.
     let mut _metrics_server = None;
+    let mut stargz = None;
     if backend.supports_remote() {
-        let (fs, metrics) = remote_fs(&root, &config).await?;
+        let (fs, stargz_fs, metrics) = remote_fs(&root, &config).await?;
         opts.remote = fs;
         _metrics_server = metrics;
-        crate::remote::restore::detach_stale_mounts(&root);
+        // Start-up order: (1) the mounts whose connection the fd holder
+        // still keeps are set aside for take-over; (2) every other rstargz
+        // mount under the root (no holder, live restart off, or unknown to
+        // the holder) is aborted and detached; (3) restore takes the held
+        // ones over or mounts afresh, and only then prunes the state of
+        // layers neither a snapshot nor a mount uses; (4) held mounts no
+        // snapshot claimed are aborted and detached.
+        let keep = stargz_fs
+            .as_ref()
+            .and_then(|s| s.live())
+            .map(|l| l.find_adoptable(&root))
+            .unwrap_or_default();
+        crate::remote::restore::detach_stale_mounts(&root, &keep);
+        stargz = stargz_fs;
     }
     let snapshotter = tokio::task::spawn_blocking(move || Snapshotter::open(opts))
         .await?
@@ -111,6 +130,9 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
         .context("restore remote layers")?;
     if restored + failed > 0 {
         tracing::info!(restored, failed, "remote layers restored");
+    }
+    if let Some(live) = stargz.as_ref().and_then(|s| s.live()) {
+        live.finish_adoption();
     }
     let listener = bind(&address)?;
     tracing::info!(
@@ -136,10 +158,18 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
                 },
             ),
     );
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
-    }
+    // SIGTERM (systemd's stop and restart) keeps the layers mounted when
+    // live restart is on; SIGINT always unmounts.
+    let hand_over = tokio::select! {
+        _ = sigterm.recv() => {
+            tracing::info!("SIGTERM: shutting down");
+            true
+        }
+        _ = sigint.recv() => {
+            tracing::info!("SIGINT: shutting down and unmounting");
+            false
+        }
+    };
     let _ = stop_tx.send(());
     // Graceful shutdown waits for every client to acknowledge; a client that
     // never does must not keep the daemon alive.
@@ -151,6 +181,14 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
             grace_secs = SHUTDOWN_GRACE.as_secs(),
             "requests still in flight after the grace period; closing anyway"
         ),
+    }
+    if hand_over && let Some(fs) = stargz.as_ref().filter(|s| s.live().is_some()) {
+        let fs = fs.clone();
+        let handed = tokio::task::spawn_blocking(move || fs.hand_over_all()).await?;
+        tracing::info!(
+            mounts = handed,
+            "remote layers left mounted for the next daemon"
+        );
     }
     snapshotter.close().await.context("close metadata store")?;
     tracing::info!("stopped");
@@ -166,16 +204,28 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The filesystem of remote layers (eStargz over FUSE unless disabled) and
-/// its metrics server when `metrics_address` is set.
+/// The filesystem of remote layers (eStargz over FUSE unless disabled), the
+/// same as [`StargzFs`] when it is one, and its metrics server when
+/// `metrics_address` is set.
 async fn remote_fs(
     root: &Path,
     config: &Config,
-) -> anyhow::Result<(Arc<dyn RemoteFs>, Option<AbortOnDrop>)> {
+) -> anyhow::Result<(
+    Arc<dyn RemoteFs>,
+    Option<Arc<StargzFs>>,
+    Option<AbortOnDrop>,
+)> {
     if config.remote.disable_remote {
-        return Ok((Arc::new(NoRemote), None));
+        return Ok((Arc::new(NoRemote), None, None));
     }
-    let fs = Arc::new(StargzFs::new(root, config.remote.clone()).context("set up remote layers")?);
+    let mut fs = StargzFs::new(root, config.remote.clone()).context("set up remote layers")?;
+    if config.remote.fuse.live_restart {
+        match live_restart(root) {
+            Ok(live) => fs = fs.with_live_restart(live),
+            Err(e) => tracing::warn!(error = %e, "live restart unavailable: SIGTERM will unmount"),
+        }
+    }
+    let fs = Arc::new(fs);
     let server = match &config.remote.metrics_address {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -189,7 +239,15 @@ async fn remote_fs(
         }
         None => None,
     };
-    Ok((fs, server))
+    Ok((fs.clone(), Some(fs), server))
+}
+
+/// Connects to the fd holder of `root`, starting it when needed.
+fn live_restart(root: &Path) -> anyhow::Result<LiveMounts> {
+    std::fs::create_dir_all(root).with_context(|| format!("create {}", root.display()))?;
+    let exe = std::env::current_exe().context("locate the rstargz binary")?;
+    let store = FdStore::connect_or_spawn(&root.join("fdstore.sock"), &exe)?;
+    Ok(LiveMounts::new(store))
 }
 
 /// Binds the socket: creates the parent directory, replaces a stale socket

@@ -18,13 +18,27 @@ pub fn code(err: &Error) -> Code {
     }
 }
 
+/// Longest status message sent: messages quote request fields (keys,
+/// filters), and a 1 MiB key must not come back as a 1 MiB trailer that
+/// clients reject as an oversized header.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
 /// Converts `err` into a status, logging internal failures.
 pub fn to_status(err: Error) -> Status {
     let code = code(&err);
     if code == Code::Internal {
         tracing::error!(error = %err, "internal error");
     }
-    Status::new(code, err.to_string())
+    let mut message = err.to_string();
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut cut = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    Status::new(code, message)
 }
 
 #[cfg(test)]
@@ -47,5 +61,13 @@ mod tests {
         for (err, want) in cases {
             assert_eq!(to_status(err).code(), want);
         }
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        let status = to_status(Error::InvalidArgument("é".repeat(1 << 20)));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES + "…".len());
+        assert!(status.message().ends_with('…'));
     }
 }

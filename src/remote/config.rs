@@ -105,6 +105,14 @@ pub struct BlobSection {
     pub valid_interval: u64,
     /// Always probe in Check (`valid_interval = 0`).
     pub check_always: bool,
+    /// An on-demand request not answered within four times the usual
+    /// latency and at least this many ms is sent again, first answer wins
+    /// (our key; 0: never).
+    pub hedge_after_msec: u64,
+    /// Compressed bytes an on-demand read may fetch beyond its chunk, to
+    /// cache the following files of the layer with the same request (our
+    /// own key; 0 turns it off).
+    pub read_amplify_bytes: u64,
 }
 
 impl Default for BlobSection {
@@ -117,6 +125,8 @@ impl Default for BlobSection {
             force_single_range_mode: false,
             valid_interval: 60,
             check_always: false,
+            hedge_after_msec: 200,
+            read_amplify_bytes: 256 << 10,
         }
     }
 }
@@ -129,9 +139,15 @@ pub struct FuseSection {
     pub attr_timeout: Option<u64>,
     /// Entry TTL (s).
     pub entry_timeout: Option<u64>,
+    /// A read not answered within this many seconds fails with EIO (our
+    /// key; default 30).
+    pub read_timeout_sec: Option<u64>,
     /// Kernel FUSE passthrough for fully cached large files. On by default:
     /// a mount whose kernel refuses it falls back to normal reads by itself.
     pub passthrough: bool,
+    /// Keep the FUSE connections open across a SIGTERM restart (through
+    /// `rstargz fd-holder`), so running containers never lose their layers.
+    pub live_restart: bool,
 }
 
 impl Default for FuseSection {
@@ -139,7 +155,9 @@ impl Default for FuseSection {
         FuseSection {
             attr_timeout: None,
             entry_timeout: None,
+            read_timeout_sec: None,
             passthrough: true,
+            live_restart: true,
         }
     }
 }
@@ -235,6 +253,8 @@ impl RemoteConfig {
                 max_retries: self.blob.max_retries,
             },
             force_single_range: self.blob.force_single_range_mode,
+            hedge_after_min: (self.blob.hedge_after_msec > 0)
+                .then(|| Duration::from_millis(self.blob.hedge_after_msec)),
             ..RegistryConfig::default()
         }
     }

@@ -87,6 +87,13 @@ pub fn render(fs: &StargzFs) -> String {
         "Retried registry requests.",
         &[("", reg.retries)],
     );
+    family(
+        &mut out,
+        "rstargz_fetch_hedged_total",
+        "counter",
+        "On-demand registry requests sent a second time because the first was slow to answer.",
+        &[("", reg.hedges)],
+    );
     let cache = fs.cache().stats();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     family(

@@ -7,11 +7,15 @@
 //! failure) makes it fall back to the local overlayfs snapshot.
 
 pub mod config;
+pub mod fdholder;
+pub mod fdstore;
+pub mod live;
 pub mod metrics;
 pub mod prefetch;
 pub mod restore;
 pub mod source;
 pub mod stargz;
+pub mod warm;
 
 pub use config::RemoteConfig;
 pub use stargz::{DeclineReason, StargzFs};

@@ -105,7 +105,8 @@ impl BufferedSource {
         }
     }
 
-    fn set(&self, buffer: Option<(u64, Bytes)>) {
+    /// Serves reads inside `buffer` (start offset, bytes) from memory.
+    pub fn set(&self, buffer: Option<(u64, Bytes)>) {
         if let Ok(mut b) = self.buffer.write() {
             *b = buffer;
         }
@@ -132,6 +133,15 @@ impl BlobSource for BufferedSource {
     fn size(&self) -> u64 {
         self.inner.size()
     }
+
+    async fn forget(&self, range: Range<u64>) {
+        if self.slice(&range).is_some() {
+            // The prefetched copy is bad somewhere: every chunk still to be
+            // decoded from it is read from the registry instead.
+            self.set(None);
+        }
+        self.inner.forget(range).await;
+    }
 }
 
 /// Every non-hole chunk of the layer, in blob order.
@@ -141,9 +151,9 @@ fn all_chunks(layer: &LayerReader) -> Vec<(Ino, Chunk)> {
         .flat_map(|ino| {
             index
                 .chunks(ino)
-                .iter()
+                .into_iter()
                 .filter(|c| !c.is_zeros())
-                .map(move |c| (ino, c.clone()))
+                .map(move |c| (ino, c))
         })
         .collect();
     out.sort_by_key(|(_, c)| c.compressed_range().start);
@@ -174,7 +184,11 @@ pub async fn prefetch(layer: &LayerReader, source: &BufferedSource, end: u64) ->
     let Some(last) = chunks.iter().map(|(_, c)| c.compressed_range().end).max() else {
         return Ok(0);
     };
-    let bytes = source.inner.read_range(0..last, Purpose::Prefetch).await?;
+    // A warm layer's prefix is already buffered (see `warm`).
+    let bytes = match source.slice(&(0..last)) {
+        Some(b) => b,
+        None => source.inner.read_range(0..last, Purpose::Prefetch).await?,
+    };
     source.set(Some((0, bytes)));
     let mut cached = 0;
     for (ino, chunk) in &chunks {

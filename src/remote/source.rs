@@ -191,6 +191,17 @@ impl BlobSource for TocCachedSource {
     fn size(&self) -> u64 {
         self.inner.size()
     }
+
+    async fn forget(&self, range: Range<u64>) {
+        match tokio::fs::remove_file(self.path(&range)).await {
+            Ok(()) => {
+                tracing::info!(range = ?range, "dropped a cached copy of layer metadata that failed verification")
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(error = %e, "cannot drop cached layer metadata"),
+        }
+        self.inner.forget(range).await;
+    }
 }
 
 /// Writes `data` to `path` through a temporary file and a rename, so a crash

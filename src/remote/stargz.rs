@@ -20,8 +20,10 @@ use rstargz_fs::registry::{LayerSource, Registry, RegistryError, layer_source_fr
 use serde::{Deserialize, Serialize};
 
 use super::config::RemoteConfig;
+use super::live::LiveMounts;
 use super::prefetch::{self, Activity, BackgroundLimits, BufferedSource};
 use super::source::{RegistryBlob, TocCachedSource, write_atomically};
+use super::warm::{Warm, WarmLayers};
 use super::{BoxFuture, RemoteError};
 use crate::snapshot::Labels;
 
@@ -158,6 +160,12 @@ pub struct StargzFs {
     /// Counters of layers already unmounted, so the totals exported as
     /// Prometheus counters never decrease.
     retired: Retired,
+    /// Where mounts record the files opened (`rstargz mount --record`).
+    access_log: Option<fuse::AccessLog>,
+    /// Live restart (mounts kept across daemon restarts), when enabled.
+    live: Option<LiveMounts>,
+    /// Following layers opened ahead of their Prepare.
+    warm: WarmLayers,
 }
 
 /// Final counts of unmounted layers.
@@ -229,8 +237,47 @@ impl StargzFs {
             activity,
             remount: tokio::sync::Mutex::new(()),
             retired: Retired::default(),
+            access_log: None,
+            live: None,
+            warm: WarmLayers::default(),
             config,
         })
+    }
+
+    /// Keeps mounts alive across restarts through `live`.
+    pub fn with_live_restart(mut self, live: LiveMounts) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    /// Live restart, when enabled.
+    pub fn live(&self) -> Option<&LiveMounts> {
+        self.live.as_ref()
+    }
+
+    /// Leaves every mount to the next daemon (SIGTERM with live restart);
+    /// returns how many were handed over. Mounts that cannot be are
+    /// unmounted.
+    pub fn hand_over_all(&self) -> usize {
+        let mounts: Vec<(PathBuf, Mounted)> = self
+            .mounts
+            .lock()
+            .map(|mut m| m.drain().collect())
+            .unwrap_or_default();
+        let mut handed = 0;
+        for (path, mounted) in mounts {
+            let Mounted {
+                handle, fetcher, ..
+            } = mounted;
+            drop(fetcher);
+            // Without live restart the handle unmounts as it drops.
+            if let Some(live) = &self.live
+                && live.hand_over(&path, handle)
+            {
+                handed += 1;
+            }
+        }
+        handed
     }
 
     /// Counters of mounts and declines.
@@ -282,7 +329,89 @@ impl StargzFs {
         }
         let source = source_of(labels).map_err(|e| DeclineReason::NoSource.decline(e))?;
         let opts = self.open_options(&source)?;
-        let state = self.state_dir(&source);
+        self.warm_neighbours(&source);
+        let state = self.layer_state(&source.layer.digest);
+        let meta_path = state.join("meta.json");
+        let warm = self
+            .warm
+            .take(source.layer.digest.as_str())
+            .await
+            .filter(|w| {
+                w.verify == opts.verify
+                    && opts
+                        .expected_toc_digest
+                        .is_none_or(|d| d == w.layer.toc_digest())
+            });
+        let (blob, buffered, layer) = match warm {
+            Some(w) => {
+                if let Some(prefix) = w.prefix {
+                    w.buffered.set(Some((0, prefix)));
+                }
+                (w.blob, w.buffered, w.layer)
+            }
+            None => self.open_layer(&source, &state, &opts).await?,
+        };
+        let meta = LayerMeta {
+            blob_size: layer.blob_size(),
+            reference: source.reference.to_string(),
+            digest: source.layer.digest.to_string(),
+        };
+        if let Ok(json) = serde_json::to_vec_pretty(&meta)
+            && let Err(e) = write_atomically(&meta_path, &json).await
+        {
+            tracing::warn!(path = %meta_path.display(), error = %e, "cannot record layer metadata");
+        }
+        let mut layer = layer;
+        layer.set_read_amplification(self.config.blob.read_amplify_bytes);
+        let layer = Arc::new(layer);
+        let (handle, fresh) = match self.resume_fuse(mountpoint, layer.clone()).await {
+            Some(handle) => (handle, false),
+            None => (self.mount_fuse(mountpoint, layer.clone()).await?, true),
+        };
+        let dev = handle.dev();
+        if let Some(live) = &self.live {
+            live.register(mountpoint, &handle, dev, fresh);
+        }
+        let default_prefetch = source.prefetch_size.unwrap_or(self.config.prefetch_size);
+        let fetcher = self
+            .start_fetching(layer.clone(), buffered, default_prefetch)
+            .await;
+        self.metrics
+            .mounted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut m) = self.mounts.lock() {
+            m.insert(
+                mountpoint.to_path_buf(),
+                Mounted {
+                    handle,
+                    blob,
+                    layer,
+                    fetcher,
+                    state,
+                    dev,
+                },
+            );
+        }
+        // Opening the layer left the parsed TOC's many small objects freed
+        // in the arenas (of whichever threads ran it); now that the mount is
+        // complete nothing of it is still being dropped.
+        crate::memory::release_freed_memory();
+        Ok(())
+    }
+
+    /// `<root>/layers/<layer digest>`: the layer's footer and TOC copies.
+    fn layer_state(&self, digest: &rstargz_fs::registry::Digest) -> PathBuf {
+        self.layers_dir.join(digest.as_str().replace(':', "-"))
+    }
+
+    /// Connects to the layer's blob (lazily when its size is known from an
+    /// earlier mount) and reads its TOC.
+    async fn open_layer(
+        &self,
+        source: &rstargz_fs::registry::LayerSource,
+        state: &Path,
+        opts: &OpenOptions,
+    ) -> Result<(Arc<RegistryBlob>, Arc<BufferedSource>, LayerReader), Declined> {
         let meta_path = state.join("meta.json");
         let known = tokio::fs::read(&meta_path)
             .await
@@ -304,46 +433,73 @@ impl StargzFs {
         let blob = Arc::new(blob);
         let cached: Arc<dyn BlobSource> = Arc::new(TocCachedSource::new(
             blob.clone() as Arc<dyn BlobSource>,
-            state.clone(),
+            state.to_path_buf(),
         ));
         let buffered = Arc::new(BufferedSource::new(cached));
-        let layer = LayerReader::open(buffered.clone(), self.cache.clone(), &opts)
+        let layer = LayerReader::open(buffered.clone(), self.cache.clone(), opts)
             .await
             .map_err(|e| layer_reason(&e).decline(e))?;
-        let meta = LayerMeta {
-            blob_size: layer.blob_size(),
-            reference: source.reference.to_string(),
-            digest: source.layer.digest.to_string(),
+        Ok((blob, buffered, layer))
+    }
+
+    /// Starts opening the image's following layers (connect, TOC, raw
+    /// prioritized prefix) in the background.
+    fn warm_neighbours(&self, source: &rstargz_fs::registry::LayerSource) {
+        let verify = if self.config.disable_verification {
+            Verify::Disabled
+        } else {
+            Verify::Enabled
         };
-        if let Ok(json) = serde_json::to_vec_pretty(&meta)
-            && let Err(e) = write_atomically(&meta_path, &json).await
-        {
-            tracing::warn!(path = %meta_path.display(), error = %e, "cannot record layer metadata");
-        }
-        let layer = Arc::new(layer);
-        let handle = self.mount_fuse(mountpoint, layer.clone()).await?;
-        let dev = handle.dev();
-        let default_prefetch = source.prefetch_size.unwrap_or(self.config.prefetch_size);
-        let fetcher = self
-            .start_fetching(layer.clone(), buffered, default_prefetch)
-            .await;
-        self.metrics
-            .mounted
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut m) = self.mounts.lock() {
-            m.insert(
-                mountpoint.to_path_buf(),
-                Mounted {
-                    handle,
-                    blob,
-                    layer,
-                    fetcher,
+        for n in &source.neighbours {
+            let mut next = source.clone();
+            next.layer = n.clone();
+            next.toc_digest = None;
+            next.neighbours = Vec::new();
+            let (registry, activity) = (self.registry.clone(), self.activity.clone());
+            let (state, cache) = (self.layer_state(&n.digest), self.cache.clone());
+            let default_prefetch = source.prefetch_size.unwrap_or(self.config.prefetch_size);
+            let noprefetch = self.config.noprefetch;
+            self.warm.start(n.digest.as_str(), async move {
+                let blob = RegistryBlob::connect(registry, next, activity)
+                    .await
+                    .map_err(|e| tracing::debug!(error = %e, "warming a layer: connect failed"))
+                    .ok()?;
+                let blob = Arc::new(blob);
+                let cached: Arc<dyn BlobSource> = Arc::new(TocCachedSource::new(
+                    blob.clone() as Arc<dyn BlobSource>,
                     state,
-                    dev,
-                },
-            );
+                ));
+                let buffered = Arc::new(BufferedSource::new(cached));
+                let opts = OpenOptions {
+                    verify,
+                    ..OpenOptions::default()
+                };
+                let layer = LayerReader::open(buffered.clone(), cache, &opts)
+                    .await
+                    .map_err(|e| tracing::debug!(error = %e, "warming a layer: not eStargz"))
+                    .ok()?;
+                let end = if noprefetch {
+                    0
+                } else {
+                    prefetch::prefetch_end(&layer, default_prefetch)
+                };
+                let prefix = if end > 0 {
+                    blob.read_range(0..end, rstargz_fs::layer::Purpose::Prefetch)
+                        .await
+                        .map_err(|e| tracing::debug!(error = %e, "warming a layer: prefix failed"))
+                        .ok()
+                } else {
+                    None
+                };
+                Some(Warm {
+                    blob,
+                    buffered,
+                    layer,
+                    verify,
+                    prefix,
+                })
+            });
         }
-        Ok(())
     }
 
     /// Starts prefetch then background fetch (as configured) and waits up
@@ -386,14 +542,37 @@ impl StargzFs {
         Some(AbortOnDrop(task))
     }
 
-    async fn mount_fuse(
-        &self,
-        mountpoint: &Path,
-        layer: Arc<LayerReader>,
-    ) -> Result<MountHandle, Declined> {
+    /// Takes over the live mount a previous daemon left at `mountpoint`.
+    async fn resume_fuse(&self, mountpoint: &Path, layer: Arc<LayerReader>) -> Option<MountHandle> {
+        let live = self.live.as_ref()?;
+        let (conn, state) = live.take(mountpoint)?;
+        let opts = self.mount_options();
+        let at = mountpoint.to_path_buf();
+        let resumed =
+            tokio::task::spawn_blocking(move || fuse::resume(&at, layer, opts, conn, &state)).await;
+        match resumed {
+            Ok(Ok(handle)) => {
+                tracing::info!(mountpoint = %mountpoint.display(), "live mount taken over");
+                Some(handle)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot take over live mount; mounting afresh");
+                live.abandon(mountpoint);
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "take-over task failed; mounting afresh");
+                live.abandon(mountpoint);
+                None
+            }
+        }
+    }
+
+    fn mount_options(&self) -> MountOptions {
         let mut opts = MountOptions {
             runtime: Some(tokio::runtime::Handle::current()),
             passthrough: self.files.clone(),
+            access_log: self.access_log.clone(),
             ..MountOptions::default()
         };
         if let Some(s) = self.config.fuse.attr_timeout {
@@ -402,11 +581,28 @@ impl StargzFs {
         if let Some(s) = self.config.fuse.entry_timeout {
             opts.entry_ttl = Duration::from_secs(s);
         }
+        if let Some(s) = self.config.fuse.read_timeout_sec {
+            opts.read_timeout = Duration::from_secs(s);
+        }
+        opts
+    }
+
+    async fn mount_fuse(
+        &self,
+        mountpoint: &Path,
+        layer: Arc<LayerReader>,
+    ) -> Result<MountHandle, Declined> {
+        let opts = self.mount_options();
         let at = mountpoint.to_path_buf();
         tokio::task::spawn_blocking(move || fuse::mount(&at, layer, opts))
             .await
             .map_err(|e| DeclineReason::MountFailed.decline(e))?
             .map_err(|e| DeclineReason::MountFailed.decline(e))
+    }
+
+    /// Records the files opened in layers mounted from now on into `log`.
+    pub fn record_opens(&mut self, log: fuse::AccessLog) {
+        self.access_log = Some(log);
     }
 
     /// The layer mounted at `mountpoint`, if any.
@@ -491,19 +687,13 @@ impl StargzFs {
             .map_err(|e| RemoteError::Unavailable(e.to_string()))
     }
 
-    /// `<root>/layers/<layer digest>`: the layer's footer and TOC copies.
-    fn state_dir(&self, source: &LayerSource) -> PathBuf {
-        self.layers_dir
-            .join(source.layer.digest.as_str().replace(':', "-"))
-    }
-
     /// Deletes the state directories of layers that neither a snapshot in
     /// `in_use` nor a mount uses.
     async fn forget_unused_states(&self, in_use: &[Labels]) {
         let mut keep: std::collections::HashSet<PathBuf> = in_use
             .iter()
             .filter_map(|labels| source_of(labels).ok())
-            .map(|source| self.state_dir(&source))
+            .map(|source| self.layer_state(&source.layer.digest))
             .collect();
         if let Ok(m) = self.mounts.lock() {
             keep.extend(m.values().map(|m| m.state.clone()));
@@ -595,6 +785,9 @@ impl StargzFs {
             mounted = back;
             match result {
                 Ok(()) => {
+                    if let Some(live) = &self.live {
+                        live.forget(&key);
+                    }
                     self.retire(&mounted);
                     self.forget_state(&mounted.state).await;
                     return Ok(());

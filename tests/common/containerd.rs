@@ -23,20 +23,28 @@ impl Containerd {
     /// Starts containerd under `dir` with the snapshotter at
     /// `snapshotter_socket` registered as `plugin`.
     pub fn start(dir: &Path, snapshotter_socket: &Path, plugin: &str) -> Containerd {
+        Containerd::start_with(
+            dir,
+            &format!(
+                "[proxy_plugins.{plugin}]\n  type = \"snapshot\"\n  address = {snapshotter_socket:?}\n"
+            ),
+        )
+    }
+
+    /// Starts containerd under `dir` with `extra` appended to its config.
+    pub fn start_with(dir: &Path, extra: &str) -> Containerd {
         let socket = dir.join("containerd.sock");
         let config = dir.join("containerd.toml");
         std::fs::write(
             &config,
             format!(
                 "version = 2\nroot = {root:?}\nstate = {state:?}\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
                  [grpc]\n  address = {socket:?}\n\
-                 [ttrpc]\n  address = {ttrpc:?}\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable = true\n\
-                 [proxy_plugins.{plugin}]\n  type = \"snapshot\"\n  address = {snap:?}\n",
+                 [ttrpc]\n  address = {ttrpc:?}\n{extra}",
                 root = dir.join("croot"),
                 state = dir.join("cstate"),
                 ttrpc = dir.join("containerd.sock.ttrpc"),
-                snap = snapshotter_socket,
             ),
         )
         .unwrap();
@@ -151,5 +159,39 @@ impl Drop for Containerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// containerd 1.6 puts shim sockets under `/run/containerd/s` whatever its
+/// `state` says; removes those directories on drop if they were not there
+/// before (only when empty: another containerd may be using them).
+pub struct RunDirGuard {
+    existed: bool,
+}
+
+const RUN_DIR: &str = "/run/containerd";
+
+impl RunDirGuard {
+    /// Notes whether `/run/containerd` exists now.
+    pub fn new() -> Self {
+        RunDirGuard {
+            existed: Path::new(RUN_DIR).exists(),
+        }
+    }
+}
+
+impl Default for RunDirGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for RunDirGuard {
+    fn drop(&mut self) {
+        if !self.existed {
+            for d in ["s", "runc", ""] {
+                let _ = std::fs::remove_dir(Path::new(RUN_DIR).join(d));
+            }
+        }
     }
 }

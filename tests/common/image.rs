@@ -26,17 +26,7 @@ pub fn client(scratch: &Path) -> Registry {
 }
 
 /// Deterministic pseudo-random bytes (xorshift).
-pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+pub use rstargz_fs::testutil::test_blob as pseudo_random;
 
 /// Two layer trees under `dir`: the first with small files, a file larger
 /// than the 1 MiB chunk size the tests use, a symlink and a hardlink; the

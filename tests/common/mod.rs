@@ -6,6 +6,7 @@
 pub mod containerd;
 pub mod remote;
 pub mod vhdx_check;
+pub mod workload;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -100,6 +101,11 @@ impl Daemon {
         }
     }
 
+    /// Process id of the daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// The daemon's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -123,7 +129,7 @@ impl Daemon {
             if start.elapsed() > DEADLINE {
                 let states = thread_states(child.id());
                 // Abort its mounts so the stuck process can go.
-                rstargz::remote::restore::detach_stale_mounts(&self.root);
+                rstargz::remote::restore::detach_stale_mounts(&self.root, &[]);
                 let _ = child.wait();
                 panic!("daemon did not exit on {signal}; its threads:\n{states}");
             }
@@ -131,8 +137,19 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM; asserts a clean exit.
+    /// SIGINT (a full stop: remote layers unmounted); asserts a clean exit.
     pub fn stop(mut self) {
+        let status = self.signal_and_wait(nix::sys::signal::Signal::SIGINT);
+        assert!(
+            status.success(),
+            "unclean exit {status}: {}",
+            self.log_text()
+        );
+    }
+
+    /// SIGTERM (remote layers stay mounted for the next daemon, live
+    /// restart); asserts a clean exit.
+    pub fn stop_for_restart(mut self) {
         let status = self.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
         assert!(
             status.success(),
@@ -154,7 +171,7 @@ impl Drop for Daemon {
             // A killed daemon leaves its FUSE mounts behind (a failing
             // test must not leak them into the next one); aborting them
             // also frees a daemon stuck on its own mount.
-            rstargz::remote::restore::detach_stale_mounts(&self.root);
+            rstargz::remote::restore::detach_stale_mounts(&self.root, &[]);
             let _ = child.wait();
         }
     }

@@ -163,7 +163,7 @@ impl<R: ReadAt> Extractor<'_, R> {
                         }
                     })?;
                 let mut buf = Vec::new();
-                for chunk in index.chunks(ino) {
+                for chunk in &index.chunks(ino) {
                     buf.resize(chunk.size as usize, 0);
                     self.layer
                         .read_chunk_into(ino, chunk, &mut buf)

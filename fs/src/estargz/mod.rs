@@ -10,8 +10,6 @@ pub mod digest;
 pub mod error;
 pub mod extract;
 pub mod footer;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod index;
 pub mod reader;
 pub mod toc;

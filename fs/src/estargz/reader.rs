@@ -257,7 +257,7 @@ impl<R: ReadAt> Layer<R> {
             return Ok(0);
         }
         let mut scratch = Vec::new();
-        for chunk in self.index.chunks_for_range(ino, offset, end - offset) {
+        for chunk in &self.index.chunks_for_range(ino, offset, end - offset) {
             let range = chunk.file_range();
             let (from, to) = (offset.max(range.start), end.min(range.end));
             let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];

@@ -12,7 +12,7 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use fuser::{
@@ -23,8 +23,11 @@ use fuser::{
 };
 
 use super::MountOptions;
+use super::access::AccessPattern;
+use super::gate::Held;
+use super::handover::{InitParams, Live};
 use super::overlay_view::OverlayView;
-use super::passthrough::{OpenMode, PassthroughOpens};
+use super::passthrough::OpenMode;
 use crate::cache::FileStore;
 use crate::estargz::{Index, Ino, NodeKind};
 use crate::layer::{LayerError, LayerReader};
@@ -154,12 +157,12 @@ pub struct LayerFs {
     runtime: tokio::runtime::Handle,
     stats: Arc<FuseStats>,
     total_blocks: u64,
-    /// Set in `init` when the kernel accepted FUSE_PASSTHROUGH.
-    passthrough_on: AtomicBool,
-    /// Open modes per inode (page cache or passthrough).
-    opens: PassthroughOpens,
+    /// Open modes, passthrough switch and the freeze gate of a handover.
+    live: Arc<Live>,
     /// Attributes sent with negative lookups (node id 0).
     negative: FileAttr,
+    /// Which inodes are being read sequentially (read-ahead only for those).
+    access: AccessPattern,
 }
 
 impl LayerFs {
@@ -169,6 +172,17 @@ impl LayerFs {
         opts: MountOptions,
         runtime: tokio::runtime::Handle,
         stats: Arc<FuseStats>,
+    ) -> Self {
+        Self::with_live(layer, opts, runtime, stats, Arc::new(Live::new()))
+    }
+
+    /// Builds the filesystem around `live` (a fresh or an inherited table).
+    pub(crate) fn with_live(
+        layer: Arc<LayerReader>,
+        opts: MountOptions,
+        runtime: tokio::runtime::Handle,
+        stats: Arc<FuseStats>,
+        live: Arc<Live>,
     ) -> Self {
         let index = layer.index().clone();
         let view = OverlayView::new(&index, opts.opaque_xattr);
@@ -185,8 +199,8 @@ impl LayerFs {
             runtime,
             stats,
             total_blocks: total_bytes / u64::from(BLOCK_SIZE),
-            passthrough_on: AtomicBool::new(false),
-            opens: PassthroughOpens::default(),
+            live,
+            access: AccessPattern::default(),
             negative: FileAttr {
                 ino: INodeNo(0),
                 size: 0,
@@ -209,7 +223,7 @@ impl LayerFs {
 
     /// The passthrough store and the file's key, when passthrough may apply to `ino`.
     fn passthrough_key(&self, ino: Ino) -> Option<(&Arc<FileStore>, crate::estargz::Digest)> {
-        if !self.passthrough_on.load(Ordering::Relaxed) {
+        if !self.live.passthrough_on.load(Ordering::Relaxed) {
             return None;
         }
         let store = self.opts.passthrough.as_ref()?;
@@ -217,13 +231,16 @@ impl LayerFs {
         if node.kind() != NodeKind::Reg || node.size() < self.opts.passthrough_min_bytes.max(1) {
             return None;
         }
-        Some((store, FileStore::file_key(self.index.chunks(ino))?))
+        Some((store, FileStore::file_key(&self.index.chunks(ino))?))
     }
 
     /// Opens `ino` in the mode the passthrough table chooses.
     fn open_file(&self, ino: Ino, reply: ReplyOpen) {
         let key = self.passthrough_key(ino);
-        let mode = self.opens.open(ino, || {
+        // SAFETY: raw ids come from the previous server of this very
+        // connection, which left them open; the table owns them from now on.
+        let wrap = |raw| unsafe { reply.wrap_backing(raw) };
+        let mode = self.live.opens.open(ino, wrap, || {
             let (store, key) = key?;
             let Some(file) = store.ready_file(&key) else {
                 self.schedule_prepare(ino);
@@ -235,13 +252,14 @@ impl LayerFs {
                     // Refused once means refused always (privilege, stacking):
                     // stop trying and serve from userspace.
                     tracing::warn!(error = %e, "FUSE passthrough unavailable; disabled for this mount");
-                    self.passthrough_on.store(false, Ordering::Relaxed);
+                    self.live.passthrough_on.store(false, Ordering::Relaxed);
                     None
                 }
             }
         });
         match mode {
             OpenMode::Passthrough { fh, id } => {
+                tracing::debug!(ino, fh, "passthrough open");
                 self.stats.passthrough_opens.fetch_add(1, Ordering::Relaxed);
                 // The kernel rejects page-cache flags (KEEP_CACHE) on passthrough opens.
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
@@ -261,7 +279,7 @@ impl LayerFs {
         };
         let (store, index) = (store.clone(), self.index.clone());
         self.runtime.spawn_blocking(move || {
-            if let Err(e) = store.prepare(key, index.chunks(ino), &disk) {
+            if let Err(e) = store.prepare(key, &index.chunks(ino), &disk) {
                 tracing::warn!(ino, error = %e, "cannot materialize file for passthrough");
             }
         });
@@ -415,9 +433,20 @@ fn reply_xattr_bytes(reply: ReplyXattr, size: u32, data: &[u8]) {
 impl Filesystem for LayerFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_REQUEST);
-        if let Err(max) = config.set_max_readahead(MAX_REQUEST) {
-            let _ = config.set_max_readahead(max);
-        }
+        let max_readahead = match config.set_max_readahead(MAX_REQUEST) {
+            Ok(_) => MAX_REQUEST,
+            Err(max) => {
+                let _ = config.set_max_readahead(max);
+                max
+            }
+        };
+        let abi = config.kernel_abi();
+        *self.live.init.lock().unwrap_or_else(|p| p.into_inner()) = Some(InitParams {
+            major: abi.0,
+            minor: abi.1,
+            max_readahead,
+            capabilities: config.capabilities().bits(),
+        });
         let _ = config.set_max_background(64);
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
@@ -430,7 +459,7 @@ impl Filesystem for LayerFs {
             // Depth 1 keeps room for the overlay mounted on top (the kernel
             // allows two stacked levels); backing files live on a plain fs.
             if config.set_max_stack_depth(1).is_ok() {
-                self.passthrough_on.store(true, Ordering::Relaxed);
+                self.live.passthrough_on.store(true, Ordering::Relaxed);
             }
         }
         Ok(())
@@ -473,6 +502,10 @@ impl Filesystem for LayerFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // Handed over: the successor answers it (after FUSE_NOTIFY_RESEND).
+        let Some(_pass) = self.live.gate.enter() else {
+            return std::mem::forget(reply);
+        };
         self.stats.opens.fetch_add(1, Ordering::Relaxed);
         let res = Self::ino(ino).and_then(|i| {
             let node = self.index.node(i).ok_or(FsError::NotFound)?;
@@ -485,7 +518,12 @@ impl Filesystem for LayerFs {
             Ok(i)
         });
         match res {
-            Ok(i) => self.open_file(i, reply),
+            Ok(i) => {
+                if let Some(log) = &self.opts.access_log {
+                    log.record(&self.index, i);
+                }
+                self.open_file(i, reply)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -500,8 +538,13 @@ impl Filesystem for LayerFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let Some(_pass) = self.live.gate.enter() else {
+            return std::mem::forget(reply);
+        };
         if let Ok(i) = Self::ino(ino) {
-            self.opens.release(i, fh.0);
+            if let Some(raw) = self.live.opens.release(i, fh.0) {
+                self.live.close_backing(raw);
+            }
             if fh.0 == 0 {
                 // The reader may have pulled the last missing chunk.
                 self.schedule_prepare(i);
@@ -528,6 +571,7 @@ impl Filesystem for LayerFs {
             Ok(i) => i,
             Err(e) => return reply.error(errno(&e)),
         };
+        let sequential = self.access.record(ino, offset, u64::from(size));
         if let Some(data) = self.layer.read_cached(ino, offset, u64::from(size)) {
             self.stats.reads_inline.fetch_add(1, Ordering::Relaxed);
             return reply.data(&data);
@@ -538,8 +582,16 @@ impl Filesystem for LayerFs {
             self.stats.clone(),
             self.opts.read_timeout,
         );
-        let read_ahead = self.opts.read_ahead_chunks;
+        let read_ahead = if sequential {
+            self.opts.read_ahead_chunks
+        } else {
+            0
+        };
+        let gate = self.live.gate.clone();
+        let reply = Held::new(reply, gate.clone());
         self.runtime.spawn(async move {
+            // After a handover the successor answers (the read is resent).
+            let Some(_pass) = gate.enter() else { return };
             let started = Instant::now();
             layer.read_ahead(
                 ino,
@@ -547,9 +599,13 @@ impl Filesystem for LayerFs {
                 read_ahead,
                 timeout,
             );
-            let res = match tokio::time::timeout(timeout, layer.read(ino, offset, u64::from(size)))
-                .await
-            {
+            let read = tokio::time::timeout(timeout, layer.read(ino, offset, u64::from(size)));
+            let res = tokio::select! {
+                r = read => r,
+                () = gate.frozen() => return,
+            };
+            let Some(reply) = reply.take() else { return };
+            let res = match res {
                 Ok(r) => r.map_err(FsError::from),
                 Err(_) => {
                     stats.read_timeouts.fetch_add(1, Ordering::Relaxed);

@@ -2,21 +2,35 @@
 //!
 //! [`mount`] mounts a [`LayerReader`] at a mountpoint and returns a
 //! [`MountHandle`]; the filesystem is served by several FUSE worker threads
-//! (each with its own cloned `/dev/fuse` fd) and cache-missing reads run on
-//! the given tokio runtime. Dropping the handle unmounts.
+//! and cache-missing reads run on the given tokio runtime. Dropping the
+//! handle unmounts; [`MountHandle::hand_over`] instead leaves the mount to a
+//! successor process, which goes on with [`resume`] (see [`handover`]).
+//!
+//! All workers read the one `/dev/fuse` file the mount was made with (no
+//! cloned fds): a live restart keeps that file open elsewhere, and a request
+//! a dead server had read stays queued on it until resent, whereas closing a
+//! clone fails its requests.
 
+pub mod access;
+pub mod access_log;
 pub mod fs;
+pub mod gate;
+pub mod handover;
 pub mod mountinfo;
 pub mod overlay_view;
 pub mod passthrough;
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
+pub use self::access_log::AccessLog;
 pub use self::fs::{FsError, FuseStats, LayerFs, READ_LATENCY_BUCKETS, errno};
+use self::handover::Live;
+pub use self::handover::{HandoverState, InitParams};
 pub use self::overlay_view::{OpaqueXattr, OverlayView};
 use crate::cache::FileStore;
 use crate::layer::LayerReader;
@@ -33,8 +47,9 @@ pub struct MountOptions {
     /// hanging the application. 30 s: long enough for a slow registry to
     /// return a 4 MiB chunk, short enough that a dead one is noticed.
     pub read_timeout: Duration,
-    /// Chunks fetched ahead of a read that missed the cache (sequential
-    /// readers then overlap fetch and decode with their own reads).
+    /// Chunks fetched ahead of a sequential read that missed the cache
+    /// (the reader then overlaps fetch and decode with its own reads);
+    /// random reads fetch only what they need.
     pub read_ahead_chunks: usize,
     /// Kernel read-ahead of the mount in KiB. FUSE starts at the block
     /// layer's 128 KiB default, which also caps buffered read requests at
@@ -57,6 +72,8 @@ pub struct MountOptions {
     /// them warm, and a second copy of every small file would double the
     /// disk use for little gain.
     pub passthrough_min_bytes: u64,
+    /// Records the files opened (for `rstargz mount --record`).
+    pub access_log: Option<AccessLog>,
 }
 
 impl Default for MountOptions {
@@ -73,6 +90,7 @@ impl Default for MountOptions {
             runtime: None,
             passthrough: None,
             passthrough_min_bytes: 1 << 20,
+            access_log: None,
         }
     }
 }
@@ -108,6 +126,11 @@ pub struct MountHandle {
     session: Option<BackgroundSession>,
     stats: Arc<FuseStats>,
     dev: Option<u64>,
+    live: Arc<Live>,
+    /// The connection's `/dev/fuse` file (what a successor needs).
+    conn: OwnedFd,
+    /// Whether the kernel can resend unanswered requests (live restart).
+    resend: bool,
 }
 
 impl MountHandle {
@@ -120,6 +143,36 @@ impl MountHandle {
     /// on it: see [`mountinfo`]); finds it after its directory moved.
     pub fn dev(&self) -> Option<u64> {
         self.dev
+    }
+
+    /// The FUSE connection, to keep it open across a restart.
+    pub fn connection(&self) -> BorrowedFd<'_> {
+        self.conn.as_fd()
+    }
+
+    /// Whether this mount can be handed over: the kernel resends requests
+    /// left unanswered (`FUSE_NOTIFY_RESEND`, Linux 6.9).
+    pub fn can_hand_over(&self) -> bool {
+        self.resend
+    }
+
+    /// What a successor needs should this server die without handing the
+    /// mount over; `None` before the FUSE handshake.
+    pub fn crash_state(&self) -> Option<HandoverState> {
+        self.live.crash_state()
+    }
+
+    /// Leaves the mount mounted for a successor: stops changing the open
+    /// table (waiting up to `grace` for handlers inside) and returns what the
+    /// successor needs. Requests arriving from now on stay unanswered until
+    /// the successor resends them. The workers keep running until the
+    /// process exits. `None` (and the mount is unmounted) before the FUSE
+    /// handshake.
+    pub fn hand_over(mut self, grace: Duration) -> Option<HandoverState> {
+        let state = self.live.export(grace)?;
+        // Never unmount: leak the session (its threads die with the process).
+        std::mem::forget(self.session.take());
+        Some(state)
     }
 
     /// Per-operation counters of this mount.
@@ -162,6 +215,33 @@ impl Drop for MountHandle {
     }
 }
 
+/// The runtime that serves reads: the one in `opts`, else the caller's.
+fn session_runtime(
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> Result<tokio::runtime::Handle, MountError> {
+    match opts.runtime.clone() {
+        Some(r) => Ok(r),
+        None => tokio::runtime::Handle::try_current()
+            .map_err(|_| MountError::NoRuntime(mountpoint.to_owned())),
+    }
+}
+
+/// Session settings shared by a fresh mount and a taken-over one. All
+/// workers share one fd (`clone_fd` off): the kernel fails the pending
+/// requests of a cloned fd when it closes, which a handover must not do.
+fn session_config(opts: &MountOptions) -> Config {
+    let mut config = Config::default();
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = false;
+    config
+}
+
 /// Mounts `layer` read-only at `mountpoint`. When this returns, the FUSE
 /// handshake is done and the mount serves requests.
 pub fn mount(
@@ -169,12 +249,8 @@ pub fn mount(
     layer: Arc<LayerReader>,
     opts: MountOptions,
 ) -> Result<MountHandle, MountError> {
-    let runtime = match opts.runtime.clone() {
-        Some(r) => r,
-        None => tokio::runtime::Handle::try_current()
-            .map_err(|_| MountError::NoRuntime(mountpoint.to_owned()))?,
-    };
-    let mut config = Config::default();
+    let runtime = session_runtime(mountpoint, &opts)?;
+    let mut config = session_config(&opts);
     config.mount_options = vec![
         MountOption::FSName("rstargz".into()),
         MountOption::Subtype("rstargz".into()),
@@ -185,24 +261,19 @@ pub fn mount(
         MountOption::NoSuid,
         MountOption::DefaultPermissions,
     ];
-    config.acl = if opts.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    config.n_threads = Some(opts.threads.max(1));
-    config.clone_fd = true;
     let stats = Arc::new(FuseStats::default());
     let read_ahead_kb = opts.read_ahead_kb;
-    let fs = LayerFs::new(layer, opts, runtime, stats.clone());
+    let live = Arc::new(Live::new());
+    let fs = LayerFs::with_live(layer, opts, runtime, stats.clone(), live.clone());
     let err = |source| MountError::Mount {
         path: mountpoint.to_owned(),
         source,
     };
-    let session = fuser::Session::new(fs, mountpoint, &config)
-        .map_err(err)?
-        .spawn()
-        .map_err(err)?;
+    let session = fuser::Session::new(fs, mountpoint, &config).map_err(err)?;
+    let conn = handover::dup(&session).map_err(err)?;
+    // Nothing is in flight yet, so resending is a harmless probe.
+    let resend = handover::notify_resend(conn.as_fd()).is_ok();
+    let session = session.spawn().map_err(err)?;
     let dev = mountinfo::device_of(mountpoint);
     match dev {
         Some(dev) => {
@@ -219,6 +290,62 @@ pub fn mount(
         session: Some(session),
         stats,
         dev,
+        live,
+        conn,
+        resend,
+    })
+}
+
+/// Goes on serving the mount at `mountpoint` whose connection `conn` a
+/// previous server handed over (or left behind when it died) with `state`.
+/// The kernel sees no new mount and no new handshake; requests the previous
+/// server left unanswered are answered here.
+pub fn resume(
+    mountpoint: &Path,
+    layer: Arc<LayerReader>,
+    opts: MountOptions,
+    conn: OwnedFd,
+    state: &HandoverState,
+) -> Result<MountHandle, MountError> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    let err = |source| MountError::Mount {
+        path: mountpoint.to_owned(),
+        source,
+    };
+    let runtime = session_runtime(mountpoint, &opts)?;
+    let config = session_config(&opts);
+    let stats = Arc::new(FuseStats::default());
+    let live = Arc::new(Live::resumed(state, handover::dup(&conn).map_err(err)?));
+    let fs = LayerFs::with_live(layer, opts, runtime, stats.clone(), live.clone());
+    // The handshake runs against a socket holding the kernel's INIT of
+    // this connection, then the session's fd is pointed at the connection.
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| err(e.into()))?;
+    nix::unistd::write(&ours, &state.init_request()).map_err(|e| err(e.into()))?;
+    let session = fuser::Session::from_fd(fs, theirs, config.acl, config).map_err(err)?;
+    let mut reply = [0u8; 256];
+    let n = nix::unistd::read(&ours, &mut reply).map_err(|e| err(e.into()))?;
+    handover::check_init_reply(&reply[..n]).map_err(err)?;
+    handover::redirect(&conn, session.as_fd()).map_err(err)?;
+    // Before the workers start, so only the previous server's requests
+    // (not ours in flight) are queued again.
+    handover::notify_resend(conn.as_fd()).map_err(err)?;
+    let session = session.spawn().map_err(err)?;
+    Ok(MountHandle {
+        mountpoint: mountpoint.to_owned(),
+        session: Some(session),
+        stats,
+        // The mount table, not a stat: a stat on our own mount would wait
+        // for the resent requests this process has yet to answer.
+        dev: mountinfo::device_of(mountpoint),
+        live,
+        conn,
+        resend: true,
     })
 }
 

@@ -7,6 +7,9 @@
 //! opened with verification disabled, decoded from the blob). Chunks are
 //! fetched whole (the format's seek granularity) through the shared
 //! [`ChunkCache`], so identical chunks are fetched once across layers.
+//! Bytes that fail to decode or verify (footer, TOC, chunk) are fetched
+//! again, up to [`FETCH_ATTEMPTS`] times: a network that corrupts or cuts a
+//! response now and then costs a refetch, never a wrong byte or an error.
 
 pub mod source;
 
@@ -24,6 +27,11 @@ use crate::estargz::{
     decode_toc, parse_footer,
 };
 pub use source::{BlobSource, LocalBlob, Purpose};
+
+/// Reads of the same bytes before their decode or verification failure is
+/// final. A blob that is really corrupt costs four extra reads; a transient
+/// fault hit with probability p survives all five only with p^5.
+pub const FETCH_ATTEMPTS: u32 = 5;
 
 /// Errors of layer reads.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +95,11 @@ pub struct LayerReader {
     source: Arc<dyn BlobSource>,
     cache: Arc<ChunkCache>,
     stats: LayerStats,
+    /// Compressed bytes an on-demand fetch may add after its chunk (see
+    /// [`LayerReader::set_read_amplification`]).
+    amplify: u64,
+    /// Every data chunk in blob order, built at the first amplified fetch.
+    blob_order: std::sync::OnceLock<Vec<(Ino, Chunk)>>,
 }
 
 impl std::fmt::Debug for LayerReader {
@@ -107,41 +120,53 @@ impl LayerReader {
         opts: &OpenOptions,
     ) -> Result<Self, LayerError> {
         let size = source.size();
-        let tail_len = (estargz::footer::MAX_FOOTER_SIZE as u64).min(size);
-        let tail = read(&*source, size - tail_len..size, Purpose::Metadata).await?;
-        let footer = parse_footer(&tail, size)?;
-        let toc_range = footer.toc_range();
-        if toc_range.end - toc_range.start > opts.max_toc_size.saturating_add(1 << 20) {
-            return Err(estargz::Error::TocTooLarge {
-                cap: opts.max_toc_size,
+        let tail_range = size - (estargz::footer::MAX_FOOTER_SIZE as u64).min(size)..size;
+        let mut attempt = 1;
+        let (footer, decoded) = loop {
+            let mut toc_range = None;
+            match read_footer_and_toc(&*source, tail_range.clone(), &mut toc_range, opts).await {
+                Ok(found) => break found,
+                Err(e @ LayerError::Format(_)) if attempt < FETCH_ATTEMPTS => {
+                    tracing::warn!(attempt, error = %e, "layer footer or TOC unusable; fetching again");
+                    source.forget(tail_range.clone()).await;
+                    if let Some(r) = toc_range {
+                        source.forget(r).await;
+                    }
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
             }
-            .into());
-        }
-        let compressed = read(&*source, toc_range, Purpose::Metadata).await?;
-        let max = opts.max_toc_size;
-        let decoded = tokio::task::spawn_blocking(move || decode_toc(&footer, &compressed, max))
-            .await
-            .map_err(|e| LayerError::Task(e.to_string()))??;
-        if let Some(expected) = opts.expected_toc_digest
-            && expected != decoded.digest
-        {
-            return Err(estargz::Error::TocDigestMismatch {
-                expected: expected.to_string(),
-                actual: decoded.digest.to_string(),
-            }
-            .into());
-        }
-        let index = Index::build(&decoded.toc, &footer, &opts.limits)?;
+        };
+        let limits = opts.limits;
+        // Indexing takes ~100 ms for a 100k-entry TOC (parsing too, in
+        // read_footer_and_toc): never on a runtime worker.
+        let (index, footer, toc_digest) = tokio::task::spawn_blocking(move || {
+            Index::build(&decoded.toc, &footer, &limits)
+                .map(|index| (index, footer, decoded.digest))
+        })
+        .await
+        .map_err(|e| LayerError::Task(e.to_string()))??;
         Ok(LayerReader {
             index: Arc::new(index),
             compression: footer.compression(),
             verify: opts.verify,
-            toc_digest: decoded.digest,
+            toc_digest,
             blob_size: size,
             source,
             cache,
             stats: LayerStats::default(),
+            amplify: 0,
+            blob_order: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Lets each on-demand fetch bring along the chunks that follow it in
+    /// the blob, up to `bytes` more compressed bytes, into the cache: in
+    /// tar order these are the neighbouring files (a module's siblings), so
+    /// a sequential reader of many small files pays one round trip per
+    /// `bytes` instead of one per file. 0 turns it off.
+    pub fn set_read_amplification(&mut self, bytes: u64) {
+        self.amplify = bytes;
     }
 
     /// The index.
@@ -193,7 +218,7 @@ impl LayerReader {
     pub fn read_cached(&self, ino: Ino, offset: u64, len: u64) -> Option<Vec<u8>> {
         let (start, end) = self.file_range(ino, offset, len).ok()?;
         let mut out = Vec::with_capacity((end - start) as usize);
-        for chunk in self.index.chunks_for_range(ino, start, end - start) {
+        for chunk in &self.index.chunks_for_range(ino, start, end - start) {
             if chunk.is_zeros() {
                 append_part(&mut out, chunk, &[], start, end);
                 continue;
@@ -213,10 +238,18 @@ impl LayerReader {
     /// Reads `[offset, offset + len)` of file `ino` (short at end of file).
     pub async fn read(&self, ino: Ino, offset: u64, len: u64) -> Result<Vec<u8>, LayerError> {
         let (start, end) = self.file_range(ino, offset, len)?;
+        let chunks = self.index.chunks_for_range(ino, start, end - start);
+        // At once: a slow or retried chunk delays the read once, not once
+        // per chunk before it.
+        let fetched = futures_util::future::try_join_all(
+            chunks
+                .iter()
+                .map(|chunk| self.chunk(ino, chunk, Purpose::OnDemand)),
+        )
+        .await?;
         let mut out = Vec::with_capacity((end - start) as usize);
-        for chunk in self.index.chunks_for_range(ino, start, end - start) {
-            let bytes = self.chunk(ino, chunk, Purpose::OnDemand).await?;
-            append_part(&mut out, chunk, &bytes, start, end);
+        for (chunk, bytes) in chunks.iter().zip(&fetched) {
+            append_part(&mut out, chunk, bytes, start, end);
         }
         self.stats
             .bytes_served
@@ -229,13 +262,13 @@ impl LayerReader {
     /// decode in parallel with the reader instead of one after another).
     /// Each fetch is abandoned after `timeout`, so a dead source leaks no tasks.
     pub fn read_ahead(self: &Arc<Self>, ino: Ino, end: u64, count: usize, timeout: Duration) {
-        let chunks = self.index.chunks(ino);
-        let first = chunks.partition_point(|c| c.chunk_offset < end);
-        for chunk in chunks.iter().skip(first).take(count) {
-            if chunk.is_zeros() || self.cache.get_in_memory(&self.key(ino, chunk)).is_some() {
+        let first = self.index.chunks_before(ino, end);
+        let last = self.index.chunk_count(ino).min(first.saturating_add(count));
+        for chunk in (first..last).filter_map(|k| self.index.chunk(ino, k)) {
+            if chunk.is_zeros() || self.cache.get_in_memory(&self.key(ino, &chunk)).is_some() {
                 continue;
             }
-            let (this, chunk) = (self.clone(), chunk.clone());
+            let this = self.clone();
             tokio::spawn(async move {
                 let fetch = this.chunk(ino, &chunk, Purpose::Prefetch);
                 match tokio::time::timeout(timeout, fetch).await {
@@ -285,25 +318,152 @@ impl LayerReader {
         purpose: Purpose,
     ) -> Result<Bytes, LayerError> {
         let range = chunk.compressed_range();
-        let compressed = read(&*self.source, range.clone(), purpose).await?;
-        self.stats.source_reads.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .source_bytes
-            .fetch_add(range.end - range.start, Ordering::Relaxed);
-        let (compression, verify) = (self.compression, self.verify);
-        let decoded = tokio::task::spawn_blocking(move || {
-            decode_chunk(compression, ino, &chunk, &compressed, verify)
-        })
-        .await
-        .map_err(|e| LayerError::Task(e.to_string()))?;
-        match decoded {
-            Ok(v) => Ok(Bytes::from(v)),
-            Err(e) => {
-                self.stats.bad_chunks.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(ino, error = %e, "chunk failed to decode or verify");
-                Err(e.into())
+        // Only the first attempt of an on-demand read takes the following
+        // chunks along; a refetch after a bad chunk asks for just this one.
+        let mut followers = if purpose == Purpose::OnDemand {
+            self.followers(&range)
+        } else {
+            Vec::new()
+        };
+        let mut attempt = 1;
+        loop {
+            let end = followers
+                .last()
+                .map_or(range.end, |(_, c, _)| c.compressed_range().end);
+            let fetched = read(&*self.source, range.start..end, purpose).await?;
+            self.stats.source_reads.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .source_bytes
+                .fetch_add(end - range.start, Ordering::Relaxed);
+            let compressed = fetched.slice(..(range.end - range.start) as usize);
+            if !followers.is_empty() {
+                self.cache_followers(std::mem::take(&mut followers), fetched, range.start);
+            }
+            let (compression, verify, c) = (self.compression, self.verify, chunk.clone());
+            let decoded = tokio::task::spawn_blocking(move || {
+                decode_chunk(compression, ino, &c, &compressed, verify)
+            })
+            .await
+            .map_err(|e| LayerError::Task(e.to_string()))?;
+            match decoded {
+                Ok(v) => return Ok(Bytes::from(v)),
+                Err(e) => {
+                    self.stats.bad_chunks.fetch_add(1, Ordering::Relaxed);
+                    if attempt >= FETCH_ATTEMPTS {
+                        tracing::warn!(ino, attempt, error = %e, "chunk failed to decode or verify; giving up");
+                        return Err(e.into());
+                    }
+                    tracing::warn!(ino, attempt, error = %e, "chunk failed to decode or verify; fetching again");
+                    self.source.forget(range.start..end).await;
+                    attempt += 1;
+                }
             }
         }
+    }
+}
+
+/// Reads and decodes footer and TOC, checking the TOC against
+/// `opts.expected_toc_digest`; `toc_range` records where the TOC was read.
+async fn read_footer_and_toc(
+    source: &dyn BlobSource,
+    tail_range: std::ops::Range<u64>,
+    toc_range: &mut Option<std::ops::Range<u64>>,
+    opts: &OpenOptions,
+) -> Result<(estargz::Footer, estargz::DecodedToc), LayerError> {
+    let size = source.size();
+    let tail = read(source, tail_range, Purpose::Metadata).await?;
+    let footer = parse_footer(&tail, size)?;
+    let range = footer.toc_range();
+    if range.end - range.start > opts.max_toc_size.saturating_add(1 << 20) {
+        return Err(estargz::Error::TocTooLarge {
+            cap: opts.max_toc_size,
+        }
+        .into());
+    }
+    *toc_range = Some(range.clone());
+    let compressed = read(source, range, Purpose::Metadata).await?;
+    let max = opts.max_toc_size;
+    let decoded = tokio::task::spawn_blocking(move || decode_toc(&footer, &compressed, max))
+        .await
+        .map_err(|e| LayerError::Task(e.to_string()))??;
+    if let Some(expected) = opts.expected_toc_digest
+        && expected != decoded.digest
+    {
+        return Err(estargz::Error::TocDigestMismatch {
+            expected: expected.to_string(),
+            actual: decoded.digest.to_string(),
+        }
+        .into());
+    }
+    Ok((footer, decoded))
+}
+
+impl LayerReader {
+    /// Uncached data chunks that end within the amplification window after
+    /// `range`, with their cache keys, in blob order.
+    fn followers(&self, range: &std::ops::Range<u64>) -> Vec<(Ino, Chunk, ChunkKey)> {
+        if self.amplify == 0 {
+            return Vec::new();
+        }
+        let order = self.blob_order.get_or_init(|| {
+            let mut all: Vec<(Ino, Chunk)> = (1..=self.index.len() as Ino)
+                .flat_map(|ino| {
+                    self.index
+                        .chunks(ino)
+                        .into_iter()
+                        .filter(|c| !c.is_zeros())
+                        .map(move |c| (ino, c))
+                })
+                .collect();
+            all.sort_by_key(|(_, c)| c.compressed_range().start);
+            // Hard links share chunks.
+            all.dedup_by_key(|(_, c)| c.compressed_range().start);
+            all
+        });
+        let first = order.partition_point(|(_, c)| c.compressed_range().start < range.end);
+        let limit = range.end.saturating_add(self.amplify);
+        let mut out: Vec<(Ino, Chunk, ChunkKey)> = order[first..]
+            .iter()
+            .take_while(|(_, c)| c.compressed_range().end <= limit)
+            .map(|(ino, c)| (*ino, c.clone(), self.key(*ino, c)))
+            .collect();
+        // Fetching cached chunks at the end of the window buys nothing.
+        while out
+            .last()
+            .is_some_and(|(_, _, k)| self.cache.get_in_memory(k).is_some())
+        {
+            out.pop();
+        }
+        out
+    }
+
+    /// Decodes, verifies and caches `followers` from `fetched` (which starts
+    /// at blob offset `base`) in the background.
+    fn cache_followers(&self, followers: Vec<(Ino, Chunk, ChunkKey)>, fetched: Bytes, base: u64) {
+        let (cache, compression, verify) = (self.cache.clone(), self.compression, self.verify);
+        tokio::spawn(async move {
+            for (ino, chunk, key) in followers {
+                let r = chunk.compressed_range();
+                let Some(compressed) = fetched
+                    .get((r.start - base) as usize..(r.end - base) as usize)
+                    .map(|_| fetched.slice((r.start - base) as usize..(r.end - base) as usize))
+                else {
+                    return;
+                };
+                let decode = async move {
+                    tokio::task::spawn_blocking(move || {
+                        decode_chunk(compression, ino, &chunk, &compressed, verify)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map(Bytes::from)
+                    .map_err(|e| e.to_string())
+                };
+                if let Err(e) = cache.get_or_fetch(key, decode).await {
+                    tracing::debug!(ino, error = %e, "amplified chunk failed to decode or verify");
+                }
+            }
+        });
     }
 }
 
@@ -342,5 +502,131 @@ fn append_part(out: &mut Vec<u8>, chunk: &Chunk, bytes: &[u8], start: u64, end: 
         out.resize(out.len() + (to - from) as usize, 0);
     } else {
         out.extend_from_slice(&bytes[(from - range.start) as usize..(to - range.start) as usize]);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::ops::Range;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicU32;
+
+    use super::*;
+    use crate::cache::ChunkCacheConfig;
+    use crate::estargz::{WriterOptions, convert};
+
+    /// An in-memory blob whose next `corrupt` reads come back with their
+    /// middle byte flipped.
+    struct Flaky {
+        data: Bytes,
+        corrupt: AtomicU32,
+        reads: AtomicU32,
+        forgotten: Mutex<Vec<Range<u64>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl BlobSource for Flaky {
+        async fn read_range(&self, range: Range<u64>, _: Purpose) -> io::Result<Bytes> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let mut bytes = self.data[range.start as usize..range.end as usize].to_vec();
+            let bad = self
+                .corrupt
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if bad && !bytes.is_empty() {
+                let at = bytes.len() / 2;
+                bytes[at] ^= 0x5a;
+            }
+            Ok(bytes.into())
+        }
+
+        fn size(&self) -> u64 {
+            self.data.len() as u64
+        }
+
+        async fn forget(&self, range: Range<u64>) {
+            self.forgotten.lock().unwrap().push(range);
+        }
+    }
+
+    /// Bytes that do not compress much.
+    fn noise(len: u32) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    }
+
+    fn layer_blob(content: &[u8]) -> (Vec<u8>, Digest) {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(content.len() as u64);
+        b.append_data(&mut h, "file", content).unwrap();
+        let tar = b.into_inner().unwrap();
+        let mut out = Vec::new();
+        let made = convert(&tar[..], &mut out, &WriterOptions::default()).unwrap();
+        (out, made.toc_digest)
+    }
+
+    fn flaky(blob: Vec<u8>, corrupt: u32) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            data: blob.into(),
+            corrupt: AtomicU32::new(corrupt),
+            reads: AtomicU32::new(0),
+            forgotten: Mutex::new(Vec::new()),
+        })
+    }
+
+    #[tokio::test]
+    async fn corrupted_reads_are_fetched_again_until_they_verify() {
+        let content = noise(100_000);
+        let (blob, toc) = layer_blob(&content);
+        let opts = OpenOptions {
+            expected_toc_digest: Some(toc),
+            ..OpenOptions::default()
+        };
+        let cache = Arc::new(ChunkCache::new(&ChunkCacheConfig::default(), None));
+        // The first two footer reads are corrupt.
+        let source = flaky(blob, 2);
+        let layer = LayerReader::open(source.clone(), cache, &opts)
+            .await
+            .unwrap();
+        let tail = source.size() - estargz::footer::MAX_FOOTER_SIZE as u64..source.size();
+        assert_eq!(*source.forgotten.lock().unwrap(), [tail.clone(), tail]);
+        let ino = layer.index().lookup_path("file").unwrap();
+        source.corrupt.store(FETCH_ATTEMPTS - 1, Ordering::SeqCst);
+        let got = layer.read(ino, 0, 200_000).await.unwrap();
+        assert!(got == content, "the bytes read are the file's");
+        let bad = layer.stats().bad_chunks.load(Ordering::SeqCst);
+        assert_eq!(bad, u64::from(FETCH_ATTEMPTS - 1));
+    }
+
+    #[tokio::test]
+    async fn a_blob_that_never_verifies_fails_after_the_last_attempt() {
+        let content = noise(50_000);
+        let (blob, toc) = layer_blob(&content);
+        let opts = OpenOptions {
+            expected_toc_digest: Some(toc),
+            ..OpenOptions::default()
+        };
+        let cache = Arc::new(ChunkCache::new(&ChunkCacheConfig::default(), None));
+        let always = flaky(blob.clone(), u32::MAX);
+        let err = LayerReader::open(always.clone(), cache.clone(), &opts)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LayerError::Format(_)), "{err}");
+        assert!(always.reads.load(Ordering::SeqCst) <= 2 * FETCH_ATTEMPTS);
+
+        let source = flaky(blob, 0);
+        let layer = LayerReader::open(source.clone(), cache, &opts)
+            .await
+            .unwrap();
+        let ino = layer.index().lookup_path("file").unwrap();
+        source.corrupt.store(u32::MAX, Ordering::SeqCst);
+        let before = source.reads.load(Ordering::SeqCst);
+        let err = layer.read(ino, 0, 10).await.unwrap_err();
+        assert!(matches!(err, LayerError::Shared(_)), "{err}");
+        assert_eq!(source.reads.load(Ordering::SeqCst) - before, FETCH_ATTEMPTS);
     }
 }

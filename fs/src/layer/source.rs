@@ -31,6 +31,9 @@ pub trait BlobSource: Send + Sync + 'static {
     async fn read_range(&self, range: Range<u64>, purpose: Purpose) -> io::Result<Bytes>;
     /// Total blob size in bytes.
     fn size(&self) -> u64;
+    /// Drops any copy of `range` kept along the way: its bytes failed
+    /// verification, so the next read must come from the origin.
+    async fn forget(&self, _range: Range<u64>) {}
 }
 
 /// A blob stored in a local file.

@@ -1,7 +1,8 @@
 //! The public facade [`Registry`]: configuration, HTTP clients per TLS
 //! setting, the authorizer, per-endpoint priority gates and metrics, plus
-//! the one request loop every call goes through (auth header, 401 → refresh
-//! once, retries with backoff for idempotent requests, per-attempt timeout).
+//! the one request loop every call goes through (auth header, 401 → fresh
+//! credentials, retries with backoff for idempotent requests, per-attempt
+//! timeout).
 //!
 //! Redirects are never followed by reqwest; callers that expect them
 //! (blob reads) follow them themselves so the target can be cached.
@@ -18,6 +19,7 @@ use super::auth::{AuthTarget, Authorizer};
 use super::credentials::{CredentialStore, default_docker_config_path};
 use super::error::{RegistryError, Result, describe_transport_error};
 use super::gate::{GatePermit, PriorityGate, Purpose};
+use super::hedge::{self, Latency};
 use super::hosts::{HostsConfig, RegistryHost, Scheme, resolve_hosts};
 use super::metrics::{FetchMetrics, MetricsSnapshot};
 use super::reference::Reference;
@@ -51,6 +53,10 @@ pub struct RegistryConfig {
     pub max_request_bytes: u64,
     /// Never send multi-range requests.
     pub force_single_range: bool,
+    /// An on-demand request without an answer after four times the usual
+    /// latency, and at least this long, is sent a second time and the first
+    /// answer wins (None: never).
+    pub hedge_after_min: Option<Duration>,
 }
 
 impl Default for RegistryConfig {
@@ -68,6 +74,7 @@ impl Default for RegistryConfig {
             max_ranges_per_request: 64,
             max_request_bytes: 4 << 20,
             force_single_range: false,
+            hedge_after_min: Some(Duration::from_millis(200)),
         }
     }
 }
@@ -91,6 +98,7 @@ pub(crate) struct RegistryInner {
     clients: Mutex<HashMap<TlsKey, reqwest::Client>>,
     gates: Mutex<HashMap<String, Arc<PriorityGate>>>,
     pub(crate) metrics: FetchMetrics,
+    latency: Latency,
 }
 
 /// Where and how one request is sent.
@@ -154,6 +162,7 @@ impl Registry {
                 clients: Mutex::new(clients),
                 gates: Mutex::new(HashMap::new()),
                 metrics: FetchMetrics::default(),
+                latency: Latency::default(),
             }),
         })
     }
@@ -250,7 +259,8 @@ impl RegistryInner {
         };
         let host_name = spec.host.host.clone();
         let mut auth_override: Option<String> = None;
-        let mut refreshed_auth = false;
+        let mut sent_auth: Option<String> = None;
+        let mut auth_refreshes = 0u32;
         let mut attempt = 0u32;
         loop {
             let permit = gate.acquire(spec.purpose).await;
@@ -263,12 +273,26 @@ impl RegistryInner {
                     Some(a) => Some(a.clone()),
                     None => self.authorizer.header(&target).await?,
                 };
-                if let Some(a) = auth {
+                if let Some(a) = &auth {
                     request = request.header(reqwest::header::AUTHORIZATION, a);
                 }
+                sent_auth = auth;
             }
             self.metrics.request(spec.purpose);
-            let outcome = request.send().await;
+            let hedge_after = self
+                .config
+                .hedge_after_min
+                .filter(|_| spec.idempotent && spec.purpose == Purpose::OnDemand)
+                .map(|floor| self.latency.hedge_after(floor, spec.timeout / 2));
+            let sent = std::time::Instant::now();
+            let outcome = hedge::send(request, hedge_after, || {
+                self.metrics.request(spec.purpose);
+                self.metrics.hedge();
+            })
+            .await;
+            if outcome.is_ok() {
+                self.latency.record(sent.elapsed());
+            }
             let retry_after;
             match outcome {
                 Err(e) => {
@@ -291,13 +315,17 @@ impl RegistryInner {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     if status == 401 && spec.authorize {
-                        if refreshed_auth {
+                        // A token can expire or be revoked between any two
+                        // requests, so a 401 is retried as long as the
+                        // authorizer comes up with a different header;
+                        // the same one refused twice (basic auth) is final.
+                        if auth_refreshes > self.config.backoff.max_retries {
                             return Err(RegistryError::Unauthorized {
                                 host: host_name,
                                 repository: spec.repository.to_string(),
                             });
                         }
-                        refreshed_auth = true;
+                        auth_refreshes += 1;
                         let challenge = response
                             .headers()
                             .get_all(reqwest::header::WWW_AUTHENTICATE)
@@ -308,11 +336,11 @@ impl RegistryInner {
                         drop(response);
                         drop(permit);
                         match self.authorizer.on_unauthorized(&target, &challenge).await? {
-                            Some(header) => {
+                            Some(header) if sent_auth.as_ref() != Some(&header) => {
                                 auth_override = Some(header);
                                 continue;
                             }
-                            None => {
+                            _ => {
                                 return Err(RegistryError::Unauthorized {
                                     host: host_name,
                                     repository: spec.repository.to_string(),
@@ -348,7 +376,8 @@ pub(crate) fn header_str(response: &reqwest::Response, name: HeaderName) -> Opti
     response.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-fn configured_headers(host: &RegistryHost) -> HeaderMap {
+/// The extra headers `hosts.toml` sets for `host` (invalid ones are skipped).
+pub(crate) fn configured_headers(host: &RegistryHost) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (k, v) in &host.headers {
         if let (Ok(k), Ok(v)) = (

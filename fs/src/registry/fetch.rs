@@ -14,6 +14,10 @@
 //!   dropped (falling back to the registry) when it fails, e.g. an expired
 //!   presigned URL answering 403.
 //! - When an endpoint fails, the next configured endpoint is tried.
+//! - A response that breaks off or comes up short after a good status line
+//!   (reset mid-body, short body, timeout while streaming) is asked for
+//!   again with backoff: the request loop in `client` only retries failures
+//!   before the status line.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -67,6 +71,8 @@ struct FetcherInner {
 enum Attempt {
     /// Retry the same ranges one by one.
     SingleRangeFallback,
+    /// The body failed after a good status; asking again may work.
+    Transient(RegistryError),
     /// Give up with this error.
     Failed(RegistryError),
 }
@@ -238,6 +244,14 @@ impl BlobFetcher {
 
     /// `GET Range: bytes=0-1` against endpoint `idx`; learns the size.
     async fn probe(&self, idx: usize) -> Result<()> {
+        match self.retrying(|| self.probe_once(idx)).await {
+            Ok(()) => Ok(()),
+            Err(Attempt::Failed(e) | Attempt::Transient(e)) => Err(e),
+            Err(Attempt::SingleRangeFallback) => Err(self.protocol("unusable probe answer")),
+        }
+    }
+
+    async fn probe_once(&self, idx: usize) -> Result<(), Attempt> {
         let resp = self.get(idx, "bytes=0-1", Purpose::OnDemand).await?;
         let status = resp.response.status();
         match status {
@@ -246,7 +260,9 @@ impl BlobFetcher {
                 if let Some(total) = total {
                     self.inner.size.store(total, Ordering::Relaxed);
                 }
-                read_body_limited(resp, 2, &self.inner.registry.metrics).await?;
+                read_body_limited(resp, 2, &self.inner.registry.metrics)
+                    .await
+                    .map_err(Attempt::Transient)?;
                 Ok(())
             }
             // A tiny blob may legitimately come back whole.
@@ -258,16 +274,16 @@ impl BlobFetcher {
             }
             StatusCode::OK => {
                 self.inner.registry.metrics.full_body_abort();
-                Err(RegistryError::RangeUnsupported {
+                Err(Attempt::Failed(RegistryError::RangeUnsupported {
                     host: self.inner.hosts[idx].host.clone(),
-                })
+                }))
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {
                 // An empty blob cannot satisfy bytes=0-1.
                 self.inner.size.store(0, Ordering::Relaxed);
                 Ok(())
             }
-            s => Err(self.status_error(&resp.response, s)),
+            s => Err(Attempt::Failed(self.status_error(&resp.response, s))),
         }
     }
 
@@ -300,7 +316,7 @@ impl BlobFetcher {
         purpose: Purpose,
     ) -> Result<Vec<(Range<u64>, Bytes)>> {
         if batch.len() > 1 && !self.is_single_range_mode() {
-            match self.request(&batch, purpose).await {
+            match self.request_retrying(&batch, purpose).await {
                 Ok(parts) => return Ok(parts),
                 Err(Attempt::SingleRangeFallback) => {
                     if !self.inner.single_range.swap(true, Ordering::Relaxed) {
@@ -308,16 +324,19 @@ impl BlobFetcher {
                         tracing::info!(host = %self.host_name(), "registry does not serve multi-range requests; using single ranges");
                     }
                 }
-                Err(Attempt::Failed(e)) => return Err(e),
+                Err(Attempt::Failed(e) | Attempt::Transient(e)) => return Err(e),
             }
         }
         let mut tasks = tokio::task::JoinSet::new();
         for r in batch {
             let this = self.clone();
             tasks.spawn(async move {
-                match this.request(std::slice::from_ref(&r), purpose).await {
+                match this
+                    .request_retrying(std::slice::from_ref(&r), purpose)
+                    .await
+                {
                     Ok(parts) => Ok(parts),
-                    Err(Attempt::Failed(e)) => Err(e),
+                    Err(Attempt::Failed(e) | Attempt::Transient(e)) => Err(e),
                     Err(Attempt::SingleRangeFallback) => Err(RegistryError::RangeUnsupported {
                         host: this.host_name(),
                     }),
@@ -329,6 +348,36 @@ impl BlobFetcher {
             out.extend(joined.map_err(|e| self.protocol(&format!("fetch task failed: {e}")))??);
         }
         Ok(out)
+    }
+
+    /// [`Self::request`], asked again with backoff while its body fails.
+    async fn request_retrying(
+        &self,
+        ranges: &[Range<u64>],
+        purpose: Purpose,
+    ) -> Result<Vec<(Range<u64>, Bytes)>, Attempt> {
+        self.retrying(|| self.request(ranges, purpose)).await
+    }
+
+    /// Runs `once` again with backoff while it fails with [`Attempt::Transient`].
+    async fn retrying<T, F>(&self, mut once: impl FnMut() -> F) -> Result<T, Attempt>
+    where
+        F: std::future::Future<Output = Result<T, Attempt>>,
+    {
+        let registry = &self.inner.registry;
+        let backoff = registry.config.backoff;
+        let mut attempt = 0;
+        loop {
+            match once().await {
+                Err(Attempt::Transient(e)) if attempt < backoff.max_retries => {
+                    tracing::debug!(host = %self.host_name(), attempt, error = %e, "response body failed; asking again");
+                    registry.metrics.retry();
+                    tokio::time::sleep(backoff.delay(attempt, None)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// One GET for `ranges`; interprets the status and body.
@@ -349,7 +398,14 @@ impl BlobFetcher {
             StatusCode::PARTIAL_CONTENT => {}
             // Asking for every byte and getting every byte is fine.
             StatusCode::OK if whole_blob => {
-                let body = read_body_limited(resp, ranges[0].end, metrics).await?;
+                let body = read_body_limited(resp, ranges[0].end, metrics)
+                    .await
+                    .map_err(Attempt::Transient)?;
+                if body.len() as u64 != ranges[0].end {
+                    return Err(Attempt::Transient(
+                        self.protocol("body shorter than the blob"),
+                    ));
+                }
                 return Ok(vec![(ranges[0].clone(), body)]);
             }
             StatusCode::OK => {
@@ -384,14 +440,16 @@ impl BlobFetcher {
             byteranges_boundary(&content_type)
         {
             let limit = wanted + MULTIPART_OVERHEAD_PER_PART * (ranges.len() as u64 + 1);
-            let body = read_body_limited(resp, limit, metrics).await?;
+            let body = read_body_limited(resp, limit, metrics)
+                .await
+                .map_err(Attempt::Transient)?;
             let parsed = match parse_byteranges(&body, &boundary, ranges.len()) {
                 Ok(p) => p,
                 Err(e) if multi => {
                     tracing::info!(host = %self.host_name(), error = %e, "unusable multipart answer");
                     return Err(Attempt::SingleRangeFallback);
                 }
-                Err(e) => return Err(Attempt::Failed(self.protocol(&e.to_string()))),
+                Err(e) => return Err(Attempt::Transient(self.protocol(&e.to_string()))),
             };
             parsed
                 .into_iter()
@@ -415,9 +473,11 @@ impl BlobFetcher {
                     Attempt::Failed(self.protocol("Content-Range larger than requested"))
                 });
             }
-            let body = read_body_limited(resp, len, metrics).await?;
+            let body = read_body_limited(resp, len, metrics)
+                .await
+                .map_err(Attempt::Transient)?;
             if body.len() as u64 != len {
-                return Err(Attempt::Failed(
+                return Err(Attempt::Transient(
                     self.protocol("body shorter than Content-Range"),
                 ));
             }

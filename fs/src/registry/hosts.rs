@@ -201,9 +201,12 @@ struct HostsFile {
     host: toml::Table,
 }
 
-struct LoadedHostsFile {
-    mirrors: Vec<RegistryHost>,
-    server: Option<RegistryHost>,
+/// The endpoints one `hosts.toml` lists.
+pub(crate) struct LoadedHostsFile {
+    /// `[host."…"]` entries in file order.
+    pub(crate) mirrors: Vec<RegistryHost>,
+    /// The top-level `server`, if set.
+    pub(crate) server: Option<RegistryHost>,
 }
 
 fn host_dir_candidates(root: &Path, registry: &str) -> Vec<PathBuf> {
@@ -237,7 +240,8 @@ fn load_host_dir(root: &Path, registry: &str) -> Result<Option<LoadedHostsFile>>
     Ok(None)
 }
 
-fn parse_hosts_file(dir: &Path, text: &str, origin: &str) -> Result<LoadedHostsFile> {
+/// Parses the text of `dir/hosts.toml` (`origin` names it in errors).
+pub(crate) fn parse_hosts_file(dir: &Path, text: &str, origin: &str) -> Result<LoadedHostsFile> {
     let bad = |reason: String| RegistryError::HostsConfig {
         path: origin.to_string(),
         reason,

@@ -14,6 +14,7 @@ pub struct FetchMetrics {
     single_range_fallbacks: AtomicU64,
     redirects_followed: AtomicU64,
     retries: AtomicU64,
+    hedges: AtomicU64,
 }
 
 /// A point-in-time copy of [`FetchMetrics`].
@@ -31,6 +32,8 @@ pub struct MetricsSnapshot {
     pub redirects_followed: u64,
     /// Retried attempts (backoff).
     pub retries: u64,
+    /// Requests sent a second time because the first was slow to answer.
+    pub hedges: u64,
 }
 
 impl MetricsSnapshot {
@@ -59,6 +62,9 @@ impl FetchMetrics {
     pub(crate) fn retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
     }
+    pub(crate) fn hedge(&self) {
+        self.hedges.fetch_add(1, Ordering::Relaxed);
+    }
 
     /// Copies the counters.
     pub fn snapshot(&self) -> MetricsSnapshot {
@@ -70,6 +76,7 @@ impl FetchMetrics {
             single_range_fallbacks: load(&self.single_range_fallbacks),
             redirects_followed: load(&self.redirects_followed),
             retries: load(&self.retries),
+            hedges: load(&self.hedges),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod digest;
 pub mod error;
 pub mod fetch;
 pub mod gate;
+mod hedge;
 pub mod hosts;
 pub mod labels;
 pub mod manifest;

@@ -1,6 +1,6 @@
 //! Retry policy: which failures are worth retrying, and exponential backoff
 //! with jitter (derived from the clock, so no RNG dependency) that honours
-//! `Retry-After` in seconds.
+//! `Retry-After` (seconds or an HTTP-date).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,7 +31,8 @@ impl Backoff {
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         let base = self.min.saturating_mul(1u32 << attempt.min(20));
         let jitter = base.mul_f64(jitter_fraction(attempt));
-        let d = (base + jitter).min(self.max);
+        // Saturating: a configured min near Duration::MAX must not panic.
+        let d = base.saturating_add(jitter).min(self.max);
         match retry_after {
             Some(r) => r.min(self.max).max(d),
             None => d,
@@ -44,9 +45,18 @@ pub fn retryable_status(status: u16) -> bool {
     status == 429 || (500..600).contains(&status) && status != 501
 }
 
-/// Parses `Retry-After` given in seconds (HTTP dates are ignored).
+/// Parses `Retry-After`: delay seconds, or an HTTP-date (a date in the
+/// past means no wait).
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// A number in [0, 1) that differs between calls and callers.
@@ -64,6 +74,7 @@ fn jitter_fraction(salt: u32) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -76,6 +87,12 @@ mod tests {
         };
         let d0 = b.delay(0, None);
         assert!(d0 >= Duration::from_millis(10) && d0 < Duration::from_millis(20));
+        let huge = Backoff {
+            min: Duration::MAX,
+            max: Duration::MAX,
+            max_retries: 5,
+        };
+        assert_eq!(huge.delay(3, None), Duration::MAX);
         let d3 = b.delay(3, None);
         assert!(d3 >= Duration::from_millis(80) && d3 < Duration::from_millis(160));
         assert_eq!(b.delay(30, None), Duration::from_millis(500));
@@ -94,6 +111,17 @@ mod tests {
         assert!(retryable_status(429) && retryable_status(500) && retryable_status(503));
         assert!(!retryable_status(501) && !retryable_status(404) && !retryable_status(401));
         assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "a date in the past: retry at once"
+        );
+        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let d = parse_retry_after(&soon).unwrap();
+        assert!(
+            d > Duration::from_secs(110) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -1,11 +1,14 @@
 //! A small HTTP/1.1 fault proxy in front of a real registry, one request per
 //! connection. It records every request, can misbehave on purpose (ignore
-//! Range, redirect blob reads to an expiring location, demand bearer tokens)
-//! and serves a docker-style token endpoint at `/token`.
+//! Range, redirect blob reads to an expiring location, demand bearer tokens),
+//! injects transient faults at random per request ([`FaultPlan`]: resets,
+//! 5xx/429, stalls, short or corrupted bodies, 401s, redirects) and serves a
+//! docker-style token endpoint at `/token`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,6 +31,124 @@ pub enum Fault {
     Stall,
 }
 
+/// One transient fault injected into a single request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultMode {
+    /// Reset the connection (RST) instead of answering.
+    Reset,
+    /// Answer this status; 429 carries `Retry-After: 1`, 503 an HTTP-date
+    /// one second ahead.
+    Status(u16),
+    /// Wait this long, then answer normally (a slow registry).
+    Stall(Duration),
+    /// Never answer, until the client gives up (longer than its timeout).
+    Hang,
+    /// Promise the whole body in Content-Length, send half of it, close.
+    ShortBody,
+    /// Forward the answer with one body byte flipped.
+    Corrupt,
+    /// Answer 401 with a Bearer challenge, as if the token had expired.
+    Unauthorized,
+    /// Answer blob GETs with 307 to `/redirected/<generation>/…`.
+    Redirect,
+    /// Each faulted request gets one of [`MIXED`], chosen at random.
+    Mixed,
+}
+
+/// The fault modes [`FaultMode::Mixed`] draws from.
+pub const MIXED: [FaultMode; 11] = [
+    FaultMode::Reset,
+    FaultMode::Status(500),
+    FaultMode::Status(502),
+    FaultMode::Status(503),
+    FaultMode::Status(429),
+    FaultMode::Stall(Duration::from_millis(200)),
+    FaultMode::Hang,
+    FaultMode::ShortBody,
+    FaultMode::Corrupt,
+    FaultMode::Unauthorized,
+    FaultMode::Redirect,
+];
+
+/// Which requests get a fault and which one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FaultPlan {
+    /// The fault injected.
+    pub mode: FaultMode,
+    /// Chance that one eligible request is faulted (0..=1).
+    pub probability: f64,
+    /// Only blob reads (and redirect targets) are eligible (else every `/v2/`
+    /// request is; the token endpoint never is).
+    pub only_blobs: bool,
+    /// Seed of the proxy's random choices, so a run can be repeated.
+    pub seed: u64,
+    /// Stop injecting after this many faults.
+    pub max_faults: Option<u64>,
+}
+
+impl FaultPlan {
+    /// `mode` on `probability` of blob reads, seed 1, no limit.
+    pub fn blobs(mode: FaultMode, probability: f64) -> Self {
+        FaultPlan {
+            mode,
+            probability,
+            only_blobs: true,
+            seed: 1,
+            max_faults: None,
+        }
+    }
+}
+
+/// xorshift64*: reproducible choices without an RNG dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+}
+
+/// The plan in force and its random state.
+struct Injector {
+    plan: Option<FaultPlan>,
+    rng: Rng,
+    injected: u64,
+}
+
+impl Injector {
+    /// The fault for a request to `path`, if it gets one.
+    fn decide(&mut self, method: &str, path: &str) -> Option<FaultMode> {
+        let plan = self.plan?;
+        // Redirect targets count as blob reads: a client that cached one
+        // keeps meeting faults there.
+        let eligible = (path.starts_with("/v2/") || path.starts_with("/redirected/"))
+            && (!plan.only_blobs || (method == "GET" && path.contains("/blobs/sha256:")));
+        if !eligible
+            || plan.max_faults.is_some_and(|m| self.injected >= m)
+            || self.rng.unit() >= plan.probability
+        {
+            return None;
+        }
+        self.injected += 1;
+        Some(match plan.mode {
+            FaultMode::Mixed => MIXED[self.rng.below(MIXED.len() as u64) as usize],
+            m => m,
+        })
+    }
+}
+
 /// One request as the proxy saw it.
 #[derive(Clone, Debug)]
 pub struct Seen {
@@ -39,6 +160,8 @@ pub struct Seen {
     pub range: Option<String>,
     /// Authorization header.
     pub authorization: Option<String>,
+    /// The fault injected into it by the [`FaultPlan`], if any.
+    pub fault: Option<FaultMode>,
 }
 
 /// Token endpoint settings.
@@ -62,6 +185,7 @@ struct State {
     token_requests: AtomicU64,
     redirect_generation: AtomicU64,
     fail_next: Mutex<Option<(u16, u32, Option<u64>)>>,
+    injector: Mutex<Injector>,
     client: reqwest::Client,
 }
 
@@ -87,6 +211,11 @@ impl FaultProxy {
             token_requests: AtomicU64::new(0),
             redirect_generation: AtomicU64::new(0),
             fail_next: Mutex::new(None),
+            injector: Mutex::new(Injector {
+                plan: None,
+                rng: Rng(1),
+                injected: 0,
+            }),
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -114,6 +243,20 @@ impl FaultProxy {
     /// Changes the misbehaviour.
     pub fn set_fault(&self, fault: Fault) {
         *self.state.fault.lock().unwrap() = fault;
+    }
+
+    /// Injects faults by `plan` from now on (`None`: stop). Resets the random
+    /// state to the plan's seed and the fault count to zero.
+    pub fn set_plan(&self, plan: Option<FaultPlan>) {
+        let mut i = self.state.injector.lock().unwrap();
+        i.rng = Rng(plan.map_or(1, |p| p.seed) | 1);
+        i.injected = 0;
+        i.plan = plan;
+    }
+
+    /// Faults injected under the current plan.
+    pub fn faults_injected(&self) -> u64 {
+        self.state.injector.lock().unwrap().injected
     }
 
     /// Requires bearer tokens from `/token` on every `/v2/` request.
@@ -261,15 +404,94 @@ fn repository_of(path: &str) -> String {
     p[..end].to_string()
 }
 
+fn challenge(s: &State, path: &str) -> String {
+    format!(
+        "Bearer realm=\"http://{}/token\",service=\"test-registry\",scope=\"repository:{}:pull\"",
+        s.addr,
+        repository_of(path)
+    )
+}
+
+/// `Retry-After` as an HTTP-date `secs` seconds from now.
+fn http_date_in(secs: u64) -> String {
+    httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(secs))
+}
+
+/// Answers `fault` without contacting the registry, or returns `false`
+/// when the request goes on to the registry.
+async fn inject(
+    s: &State,
+    conn: &mut TcpStream,
+    req: &Request,
+    fault: FaultMode,
+) -> std::io::Result<bool> {
+    match fault {
+        FaultMode::Reset => {
+            // Zero linger turns the close into a RST.
+            conn.set_zero_linger()?;
+            Ok(true)
+        }
+        FaultMode::Status(status) => {
+            let headers: Vec<(&str, String)> = match status {
+                429 => vec![("Retry-After", "1".into())],
+                503 => vec![("Retry-After", http_date_in(1))],
+                _ => Vec::new(),
+            };
+            respond(conn, status, &headers, b"injected").await?;
+            Ok(true)
+        }
+        FaultMode::Hang => {
+            hold(conn).await;
+            Ok(true)
+        }
+        FaultMode::Stall(d) => {
+            tokio::time::sleep(d).await;
+            Ok(false)
+        }
+        FaultMode::Unauthorized => {
+            let c = challenge(s, &req.path);
+            respond(conn, 401, &[("WWW-Authenticate", c)], b"{}").await?;
+            Ok(true)
+        }
+        FaultMode::Redirect => {
+            redirect(s, conn, &req.path).await?;
+            Ok(true)
+        }
+        FaultMode::ShortBody | FaultMode::Corrupt | FaultMode::Mixed => Ok(false),
+    }
+}
+
+/// Holds the connection open without answering until the client gives up.
+async fn hold(conn: &mut TcpStream) {
+    let mut sink = [0u8; 1024];
+    while conn.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+}
+
+async fn redirect(s: &State, conn: &mut TcpStream, path: &str) -> std::io::Result<()> {
+    // A redirect target redirected again points at the same blob.
+    let path = path
+        .strip_prefix("/redirected/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(path.to_string(), |(_, p)| format!("/{p}"));
+    let location = format!(
+        "/redirected/{}{}",
+        s.redirect_generation.load(Ordering::SeqCst),
+        path
+    );
+    respond(conn, 307, &[("Location", location)], b"").await
+}
+
 async fn handle(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
     let Some(req) = read_request(&mut conn).await? else {
         return Ok(());
     };
+    let planned = s.injector.lock().unwrap().decide(&req.method, &req.path);
     s.seen.lock().unwrap().push(Seen {
         method: req.method.clone(),
         path: req.path.clone(),
         range: req.header("range"),
         authorization: req.header("authorization"),
+        fault: planned,
     });
     let injected = {
         let mut f = s.fail_next.lock().unwrap();
@@ -327,19 +549,18 @@ async fn handle(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
             .header("authorization")
             .is_some_and(|a| a.starts_with(&format!("Bearer tok-{generation}-")));
         if !ok {
-            let challenge = format!(
-                "Bearer realm=\"http://{}/token\",service=\"test-registry\",scope=\"repository:{}:pull\"",
-                s.addr,
-                repository_of(&req.path)
-            );
-            return respond(&mut conn, 401, &[("WWW-Authenticate", challenge)], b"{}").await;
+            let c = challenge(s, &req.path);
+            return respond(&mut conn, 401, &[("WWW-Authenticate", c)], b"{}").await;
         }
+    }
+    if let Some(fault) = planned
+        && inject(s, &mut conn, &req, fault).await?
+    {
+        return Ok(());
     }
     let fault = *s.fault.lock().unwrap();
     if fault == Fault::Stall {
-        // Hold the connection open without answering until the client gives up.
-        let mut sink = [0u8; 1024];
-        while conn.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        hold(&mut conn).await;
         return Ok(());
     }
     if fault == Fault::RejectMultiRange && req.header("range").is_some_and(|r| r.contains(',')) {
@@ -354,12 +575,7 @@ async fn handle(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
         upstream_path = format!("/{path}");
     } else if fault == Fault::Redirect && req.method == "GET" && req.path.contains("/blobs/sha256:")
     {
-        let location = format!(
-            "/redirected/{}{}",
-            s.redirect_generation.load(Ordering::SeqCst),
-            req.path
-        );
-        return respond(&mut conn, 307, &[("Location", location)], b"").await;
+        return redirect(s, &mut conn, &req.path).await;
     }
     let drop_range = match (fault, req.header("range")) {
         (Fault::IgnoreRange, Some(_)) => true,
@@ -399,9 +615,33 @@ async fn handle(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
     }
     head.push_str("\r\n");
     conn.write_all(head.as_bytes()).await?;
+    // Where the body is cut (short body) or which byte is flipped (corrupt).
+    let body_len = resp.content_length().unwrap_or(0);
+    let (cut, flip) = match planned {
+        Some(FaultMode::ShortBody) => (Some(body_len / 2), None),
+        Some(FaultMode::Corrupt) if body_len > 0 => {
+            let at = s.injector.lock().unwrap().rng.below(body_len);
+            (None, Some(at))
+        }
+        _ => (None, None),
+    };
+    let mut offset = 0u64;
     while let Ok(Some(chunk)) = resp.chunk().await {
+        let mut chunk = chunk.to_vec();
+        if let Some(at) = flip.filter(|at| (offset..offset + chunk.len() as u64).contains(at)) {
+            chunk[(at - offset) as usize] ^= 0x5a;
+        }
+        if let Some(cut) = cut {
+            let keep = cut.saturating_sub(offset).min(chunk.len() as u64) as usize;
+            chunk.truncate(keep);
+        }
+        offset += chunk.len() as u64;
         conn.write_all(&chunk).await?;
         s.bytes_sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        if cut.is_some_and(|c| offset >= c) {
+            // Content-Length promised more: the client sees the body end early.
+            return conn.shutdown().await;
+        }
     }
     conn.shutdown().await
 }

@@ -36,13 +36,21 @@ pub(super) struct Builder {
     payload_end: u64,
     limits: Limits,
     nodes: Vec<Node>,
-    dirents: Vec<(Ino, DirEnt)>,
+    dirents: Vec<(Ino, BuildEnt)>,
     chunks: Vec<Chunk>,
     xattrs: Vec<(StrRef, StrRef)>,
     xattr_sets: Vec<(u32, u32)>,
     strings: Vec<u8>,
     paths: HashMap<String, Ino>,
     prefetch: Prefetch,
+}
+
+/// A directory entry while building: the name is kept as a plain reference
+/// (its LEB128 length sits just before it in the string table).
+#[derive(Clone, Copy)]
+struct BuildEnt {
+    name: StrRef,
+    ino: Ino,
 }
 
 /// A regular file whose chunks are still being collected.
@@ -78,6 +86,15 @@ impl Builder {
         })?;
         self.strings.extend_from_slice(s);
         Ok(StrRef { off, len })
+    }
+
+    /// Interns a directory entry name behind its LEB128 length.
+    fn intern_name(&mut self, s: &[u8]) -> Result<StrRef> {
+        let len = u32::try_from(s.len()).map_err(|_| Error::TocTooLarge {
+            cap: u32::MAX.into(),
+        })?;
+        push_leb128(&mut self.strings, len);
+        self.intern(s)
     }
 
     fn next_ino(&self) -> Result<Ino> {
@@ -137,7 +154,7 @@ impl Builder {
             }
             return Err(err(EntryError::Duplicate));
         }
-        let name_ref = self.intern(name.as_bytes())?;
+        let name_ref = self.intern_name(name.as_bytes())?;
         if e.kind == "hardlink" {
             let target_path = components(&e.link_name)
                 .map(|c| c.join("/"))
@@ -153,7 +170,7 @@ impl Builder {
             node.nlink = node.nlink.saturating_add(1);
             self.dirents.push((
                 parent,
-                DirEnt {
+                BuildEnt {
                     name: name_ref,
                     ino: target,
                 },
@@ -167,7 +184,7 @@ impl Builder {
         self.nodes.push(Node::new(kind, parent));
         self.dirents.push((
             parent,
-            DirEnt {
+            BuildEnt {
                 name: name_ref,
                 ino,
             },
@@ -234,10 +251,10 @@ impl Builder {
                 Some(_) => return Err(Error::entry(i, &e.name, EntryError::ParentNotDir(path))),
                 None => {
                     let ino = self.next_ino()?;
-                    let name = self.intern(comp.as_bytes())?;
+                    let name = self.intern_name(comp.as_bytes())?;
                     self.nodes.push(Node::new(NodeKind::Dir, dir));
                     self.nodes[dir as usize - 1].nlink += 1;
-                    self.dirents.push((dir, DirEnt { name, ino }));
+                    self.dirents.push((dir, BuildEnt { name, ino }));
                     self.paths.insert(path.clone(), ino);
                     ino
                 }
@@ -306,6 +323,9 @@ impl Builder {
         if !zeros {
             if e.offset == 0 {
                 return Err(err(EntryError::MissingOffset));
+            }
+            if e.offset > MAX_CHUNK_BLOB_OFFSET {
+                return Err(err(EntryError::OutOfRange("offset")));
             }
             if e.offset >= self.payload_end {
                 return Err(err(EntryError::OffsetOutOfBlob {
@@ -397,25 +417,109 @@ impl Builder {
             let parent = self.dirents[idx].0;
             let begin = idx;
             while idx < self.dirents.len() && self.dirents[idx].0 == parent {
-                dirents.push(self.dirents[idx].1);
+                let e = self.dirents[idx].1;
+                dirents.push(DirEnt {
+                    name: e.name.off - leb128_len(e.name.len),
+                    ino: e.ino,
+                });
                 idx += 1;
             }
             let n = &mut self.nodes[parent as usize - 1];
             (n.a, n.b) = (begin as u32, (idx - begin) as u32);
         }
-        self.nodes.shrink_to_fit();
-        self.chunks.shrink_to_fit();
+        let (nodes, attrs) = pack_nodes(&self.nodes);
+        let (chunks, extents, multi, inner) = pack_chunks(&self.nodes, &self.chunks);
         self.xattrs.shrink_to_fit();
         self.xattr_sets.shrink_to_fit();
         self.strings.shrink_to_fit();
         Ok(Index {
-            nodes: self.nodes,
+            nodes,
+            attrs,
             dirents,
-            chunks: self.chunks,
+            chunks,
+            extents,
+            multi,
+            inner,
             xattrs: self.xattrs,
             xattr_sets: self.xattr_sets,
             strings: self.strings,
             prefetch: self.prefetch,
         })
     }
+}
+
+/// Packs the nodes, interning their shared attributes.
+fn pack_nodes(nodes: &[Node]) -> (Vec<PackedNode>, Vec<Attrs>) {
+    let mut attrs = Vec::new();
+    let mut ids: HashMap<Attrs, u32> = HashMap::new();
+    let packed = nodes
+        .iter()
+        .map(|n| {
+            let a = Attrs::of(n);
+            // At most one set per node, so the count fits the inode type.
+            let id = *ids.entry(a).or_insert_with(|| {
+                attrs.push(a);
+                (attrs.len() - 1) as u32
+            });
+            PackedNode {
+                parent: n.parent,
+                a: n.a,
+                b: n.b,
+                attrs: id,
+            }
+        })
+        .collect();
+    attrs.shrink_to_fit();
+    (packed, attrs)
+}
+
+/// Packed chunks plus the side tables: file offsets of multi-chunk files'
+/// chunks (with each file's first chunk and run start) and non-zero inner offsets.
+type PackedChunks = (Vec<PackedChunk>, Vec<u64>, Vec<(u32, u32)>, Vec<(u32, u32)>);
+
+fn pack_chunks(nodes: &[Node], chunks: &[Chunk]) -> PackedChunks {
+    let mut extents = Vec::new();
+    let mut multi = Vec::new();
+    for n in nodes.iter().filter(|n| n.kind == NodeKind::Reg && n.b > 1) {
+        multi.push((n.a, extents.len() as u32));
+        extents.extend(
+            chunks[n.a as usize..(n.a + n.b) as usize]
+                .iter()
+                .map(|c| c.chunk_offset),
+        );
+    }
+    multi.sort_unstable();
+    let mut inner = Vec::new();
+    let packed = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut word = if c.is_zeros() {
+                PACKED_ZEROS
+            } else {
+                c.offset & MAX_CHUNK_BLOB_OFFSET
+            };
+            if c.digest().is_some() {
+                word |= PACKED_HAS_DIGEST;
+            }
+            if c.inner_offset() != 0 {
+                word |= PACKED_INNER;
+                inner.push((i as u32, c.inner_offset() as u32));
+            }
+            let len = if c.is_zeros() {
+                0
+            } else {
+                c.compressed_end.saturating_sub(c.offset)
+            };
+            PackedChunk {
+                digest: c.digest,
+                offset_and_flags: word,
+                compressed_len: u32::try_from(len).unwrap_or(u32::MAX),
+                size: c.size,
+            }
+        })
+        .collect();
+    extents.shrink_to_fit();
+    inner.shrink_to_fit();
+    (packed, extents, multi, inner)
 }

@@ -13,7 +13,12 @@
 //! - Every rejection of a hostile TOC is an [`Error::Entry`](super::error::Error::Entry) naming the entry.
 //!
 //! Memory: nodes, directory entries and chunks live in flat vectors and all
-//! strings in one byte table, so there is no per-directory map.
+//! strings in one byte table, so there is no per-directory map. Nodes are
+//! stored packed (16 bytes) with their attributes interned in a shared
+//! table (files of one image mostly share owner, mode and time); chunks
+//! are stored packed (48 bytes) with the rarely needed parts (positions in
+//! multi-chunk files, inner offsets) in small side tables. [`Node`] and
+//! [`Chunk`] are the unpacked values handed out.
 
 use super::digest::Digest;
 use super::error::Result;
@@ -59,7 +64,7 @@ impl Default for Limits {
 }
 
 /// File type of a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum NodeKind {
     /// Directory.
@@ -107,7 +112,7 @@ const FLAG_OPAQUE: u8 = 2;
 
 /// One inode. Field meaning of `a`/`b` depends on the kind (children range,
 /// chunk range, symlink target, device numbers), which keeps nodes small.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Node {
     size: u64,
     mtime: i64,
@@ -190,11 +195,31 @@ impl Node {
     }
 }
 
-/// A directory entry: name (in the string table) and the inode it names.
+/// A directory entry: where its name is in the string table (a LEB128
+/// length, then the bytes) and the inode it names.
 #[derive(Debug, Clone, Copy)]
 struct DirEnt {
-    name: StrRef,
+    name: u32,
     ino: Ino,
+}
+
+/// Bytes of the LEB128 encoding of `len`.
+fn leb128_len(mut len: u32) -> u32 {
+    let mut n = 1;
+    while len >= 0x80 {
+        len >>= 7;
+        n += 1;
+    }
+    n
+}
+
+/// Appends the LEB128 encoding of `len` to `out`.
+fn push_leb128(out: &mut Vec<u8>, mut len: u32) {
+    while len >= 0x80 {
+        out.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -202,6 +227,79 @@ struct StrRef {
     off: u32,
     len: u32,
 }
+
+/// A node as stored; the attributes are an index into `Index::attrs`. The
+/// size is implied: a file's chunks tile it, a symlink's is its target's
+/// length, everything else is 0.
+#[derive(Debug, Clone, Copy)]
+struct PackedNode {
+    parent: Ino,
+    a: u32,
+    b: u32,
+    attrs: u32,
+}
+
+/// The attributes of a node that many nodes share (interned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Attrs {
+    mtime: i64,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    xattr_set: u32,
+    mode: u16,
+    kind: NodeKind,
+    flags: u8,
+}
+
+impl Attrs {
+    fn of(n: &Node) -> Self {
+        Attrs {
+            mtime: n.mtime,
+            uid: n.uid,
+            gid: n.gid,
+            nlink: n.nlink,
+            xattr_set: n.xattr_set,
+            mode: n.mode,
+            kind: n.kind,
+            flags: n.flags,
+        }
+    }
+
+    fn node(&self, p: &PackedNode, size: u64) -> Node {
+        Node {
+            size,
+            mtime: self.mtime,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            nlink: self.nlink,
+            parent: p.parent,
+            a: p.a,
+            b: p.b,
+            xattr_set: self.xattr_set,
+            kind: self.kind,
+            flags: self.flags,
+        }
+    }
+}
+
+/// A chunk as stored: the blob offset shares its word with the flags, the
+/// compressed length is 32 bits (saturated: no member is that long), and
+/// the position in the file is implied for single-chunk files.
+#[derive(Debug, Clone, Copy)]
+struct PackedChunk {
+    digest: Digest,
+    offset_and_flags: u64,
+    compressed_len: u32,
+    size: u32,
+}
+
+const PACKED_HAS_DIGEST: u64 = 1 << 63;
+const PACKED_ZEROS: u64 = 1 << 62;
+const PACKED_INNER: u64 = 1 << 61;
+/// Largest blob offset a chunk may have.
+const MAX_CHUNK_BLOB_OFFSET: u64 = (1 << 61) - 1;
 
 /// Largest accepted `innerOffset` (its top bits hold the chunk flags).
 pub const MAX_INNER_OFFSET: u64 = (1 << 30) - 1;
@@ -299,9 +397,16 @@ pub enum Prefetch {
 /// The immutable index of one layer.
 #[derive(Debug, Clone)]
 pub struct Index {
-    nodes: Vec<Node>,
+    nodes: Vec<PackedNode>,
+    attrs: Vec<Attrs>,
     dirents: Vec<DirEnt>,
-    chunks: Vec<Chunk>,
+    chunks: Vec<PackedChunk>,
+    /// File offsets of the chunks of multi-chunk files, one run per file.
+    extents: Vec<u64>,
+    /// (first chunk index, start of its run in `extents`), sorted.
+    multi: Vec<(u32, u32)>,
+    /// (chunk index, inner offset) of chunks with a non-zero inner offset, sorted.
+    inner: Vec<(u32, u32)>,
     xattrs: Vec<(StrRef, StrRef)>,
     xattr_sets: Vec<(u32, u32)>,
     strings: Vec<u8>,
@@ -309,8 +414,9 @@ pub struct Index {
 }
 
 // Memory per entry matters (the FUSE layer holds one index per layer).
-const _: () = assert!(std::mem::size_of::<Node>() == 48);
-const _: () = assert!(std::mem::size_of::<Chunk>() == 64);
+const _: () = assert!(std::mem::size_of::<PackedNode>() == 16);
+const _: () = assert!(std::mem::size_of::<PackedChunk>() == 48);
+const _: () = assert!(std::mem::size_of::<DirEnt>() == 8);
 
 impl Index {
     /// Validates `toc` against the blob layout described by `footer` and builds the index.
@@ -332,8 +438,26 @@ impl Index {
         self.nodes.is_empty()
     }
     /// The node of `ino`.
-    pub fn node(&self, ino: Ino) -> Option<&Node> {
+    pub fn node(&self, ino: Ino) -> Option<Node> {
+        let p = self.packed(ino)?;
+        let attrs = &self.attrs[p.attrs as usize];
+        let size = match attrs.kind {
+            NodeKind::Reg => self.chunk_span(ino).map_or(0, |span| {
+                let last = span.1 - 1;
+                self.chunk_offset_at(span, last) + u64::from(self.chunks[span.0 + last].size)
+            }),
+            NodeKind::Symlink => u64::from(p.b),
+            _ => 0,
+        };
+        Some(attrs.node(p, size))
+    }
+
+    fn packed(&self, ino: Ino) -> Option<&PackedNode> {
         self.nodes.get((ino as usize).checked_sub(1)?)
+    }
+
+    fn kind_of(&self, p: &PackedNode) -> NodeKind {
+        self.attrs[p.attrs as usize].kind
     }
     /// Prefetch hint from the landmarks.
     pub fn prefetch(&self) -> Prefetch {
@@ -345,8 +469,10 @@ impl Index {
     }
 
     fn dir_entries(&self, ino: Ino) -> &[DirEnt] {
-        match self.node(ino) {
-            Some(n) if n.kind == NodeKind::Dir => &self.dirents[n.a as usize..(n.a + n.b) as usize],
+        match self.packed(ino) {
+            Some(n) if self.kind_of(n) == NodeKind::Dir => {
+                &self.dirents[n.a as usize..(n.a + n.b) as usize]
+            }
             _ => &[],
         }
     }
@@ -355,7 +481,24 @@ impl Index {
     pub fn children(&self, dir: Ino) -> impl ExactSizeIterator<Item = (&str, Ino)> + '_ {
         self.dir_entries(dir)
             .iter()
-            .map(|d| (self.name_str(d.name), d.ino))
+            .map(|d| (self.name_str(self.ent_name(d)), d.ino))
+    }
+
+    /// The name of a directory entry.
+    fn ent_name(&self, d: &DirEnt) -> StrRef {
+        let (mut len, mut shift, mut off) = (0u32, 0, d.name as usize);
+        while let Some(&b) = self.strings.get(off) {
+            len |= u32::from(b & 0x7f) << shift;
+            off += 1;
+            shift += 7;
+            if b & 0x80 == 0 || shift > 28 {
+                break;
+            }
+        }
+        StrRef {
+            off: off as u32,
+            len,
+        }
     }
 
     fn name_str(&self, r: StrRef) -> &str {
@@ -366,7 +509,7 @@ impl Index {
     /// Looks `name` up in directory `dir`.
     pub fn lookup(&self, dir: Ino, name: &str) -> Option<Ino> {
         let ents = self.dir_entries(dir);
-        ents.binary_search_by(|d| self.str(d.name).cmp(name.as_bytes()))
+        ents.binary_search_by(|d| self.str(self.ent_name(d)).cmp(name.as_bytes()))
             .ok()
             .map(|i| ents[i].ino)
     }
@@ -378,17 +521,39 @@ impl Index {
             .try_fold(ROOT_INO, |dir, name| self.lookup(dir, name))
     }
 
+    /// A path of `ino` from the root without a leading `/` (the root is
+    /// `""`); for a hard-linked file, one of its names.
+    pub fn path(&self, ino: Ino) -> Option<String> {
+        let mut names = Vec::new();
+        let mut at = ino;
+        // Bounded by the node count: a hostile TOC cannot loop us.
+        for _ in 0..=self.len() {
+            if at == ROOT_INO {
+                names.reverse();
+                return Some(names.join("/"));
+            }
+            let parent = self.node(at)?.parent();
+            let (name, _) = self.children(parent).find(|(_, i)| *i == at)?;
+            names.push(name);
+            at = parent;
+        }
+        None
+    }
+
     /// Target of a symlink.
     pub fn symlink_target(&self, ino: Ino) -> Option<&str> {
-        let n = self.node(ino)?;
-        (n.kind == NodeKind::Symlink).then(|| self.name_str(StrRef { off: n.a, len: n.b }))
+        let n = self.packed(ino)?;
+        (self.kind_of(n) == NodeKind::Symlink).then(|| self.name_str(StrRef { off: n.a, len: n.b }))
     }
 
     /// Extended attributes of a node.
     pub fn xattrs(&self, ino: Ino) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         let range = self
-            .node(ino)
-            .and_then(|n| self.xattr_sets.get(n.xattr_set as usize))
+            .packed(ino)
+            .and_then(|n| {
+                self.xattr_sets
+                    .get(self.attrs[n.attrs as usize].xattr_set as usize)
+            })
             .map(|&(start, len)| start as usize..(start + len) as usize)
             .unwrap_or(0..0);
         self.xattrs[range]
@@ -396,29 +561,103 @@ impl Index {
             .map(|(k, v)| (self.name_str(*k), self.str(*v)))
     }
 
-    /// Chunks of a regular file, sorted by file offset.
-    pub fn chunks(&self, ino: Ino) -> &[Chunk] {
-        match self.node(ino) {
-            Some(n) if n.kind == NodeKind::Reg => &self.chunks[n.a as usize..(n.a + n.b) as usize],
-            _ => &[],
+    /// Where the chunks of regular file `ino` are: (first index, count,
+    /// start of its run in `extents` for multi-chunk files).
+    fn chunk_span(&self, ino: Ino) -> Option<(usize, usize, Option<usize>)> {
+        let n = self.packed(ino)?;
+        if self.kind_of(n) != NodeKind::Reg || n.b == 0 {
+            return None;
+        }
+        let ext = (n.b > 1).then(|| {
+            let i = self.multi.partition_point(|&(f, _)| f < n.a);
+            self.multi.get(i).map_or(0, |&(_, e)| e as usize)
+        });
+        Some((n.a as usize, n.b as usize, ext))
+    }
+
+    /// Unpacks chunk `k` (0-based within the file) of a span.
+    fn unpack(&self, (first, _, ext): (usize, usize, Option<usize>), k: usize) -> Chunk {
+        let idx = first + k;
+        let p = &self.chunks[idx];
+        let chunk_offset = ext.map_or(0, |e| self.extents[e + k]);
+        let offset = p.offset_and_flags & MAX_CHUNK_BLOB_OFFSET;
+        let inner = if p.offset_and_flags & PACKED_INNER != 0 {
+            let i = self.inner.partition_point(|&(c, _)| (c as usize) < idx);
+            self.inner.get(i).map_or(0, |&(_, v)| v)
+        } else {
+            0
+        };
+        let mut flags = inner;
+        if p.offset_and_flags & PACKED_HAS_DIGEST != 0 {
+            flags |= CHUNK_HAS_DIGEST;
+        }
+        if p.offset_and_flags & PACKED_ZEROS != 0 {
+            flags |= CHUNK_ZEROS;
+        }
+        Chunk {
+            chunk_offset,
+            offset,
+            compressed_end: offset + u64::from(p.compressed_len),
+            digest: p.digest,
+            size: p.size,
+            inner_and_flags: flags,
         }
     }
 
+    /// Number of chunks of a regular file.
+    pub fn chunk_count(&self, ino: Ino) -> usize {
+        self.chunk_span(ino).map_or(0, |s| s.1)
+    }
+
+    /// Chunk `k` (0-based) of a regular file.
+    pub fn chunk(&self, ino: Ino, k: usize) -> Option<Chunk> {
+        let span = self.chunk_span(ino)?;
+        (k < span.1).then(|| self.unpack(span, k))
+    }
+
+    /// Chunks of a regular file, sorted by file offset.
+    pub fn chunks(&self, ino: Ino) -> Vec<Chunk> {
+        self.chunk_span(ino).map_or_else(Vec::new, |span| {
+            (0..span.1).map(|k| self.unpack(span, k)).collect()
+        })
+    }
+
+    /// How many chunks of a file start before file offset `offset`.
+    pub fn chunks_before(&self, ino: Ino, offset: u64) -> usize {
+        let Some(span) = self.chunk_span(ino) else {
+            return 0;
+        };
+        partition(span.1, |k| self.chunk_offset_at(span, k) < offset)
+    }
+
+    fn chunk_offset_at(&self, (_, _, ext): (usize, usize, Option<usize>), k: usize) -> u64 {
+        ext.map_or(0, |e| self.extents[e + k])
+    }
+
     /// The chunks overlapping `[offset, offset + len)` of a file (binary search).
-    pub fn chunks_for_range(&self, ino: Ino, offset: u64, len: u64) -> &[Chunk] {
-        let chunks = self.chunks(ino);
+    pub fn chunks_for_range(&self, ino: Ino, offset: u64, len: u64) -> Vec<Chunk> {
+        let Some(span) = self.chunk_span(ino) else {
+            return Vec::new();
+        };
         let end = offset.saturating_add(len);
-        let first = chunks.partition_point(|c| c.chunk_offset + u64::from(c.size) <= offset);
-        let last = chunks.partition_point(|c| c.chunk_offset < end);
-        chunks.get(first..last.max(first)).unwrap_or(&[])
+        let chunk_end =
+            |k: usize| self.chunk_offset_at(span, k) + u64::from(self.chunks[span.0 + k].size);
+        let first = partition(span.1, |k| chunk_end(k) <= offset);
+        let last = partition(span.1, |k| self.chunk_offset_at(span, k) < end);
+        (first..last.max(first))
+            .map(|k| self.unpack(span, k))
+            .collect()
     }
 
     /// Heap bytes held by the index (for memory accounting).
     pub fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
-        self.nodes.capacity() * size_of::<Node>()
+        self.nodes.capacity() * size_of::<PackedNode>()
+            + self.attrs.capacity() * size_of::<Attrs>()
             + self.dirents.capacity() * size_of::<DirEnt>()
-            + self.chunks.capacity() * size_of::<Chunk>()
+            + self.chunks.capacity() * size_of::<PackedChunk>()
+            + self.extents.capacity() * size_of::<u64>()
+            + (self.multi.capacity() + self.inner.capacity()) * size_of::<(u32, u32)>()
             + self.xattrs.capacity() * size_of::<(StrRef, StrRef)>()
             + self.xattr_sets.capacity() * size_of::<(u32, u32)>()
             + self.strings.capacity()
@@ -428,4 +667,19 @@ impl Index {
     pub fn is_whiteout_name(name: &str) -> bool {
         name.starts_with(WHITEOUT_PREFIX) && name != OPAQUE_MARKER
     }
+}
+
+/// The number of leading `k` in `0..len` for which `pred` holds (`pred`
+/// must be true then false, like [`slice::partition_point`]).
+fn partition(len: usize, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }

@@ -1,0 +1,41 @@
+#!/bin/bash
+# Node of the dev stack: `rstargz serve`, then containerd with rstargz as its
+# `stargz` proxy snapshotter. Both log to the container's output
+# (`docker compose logs node`). Stops both on SIGTERM; exits when either dies.
+set -euo pipefail
+
+if [ ! -x /usr/local/bin/rstargz ]; then
+  echo "node: /usr/local/bin/rstargz is missing: build it on the host (cargo build --release)" \
+       "or point RSTARGZ_BIN at it" >&2
+  exit 1
+fi
+mkdir -p /run/rstargz /var/lib/rstargz /var/lib/containerd
+
+rstargz serve --config /etc/rstargz/config.toml &
+rstargz_pid=$!
+# containerd dials the snapshotter lazily, but a Prepare right after start-up
+# must not race it: wait (bounded) for the socket.
+for _ in $(seq 300); do
+  [ -S /run/rstargz/rstargz.sock ] && break
+  kill -0 "$rstargz_pid" 2>/dev/null || { echo "node: rstargz serve exited" >&2; exit 1; }
+  sleep 0.1
+done
+[ -S /run/rstargz/rstargz.sock ] || { echo "node: rstargz serve did not start" >&2; exit 1; }
+
+containerd --config /etc/containerd/config.toml &
+containerd_pid=$!
+
+stop() {
+  kill -TERM "$containerd_pid" 2>/dev/null || true
+  wait "$containerd_pid" 2>/dev/null || true
+  # rstargz unmounts its FUSE layers on SIGTERM.
+  kill -TERM "$rstargz_pid" 2>/dev/null || true
+  wait "$rstargz_pid" 2>/dev/null || true
+}
+trap 'stop; exit 0' TERM INT
+set +e
+wait -n "$rstargz_pid" "$containerd_pid"
+status=$?
+echo "node: a daemon exited ($status), stopping" >&2
+stop
+exit "$status"

@@ -1,3 +1,0 @@
-//! Footer + TOC + index + chunk reads over arbitrary blob bytes.
-#![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| rstargz_fs::estargz::fuzzing::fuzz_blob(data));

@@ -1,3 +1,0 @@
-//! TOC JSON parsing and index building over arbitrary JSON bytes.
-#![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| rstargz_fs::estargz::fuzzing::fuzz_toc_json(data));

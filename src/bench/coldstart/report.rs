@@ -1,0 +1,259 @@
+//! Medians, ratios against the same run's baselines, the markdown tables,
+//! `report.json` and the plots.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::images::Kind;
+use super::{LinkCase, Mode, Report, Sample};
+
+/// Median of the samples of one cell.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Cell {
+    /// Pull + run, s.
+    pub total_s: f64,
+    /// Pull, s.
+    pub pull_s: f64,
+    /// Registry bytes.
+    pub bytes: f64,
+    /// Registry requests.
+    pub requests: f64,
+    /// Runs.
+    pub runs: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+impl Report {
+    fn samples(&self, image: Kind, link: &str, mode: Mode) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| s.image == image && s.link == link && s.mode == mode)
+            .collect()
+    }
+
+    /// The median cell, if measured.
+    pub fn cell(&self, image: Kind, link: &str, mode: Mode) -> Option<Cell> {
+        let s = self.samples(image, link, mode);
+        if s.is_empty() {
+            return None;
+        }
+        Some(Cell {
+            total_s: median(s.iter().map(|x| x.total_s).collect()),
+            pull_s: median(s.iter().map(|x| x.pull_s).collect()),
+            bytes: median(s.iter().map(|x| x.bytes as f64).collect()),
+            requests: median(s.iter().map(|x| x.requests as f64).collect()),
+            runs: s.len(),
+        })
+    }
+
+    /// The network floor (needed bytes over the link plus the minimum round
+    /// trips) and the local part (the container run with the image on
+    /// disk, page cache dropped: median of the overlayfs runs), in s.
+    pub fn floor(&self, image: Kind, link: &LinkCase) -> Option<(f64, f64)> {
+        let facts = self.images.iter().find(|f| f.image == image)?;
+        let net = facts.needs.floor(link.link()).as_secs_f64();
+        let local = median(
+            self.samples(image, &link.name, Mode::Overlayfs)
+                .iter()
+                .filter_map(|s| s.local_run_s)
+                .collect(),
+        );
+        Some((net, local))
+    }
+}
+
+fn secs(s: f64) -> String {
+    if s >= 10.0 {
+        format!("{s:.1} s")
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    format!("{:.2}×", a / b)
+}
+
+/// The markdown tables.
+pub fn markdown(r: &Report) -> String {
+    let mut md = String::new();
+    let images: Vec<Kind> = r.images.iter().map(|f| f.image).collect();
+    for link in &r.links {
+        let _ = writeln!(
+            md,
+            "\n### Cold start over {} (median of {} runs)\n",
+            describe(link),
+            r.runs
+        );
+        let _ = writeln!(
+            md,
+            "Pull + create + run to the workload's end. rstargz cells: time (× the Go reference in the same mode, × the floor); others: time (× the floor). Floor = needed bytes / bandwidth + {} round trips × RTT, plus the container's run with the image already local.\n",
+            super::floor::MIN_ROUND_TRIPS
+        );
+        let _ = write!(md, "| image |");
+        for m in Mode::ALL {
+            let _ = write!(md, " {} |", m.label());
+        }
+        let _ = writeln!(md, " floor (network + local) |");
+        let _ = writeln!(md, "|---|{}---|", "---|".repeat(Mode::ALL.len()));
+        for image in &images {
+            let floor = r.floor(*image, link);
+            let floor_total = floor.map(|(n, l)| n + l);
+            let _ = write!(md, "| {} |", image.name());
+            for m in Mode::ALL {
+                let Some(c) = r.cell(*image, &link.name, m) else {
+                    let _ = write!(md, " — |");
+                    continue;
+                };
+                let vs_floor = floor_total.map_or(String::new(), |f| ratio(c.total_s, f));
+                let go = match m {
+                    Mode::Rstargz => r.cell(*image, &link.name, Mode::Go),
+                    Mode::RstargzPrio => r.cell(*image, &link.name, Mode::GoPrio),
+                    _ => None,
+                };
+                match go {
+                    Some(g) => {
+                        let _ = write!(
+                            md,
+                            " {} ({} Go, {} floor) |",
+                            secs(c.total_s),
+                            ratio(c.total_s, g.total_s),
+                            vs_floor
+                        );
+                    }
+                    None => {
+                        let _ = write!(md, " {} ({} floor) |", secs(c.total_s), vs_floor);
+                    }
+                }
+            }
+            match floor {
+                Some((n, l)) => {
+                    let _ = writeln!(md, " {} ({} + {}) |", secs(n + l), secs(n), secs(l));
+                }
+                None => {
+                    let _ = writeln!(md, " — |");
+                }
+            }
+        }
+        let _ = writeln!(
+            md,
+            "\nRegistry bytes (MB) / requests in the measured window (medians):\n"
+        );
+        let _ = write!(md, "| image |");
+        for m in Mode::ALL {
+            let _ = write!(md, " {} |", m.label());
+        }
+        let _ = writeln!(md, " needed |");
+        let _ = writeln!(md, "|---|{}---|", "---|".repeat(Mode::ALL.len()));
+        for image in &images {
+            let _ = write!(md, "| {} |", image.name());
+            for m in Mode::ALL {
+                match r.cell(*image, &link.name, m) {
+                    Some(c) => {
+                        let _ = write!(md, " {:.1} / {:.0} |", c.bytes / 1e6, c.requests);
+                    }
+                    None => {
+                        let _ = write!(md, " — |");
+                    }
+                }
+            }
+            let needed = r
+                .images
+                .iter()
+                .find(|f| f.image == *image)
+                .map_or(0, |f| f.needs.needed_bytes);
+            let _ = writeln!(md, " {:.1} |", needed as f64 / 1e6);
+        }
+    }
+    md.push_str(&targets(r));
+    md
+}
+
+/// A link in words.
+pub fn describe(link: &LinkCase) -> String {
+    if link.rtt_ms == 0 && link.rate_mbit == 0 {
+        "loopback".to_string()
+    } else {
+        format!(
+            "a shaped link ({} ms RTT, {} Mbit/s)",
+            link.rtt_ms, link.rate_mbit
+        )
+    }
+}
+
+/// The targets, checked against this run's figures.
+fn targets(r: &Report) -> String {
+    let mut md = String::from("\n### Targets\n\n");
+    let mark = |ok: bool| if ok { "met" } else { "**missed**" };
+    for link in &r.links {
+        for f in &r.images {
+            let cell = |m| r.cell(f.image, &link.name, m);
+            if let (Some(ours), Some(go)) = (cell(Mode::RstargzPrio), cell(Mode::GoPrio)) {
+                let x = ours.total_s / go.total_s;
+                let _ = writeln!(
+                    md,
+                    "- {} over {}: rstargz + prio at {x:.2}× the Go reference + prio (target ≤ 0.5×): {}",
+                    f.image.name(),
+                    describe(link),
+                    mark(x <= 0.5)
+                );
+            }
+            if let (Some(ours), Some(go)) = (cell(Mode::Rstargz), cell(Mode::Go)) {
+                let x = ours.total_s / go.total_s;
+                let _ = writeln!(
+                    md,
+                    "- {} over {}: rstargz at {x:.2}× the Go reference, no list (target ≤ 0.5×): {}",
+                    f.image.name(),
+                    describe(link),
+                    mark(x <= 0.5)
+                );
+            }
+            if let (Some(ours), Some((n, l))) = (cell(Mode::RstargzPrio), r.floor(f.image, link)) {
+                let x = ours.total_s / (n + l);
+                let _ = writeln!(
+                    md,
+                    "- {} over {}: rstargz + prio at {x:.2}× the floor (target ≤ 1.5×): {}",
+                    f.image.name(),
+                    describe(link),
+                    mark(x <= 1.5)
+                );
+            }
+            if f.image == Kind::Large
+                && link.rate_mbit > 0
+                && let (Some(ours), Some(full)) = (cell(Mode::RstargzPrio), cell(Mode::Overlayfs))
+            {
+                let x = full.total_s / ours.total_s;
+                let _ = writeln!(
+                    md,
+                    "- large over {}: rstargz + prio {x:.1}× faster than the overlayfs full pull (target ≥ 5×): {}",
+                    describe(link),
+                    mark(x >= 5.0)
+                );
+            }
+        }
+    }
+    md
+}
+
+/// Writes `report.json`, `report.md` and one `cold-start-<link>.png` per link.
+pub fn write(r: &Report, out: &Path) -> anyhow::Result<()> {
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(r)?)?;
+    std::fs::write(out.join("report.md"), markdown(r))?;
+    for link in &r.links {
+        let png = out.join(format!("cold-start-{}.png", link.name));
+        crate::bench::plot::cold_start(r, link, &png)?;
+    }
+    Ok(())
+}
