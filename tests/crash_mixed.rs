@@ -8,6 +8,13 @@
 //! copies belong to live snapshots, Cleanup leaves no orphan and every file
 //! of the disk cache verifies against its name.
 //!
+//! Live restart is on in most rounds: the next daemon takes the held FUSE
+//! connections over (reads in flight at the kill finish through it, never
+//! with ENOTCONN); every fifth daemon runs with `[fuse] live_restart =
+//! false`, so stale mounts are also aborted, both held ones (by that
+//! daemon) and unheld ones (by the live daemon after it). A final clean
+//! stop leaves no mount and no fd holder process.
+//!
 //! `CRASH_ROUNDS` (default 20) and `CRASH_SEED` (default: from the clock,
 //! printed) tune it; `scripts/crash-rounds.sh N SEED` runs long sessions.
 
@@ -147,6 +154,10 @@ struct Shared {
     reads: AtomicUsize,
     /// Set just before the kill: errors after it are expected.
     killed: AtomicBool,
+    /// The next daemon takes the held FUSE connections over (live restart
+    /// on both sides of the kill): reads of the long-lived layers pause,
+    /// their connection is never aborted.
+    taken_over: bool,
     stop: AtomicBool,
     violations: Mutex<Vec<String>>,
 }
@@ -369,6 +380,11 @@ fn reader(s: Arc<Shared>, mut rng: Rng) {
                 "read {} before the kill: {e}",
                 target.dir.join(path).display()
             )),
+            Err(e) if target.keep && s.taken_over && e.raw_os_error() == Some(libc::ENOTCONN) => s
+                .violation(format!(
+                    "read {} across a take-over: connection aborted ({e})",
+                    target.dir.join(path).display()
+                )),
             Err(_) => {}
         }
     }
@@ -580,8 +596,38 @@ fn seed() -> u64 {
         })
 }
 
-fn start(dir: &Path) -> Daemon {
-    start_remote_daemon(dir, "", &dir.join("no-docker-config.json"), CACHE_CONFIG)
+/// Starts the daemon, with live restart (the default) or without.
+fn start(dir: &Path, live: bool) -> Daemon {
+    let extra = if live {
+        CACHE_CONFIG.to_string()
+    } else {
+        format!("{CACHE_CONFIG}[fuse]\nlive_restart = false\n")
+    };
+    start_remote_daemon(dir, "", &dir.join("no-docker-config.json"), &extra)
+}
+
+/// Whether the daemon of `round` runs with live restart: every fifth one
+/// does not, so besides held connections taken over (most kills) the kills
+/// cover held ones a daemon without live restart aborts, and unheld ones a
+/// daemon with it aborts. The last daemon (`round == rounds`) always has it.
+fn live_in(round: usize) -> bool {
+    round % 5 != 4
+}
+
+/// Checks what the start-up of the daemon after a kill did with the FUSE
+/// mounts the killed one left (the long-lived chain is always among them).
+fn check_start_up(round: usize, d: &Daemon, taken_over: bool) {
+    let log = d.log_text();
+    let took = log.contains("live mount taken over");
+    let aborted = log.contains("detached stale FUSE mount");
+    if taken_over {
+        assert!(took, "round {round}: held mounts not taken over:\n{log}");
+    } else {
+        assert!(
+            !took && aborted,
+            "round {round}: unheld stale mounts not aborted:\n{log}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -605,7 +651,7 @@ async fn random_kill_9_under_mixed_load() {
     println!("crash root: {}", dir.display());
 
     // Long-lived snapshots: a local base, a remote chain and a container.
-    let d = start(&dir);
+    let d = start(&dir, true);
     let mut c = d.client().await;
     prepare(&mut c, "base-active", "", &[]).await.unwrap();
     commit(&mut c, "base", "base-active").await.unwrap();
@@ -619,7 +665,8 @@ async fn random_kill_9_under_mixed_load() {
     .await;
     let keep_dirs = lowerdirs(&prepare(&mut c, "keep-c", &top, &[]).await.unwrap());
     drop(c);
-    drop(d);
+    // A clean stop: the first round starts from unmounted layers.
+    d.stop();
     let keep_targets: Vec<Target> = keep_dirs
         .into_iter()
         .zip([1, 0])
@@ -635,8 +682,11 @@ async fn random_kill_9_under_mixed_load() {
         .present
         .extend(["base", "keep-chain-0", "keep-chain-1", "keep-c"].map(String::from));
     let mut kills_at = BTreeMap::new();
-    let mut total_reads = 0;
+    let (mut total_reads, mut take_overs, mut held_aborts) = (0, 0, 0);
+    let mut d = start(&dir, live_in(0));
     for round in 0..rounds {
+        let next_live = round + 1 == rounds || live_in(round + 1);
+        let taken_over = live_in(round) && next_live;
         let s = Arc::new(Shared {
             fixture: fixture.clone(),
             expect: Mutex::new(expect),
@@ -644,10 +694,10 @@ async fn random_kill_9_under_mixed_load() {
             events: AtomicUsize::new(0),
             reads: AtomicUsize::new(0),
             killed: AtomicBool::new(false),
+            taken_over,
             stop: AtomicBool::new(false),
             violations: Mutex::new(Vec::new()),
         });
-        let mut d = start(&dir);
         let mut c = d.client().await;
         check_state(round, &d, &mut c, &s).await;
         prune(&mut c, &d.root, &s).await;
@@ -681,11 +731,16 @@ async fn random_kill_9_under_mixed_load() {
         s.killed.store(true, Ordering::SeqCst);
         d.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
         s.stop.store(true, Ordering::SeqCst);
-        for r in readers {
-            r.join().unwrap();
-        }
         for t in tasks {
             t.await.unwrap();
+        }
+        drop(c);
+        // Reads in flight on a held connection wait for the next daemon
+        // (the kernel resends them to it), so it starts before the readers
+        // are joined.
+        let killed = std::mem::replace(&mut d, start(&dir, next_live));
+        for r in readers {
+            r.join().unwrap();
         }
         kills_at.insert(round, kill_after);
         total_reads += s.reads.load(Ordering::Relaxed);
@@ -693,10 +748,12 @@ async fn random_kill_9_under_mixed_load() {
         assert!(
             violations.is_empty(),
             "round {round} (CRASH_SEED={seed}): {violations:#?}\n{}",
-            d.log_text()
+            killed.log_text()
         );
-        drop(c);
-        drop(d);
+        check_start_up(round, &d, taken_over);
+        take_overs += usize::from(taken_over);
+        held_aborts += usize::from(live_in(round) && !next_live);
+        drop(killed);
         expect = Arc::into_inner(s).unwrap().expect.into_inner().unwrap();
     }
 
@@ -708,10 +765,10 @@ async fn random_kill_9_under_mixed_load() {
         events: AtomicUsize::new(0),
         reads: AtomicUsize::new(0),
         killed: AtomicBool::new(false),
+        taken_over: false,
         stop: AtomicBool::new(false),
         violations: Mutex::new(Vec::new()),
     };
-    let d = start(&dir);
     let mut c = d.client().await;
     check_state(rounds, &d, &mut c, &s).await;
     let root = d.root.clone();
@@ -722,8 +779,13 @@ async fn random_kill_9_under_mixed_load() {
         .filter(|m| m.mountpoint.starts_with(&root))
         .collect();
     assert!(left.is_empty(), "mounts left after a clean stop: {left:?}");
+    // No process outlives the daemon: the fd holder exits once it holds
+    // nothing and no daemon is connected.
+    let holder = root.join("fdstore.sock");
+    wait_for("the fd holder to exit", || !holder.exists());
     println!(
-        "crash rounds: {rounds} kills (after {:?} acknowledged operations; {total_reads} verified reads) in {:.1} s",
+        "crash rounds: {rounds} kills ({take_overs} taken over live, {held_aborts} held and {} unheld aborted) after {:?} acknowledged operations; {total_reads} verified reads; {:.1} s",
+        rounds - take_overs - held_aborts,
         kills_at.values().collect::<Vec<_>>(),
         started.elapsed().as_secs_f64()
     );

@@ -30,7 +30,11 @@ pub(super) fn recover(inner: &Inner) -> Result<()> {
     }
     let ids = inner.store.read(|tx| tx.ids())?;
     for id in ids {
-        if !inner.backend.content_dir(&inner.layout, id).is_dir() {
+        // A mount there is a layer an fd holder keeps for this daemon to
+        // take over: a stat on it would wait for the take-over, which
+        // comes after this.
+        let dir = inner.backend.content_dir(&inner.layout, id);
+        if !is_mount_point(&dir) && !dir.is_dir() {
             tracing::error!(id, "snapshot directory is missing");
         }
     }
