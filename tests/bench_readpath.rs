@@ -16,7 +16,7 @@ use common::Daemon;
 use rstargz::bench::io::Access;
 use rstargz::bench::read_path::{self, Options, RunReport, State, Target};
 use rstargz::bench::resources;
-use rstargz_fs::estargz::{WriterOptions, convert};
+use rstargz_fs::estargz::WriterOptions;
 use rstargz_fs::testutil::registry::TestRegistry;
 use rstargz_fs::testutil::{TestLayer, push_image, test_blob};
 
@@ -41,18 +41,11 @@ fn layer(dir: &Path) -> TestLayer {
         std::fs::write(dir.join(format!("tree/f{i}")), &data).unwrap();
         add(&format!("tree/f{i}"), data.as_bytes());
     }
-    let tar = b.into_inner().unwrap();
-    let mut blob = Vec::new();
     let opts = WriterOptions {
         chunk_size: 64 << 10,
         ..WriterOptions::default()
     };
-    let made = convert(&tar[..], &mut blob, &opts).unwrap();
-    TestLayer {
-        blob,
-        diff_id: made.diff_id.to_string(),
-        toc_digest: Some(made.toc_digest.to_string()),
-    }
+    TestLayer::estargz(&b.into_inner().unwrap(), &opts)
 }
 
 fn options(target: Target, work: &Path) -> Options {

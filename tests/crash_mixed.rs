@@ -355,6 +355,13 @@ async fn worker(mut c: Client, s: Arc<Shared>, mut rng: Rng, tag: String) {
 /// compares them with the files' contents: wrong bytes are never allowed,
 /// errors only after the kill (or on a layer being removed).
 fn reader(s: Arc<Shared>, mut rng: Rng) {
+    // A file table of its own: the next daemon is spawned while reads on a
+    // held connection wait for it, and a spawn's exec closes its copies of
+    // the parent's files, which would FLUSH through that very connection
+    // (nobody to answer yet: the spawn would hang).
+    // SAFETY: unshare(CLONE_FILES) only copies this thread's file table.
+    let unshared = unsafe { libc::unshare(libc::CLONE_FILES) };
+    assert_eq!(unshared, 0, "unshare");
     while !s.stop.load(Ordering::SeqCst) {
         let target = {
             let t = s.targets.lock().unwrap();

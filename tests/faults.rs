@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rstargz::snapshot::REMOTE_LABEL;
-use rstargz_fs::estargz::{WriterOptions, convert};
+use rstargz_fs::estargz::WriterOptions;
 use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE, TOC_DIGEST};
 use rstargz_fs::testutil::proxy::{FaultMode, FaultPlan, FaultProxy, TokenAuth};
 use rstargz_fs::testutil::registry::TestRegistry;
@@ -70,18 +70,11 @@ fn image(seed: u64, dirs: usize, scale: usize) -> (TestLayer, Vec<File>) {
             });
         }
     }
-    let tar = b.into_inner().unwrap();
-    let mut blob = Vec::new();
     let opts = WriterOptions {
         chunk_size: 64 << 10,
         ..WriterOptions::default()
     };
-    let made = convert(&tar[..], &mut blob, &opts).unwrap();
-    let layer = TestLayer {
-        blob,
-        diff_id: made.diff_id.to_string(),
-        toc_digest: Some(made.toc_digest.to_string()),
-    };
+    let layer = TestLayer::estargz(&b.into_inner().unwrap(), &opts);
     (layer, files)
 }
 

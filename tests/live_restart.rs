@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use rstargz_fs::estargz::{WriterOptions, convert};
+use rstargz_fs::estargz::WriterOptions;
 use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE, TOC_DIGEST};
 use rstargz_fs::testutil::registry::TestRegistry;
 use rstargz_fs::testutil::{TestLayer, push_image, test_blob};
@@ -41,18 +41,11 @@ fn layer(files: &[(String, Vec<u8>)]) -> TestLayer {
         h.set_size(data.len() as u64);
         b.append_data(&mut h, name, &data[..]).unwrap();
     }
-    let tar = b.into_inner().unwrap();
-    let mut out = Vec::new();
     let opts = WriterOptions {
         chunk_size: 64 << 10,
         ..WriterOptions::default()
     };
-    let made = convert(&tar[..], &mut out, &opts).unwrap();
-    TestLayer {
-        blob: out,
-        diff_id: made.diff_id.to_string(),
-        toc_digest: Some(made.toc_digest.to_string()),
-    }
+    TestLayer::estargz(&b.into_inner().unwrap(), &opts)
 }
 
 fn start(dir: &Path) -> Daemon {

@@ -7,18 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rstargz_fs::testutil::golden::{blob, check_tree, meta};
+use rstargz_fs::testutil::golden::check_tree;
 use rstargz_fs::testutil::registry::TestRegistry;
 use rstargz_fs::testutil::{TestLayer, push_image};
-
-fn golden_layer(case: &str, comp: &str) -> TestLayer {
-    let m = meta(case, comp);
-    TestLayer {
-        blob: blob(case, comp),
-        diff_id: m.diff_id,
-        toc_digest: Some(m.toc_digest),
-    }
-}
 
 fn mounts_under(prefix: &Path) -> usize {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -46,8 +37,8 @@ async fn mount_shows_the_image_and_unmounts_on_ctrl_c() {
     push_image(
         &reference,
         &[
-            golden_layer("tree", "gzip"),
-            golden_layer("whiteouts", "zstd"),
+            TestLayer::golden("tree", "gzip"),
+            TestLayer::golden("whiteouts", "zstd"),
         ],
     )
     .await;

@@ -11,24 +11,14 @@ use std::path::{Path, PathBuf};
 
 use common::remote::*;
 use common::*;
-use rstargz_fs::estargz::{WriterOptions, convert};
-use rstargz_fs::testutil::golden::{blob, check_tree, meta};
+use rstargz_fs::estargz::WriterOptions;
+use rstargz_fs::testutil::golden::check_tree;
 use rstargz_fs::testutil::proxy::FaultProxy;
 use rstargz_fs::testutil::registry::TestRegistry;
 use rstargz_fs::testutil::{TestLayer, docker_config, push_image, push_image_with, test_blob};
 use rstargz_proto::types::Mount;
 
 const BIG: usize = 8 << 20;
-
-/// A golden blob as a layer.
-fn golden_layer(case: &str, comp: &str) -> TestLayer {
-    let m = meta(case, comp);
-    TestLayer {
-        blob: blob(case, comp),
-        diff_id: m.diff_id,
-        toc_digest: Some(m.toc_digest),
-    }
-}
 
 /// The bottom layer: what the whiteouts layer deletes, a small file and a
 /// big incompressible one (for the laziness bound).
@@ -127,9 +117,9 @@ async fn remote_layers_mount_lazily_and_stack_with_overlay() {
     let reference = format!("{}/remote/stack:latest", proxy.host());
     let layers = vec![
         lower_layer(),
-        golden_layer("xattrs", "gzip"),
-        golden_layer("tree", "zstd"),
-        golden_layer("whiteouts", "gzip"),
+        TestLayer::golden("xattrs", "gzip"),
+        TestLayer::golden("tree", "zstd"),
+        TestLayer::golden("whiteouts", "gzip"),
     ];
     let digests = push_image(&reference, &layers).await;
 
@@ -251,7 +241,7 @@ async fn declined_layers_fall_back_with_a_reason() {
         diff_id: format!("sha256:{}", hex_sha(&tar)),
         toc_digest: None,
     };
-    let mut unannotated = golden_layer("tree", "gzip");
+    let mut unannotated = TestLayer::golden("tree", "gzip");
     unannotated.toc_digest = None;
     let layers = vec![plain, unannotated];
     let digests = push_image(&reference, &layers).await;
@@ -301,7 +291,7 @@ struct Crashed {
 /// Pushes two layers to `reference`, prepares them remotely and a container
 /// on them, reads `small.txt` (now cached), and kills the daemon (-9).
 async fn crash_with_a_container(dir: &Path, reference: &str) -> Crashed {
-    let layers = vec![lower_layer(), golden_layer("whiteouts", "gzip")];
+    let layers = vec![lower_layer(), TestLayer::golden("whiteouts", "gzip")];
     let digests = push_image(reference, &layers).await;
     let mut daemon = start_daemon(dir);
     let mut c = daemon.client().await;
@@ -409,18 +399,12 @@ fn prefetch_layer() -> TestLayer {
         ("prio/b", 0o644, b"bee\n"),
         ("rest.bin", 0o644, &rest),
     ]);
-    let mut out = Vec::new();
     let opts = WriterOptions {
         chunk_size: 256 << 10,
         prioritized: vec!["prio/a".into(), "prio/b".into()],
         ..WriterOptions::default()
     };
-    let made = convert(&tar[..], &mut out, &opts).unwrap();
-    TestLayer {
-        blob: out,
-        diff_id: made.diff_id.to_string(),
-        toc_digest: Some(made.toc_digest.to_string()),
-    }
+    TestLayer::estargz(&tar, &opts)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,7 +479,7 @@ async fn layers_mount_through_an_htpasswd_registry() {
     let reference = registry.reference("auth/image");
     let dir = tempfile::tempdir().unwrap();
     let creds = docker_config(dir.path(), &registry.host(), user, password);
-    let layers = vec![golden_layer("tree", "gzip")];
+    let layers = vec![TestLayer::golden("tree", "gzip")];
     let digests = push_image_with(&reference, &layers, &creds).await;
 
     // Without credentials the layer falls back to a local snapshot.
@@ -537,7 +521,7 @@ async fn every_golden_layer_matches_through_fuse() {
     for case in rstargz_fs::testutil::golden::cases() {
         for comp in ["gzip", "zstd"] {
             names.push(case.case.clone());
-            layers.push(golden_layer(&case.case, comp));
+            layers.push(TestLayer::golden(&case.case, comp));
         }
     }
     let digests = push_image(&reference, &layers).await;

@@ -94,8 +94,9 @@ impl Daemon {
             }
             assert!(
                 start.elapsed() < DEADLINE,
-                "daemon not ready: {}",
-                self.log_text()
+                "daemon not ready: {}\nits threads:\n{}",
+                self.log_text(),
+                thread_states(self.pid())
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use rstargz::snapshot::REMOTE_LABEL;
-use rstargz_fs::estargz::{WriterOptions, convert};
+use rstargz_fs::estargz::WriterOptions;
 use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE, TOC_DIGEST};
 use rstargz_fs::testutil::TestLayer;
 use rstargz_proto::types::Mount;
@@ -34,18 +34,11 @@ pub fn tar_of(entries: &[(&str, u32, &[u8])]) -> Vec<u8> {
 /// An eStargz (gzip) layer of `entries` (see [`tar_of`]) with `chunk_size`
 /// chunks and the TOC digest annotation.
 pub fn estargz_layer(entries: &[(&str, u32, &[u8])], chunk_size: u64) -> TestLayer {
-    let tar = tar_of(entries);
-    let mut out = Vec::new();
     let opts = WriterOptions {
         chunk_size,
         ..WriterOptions::default()
     };
-    let made = convert(&tar[..], &mut out, &opts).unwrap();
-    TestLayer {
-        blob: out,
-        diff_id: made.diff_id.to_string(),
-        toc_digest: Some(made.toc_digest.to_string()),
-    }
+    TestLayer::estargz(&tar_of(entries), &opts)
 }
 
 /// The labels containerd's remote-snapshot handler (ctr-remote) sets.

@@ -90,6 +90,30 @@ pub struct TestLayer {
     pub toc_digest: Option<String>,
 }
 
+impl TestLayer {
+    /// The eStargz layer `opts` makes of the uncompressed `tar`, with its
+    /// TOC digest annotation.
+    pub fn estargz(tar: &[u8], opts: &crate::estargz::WriterOptions) -> TestLayer {
+        let mut blob = Vec::new();
+        let made = crate::estargz::convert(tar, &mut blob, opts).expect("convert the test layer");
+        TestLayer {
+            blob,
+            diff_id: made.diff_id.to_string(),
+            toc_digest: Some(made.toc_digest.to_string()),
+        }
+    }
+
+    /// The golden blob of `case` in compression `comp` (see [`golden`]).
+    pub fn golden(case: &str, comp: &str) -> TestLayer {
+        let m = golden::meta(case, comp);
+        TestLayer {
+            blob: golden::blob(case, comp),
+            diff_id: m.diff_id,
+            toc_digest: Some(m.toc_digest),
+        }
+    }
+}
+
 /// Writes `dir/config.json`, a docker config with basic-auth credentials
 /// for `host`, and returns its path.
 pub fn docker_config(dir: &Path, host: &str, user: &str, password: &str) -> std::path::PathBuf {
