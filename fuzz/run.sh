@@ -21,6 +21,9 @@ for t in "${targets[@]}"; do
 done
 CARGO_FUZZ_VERSION=0.13.2
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rstargz/fuzz-target}"
+# The config feature changes the shared dependencies' features: a build dir of
+# its own, so runs with and without it do not rebuild each other's.
+[ "${#features[@]}" -gt 0 ] && CARGO_TARGET_DIR="$CARGO_TARGET_DIR-config"
 
 if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
     cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
