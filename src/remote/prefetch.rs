@@ -162,13 +162,31 @@ fn all_chunks(layer: &LayerReader) -> Vec<(Ino, Chunk)> {
     out
 }
 
-/// The compressed prefix to prefetch: the landmark's, else `default_size`.
+/// Largest compressed prefix prefetched: it is read into one buffer, and
+/// the landmark's offset comes from the layer. Chunks past it are left to
+/// background fetch and on-demand reads.
+pub const MAX_PREFETCH: u64 = 256 << 20;
+
+/// The compressed prefix to prefetch: the landmark's, else `default_size`,
+/// at most [`MAX_PREFETCH`].
 pub fn prefetch_end(layer: &LayerReader, default_size: u64) -> u64 {
-    match layer.index().prefetch() {
+    capped_prefetch_end(layer.index().prefetch(), default_size, layer.blob_size())
+}
+
+fn capped_prefetch_end(prefetch: Prefetch, default_size: u64, blob_size: u64) -> u64 {
+    let end = match prefetch {
         Prefetch::Range { end } => end,
         Prefetch::Disabled => 0,
-        Prefetch::Unknown => default_size.min(layer.blob_size()),
+        Prefetch::Unknown => default_size.min(blob_size),
+    };
+    if end > MAX_PREFETCH {
+        tracing::warn!(
+            wanted = end,
+            cap = MAX_PREFETCH,
+            "prefetch region larger than the cap; prefetching only its start"
+        );
     }
+    end.min(MAX_PREFETCH)
 }
 
 /// Fetches `[0, end)` in one range read and caches every chunk inside it.
@@ -226,6 +244,18 @@ pub async fn background_fetch(layer: Arc<LayerReader>, limits: Arc<BackgroundLim
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefetch_region_is_capped() {
+        let far = Prefetch::Range { end: 3 << 30 };
+        assert_eq!(capped_prefetch_end(far, 0, 4 << 30), MAX_PREFETCH);
+        let near = Prefetch::Range { end: 5 << 20 };
+        assert_eq!(capped_prefetch_end(near, 0, 4 << 30), 5 << 20);
+        let unknown = Prefetch::Unknown;
+        assert_eq!(capped_prefetch_end(unknown, 1 << 40, 4 << 30), MAX_PREFETCH);
+        assert_eq!(capped_prefetch_end(unknown, 1 << 40, 10), 10);
+        assert_eq!(capped_prefetch_end(Prefetch::Disabled, 1 << 40, 4 << 30), 0);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn background_turns_respect_bandwidth_and_silence() {

@@ -318,6 +318,17 @@ impl LayerReader {
         purpose: Purpose,
     ) -> Result<Bytes, LayerError> {
         let range = chunk.compressed_range();
+        let capped = chunk.range_is_capped();
+        if capped {
+            // Legit layers get here too (the member of a file's last chunk
+            // also holds the next entries' tar headers), so not a warning.
+            tracing::debug!(
+                ino,
+                toc_range = ?(chunk.offset..chunk.compressed_end),
+                fetched = ?range,
+                "chunk's TOC range is longer than the chunk can need; fetching the bound"
+            );
+        }
         // Only the first attempt of an on-demand read takes the following
         // chunks along; a refetch after a bad chunk asks for just this one.
         let mut followers = if purpose == Purpose::OnDemand {
@@ -350,7 +361,7 @@ impl LayerReader {
                 Err(e) => {
                     self.stats.bad_chunks.fetch_add(1, Ordering::Relaxed);
                     if attempt >= FETCH_ATTEMPTS {
-                        tracing::warn!(ino, attempt, error = %e, "chunk failed to decode or verify; giving up");
+                        tracing::warn!(ino, attempt, capped, error = %e, "chunk failed to decode or verify; giving up");
                         return Err(e.into());
                     }
                     tracing::warn!(ino, attempt, error = %e, "chunk failed to decode or verify; fetching again");
@@ -576,6 +587,109 @@ mod tests {
             reads: AtomicU32::new(0),
             forgotten: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A blob of `head`, then a hole of zeros up to `tail_at`, then `tail`;
+    /// reads longer than 64 MiB fail instead of allocating, and the longest
+    /// read asked for is recorded.
+    struct Sparse {
+        head: Vec<u8>,
+        tail_at: u64,
+        tail: Vec<u8>,
+        longest: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl BlobSource for Sparse {
+        async fn read_range(&self, range: Range<u64>, _: Purpose) -> io::Result<Bytes> {
+            let len = range.end - range.start;
+            self.longest.fetch_max(len, Ordering::SeqCst);
+            if len > 64 << 20 {
+                return Err(io::Error::other(format!("refusing a {len}-byte read")));
+            }
+            let byte = |at: u64| {
+                if at < self.head.len() as u64 {
+                    self.head[at as usize]
+                } else if at >= self.tail_at {
+                    self.tail
+                        .get((at - self.tail_at) as usize)
+                        .copied()
+                        .unwrap_or(0)
+                } else {
+                    0
+                }
+            };
+            Ok(range.map(byte).collect::<Vec<u8>>().into())
+        }
+
+        fn size(&self) -> u64 {
+            self.tail_at + self.tail.len() as u64
+        }
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_chunk_range_spanning_the_blob_is_fetched_only_as_far_as_the_chunk_can_need() {
+        use estargz::{Toc, TocEntry};
+        // "tiny"'s member is near 0; the next member ("far") starts 3 GiB on,
+        // so by the TOC tiny's compressed range spans the whole hole.
+        let tail_at = 3 << 30;
+        let reg = |name: &str, data: &[u8], offset: u64| {
+            let d = Digest::of(data).to_string();
+            TocEntry {
+                name: name.into(),
+                kind: "reg".into(),
+                size: data.len() as u64,
+                offset,
+                digest: d.clone(),
+                chunk_digest: d,
+                ..TocEntry::default()
+            }
+        };
+        // Offset 0 means "no offset": an empty member goes first.
+        let mut head = gzip(b"");
+        let at = head.len() as u64;
+        head.extend(gzip(b"tiny!"));
+        let mut tail = gzip(b"far away");
+        let toc = Toc {
+            version: 1,
+            entries: vec![reg("tiny", b"tiny!", at), reg("far", b"far away", tail_at)],
+        };
+        let json = estargz::toc::encode_toc(&toc).unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(json.len() as u64);
+        h.set_mode(0o444);
+        tar.append_data(&mut h, "stargz.index.json", &json[..])
+            .unwrap();
+        let toc_offset = tail_at + tail.len() as u64;
+        tail.extend(gzip(&tar.into_inner().unwrap()));
+        tail.extend(estargz::footer::estargz_footer(toc_offset));
+        let source = Arc::new(Sparse {
+            head,
+            tail_at,
+            tail,
+            longest: AtomicU64::new(0),
+        });
+        let cache = Arc::new(ChunkCache::new(&ChunkCacheConfig::default(), None));
+        let layer = LayerReader::open(source.clone(), cache, &OpenOptions::default())
+            .await
+            .unwrap();
+        let ino = layer.index().lookup_path("tiny").unwrap();
+        let chunk = layer.index().chunks(ino)[0].clone();
+        assert_eq!(chunk.compressed_end, tail_at, "the TOC's range");
+        assert_eq!(layer.read(ino, 0, 100).await.unwrap(), b"tiny!");
+        assert!(chunk.range_is_capped());
+        let far = layer.index().lookup_path("far").unwrap();
+        assert_eq!(layer.read(far, 0, 100).await.unwrap(), b"far away");
+        let longest = source.longest.load(Ordering::SeqCst);
+        assert!(longest <= 2 << 20, "longest read {longest} bytes");
     }
 
     #[tokio::test]
