@@ -7,6 +7,8 @@
 //! then walks the rest of the layer chunk by chunk at the lowest priority:
 //! the registry's priority gate lets on-demand reads overtake it, and a
 //! semaphore shared by all layers bounds how many chunks are in flight.
+//! A small layer without a prioritized region is instead streamed whole
+//! right after its mount ([`stream_layer`]), without waiting for silence.
 
 use std::io;
 use std::ops::Range;
@@ -76,6 +78,11 @@ impl BackgroundLimits {
             }
             tokio::time::sleep(self.silence - quiet).await;
         }
+        self.wait_rate(bytes).await;
+    }
+
+    /// Waits until `bytes` more fit the bandwidth bound.
+    async fn wait_rate(&self, bytes: u64) {
         if self.bytes_per_sec == 0 {
             return;
         }
@@ -223,9 +230,55 @@ pub async fn background_fetch(layer: Arc<LayerReader>, limits: Arc<BackgroundLim
     while tasks.join_next().await.is_some() {}
 }
 
+/// Whether a layer is streamed whole as soon as it is mounted: it has no
+/// prioritized region (`prefetch_end` 0, so nothing says what will be read)
+/// and at most `max_layer_bytes` compressed bytes. Reads of such a layer go
+/// file after file (imports, shared libraries), each a round trip when
+/// fetched on demand, while the whole layer costs little more than what is
+/// read; a larger layer is more likely read sparsely (a few big files) and
+/// is left to on-demand reads and the silence-gated background fetch.
+pub fn streams(prefetch_end: u64, blob_size: u64, max_layer_bytes: u64) -> bool {
+    prefetch_end == 0 && blob_size <= max_layer_bytes
+}
+
+/// Fetches the whole layer in blob order, `window` compressed bytes per
+/// request, at background priority: the registry's priority gate lets
+/// on-demand reads start first, but unlike [`background_fetch`] this does
+/// not wait for on-demand reads to fall silent, so it overlaps the reads
+/// that would otherwise each pay a round trip. Chunks already cached are
+/// not fetched again; a failed window is left to on-demand reads and to
+/// the background fetch that follows.
+pub async fn stream_layer(layer: Arc<LayerReader>, limits: Arc<BackgroundLimits>, window: u64) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for range in layer.stream_windows(window.max(1)) {
+        let Ok(permit) = limits.permits.clone().acquire_owned().await else {
+            return;
+        };
+        limits.wait_rate(range.end - range.start).await;
+        let layer = layer.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = layer.cache_range(range, Purpose::Background).await {
+                tracing::debug!(error = %e, "streaming a window of the layer failed");
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_small_layers_without_a_prioritized_region_stream() {
+        assert!(streams(0, 10 << 20, 64 << 20));
+        assert!(streams(0, 64 << 20, 64 << 20));
+        assert!(!streams(0, (64 << 20) + 1, 64 << 20), "too large");
+        assert!(!streams(4096, 10 << 20, 64 << 20), "has a prioritized region");
+        assert!(!streams(0, 10 << 20, 0), "streaming off");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn background_turns_respect_bandwidth_and_silence() {

@@ -399,13 +399,10 @@ async fn read_footer_and_toc(
 }
 
 impl LayerReader {
-    /// Uncached data chunks that end within the amplification window after
-    /// `range`, with their cache keys, in blob order.
-    fn followers(&self, range: &std::ops::Range<u64>) -> Vec<(Ino, Chunk, ChunkKey)> {
-        if self.amplify == 0 {
-            return Vec::new();
-        }
-        let order = self.blob_order.get_or_init(|| {
+    /// Every data chunk in blob order (hard links share chunks: each
+    /// compressed range once).
+    fn blob_order(&self) -> &[(Ino, Chunk)] {
+        self.blob_order.get_or_init(|| {
             let mut all: Vec<(Ino, Chunk)> = (1..=self.index.len() as Ino)
                 .flat_map(|ino| {
                     self.index
@@ -416,10 +413,85 @@ impl LayerReader {
                 })
                 .collect();
             all.sort_by_key(|(_, c)| c.compressed_range().start);
-            // Hard links share chunks.
             all.dedup_by_key(|(_, c)| c.compressed_range().start);
             all
-        });
+        })
+    }
+
+    /// The layer's data cut into compressed ranges of about `window` bytes
+    /// (a chunk larger than `window` is a range of its own), in blob order:
+    /// one range request each when the whole layer is streamed.
+    pub fn stream_windows(&self, window: u64) -> Vec<std::ops::Range<u64>> {
+        windows(self.blob_order(), window)
+    }
+
+    /// Fetches the chunks inside compressed `range` that are not cached yet
+    /// in one request (trimmed to the first and last of them), then decodes,
+    /// verifies and caches them. Returns how many were cached; a chunk that
+    /// fails to decode is left out (an on-demand read fetches it again).
+    pub async fn cache_range(
+        &self,
+        range: std::ops::Range<u64>,
+        purpose: Purpose,
+    ) -> Result<usize, LayerError> {
+        let order = self.blob_order();
+        let first = order.partition_point(|(_, c)| c.compressed_range().start < range.start);
+        let wanted: Vec<(Ino, Chunk, ChunkKey)> = order[first..]
+            .iter()
+            .take_while(|(_, c)| c.compressed_range().end <= range.end)
+            .map(|(ino, c)| (*ino, c.clone(), self.key(*ino, c)))
+            .filter(|(_, _, k)| self.cache.get_in_memory(k).is_none())
+            .collect();
+        let (Some((_, head, _)), Some((_, tail, _))) = (wanted.first(), wanted.last()) else {
+            return Ok(0);
+        };
+        let (start, end) = (head.compressed_range().start, tail.compressed_range().end);
+        let fetched = read(&*self.source, start..end, purpose).await?;
+        self.stats.source_reads.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .source_bytes
+            .fetch_add(end - start, Ordering::Relaxed);
+        let (compression, verify) = (self.compression, self.verify);
+        // One blocking task for the whole range: thousands of small files
+        // would otherwise cost a task hop each.
+        let decoded = tokio::task::spawn_blocking(move || {
+            wanted
+                .into_iter()
+                .map(|(ino, chunk, key)| {
+                    let r = chunk.compressed_range();
+                    let compressed = fetched.slice((r.start - start) as usize..(r.end - start) as usize);
+                    let bytes = decode_chunk(compression, ino, &chunk, &compressed, verify);
+                    (ino, key, bytes)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| LayerError::Task(e.to_string()))?;
+        let mut cached = 0;
+        for (ino, key, bytes) in decoded {
+            match bytes {
+                Ok(v) => {
+                    let ready = async move { Ok::<_, String>(Bytes::from(v)) };
+                    if self.cache.get_or_fetch(key, ready).await.is_ok() {
+                        cached += 1;
+                    }
+                }
+                Err(e) => {
+                    self.stats.bad_chunks.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(ino, error = %e, "streamed chunk failed to decode or verify");
+                }
+            }
+        }
+        Ok(cached)
+    }
+
+    /// Uncached data chunks that end within the amplification window after
+    /// `range`, with their cache keys, in blob order.
+    fn followers(&self, range: &std::ops::Range<u64>) -> Vec<(Ino, Chunk, ChunkKey)> {
+        if self.amplify == 0 {
+            return Vec::new();
+        }
+        let order = self.blob_order();
         let first = order.partition_point(|(_, c)| c.compressed_range().start < range.end);
         let limit = range.end.saturating_add(self.amplify);
         let mut out: Vec<(Ino, Chunk, ChunkKey)> = order[first..]
@@ -465,6 +537,20 @@ impl LayerReader {
             }
         });
     }
+}
+
+/// Cuts chunks in blob order into ranges of at most `window` compressed
+/// bytes each (a larger chunk alone).
+fn windows(order: &[(Ino, Chunk)], window: u64) -> Vec<std::ops::Range<u64>> {
+    let mut out: Vec<std::ops::Range<u64>> = Vec::new();
+    for (_, c) in order {
+        let r = c.compressed_range();
+        match out.last_mut() {
+            Some(last) if r.end.saturating_sub(last.start) <= window => last.end = r.end,
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 async fn read(
@@ -600,6 +686,58 @@ mod tests {
         assert!(got == content, "the bytes read are the file's");
         let bad = layer.stats().bad_chunks.load(Ordering::SeqCst);
         assert_eq!(bad, u64::from(FETCH_ATTEMPTS - 1));
+    }
+
+    #[tokio::test]
+    async fn streamed_windows_cache_every_file_with_one_request_each() {
+        let files: Vec<Vec<u8>> = (0..12u32).map(|i| noise(30_000 + i * 1000)).collect();
+        let mut b = tar::Builder::new(Vec::new());
+        for (i, content) in files.iter().enumerate() {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(content.len() as u64);
+            b.append_data(&mut h, format!("f{i}"), &content[..]).unwrap();
+        }
+        let mut blob = Vec::new();
+        let made = convert(&b.into_inner().unwrap()[..], &mut blob, &WriterOptions::default())
+            .unwrap();
+        let opts = OpenOptions {
+            expected_toc_digest: Some(made.toc_digest),
+            ..OpenOptions::default()
+        };
+        let cache = Arc::new(ChunkCache::new(&ChunkCacheConfig::default(), None));
+        let source = flaky(blob, 0);
+        let layer = LayerReader::open(source.clone(), cache, &opts)
+            .await
+            .unwrap();
+        let whole = layer.stream_windows(u64::MAX);
+        assert_eq!(whole.len(), 1, "{whole:?}");
+        // About a fifth of the data per window: two or three files each.
+        let windows = layer.stream_windows((whole[0].end - whole[0].start) / 5);
+        assert!((5..=7).contains(&windows.len()), "{windows:?}");
+        assert!(windows.windows(2).all(|w| w[0].end <= w[1].start));
+        let f3 = layer.index().lookup_path("f3").unwrap();
+        layer.read(f3, 0, 1).await.unwrap();
+        let before = source.reads.load(Ordering::SeqCst);
+        let mut cached = 0;
+        for w in &windows {
+            cached += layer.cache_range(w.clone(), Purpose::Background).await.unwrap();
+        }
+        let reads = source.reads.load(Ordering::SeqCst) - before;
+        assert!(reads as usize <= windows.len(), "{reads} reads");
+        assert!(cached >= files.len() - 1, "{cached} chunks cached");
+        // Everything is cached now: reading every file asks nothing more.
+        let before = source.reads.load(Ordering::SeqCst);
+        for (i, content) in files.iter().enumerate() {
+            let ino = layer.index().lookup_path(&format!("f{i}")).unwrap();
+            assert!(layer.read(ino, 0, 1 << 20).await.unwrap() == *content);
+        }
+        assert_eq!(source.reads.load(Ordering::SeqCst), before);
+        // A second pass finds nothing left to fetch.
+        for w in &windows {
+            assert_eq!(layer.cache_range(w.clone(), Purpose::Background).await.unwrap(), 0);
+        }
+        assert_eq!(source.reads.load(Ordering::SeqCst), before);
     }
 
     #[tokio::test]
