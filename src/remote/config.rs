@@ -310,7 +310,10 @@ insecure = true
         assert_eq!(c.background_fetch.stream_window_bytes, 4096);
         assert_eq!(c.background_fetch.silence_period_msec, 500);
         let d = BackgroundSection::default();
-        assert_eq!((d.stream_layer_max_bytes, d.stream_window_bytes), (64 << 20, 1 << 20));
+        assert_eq!(
+            (d.stream_layer_max_bytes, d.stream_window_bytes),
+            (64 << 20, 1 << 20)
+        );
         let bad = "[background_fetch]\nstream_layer_max_bytes = \"big\"\n";
         assert!(toml::from_str::<RemoteConfig>(bad).is_err());
     }

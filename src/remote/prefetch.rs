@@ -12,6 +12,7 @@
 
 use std::io;
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -21,17 +22,46 @@ use rstargz_fs::layer::{BlobSource, LayerReader, Purpose};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-/// When an application last waited for the registry.
+/// When an application last waited for the registry, and whether it is
+/// waiting now.
 #[derive(Debug, Default)]
 pub struct Activity {
     last_on_demand: Mutex<Option<Instant>>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// An on-demand registry read in flight; ends when dropped.
+#[derive(Debug)]
+pub struct OnDemand<'a>(&'a Activity);
+
+impl Drop for OnDemand<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl Activity {
-    /// Records an on-demand registry read starting now.
-    pub fn on_demand(&self) {
+    /// Records an on-demand registry read starting now, in flight until
+    /// the returned guard drops.
+    pub fn on_demand(&self) -> OnDemand<'_> {
         if let Ok(mut t) = self.last_on_demand.lock() {
             *t = Some(Instant::now());
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        OnDemand(self)
+    }
+
+    /// Returns once no on-demand read is in flight (at once if none is).
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -230,6 +260,17 @@ pub async fn background_fetch(layer: Arc<LayerReader>, limits: Arc<BackgroundLim
     while tasks.join_next().await.is_some() {}
 }
 
+/// The window to stream next: the first not yet fetched that ends after
+/// `reader_at` (where on-demand reads are: what they will ask for next is
+/// most likely just ahead), else the first not yet fetched.
+fn next_window(windows: &[Range<u64>], done: &[bool], reader_at: u64) -> Option<usize> {
+    let open = |i: &usize| !done[*i];
+    let from = windows.partition_point(|w| w.end <= reader_at);
+    (from..windows.len())
+        .find(open)
+        .or_else(|| (0..from).find(open))
+}
+
 /// Whether a layer is streamed whole as soon as it is mounted: it has no
 /// prioritized region (`prefetch_end` 0, so nothing says what will be read)
 /// and at most `max_layer_bytes` compressed bytes. Reads of such a layer go
@@ -250,11 +291,18 @@ pub fn streams(prefetch_end: u64, blob_size: u64, max_layer_bytes: u64) -> bool 
 /// the background fetch that follows.
 pub async fn stream_layer(layer: Arc<LayerReader>, limits: Arc<BackgroundLimits>, window: u64) {
     let mut tasks = tokio::task::JoinSet::new();
-    for range in layer.stream_windows(window.max(1)) {
+    let windows = layer.stream_windows(window.max(1));
+    let mut done = vec![false; windows.len()];
+    while let Some(next) = next_window(&windows, &done, layer.reader_at()) {
+        done[next] = true;
+        let range = windows[next].clone();
         let Ok(permit) = limits.permits.clone().acquire_owned().await else {
             return;
         };
         limits.wait_rate(range.end - range.start).await;
+        // A window sent while an application waits for the registry would
+        // share the link with it: start the next one between its reads.
+        limits.activity.idle().await;
         let layer = layer.clone();
         tasks.spawn(async move {
             let _permit = permit;
@@ -271,12 +319,49 @@ pub async fn stream_layer(layer: Arc<LayerReader>, limits: Arc<BackgroundLimits>
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn idle_waits_for_on_demand_reads_in_flight() {
+        let activity = Arc::new(Activity::default());
+        activity.idle().await;
+        let reading = activity.on_demand();
+        let waiter = tokio::spawn({
+            let a = activity.clone();
+            async move { a.idle().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "idle while a read is in flight");
+        drop(reading);
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("idle once the read ended")
+            .expect("idle task");
+    }
+
+    #[test]
+    fn streaming_follows_the_reader_then_wraps_around() {
+        let w: Vec<Range<u64>> = (0..5).map(|i| i * 10..i * 10 + 10).collect();
+        let mut done = vec![false; 5];
+        assert_eq!(next_window(&w, &done, 0), Some(0));
+        // The reader jumped to offset 25: the window holding it comes next.
+        assert_eq!(next_window(&w, &done, 25), Some(2));
+        done[2] = true;
+        assert_eq!(next_window(&w, &done, 25), Some(3));
+        done[3] = true;
+        done[4] = true;
+        // Nothing left after the reader: back to the start.
+        assert_eq!(next_window(&w, &done, 25), Some(0));
+        assert_eq!(next_window(&w, &[true; 5], 25), None);
+    }
+
     #[test]
     fn only_small_layers_without_a_prioritized_region_stream() {
         assert!(streams(0, 10 << 20, 64 << 20));
         assert!(streams(0, 64 << 20, 64 << 20));
         assert!(!streams(0, (64 << 20) + 1, 64 << 20), "too large");
-        assert!(!streams(4096, 10 << 20, 64 << 20), "has a prioritized region");
+        assert!(
+            !streams(4096, 10 << 20, 64 << 20),
+            "has a prioritized region"
+        );
         assert!(!streams(0, 10 << 20, 0), "streaming off");
     }
 
@@ -298,7 +383,7 @@ mod tests {
         assert!(start.elapsed() < Duration::from_millis(2100));
 
         let unbounded = BackgroundLimits::new(2, 0, Duration::from_millis(500), activity.clone());
-        activity.on_demand();
+        drop(activity.on_demand());
         let start = Instant::now();
         unbounded.wait_turn(1 << 30).await;
         // Paused until the application has been quiet for the silence period.

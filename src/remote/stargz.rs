@@ -523,8 +523,8 @@ impl StargzFs {
         }
         let limit = self.background.clone();
         let section = &self.config.background_fetch;
-        let stream = background
-            && prefetch::streams(end, layer.blob_size(), section.stream_layer_max_bytes);
+        let stream =
+            background && prefetch::streams(end, layer.blob_size(), section.stream_layer_max_bytes);
         let window = section.stream_window_bytes;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {

@@ -100,6 +100,9 @@ pub struct LayerReader {
     amplify: u64,
     /// Every data chunk in blob order, built at the first amplified fetch.
     blob_order: std::sync::OnceLock<Vec<(Ino, Chunk)>>,
+    /// Compressed end of the latest on-demand fetch (0: none yet): where
+    /// the reader is in the blob, for streaming ahead of it.
+    reader_at: AtomicU64,
 }
 
 impl std::fmt::Debug for LayerReader {
@@ -157,6 +160,7 @@ impl LayerReader {
             stats: LayerStats::default(),
             amplify: 0,
             blob_order: std::sync::OnceLock::new(),
+            reader_at: AtomicU64::new(0),
         })
     }
 
@@ -325,6 +329,12 @@ impl LayerReader {
         } else {
             Vec::new()
         };
+        if purpose == Purpose::OnDemand {
+            let end = followers
+                .last()
+                .map_or(range.end, |(_, c, _)| c.compressed_range().end);
+            self.reader_at.store(end, Ordering::Relaxed);
+        }
         let mut attempt = 1;
         loop {
             let end = followers
@@ -425,10 +435,19 @@ impl LayerReader {
         windows(self.blob_order(), window)
     }
 
+    /// Compressed offset just past the latest on-demand fetch (0 before
+    /// the first): streaming goes on from there, where the reader is.
+    pub fn reader_at(&self) -> u64 {
+        self.reader_at.load(Ordering::Relaxed)
+    }
+
     /// Fetches the chunks inside compressed `range` that are not cached yet
     /// in one request (trimmed to the first and last of them), then decodes,
-    /// verifies and caches them. Returns how many were cached; a chunk that
-    /// fails to decode is left out (an on-demand read fetches it again).
+    /// verifies and caches them. The chunks are in flight in the cache
+    /// meanwhile, so an on-demand read of one of them waits for this
+    /// request instead of sending its own. Returns how many chunks this
+    /// call cached; a chunk that fails to decode is left out (an on-demand
+    /// read fetches it again).
     pub async fn cache_range(
         &self,
         range: std::ops::Range<u64>,
@@ -446,43 +465,72 @@ impl LayerReader {
             return Ok(0);
         };
         let (start, end) = (head.compressed_range().start, tail.compressed_range().end);
-        let fetched = read(&*self.source, start..end, purpose).await?;
-        self.stats.source_reads.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .source_bytes
-            .fetch_add(end - start, Ordering::Relaxed);
-        let (compression, verify) = (self.compression, self.verify);
-        // One blocking task for the whole range: thousands of small files
-        // would otherwise cost a task hop each.
-        let decoded = tokio::task::spawn_blocking(move || {
-            wanted
-                .into_iter()
-                .map(|(ino, chunk, key)| {
-                    let r = chunk.compressed_range();
-                    let compressed = fetched.slice((r.start - start) as usize..(r.end - start) as usize);
-                    let bytes = decode_chunk(compression, ino, &chunk, &compressed, verify);
-                    (ino, key, bytes)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| LayerError::Task(e.to_string()))?;
-        let mut cached = 0;
-        for (ino, key, bytes) in decoded {
-            match bytes {
-                Ok(v) => {
-                    let ready = async move { Ok::<_, String>(Bytes::from(v)) };
-                    if self.cache.get_or_fetch(key, ready).await.is_ok() {
-                        cached += 1;
-                    }
-                }
-                Err(e) => {
+        // The request goes out when the first chunk's cache entry runs its
+        // fetch; entries another reader already has in flight never ask.
+        let window: tokio::sync::OnceCell<Result<Vec<Result<Bytes, String>>, String>> =
+            tokio::sync::OnceCell::new();
+        let fetch_window = || async {
+            let fetched = read(&*self.source, start..end, purpose)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.stats.source_reads.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .source_bytes
+                .fetch_add(end - start, Ordering::Relaxed);
+            let (compression, verify) = (self.compression, self.verify);
+            let chunks: Vec<(Ino, Chunk)> =
+                wanted.iter().map(|(i, c, _)| (*i, c.clone())).collect();
+            // One blocking task for the whole range: thousands of small
+            // files would otherwise cost a task hop each.
+            tokio::task::spawn_blocking(move || {
+                chunks
+                    .into_iter()
+                    .map(|(ino, chunk)| {
+                        let r = chunk.compressed_range();
+                        let compressed =
+                            fetched.slice((r.start - start) as usize..(r.end - start) as usize);
+                        decode_chunk(compression, ino, &chunk, &compressed, verify)
+                            .map(Bytes::from)
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| e.to_string())
+        };
+        let window = &window;
+        let fetch_window = &fetch_window;
+        let entries = wanted
+            .iter()
+            .enumerate()
+            .map(|(i, (ino, _, key))| async move {
+                let mut ran = false;
+                let got = self
+                    .cache
+                    .get_or_fetch(*key, async {
+                        ran = true;
+                        match window.get_or_init(fetch_window).await {
+                            Ok(chunks) => chunks.get(i).cloned().unwrap_or_else(|| {
+                                Err("chunk missing from its window".to_string())
+                            }),
+                            Err(e) => Err(e.clone()),
+                        }
+                    })
+                    .await;
+                if let Err(e) = &got
+                    && ran
+                    && matches!(window.get(), Some(Ok(_)))
+                {
                     self.stats.bad_chunks.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(ino, error = %e, "streamed chunk failed to decode or verify");
+                    tracing::debug!(ino, error = %e, "streamed chunk failed");
                 }
-            }
+                got.is_ok() && ran
+            });
+        let done = futures_util::future::join_all(entries).await;
+        match window.get() {
+            Some(Err(e)) => Err(LayerError::Task(e.clone())),
+            _ => Ok(done.into_iter().filter(|cached| *cached).count()),
         }
-        Ok(cached)
     }
 
     /// Uncached data chunks that end within the amplification window after
@@ -696,11 +744,16 @@ mod tests {
             let mut h = tar::Header::new_gnu();
             h.set_mode(0o644);
             h.set_size(content.len() as u64);
-            b.append_data(&mut h, format!("f{i}"), &content[..]).unwrap();
+            b.append_data(&mut h, format!("f{i}"), &content[..])
+                .unwrap();
         }
         let mut blob = Vec::new();
-        let made = convert(&b.into_inner().unwrap()[..], &mut blob, &WriterOptions::default())
-            .unwrap();
+        let made = convert(
+            &b.into_inner().unwrap()[..],
+            &mut blob,
+            &WriterOptions::default(),
+        )
+        .unwrap();
         let opts = OpenOptions {
             expected_toc_digest: Some(made.toc_digest),
             ..OpenOptions::default()
@@ -721,7 +774,10 @@ mod tests {
         let before = source.reads.load(Ordering::SeqCst);
         let mut cached = 0;
         for w in &windows {
-            cached += layer.cache_range(w.clone(), Purpose::Background).await.unwrap();
+            cached += layer
+                .cache_range(w.clone(), Purpose::Background)
+                .await
+                .unwrap();
         }
         let reads = source.reads.load(Ordering::SeqCst) - before;
         assert!(reads as usize <= windows.len(), "{reads} reads");
@@ -735,7 +791,13 @@ mod tests {
         assert_eq!(source.reads.load(Ordering::SeqCst), before);
         // A second pass finds nothing left to fetch.
         for w in &windows {
-            assert_eq!(layer.cache_range(w.clone(), Purpose::Background).await.unwrap(), 0);
+            assert_eq!(
+                layer
+                    .cache_range(w.clone(), Purpose::Background)
+                    .await
+                    .unwrap(),
+                0
+            );
         }
         assert_eq!(source.reads.load(Ordering::SeqCst), before);
     }

@@ -180,7 +180,8 @@ pub fn start_snapshotter(
             std::fs::write(
                 &config,
                 format!(
-                    "{top}[resolver]\ndocker_config = \"{}\"\n",
+                    "{top}{}\n[resolver]\ndocker_config = \"{}\"\n",
+                    std::env::var("RSTARGZ_BENCH_CONFIG").unwrap_or_default(),
                     dir.join("no-docker-config.json").display()
                 ),
             )?;
