@@ -4,7 +4,8 @@
 //! `.prefetch.landmark`, or the label's/config's size for layers without
 //! landmarks) as one range read, then decodes and caches every chunk in it,
 //! so the prioritized files read with no further fetch. Background fetch
-//! then walks the rest of the layer chunk by chunk at the lowest priority:
+//! then walks the rest of the layer in windows of several chunks at the
+//! lowest priority:
 //! the registry's priority gate lets on-demand reads overtake it, and a
 //! semaphore shared by all layers bounds how many chunks are in flight.
 //! A small layer without a prioritized region is instead streamed whole
@@ -238,26 +239,12 @@ pub async fn prefetch(layer: &LayerReader, source: &BufferedSource, end: u64) ->
     Ok(cached)
 }
 
-/// Fetches every chunk not yet cached at background priority within `limits`.
-pub async fn background_fetch(layer: Arc<LayerReader>, limits: Arc<BackgroundLimits>) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (ino, chunk) in all_chunks(&layer) {
-        let range = chunk.compressed_range();
-        let Ok(permit) = limits.permits.clone().acquire_owned().await else {
-            return;
-        };
-        limits.wait_turn(range.end - range.start).await;
-        let layer = layer.clone();
-        tasks.spawn(async move {
-            let _permit = permit;
-            if let Err(e) = layer.chunk(ino, &chunk, Purpose::Background).await {
-                tracing::debug!(ino, error = %e, "background fetch of a chunk failed");
-            }
-        });
-        // Reap finished tasks so the set stays small.
-        while tasks.try_join_next().is_some() {}
-    }
-    while tasks.join_next().await.is_some() {}
+/// Fetches every chunk not yet cached at background priority within
+/// `limits`, in blob order, `window` compressed bytes per request (a layer
+/// of small files costs a few requests, not one per file), each window
+/// only once on-demand reads have been silent for the silence period.
+pub async fn background_fetch(layer: Arc<LayerReader>, limits: Arc<BackgroundLimits>, window: u64) {
+    fetch_windows(layer, limits, window, false).await;
 }
 
 /// The window to stream next: the first not yet fetched that ends after
@@ -282,34 +269,54 @@ pub fn streams(prefetch_end: u64, blob_size: u64, max_layer_bytes: u64) -> bool 
     prefetch_end == 0 && blob_size <= max_layer_bytes
 }
 
-/// Fetches the whole layer in blob order, `window` compressed bytes per
-/// request, at background priority: the registry's priority gate lets
-/// on-demand reads start first, but unlike [`background_fetch`] this does
-/// not wait for on-demand reads to fall silent, so it overlaps the reads
-/// that would otherwise each pay a round trip. Chunks already cached are
-/// not fetched again; a failed window is left to on-demand reads and to
-/// the background fetch that follows.
+/// Fetches the whole layer, `window` compressed bytes per request, at
+/// background priority, starting where on-demand reads are and going on
+/// from there: the registry's priority gate lets on-demand reads start
+/// first, and unlike [`background_fetch`] this does not wait for them to
+/// fall silent, so it overlaps the reads that would otherwise each pay a
+/// round trip. Chunks already cached are not fetched again; a failed
+/// window is left to on-demand reads and to the background fetch that
+/// follows.
 pub async fn stream_layer(layer: Arc<LayerReader>, limits: Arc<BackgroundLimits>, window: u64) {
+    fetch_windows(layer, limits, window, true).await;
+}
+
+/// The loop of [`background_fetch`] and (`streaming`) [`stream_layer`].
+async fn fetch_windows(
+    layer: Arc<LayerReader>,
+    limits: Arc<BackgroundLimits>,
+    window: u64,
+    streaming: bool,
+) {
     let mut tasks = tokio::task::JoinSet::new();
     let windows = layer.stream_windows(window.max(1));
     let mut done = vec![false; windows.len()];
-    while let Some(next) = next_window(&windows, &done, layer.reader_at()) {
+    loop {
+        let reader_at = if streaming { layer.reader_at() } else { 0 };
+        let Some(next) = next_window(&windows, &done, reader_at) else {
+            break;
+        };
         done[next] = true;
         let range = windows[next].clone();
         let Ok(permit) = limits.permits.clone().acquire_owned().await else {
             return;
         };
-        limits.wait_rate(range.end - range.start).await;
-        // A window sent while an application waits for the registry would
-        // share the link with it: start the next one between its reads.
-        limits.activity.idle().await;
+        if streaming {
+            limits.wait_rate(range.end - range.start).await;
+            // A window sent while an application waits for the registry
+            // would share the link with it: start it between its reads.
+            limits.activity.idle().await;
+        } else {
+            limits.wait_turn(range.end - range.start).await;
+        }
         let layer = layer.clone();
         tasks.spawn(async move {
             let _permit = permit;
             if let Err(e) = layer.cache_range(range, Purpose::Background).await {
-                tracing::debug!(error = %e, "streaming a window of the layer failed");
+                tracing::debug!(error = %e, "background fetch of a window failed");
             }
         });
+        // Reap finished tasks so the set stays small.
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}

@@ -540,7 +540,7 @@ impl StargzFs {
                 prefetch::stream_layer(layer.clone(), limit.clone(), window).await;
             }
             if background {
-                prefetch::background_fetch(layer, limit).await;
+                prefetch::background_fetch(layer, limit, window).await;
             }
         });
         let wait = Duration::from_secs(self.config.prefetch_timeout_sec);
