@@ -100,6 +100,9 @@ pub struct LayerReader {
     amplify: u64,
     /// Every data chunk in blob order, built at the first amplified fetch.
     blob_order: std::sync::OnceLock<Vec<(Ino, Chunk)>>,
+    /// Compressed end of the latest on-demand fetch (0: none yet): where
+    /// the reader is in the blob, for streaming ahead of it.
+    reader_at: AtomicU64,
 }
 
 impl std::fmt::Debug for LayerReader {
@@ -157,6 +160,7 @@ impl LayerReader {
             stats: LayerStats::default(),
             amplify: 0,
             blob_order: std::sync::OnceLock::new(),
+            reader_at: AtomicU64::new(0),
         })
     }
 
@@ -336,6 +340,12 @@ impl LayerReader {
         } else {
             Vec::new()
         };
+        if purpose == Purpose::OnDemand {
+            let end = followers
+                .last()
+                .map_or(range.end, |(_, c, _)| c.compressed_range().end);
+            self.reader_at.store(end, Ordering::Relaxed);
+        }
         let mut attempt = 1;
         loop {
             let end = followers
@@ -410,13 +420,10 @@ async fn read_footer_and_toc(
 }
 
 impl LayerReader {
-    /// Uncached data chunks that end within the amplification window after
-    /// `range`, with their cache keys, in blob order.
-    fn followers(&self, range: &std::ops::Range<u64>) -> Vec<(Ino, Chunk, ChunkKey)> {
-        if self.amplify == 0 {
-            return Vec::new();
-        }
-        let order = self.blob_order.get_or_init(|| {
+    /// Every data chunk in blob order (hard links share chunks: each
+    /// compressed range once).
+    fn blob_order(&self) -> &[(Ino, Chunk)] {
+        self.blob_order.get_or_init(|| {
             let mut all: Vec<(Ino, Chunk)> = (1..=self.index.len() as Ino)
                 .flat_map(|ino| {
                     self.index
@@ -427,10 +434,123 @@ impl LayerReader {
                 })
                 .collect();
             all.sort_by_key(|(_, c)| c.compressed_range().start);
-            // Hard links share chunks.
             all.dedup_by_key(|(_, c)| c.compressed_range().start);
             all
-        });
+        })
+    }
+
+    /// The layer's data cut into compressed ranges of about `window` bytes
+    /// (a chunk larger than `window` is a range of its own), in blob order:
+    /// one range request each when the whole layer is streamed.
+    pub fn stream_windows(&self, window: u64) -> Vec<std::ops::Range<u64>> {
+        windows(self.blob_order(), window)
+    }
+
+    /// Compressed offset just past the latest on-demand fetch (0 before
+    /// the first): streaming goes on from there, where the reader is.
+    pub fn reader_at(&self) -> u64 {
+        self.reader_at.load(Ordering::Relaxed)
+    }
+
+    /// Fetches the chunks inside compressed `range` that are not cached yet
+    /// in one request (trimmed to the first and last of them), then decodes,
+    /// verifies and caches them. The chunks are in flight in the cache
+    /// meanwhile, so an on-demand read of one of them waits for this
+    /// request instead of sending its own. Returns how many chunks this
+    /// call cached; a chunk that fails to decode is left out (an on-demand
+    /// read fetches it again).
+    pub async fn cache_range(
+        &self,
+        range: std::ops::Range<u64>,
+        purpose: Purpose,
+    ) -> Result<usize, LayerError> {
+        let order = self.blob_order();
+        let first = order.partition_point(|(_, c)| c.compressed_range().start < range.start);
+        let wanted: Vec<(Ino, Chunk, ChunkKey)> = order[first..]
+            .iter()
+            .take_while(|(_, c)| c.compressed_range().end <= range.end)
+            .map(|(ino, c)| (*ino, c.clone(), self.key(*ino, c)))
+            .filter(|(_, _, k)| self.cache.get_in_memory(k).is_none())
+            .collect();
+        let (Some((_, head, _)), Some((_, tail, _))) = (wanted.first(), wanted.last()) else {
+            return Ok(0);
+        };
+        let (start, end) = (head.compressed_range().start, tail.compressed_range().end);
+        // The request goes out when the first chunk's cache entry runs its
+        // fetch; entries another reader already has in flight never ask.
+        let window: tokio::sync::OnceCell<Result<Vec<Result<Bytes, String>>, String>> =
+            tokio::sync::OnceCell::new();
+        let fetch_window = || async {
+            let fetched = read(&*self.source, start..end, purpose)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.stats.source_reads.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .source_bytes
+                .fetch_add(end - start, Ordering::Relaxed);
+            let (compression, verify) = (self.compression, self.verify);
+            let chunks: Vec<(Ino, Chunk)> =
+                wanted.iter().map(|(i, c, _)| (*i, c.clone())).collect();
+            // One blocking task for the whole range: thousands of small
+            // files would otherwise cost a task hop each.
+            tokio::task::spawn_blocking(move || {
+                chunks
+                    .into_iter()
+                    .map(|(ino, chunk)| {
+                        let r = chunk.compressed_range();
+                        let compressed =
+                            fetched.slice((r.start - start) as usize..(r.end - start) as usize);
+                        decode_chunk(compression, ino, &chunk, &compressed, verify)
+                            .map(Bytes::from)
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| e.to_string())
+        };
+        let window = &window;
+        let fetch_window = &fetch_window;
+        let entries = wanted
+            .iter()
+            .enumerate()
+            .map(|(i, (ino, _, key))| async move {
+                let mut ran = false;
+                let got = self
+                    .cache
+                    .get_or_fetch(*key, async {
+                        ran = true;
+                        match window.get_or_init(fetch_window).await {
+                            Ok(chunks) => chunks.get(i).cloned().unwrap_or_else(|| {
+                                Err("chunk missing from its window".to_string())
+                            }),
+                            Err(e) => Err(e.clone()),
+                        }
+                    })
+                    .await;
+                if let Err(e) = &got
+                    && ran
+                    && matches!(window.get(), Some(Ok(_)))
+                {
+                    self.stats.bad_chunks.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(ino, error = %e, "streamed chunk failed");
+                }
+                got.is_ok() && ran
+            });
+        let done = futures_util::future::join_all(entries).await;
+        match window.get() {
+            Some(Err(e)) => Err(LayerError::Task(e.clone())),
+            _ => Ok(done.into_iter().filter(|cached| *cached).count()),
+        }
+    }
+
+    /// Uncached data chunks that end within the amplification window after
+    /// `range`, with their cache keys, in blob order.
+    fn followers(&self, range: &std::ops::Range<u64>) -> Vec<(Ino, Chunk, ChunkKey)> {
+        if self.amplify == 0 {
+            return Vec::new();
+        }
+        let order = self.blob_order();
         let first = order.partition_point(|(_, c)| c.compressed_range().start < range.end);
         let limit = range.end.saturating_add(self.amplify);
         let mut out: Vec<(Ino, Chunk, ChunkKey)> = order[first..]
@@ -476,6 +596,20 @@ impl LayerReader {
             }
         });
     }
+}
+
+/// Cuts chunks in blob order into ranges of at most `window` compressed
+/// bytes each (a larger chunk alone).
+fn windows(order: &[(Ino, Chunk)], window: u64) -> Vec<std::ops::Range<u64>> {
+    let mut out: Vec<std::ops::Range<u64>> = Vec::new();
+    for (_, c) in order {
+        let r = c.compressed_range();
+        match out.last_mut() {
+            Some(last) if r.end.saturating_sub(last.start) <= window => last.end = r.end,
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 async fn read(
@@ -714,6 +848,72 @@ mod tests {
         assert!(got == content, "the bytes read are the file's");
         let bad = layer.stats().bad_chunks.load(Ordering::SeqCst);
         assert_eq!(bad, u64::from(FETCH_ATTEMPTS - 1));
+    }
+
+    #[tokio::test]
+    async fn streamed_windows_cache_every_file_with_one_request_each() {
+        let files: Vec<Vec<u8>> = (0..12u32).map(|i| noise(30_000 + i * 1000)).collect();
+        let mut b = tar::Builder::new(Vec::new());
+        for (i, content) in files.iter().enumerate() {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(content.len() as u64);
+            b.append_data(&mut h, format!("f{i}"), &content[..])
+                .unwrap();
+        }
+        let mut blob = Vec::new();
+        let made = convert(
+            &b.into_inner().unwrap()[..],
+            &mut blob,
+            &WriterOptions::default(),
+        )
+        .unwrap();
+        let opts = OpenOptions {
+            expected_toc_digest: Some(made.toc_digest),
+            ..OpenOptions::default()
+        };
+        let cache = Arc::new(ChunkCache::new(&ChunkCacheConfig::default(), None));
+        let source = flaky(blob, 0);
+        let layer = LayerReader::open(source.clone(), cache, &opts)
+            .await
+            .unwrap();
+        let whole = layer.stream_windows(u64::MAX);
+        assert_eq!(whole.len(), 1, "{whole:?}");
+        // About a fifth of the data per window: two or three files each.
+        let windows = layer.stream_windows((whole[0].end - whole[0].start) / 5);
+        assert!((5..=7).contains(&windows.len()), "{windows:?}");
+        assert!(windows.windows(2).all(|w| w[0].end <= w[1].start));
+        let f3 = layer.index().lookup_path("f3").unwrap();
+        layer.read(f3, 0, 1).await.unwrap();
+        let before = source.reads.load(Ordering::SeqCst);
+        let mut cached = 0;
+        for w in &windows {
+            cached += layer
+                .cache_range(w.clone(), Purpose::Background)
+                .await
+                .unwrap();
+        }
+        let reads = source.reads.load(Ordering::SeqCst) - before;
+        assert!(reads as usize <= windows.len(), "{reads} reads");
+        assert!(cached >= files.len() - 1, "{cached} chunks cached");
+        // Everything is cached now: reading every file asks nothing more.
+        let before = source.reads.load(Ordering::SeqCst);
+        for (i, content) in files.iter().enumerate() {
+            let ino = layer.index().lookup_path(&format!("f{i}")).unwrap();
+            assert!(layer.read(ino, 0, 1 << 20).await.unwrap() == *content);
+        }
+        assert_eq!(source.reads.load(Ordering::SeqCst), before);
+        // A second pass finds nothing left to fetch.
+        for w in &windows {
+            assert_eq!(
+                layer
+                    .cache_range(w.clone(), Purpose::Background)
+                    .await
+                    .unwrap(),
+                0
+            );
+        }
+        assert_eq!(source.reads.load(Ordering::SeqCst), before);
     }
 
     #[tokio::test]
