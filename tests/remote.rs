@@ -439,17 +439,19 @@ async fn prefetched_files_read_without_fetching() {
     daemon.stop();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn background_fetch_fills_the_whole_layer() {
+/// Ranged GETs the background fetch of `lower_layer` took under `config`,
+/// after checking that it fetched the whole layer.
+async fn ranged_requests_to_fill_the_layer(config: &str) -> usize {
     let registry = TestRegistry::start().await;
     let proxy = FaultProxy::start(registry.addr).await;
     let reference = format!("{}/remote/background:latest", proxy.host());
     let layers = vec![lower_layer()];
     let digests = push_image(&reference, &layers).await;
     let dir = tempfile::tempdir().unwrap();
-    let daemon = start_daemon_with(dir.path(), "max_concurrency = 2\n");
+    let daemon = start_daemon_with(dir.path(), config);
     let mut c = daemon.client().await;
     let before = proxy.bytes_sent();
+    proxy.clear_seen();
     let parent = prepare_remote_chain(&mut c, &reference, &layers, &digests).await;
     let lowers = lowerdirs(&prepare(&mut c, "container", &parent, &[]).await.unwrap());
     let blob_size = layers[0].blob.len() as u64;
@@ -470,6 +472,26 @@ async fn background_fetch_fills_the_whole_layer() {
     remove(&mut c, "container").await.unwrap();
     remove(&mut c, "chain-0").await.unwrap();
     daemon.stop();
+    requests
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_fetch_fills_the_whole_layer() {
+    // Streaming off: the silence-gated background fetch, in windows too.
+    let config = "max_concurrency = 2\n[background_fetch]\nstream_layer_max_bytes = 0\n\
+                  stream_window_bytes = 262144\n";
+    let requests = ranged_requests_to_fill_the_layer(config).await;
+    // 256 KiB windows hold one compressed 256 KiB chunk each.
+    assert!(requests >= BIG / (256 << 10), "{requests} requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_layer_without_a_prioritized_list_is_streamed_in_windows() {
+    // Defaults: the layer has no landmark and is small, so it is streamed
+    // in 1 MiB windows (three compressed 256 KiB chunks each: 11 windows)
+    // plus the probes, footer and TOC: half the chunk-by-chunk requests.
+    let requests = ranged_requests_to_fill_the_layer("").await;
+    assert!(requests <= BIG / (512 << 10), "{requests} requests");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

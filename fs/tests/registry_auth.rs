@@ -218,3 +218,27 @@ async fn identity_token_is_exchanged_with_oauth2_refresh_grant() {
     assert_eq!(token_request.method, "POST");
     assert!(!format!("{registry:?}").contains("refresh-me"));
 }
+
+#[tokio::test]
+async fn endless_token_response_is_cut_off_at_the_cap() {
+    let reg = TestRegistry::start().await;
+    let proxy = FaultProxy::start(reg.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new(test_config(&dir.path().join("none.json"))).unwrap();
+    let digest = push_anonymously(&reg, "endless/blob", b"never read").await;
+    proxy.require_tokens(TokenAuth {
+        user_password: None,
+        refresh_token: None,
+    });
+    proxy.endless_token_responses();
+    let reference = Reference::parse(&format!("{}/endless/blob", proxy.host())).unwrap();
+    let err = registry
+        .open_blob(&reference, &digest, Some(10))
+        .await
+        .unwrap_err();
+    // Not a timeout after buffering whatever arrived: a protocol error at 1 MiB.
+    assert!(
+        matches!(&err, RegistryError::Protocol { reason, .. } if reason.contains("larger than")),
+        "{err}"
+    );
+}

@@ -121,6 +121,10 @@ struct ColdStartArgs {
     /// Only the shaped link.
     #[arg(long)]
     shaped_only: bool,
+    /// Run both lazy snapshotters with `no_background_fetch = true` (only
+    /// what pull and workload ask for is fetched) instead of their defaults.
+    #[arg(long)]
+    no_background_fetch: bool,
     /// The Go reference daemon.
     #[arg(long, default_value = "/usr/local/bin/containerd-stargz-grpc")]
     go_reference: PathBuf,
@@ -316,6 +320,7 @@ fn cold_start(a: ColdStartArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let opts = coldstart::Options {
         modes,
+        background_fetch: !a.no_background_fetch,
         work: a.work,
         out: a.out.clone(),
         images,

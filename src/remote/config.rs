@@ -75,6 +75,12 @@ pub struct BackgroundSection {
     /// Background fetching waits until no on-demand read has gone to a
     /// registry for this long (ms).
     pub silence_period_msec: u64,
+    /// A layer without a prioritized region and at most this many
+    /// compressed bytes is streamed whole right after its mount, without
+    /// waiting for silence (0: never).
+    pub stream_layer_max_bytes: u64,
+    /// Compressed bytes per request when a layer is streamed.
+    pub stream_window_bytes: u64,
 }
 
 impl Default for BackgroundSection {
@@ -82,6 +88,8 @@ impl Default for BackgroundSection {
         BackgroundSection {
             max_bytes_per_sec: 0,
             silence_period_msec: 500,
+            stream_layer_max_bytes: 64 << 20,
+            stream_window_bytes: 1 << 20,
         }
     }
 }
@@ -289,5 +297,24 @@ insecure = true
         assert_eq!(r.fetch_timeout, Duration::from_secs(7));
         assert_eq!(r.hosts.mirrors["docker.io"][0].host, "mirror.example:5000");
         assert!(toml::from_str::<RemoteConfig>("noprefetch = 3").is_err());
+        assert_eq!(c.background_fetch, BackgroundSection::default());
+    }
+
+    #[test]
+    fn layer_streaming_keys_parse() {
+        let c: RemoteConfig = toml::from_str(
+            "[background_fetch]\nstream_layer_max_bytes = 0\nstream_window_bytes = 4096\n",
+        )
+        .unwrap();
+        assert_eq!(c.background_fetch.stream_layer_max_bytes, 0);
+        assert_eq!(c.background_fetch.stream_window_bytes, 4096);
+        assert_eq!(c.background_fetch.silence_period_msec, 500);
+        let d = BackgroundSection::default();
+        assert_eq!(
+            (d.stream_layer_max_bytes, d.stream_window_bytes),
+            (64 << 20, 1 << 20)
+        );
+        let bad = "[background_fetch]\nstream_layer_max_bytes = \"big\"\n";
+        assert!(toml::from_str::<RemoteConfig>(bad).is_err());
     }
 }

@@ -4,12 +4,16 @@
 //! `.prefetch.landmark`, or the label's/config's size for layers without
 //! landmarks) as one range read, then decodes and caches every chunk in it,
 //! so the prioritized files read with no further fetch. Background fetch
-//! then walks the rest of the layer chunk by chunk at the lowest priority:
+//! then walks the rest of the layer in windows of several chunks at the
+//! lowest priority:
 //! the registry's priority gate lets on-demand reads overtake it, and a
 //! semaphore shared by all layers bounds how many chunks are in flight.
+//! A small layer without a prioritized region is instead streamed whole
+//! right after its mount ([`stream_layer`]), without waiting for silence.
 
 use std::io;
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -19,17 +23,46 @@ use rstargz_fs::layer::{BlobSource, LayerReader, Purpose};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-/// When an application last waited for the registry.
+/// When an application last waited for the registry, and whether it is
+/// waiting now.
 #[derive(Debug, Default)]
 pub struct Activity {
     last_on_demand: Mutex<Option<Instant>>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// An on-demand registry read in flight; ends when dropped.
+#[derive(Debug)]
+pub struct OnDemand<'a>(&'a Activity);
+
+impl Drop for OnDemand<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl Activity {
-    /// Records an on-demand registry read starting now.
-    pub fn on_demand(&self) {
+    /// Records an on-demand registry read starting now, in flight until
+    /// the returned guard drops.
+    pub fn on_demand(&self) -> OnDemand<'_> {
         if let Ok(mut t) = self.last_on_demand.lock() {
             *t = Some(Instant::now());
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        OnDemand(self)
+    }
+
+    /// Returns once no on-demand read is in flight (at once if none is).
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -76,6 +109,11 @@ impl BackgroundLimits {
             }
             tokio::time::sleep(self.silence - quiet).await;
         }
+        self.wait_rate(bytes).await;
+    }
+
+    /// Waits until `bytes` more fit the bandwidth bound.
+    async fn wait_rate(&self, bytes: u64) {
         if self.bytes_per_sec == 0 {
             return;
         }
@@ -162,13 +200,31 @@ fn all_chunks(layer: &LayerReader) -> Vec<(Ino, Chunk)> {
     out
 }
 
-/// The compressed prefix to prefetch: the landmark's, else `default_size`.
+/// Largest compressed prefix prefetched: it is read into one buffer, and
+/// the landmark's offset comes from the layer. Chunks past it are left to
+/// background fetch and on-demand reads.
+pub const MAX_PREFETCH: u64 = 256 << 20;
+
+/// The compressed prefix to prefetch: the landmark's, else `default_size`,
+/// at most [`MAX_PREFETCH`].
 pub fn prefetch_end(layer: &LayerReader, default_size: u64) -> u64 {
-    match layer.index().prefetch() {
+    capped_prefetch_end(layer.index().prefetch(), default_size, layer.blob_size())
+}
+
+fn capped_prefetch_end(prefetch: Prefetch, default_size: u64, blob_size: u64) -> u64 {
+    let end = match prefetch {
         Prefetch::Range { end } => end,
         Prefetch::Disabled => 0,
-        Prefetch::Unknown => default_size.min(layer.blob_size()),
+        Prefetch::Unknown => default_size.min(blob_size),
+    };
+    if end > MAX_PREFETCH {
+        tracing::warn!(
+            wanted = end,
+            cap = MAX_PREFETCH,
+            "prefetch region larger than the cap; prefetching only its start"
+        );
     }
+    end.min(MAX_PREFETCH)
 }
 
 /// Fetches `[0, end)` in one range read and caches every chunk inside it.
@@ -201,20 +257,81 @@ pub async fn prefetch(layer: &LayerReader, source: &BufferedSource, end: u64) ->
     Ok(cached)
 }
 
-/// Fetches every chunk not yet cached at background priority within `limits`.
-pub async fn background_fetch(layer: Arc<LayerReader>, limits: Arc<BackgroundLimits>) {
+/// Fetches every chunk not yet cached at background priority within
+/// `limits`, in blob order, `window` compressed bytes per request (a layer
+/// of small files costs a few requests, not one per file), each window
+/// only once on-demand reads have been silent for the silence period.
+pub async fn background_fetch(layer: Arc<LayerReader>, limits: Arc<BackgroundLimits>, window: u64) {
+    fetch_windows(layer, limits, window, false).await;
+}
+
+/// The window to stream next: the first not yet fetched that ends after
+/// `reader_at` (where on-demand reads are: what they will ask for next is
+/// most likely just ahead), else the first not yet fetched.
+fn next_window(windows: &[Range<u64>], done: &[bool], reader_at: u64) -> Option<usize> {
+    let open = |i: &usize| !done[*i];
+    let from = windows.partition_point(|w| w.end <= reader_at);
+    (from..windows.len())
+        .find(open)
+        .or_else(|| (0..from).find(open))
+}
+
+/// Whether a layer is streamed whole as soon as it is mounted: it has no
+/// prioritized region (`prefetch_end` 0, so nothing says what will be read)
+/// and at most `max_layer_bytes` compressed bytes. Reads of such a layer go
+/// file after file (imports, shared libraries), each a round trip when
+/// fetched on demand, while the whole layer costs little more than what is
+/// read; a larger layer is more likely read sparsely (a few big files) and
+/// is left to on-demand reads and the silence-gated background fetch.
+pub fn streams(prefetch_end: u64, blob_size: u64, max_layer_bytes: u64) -> bool {
+    prefetch_end == 0 && blob_size <= max_layer_bytes
+}
+
+/// Fetches the whole layer, `window` compressed bytes per request, at
+/// background priority, starting where on-demand reads are and going on
+/// from there: the registry's priority gate lets on-demand reads start
+/// first, and unlike [`background_fetch`] this does not wait for them to
+/// fall silent, so it overlaps the reads that would otherwise each pay a
+/// round trip. Chunks already cached are not fetched again; a failed
+/// window is left to on-demand reads and to the background fetch that
+/// follows.
+pub async fn stream_layer(layer: Arc<LayerReader>, limits: Arc<BackgroundLimits>, window: u64) {
+    fetch_windows(layer, limits, window, true).await;
+}
+
+/// The loop of [`background_fetch`] and (`streaming`) [`stream_layer`].
+async fn fetch_windows(
+    layer: Arc<LayerReader>,
+    limits: Arc<BackgroundLimits>,
+    window: u64,
+    streaming: bool,
+) {
     let mut tasks = tokio::task::JoinSet::new();
-    for (ino, chunk) in all_chunks(&layer) {
-        let range = chunk.compressed_range();
+    let windows = layer.stream_windows(window.max(1));
+    let mut done = vec![false; windows.len()];
+    loop {
+        let reader_at = if streaming { layer.reader_at() } else { 0 };
+        let Some(next) = next_window(&windows, &done, reader_at) else {
+            break;
+        };
+        done[next] = true;
+        let range = windows[next].clone();
         let Ok(permit) = limits.permits.clone().acquire_owned().await else {
             return;
         };
-        limits.wait_turn(range.end - range.start).await;
+        if streaming {
+            limits.wait_rate(range.end - range.start).await;
+            // A window sent while an application waits for the registry
+            // would share the link with it: start it between its reads.
+            limits.activity.idle().await;
+        } else {
+            limits.wait_turn(range.end - range.start).await;
+        }
         let layer = layer.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            if let Err(e) = layer.chunk(ino, &chunk, Purpose::Background).await {
-                tracing::debug!(ino, error = %e, "background fetch of a chunk failed");
+            if let Err(e) = layer.cache_range(range, Purpose::Background).await {
+                tracing::debug!(error = %e, "background fetch of a window failed");
             }
         });
         // Reap finished tasks so the set stays small.
@@ -226,6 +343,64 @@ pub async fn background_fetch(layer: Arc<LayerReader>, limits: Arc<BackgroundLim
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefetch_region_is_capped() {
+        let far = Prefetch::Range { end: 3 << 30 };
+        assert_eq!(capped_prefetch_end(far, 0, 4 << 30), MAX_PREFETCH);
+        let near = Prefetch::Range { end: 5 << 20 };
+        assert_eq!(capped_prefetch_end(near, 0, 4 << 30), 5 << 20);
+        let unknown = Prefetch::Unknown;
+        assert_eq!(capped_prefetch_end(unknown, 1 << 40, 4 << 30), MAX_PREFETCH);
+        assert_eq!(capped_prefetch_end(unknown, 1 << 40, 10), 10);
+        assert_eq!(capped_prefetch_end(Prefetch::Disabled, 1 << 40, 4 << 30), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_waits_for_on_demand_reads_in_flight() {
+        let activity = Arc::new(Activity::default());
+        activity.idle().await;
+        let reading = activity.on_demand();
+        let waiter = tokio::spawn({
+            let a = activity.clone();
+            async move { a.idle().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "idle while a read is in flight");
+        drop(reading);
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("idle once the read ended")
+            .expect("idle task");
+    }
+
+    #[test]
+    fn streaming_follows_the_reader_then_wraps_around() {
+        let w: Vec<Range<u64>> = (0..5).map(|i| i * 10..i * 10 + 10).collect();
+        let mut done = vec![false; 5];
+        assert_eq!(next_window(&w, &done, 0), Some(0));
+        // The reader jumped to offset 25: the window holding it comes next.
+        assert_eq!(next_window(&w, &done, 25), Some(2));
+        done[2] = true;
+        assert_eq!(next_window(&w, &done, 25), Some(3));
+        done[3] = true;
+        done[4] = true;
+        // Nothing left after the reader: back to the start.
+        assert_eq!(next_window(&w, &done, 25), Some(0));
+        assert_eq!(next_window(&w, &[true; 5], 25), None);
+    }
+
+    #[test]
+    fn only_small_layers_without_a_prioritized_region_stream() {
+        assert!(streams(0, 10 << 20, 64 << 20));
+        assert!(streams(0, 64 << 20, 64 << 20));
+        assert!(!streams(0, (64 << 20) + 1, 64 << 20), "too large");
+        assert!(
+            !streams(4096, 10 << 20, 64 << 20),
+            "has a prioritized region"
+        );
+        assert!(!streams(0, 10 << 20, 0), "streaming off");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn background_turns_respect_bandwidth_and_silence() {
@@ -245,7 +420,7 @@ mod tests {
         assert!(start.elapsed() < Duration::from_millis(2100));
 
         let unbounded = BackgroundLimits::new(2, 0, Duration::from_millis(500), activity.clone());
-        activity.on_demand();
+        drop(activity.on_demand());
         let start = Instant::now();
         unbounded.wait_turn(1 << 30).await;
         // Paused until the application has been quiet for the silence period.

@@ -113,9 +113,7 @@ impl RegistryBlob {
         ranges: &[Range<u64>],
         purpose: Purpose,
     ) -> Result<Vec<(Range<u64>, Bytes)>, RegistryError> {
-        if purpose == Purpose::OnDemand {
-            self.activity.on_demand();
-        }
+        let _waiting = (purpose == Purpose::OnDemand).then(|| self.activity.on_demand());
         let parts = self
             .fetcher()
             .await?

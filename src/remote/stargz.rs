@@ -520,6 +520,10 @@ impl StargzFs {
             return None;
         }
         let limit = self.background.clone();
+        let section = &self.config.background_fetch;
+        let stream =
+            background && prefetch::streams(end, layer.blob_size(), section.stream_layer_max_bytes);
+        let window = section.stream_window_bytes;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             match prefetch::prefetch(&layer, &buffered, end).await {
@@ -528,8 +532,13 @@ impl StargzFs {
                 Err(e) => tracing::warn!(error = %e, "prefetch failed"),
             }
             let _ = done_tx.send(());
+            if stream {
+                let bytes = layer.blob_size();
+                tracing::debug!(bytes, "streaming the layer (no prioritized region)");
+                prefetch::stream_layer(layer.clone(), limit.clone(), window).await;
+            }
             if background {
-                prefetch::background_fetch(layer, limit).await;
+                prefetch::background_fetch(layer, limit, window).await;
             }
         });
         let wait = Duration::from_secs(self.config.prefetch_timeout_sec);

@@ -20,7 +20,10 @@ pub use digest::Digest;
 pub use error::{EntryError, Error, Result};
 pub use extract::{ExtractError, ExtractStats, extract};
 pub use footer::{Compression, Footer, FooterKind, parse_footer};
-pub use index::{Chunk, Index, Ino, Limits, Node, NodeKind, Prefetch, ROOT_INO};
+pub use index::{
+    Chunk, Index, Ino, Limits, MAX_CHUNK_FETCH, Node, NodeKind, Prefetch, ROOT_INO,
+    max_compressed_len,
+};
 pub use reader::{FileSource, Layer, OpenOptions, ReadAt, read_footer, read_toc};
 pub use toc::{DecodedToc, Toc, TocEntry, decode_toc};
 pub use writer::{ConvertOutput, WriterOptions, convert, convert_file};

@@ -326,6 +326,9 @@ fn order(entries: &[InputEntry], prioritized: &[String]) -> Vec<Item> {
         .collect();
     let mut placed = vec![false; entries.len()];
     let mut out = Vec::with_capacity(entries.len() + 1);
+    // Parents first, then the hardlink target, then the entry itself, with
+    // an explicit stack: a hostile tar's hardlink chain or directory depth
+    // can be as long as its entry count, too deep to recurse.
     fn place(
         i: usize,
         entries: &[InputEntry],
@@ -333,22 +336,38 @@ fn order(entries: &[InputEntry], prioritized: &[String]) -> Vec<Item> {
         placed: &mut [bool],
         out: &mut Vec<Item>,
     ) {
-        if placed[i] {
-            return;
+        enum Step {
+            Visit(usize),
+            Emit(usize),
         }
-        placed[i] = true;
-        let path = &entries[i].path;
-        for (pos, _) in path.match_indices('/') {
-            if let Some(&p) = by_path.get(&path[..pos]) {
-                place(p, entries, by_path, placed, out);
+        let mut stack = vec![Step::Visit(i)];
+        while let Some(step) = stack.pop() {
+            let i = match step {
+                Step::Emit(i) => {
+                    out.push(Item::Entry(i));
+                    continue;
+                }
+                Step::Visit(i) if placed[i] => continue,
+                Step::Visit(i) => i,
+            };
+            placed[i] = true;
+            stack.push(Step::Emit(i));
+            let e = &entries[i];
+            if e.kind == "hardlink"
+                && let Some(&t) = by_path.get(e.link.as_str())
+            {
+                stack.push(Step::Visit(t));
+            }
+            // The nearest present ancestor places its own ancestors first;
+            // visiting it alone keeps deep paths linear.
+            if let Some(&p) = e
+                .path
+                .rmatch_indices('/')
+                .find_map(|(pos, _)| by_path.get(&e.path[..pos]))
+            {
+                stack.push(Step::Visit(p));
             }
         }
-        if entries[i].kind == "hardlink"
-            && let Some(&t) = by_path.get(entries[i].link.as_str())
-        {
-            place(t, entries, by_path, placed, out);
-        }
-        out.push(Item::Entry(i));
     }
     let mut any = false;
     for p in prioritized {
@@ -747,5 +766,73 @@ impl<W: Write> BlobWriter<W> {
         self.sink
             .as_mut()
             .ok_or_else(|| io::Error::other("blob writer has no sink"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: &'static str, link: &str) -> InputEntry {
+        InputEntry {
+            kind,
+            link: link.to_owned(),
+            ..InputEntry::landmark(path)
+        }
+    }
+
+    fn placed(items: &[Item], entries: &[InputEntry]) -> Vec<String> {
+        items
+            .iter()
+            .map(|it| match it {
+                Item::Landmark(l) => (*l).to_owned(),
+                Item::Entry(i) => entries[*i].path.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prioritized_files_bring_parents_and_link_targets_first() {
+        let entries = vec![
+            entry("a", "dir", ""),
+            entry("a/b", "dir", ""),
+            entry("a/b/f", "reg", ""),
+            entry("x", "reg", ""),
+            entry("a/b/l", "hardlink", "x"),
+        ];
+        let got = placed(&order(&entries, &["a/b/l".into()]), &entries);
+        assert_eq!(got, ["a", "a/b", "x", "a/b/l", PREFETCH_LANDMARK, "a/b/f"]);
+    }
+
+    #[test]
+    fn long_hardlink_chains_and_deep_paths_do_not_overflow_the_stack() {
+        // Recursing once per link needs far more than the 256 KiB stack.
+        const N: usize = 50_000;
+        let mut entries = vec![entry("l0", "reg", "")];
+        entries.extend((1..N).map(|i| entry(&format!("l{i}"), "hardlink", &format!("l{}", i - 1))));
+        // Directory depth: every prefix is an entry, so keep it smaller.
+        const DEPTH: usize = 3_000;
+        let mut path = String::from("d");
+        for _ in 0..DEPTH {
+            entries.push(entry(&path, "dir", ""));
+            path.push_str("/d");
+        }
+        let last = format!("l{}", N - 1);
+        let deepest = entries.last().unwrap().path.clone();
+        let (chain, deep) = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let o = order(&entries, &[last, deepest]);
+                let got = placed(&o, &entries);
+                (got[..N].to_vec(), got[N..N + DEPTH].to_vec())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(chain.first().map(String::as_str), Some("l0"));
+        assert_eq!(chain.last(), Some(&format!("l{}", N - 1)));
+        assert_eq!(deep[0], "d");
+        assert_eq!(deep[DEPTH - 1].len(), 2 * DEPTH - 1, "deepest last");
     }
 }

@@ -100,6 +100,9 @@ pub struct LayerReader {
     amplify: u64,
     /// Every data chunk in blob order, built at the first amplified fetch.
     blob_order: std::sync::OnceLock<Vec<(Ino, Chunk)>>,
+    /// Compressed end of the latest on-demand fetch (0: none yet): where
+    /// the reader is in the blob, for streaming ahead of it.
+    reader_at: AtomicU64,
 }
 
 impl std::fmt::Debug for LayerReader {
@@ -157,6 +160,7 @@ impl LayerReader {
             stats: LayerStats::default(),
             amplify: 0,
             blob_order: std::sync::OnceLock::new(),
+            reader_at: AtomicU64::new(0),
         })
     }
 
@@ -318,6 +322,17 @@ impl LayerReader {
         purpose: Purpose,
     ) -> Result<Bytes, LayerError> {
         let range = chunk.compressed_range();
+        let capped = chunk.range_is_capped();
+        if capped {
+            // Legit layers get here too (the member of a file's last chunk
+            // also holds the next entries' tar headers), so not a warning.
+            tracing::debug!(
+                ino,
+                toc_range = ?(chunk.offset..chunk.compressed_end),
+                fetched = ?range,
+                "chunk's TOC range is longer than the chunk can need; fetching the bound"
+            );
+        }
         // Only the first attempt of an on-demand read takes the following
         // chunks along; a refetch after a bad chunk asks for just this one.
         let mut followers = if purpose == Purpose::OnDemand {
@@ -325,6 +340,12 @@ impl LayerReader {
         } else {
             Vec::new()
         };
+        if purpose == Purpose::OnDemand {
+            let end = followers
+                .last()
+                .map_or(range.end, |(_, c, _)| c.compressed_range().end);
+            self.reader_at.store(end, Ordering::Relaxed);
+        }
         let mut attempt = 1;
         loop {
             let end = followers
@@ -350,7 +371,7 @@ impl LayerReader {
                 Err(e) => {
                     self.stats.bad_chunks.fetch_add(1, Ordering::Relaxed);
                     if attempt >= FETCH_ATTEMPTS {
-                        tracing::warn!(ino, attempt, error = %e, "chunk failed to decode or verify; giving up");
+                        tracing::warn!(ino, attempt, capped, error = %e, "chunk failed to decode or verify; giving up");
                         return Err(e.into());
                     }
                     tracing::warn!(ino, attempt, error = %e, "chunk failed to decode or verify; fetching again");
@@ -399,13 +420,10 @@ async fn read_footer_and_toc(
 }
 
 impl LayerReader {
-    /// Uncached data chunks that end within the amplification window after
-    /// `range`, with their cache keys, in blob order.
-    fn followers(&self, range: &std::ops::Range<u64>) -> Vec<(Ino, Chunk, ChunkKey)> {
-        if self.amplify == 0 {
-            return Vec::new();
-        }
-        let order = self.blob_order.get_or_init(|| {
+    /// Every data chunk in blob order (hard links share chunks: each
+    /// compressed range once).
+    fn blob_order(&self) -> &[(Ino, Chunk)] {
+        self.blob_order.get_or_init(|| {
             let mut all: Vec<(Ino, Chunk)> = (1..=self.index.len() as Ino)
                 .flat_map(|ino| {
                     self.index
@@ -416,10 +434,123 @@ impl LayerReader {
                 })
                 .collect();
             all.sort_by_key(|(_, c)| c.compressed_range().start);
-            // Hard links share chunks.
             all.dedup_by_key(|(_, c)| c.compressed_range().start);
             all
-        });
+        })
+    }
+
+    /// The layer's data cut into compressed ranges of about `window` bytes
+    /// (a chunk larger than `window` is a range of its own), in blob order:
+    /// one range request each when the whole layer is streamed.
+    pub fn stream_windows(&self, window: u64) -> Vec<std::ops::Range<u64>> {
+        windows(self.blob_order(), window)
+    }
+
+    /// Compressed offset just past the latest on-demand fetch (0 before
+    /// the first): streaming goes on from there, where the reader is.
+    pub fn reader_at(&self) -> u64 {
+        self.reader_at.load(Ordering::Relaxed)
+    }
+
+    /// Fetches the chunks inside compressed `range` that are not cached yet
+    /// in one request (trimmed to the first and last of them), then decodes,
+    /// verifies and caches them. The chunks are in flight in the cache
+    /// meanwhile, so an on-demand read of one of them waits for this
+    /// request instead of sending its own. Returns how many chunks this
+    /// call cached; a chunk that fails to decode is left out (an on-demand
+    /// read fetches it again).
+    pub async fn cache_range(
+        &self,
+        range: std::ops::Range<u64>,
+        purpose: Purpose,
+    ) -> Result<usize, LayerError> {
+        let order = self.blob_order();
+        let first = order.partition_point(|(_, c)| c.compressed_range().start < range.start);
+        let wanted: Vec<(Ino, Chunk, ChunkKey)> = order[first..]
+            .iter()
+            .take_while(|(_, c)| c.compressed_range().end <= range.end)
+            .map(|(ino, c)| (*ino, c.clone(), self.key(*ino, c)))
+            .filter(|(_, _, k)| self.cache.get_in_memory(k).is_none())
+            .collect();
+        let (Some((_, head, _)), Some((_, tail, _))) = (wanted.first(), wanted.last()) else {
+            return Ok(0);
+        };
+        let (start, end) = (head.compressed_range().start, tail.compressed_range().end);
+        // The request goes out when the first chunk's cache entry runs its
+        // fetch; entries another reader already has in flight never ask.
+        let window: tokio::sync::OnceCell<Result<Vec<Result<Bytes, String>>, String>> =
+            tokio::sync::OnceCell::new();
+        let fetch_window = || async {
+            let fetched = read(&*self.source, start..end, purpose)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.stats.source_reads.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .source_bytes
+                .fetch_add(end - start, Ordering::Relaxed);
+            let (compression, verify) = (self.compression, self.verify);
+            let chunks: Vec<(Ino, Chunk)> =
+                wanted.iter().map(|(i, c, _)| (*i, c.clone())).collect();
+            // One blocking task for the whole range: thousands of small
+            // files would otherwise cost a task hop each.
+            tokio::task::spawn_blocking(move || {
+                chunks
+                    .into_iter()
+                    .map(|(ino, chunk)| {
+                        let r = chunk.compressed_range();
+                        let compressed =
+                            fetched.slice((r.start - start) as usize..(r.end - start) as usize);
+                        decode_chunk(compression, ino, &chunk, &compressed, verify)
+                            .map(Bytes::from)
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| e.to_string())
+        };
+        let window = &window;
+        let fetch_window = &fetch_window;
+        let entries = wanted
+            .iter()
+            .enumerate()
+            .map(|(i, (ino, _, key))| async move {
+                let mut ran = false;
+                let got = self
+                    .cache
+                    .get_or_fetch(*key, async {
+                        ran = true;
+                        match window.get_or_init(fetch_window).await {
+                            Ok(chunks) => chunks.get(i).cloned().unwrap_or_else(|| {
+                                Err("chunk missing from its window".to_string())
+                            }),
+                            Err(e) => Err(e.clone()),
+                        }
+                    })
+                    .await;
+                if let Err(e) = &got
+                    && ran
+                    && matches!(window.get(), Some(Ok(_)))
+                {
+                    self.stats.bad_chunks.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(ino, error = %e, "streamed chunk failed");
+                }
+                got.is_ok() && ran
+            });
+        let done = futures_util::future::join_all(entries).await;
+        match window.get() {
+            Some(Err(e)) => Err(LayerError::Task(e.clone())),
+            _ => Ok(done.into_iter().filter(|cached| *cached).count()),
+        }
+    }
+
+    /// Uncached data chunks that end within the amplification window after
+    /// `range`, with their cache keys, in blob order.
+    fn followers(&self, range: &std::ops::Range<u64>) -> Vec<(Ino, Chunk, ChunkKey)> {
+        if self.amplify == 0 {
+            return Vec::new();
+        }
+        let order = self.blob_order();
         let first = order.partition_point(|(_, c)| c.compressed_range().start < range.end);
         let limit = range.end.saturating_add(self.amplify);
         let mut out: Vec<(Ino, Chunk, ChunkKey)> = order[first..]
@@ -465,6 +596,20 @@ impl LayerReader {
             }
         });
     }
+}
+
+/// Cuts chunks in blob order into ranges of at most `window` compressed
+/// bytes each (a larger chunk alone).
+fn windows(order: &[(Ino, Chunk)], window: u64) -> Vec<std::ops::Range<u64>> {
+    let mut out: Vec<std::ops::Range<u64>> = Vec::new();
+    for (_, c) in order {
+        let r = c.compressed_range();
+        match out.last_mut() {
+            Some(last) if r.end.saturating_sub(last.start) <= window => last.end = r.end,
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 async fn read(
@@ -578,6 +723,109 @@ mod tests {
         })
     }
 
+    /// A blob of `head`, then a hole of zeros up to `tail_at`, then `tail`;
+    /// reads longer than 64 MiB fail instead of allocating, and the longest
+    /// read asked for is recorded.
+    struct Sparse {
+        head: Vec<u8>,
+        tail_at: u64,
+        tail: Vec<u8>,
+        longest: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl BlobSource for Sparse {
+        async fn read_range(&self, range: Range<u64>, _: Purpose) -> io::Result<Bytes> {
+            let len = range.end - range.start;
+            self.longest.fetch_max(len, Ordering::SeqCst);
+            if len > 64 << 20 {
+                return Err(io::Error::other(format!("refusing a {len}-byte read")));
+            }
+            let byte = |at: u64| {
+                if at < self.head.len() as u64 {
+                    self.head[at as usize]
+                } else if at >= self.tail_at {
+                    self.tail
+                        .get((at - self.tail_at) as usize)
+                        .copied()
+                        .unwrap_or(0)
+                } else {
+                    0
+                }
+            };
+            Ok(range.map(byte).collect::<Vec<u8>>().into())
+        }
+
+        fn size(&self) -> u64 {
+            self.tail_at + self.tail.len() as u64
+        }
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_chunk_range_spanning_the_blob_is_fetched_only_as_far_as_the_chunk_can_need() {
+        use estargz::{Toc, TocEntry};
+        // "tiny"'s member is near 0; the next member ("far") starts 3 GiB on,
+        // so by the TOC tiny's compressed range spans the whole hole.
+        let tail_at = 3 << 30;
+        let reg = |name: &str, data: &[u8], offset: u64| {
+            let d = Digest::of(data).to_string();
+            TocEntry {
+                name: name.into(),
+                kind: "reg".into(),
+                size: data.len() as u64,
+                offset,
+                digest: d.clone(),
+                chunk_digest: d,
+                ..TocEntry::default()
+            }
+        };
+        // Offset 0 means "no offset": an empty member goes first.
+        let mut head = gzip(b"");
+        let at = head.len() as u64;
+        head.extend(gzip(b"tiny!"));
+        let mut tail = gzip(b"far away");
+        let toc = Toc {
+            version: 1,
+            entries: vec![reg("tiny", b"tiny!", at), reg("far", b"far away", tail_at)],
+        };
+        let json = estargz::toc::encode_toc(&toc).unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(json.len() as u64);
+        h.set_mode(0o444);
+        tar.append_data(&mut h, "stargz.index.json", &json[..])
+            .unwrap();
+        let toc_offset = tail_at + tail.len() as u64;
+        tail.extend(gzip(&tar.into_inner().unwrap()));
+        tail.extend(estargz::footer::estargz_footer(toc_offset));
+        let source = Arc::new(Sparse {
+            head,
+            tail_at,
+            tail,
+            longest: AtomicU64::new(0),
+        });
+        let cache = Arc::new(ChunkCache::new(&ChunkCacheConfig::default(), None));
+        let layer = LayerReader::open(source.clone(), cache, &OpenOptions::default())
+            .await
+            .unwrap();
+        let ino = layer.index().lookup_path("tiny").unwrap();
+        let chunk = layer.index().chunks(ino)[0].clone();
+        assert_eq!(chunk.compressed_end, tail_at, "the TOC's range");
+        assert_eq!(layer.read(ino, 0, 100).await.unwrap(), b"tiny!");
+        assert!(chunk.range_is_capped());
+        let far = layer.index().lookup_path("far").unwrap();
+        assert_eq!(layer.read(far, 0, 100).await.unwrap(), b"far away");
+        let longest = source.longest.load(Ordering::SeqCst);
+        assert!(longest <= 2 << 20, "longest read {longest} bytes");
+    }
+
     #[tokio::test]
     async fn corrupted_reads_are_fetched_again_until_they_verify() {
         let content = noise(100_000);
@@ -600,6 +848,72 @@ mod tests {
         assert!(got == content, "the bytes read are the file's");
         let bad = layer.stats().bad_chunks.load(Ordering::SeqCst);
         assert_eq!(bad, u64::from(FETCH_ATTEMPTS - 1));
+    }
+
+    #[tokio::test]
+    async fn streamed_windows_cache_every_file_with_one_request_each() {
+        let files: Vec<Vec<u8>> = (0..12u32).map(|i| noise(30_000 + i * 1000)).collect();
+        let mut b = tar::Builder::new(Vec::new());
+        for (i, content) in files.iter().enumerate() {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(content.len() as u64);
+            b.append_data(&mut h, format!("f{i}"), &content[..])
+                .unwrap();
+        }
+        let mut blob = Vec::new();
+        let made = convert(
+            &b.into_inner().unwrap()[..],
+            &mut blob,
+            &WriterOptions::default(),
+        )
+        .unwrap();
+        let opts = OpenOptions {
+            expected_toc_digest: Some(made.toc_digest),
+            ..OpenOptions::default()
+        };
+        let cache = Arc::new(ChunkCache::new(&ChunkCacheConfig::default(), None));
+        let source = flaky(blob, 0);
+        let layer = LayerReader::open(source.clone(), cache, &opts)
+            .await
+            .unwrap();
+        let whole = layer.stream_windows(u64::MAX);
+        assert_eq!(whole.len(), 1, "{whole:?}");
+        // About a fifth of the data per window: two or three files each.
+        let windows = layer.stream_windows((whole[0].end - whole[0].start) / 5);
+        assert!((5..=7).contains(&windows.len()), "{windows:?}");
+        assert!(windows.windows(2).all(|w| w[0].end <= w[1].start));
+        let f3 = layer.index().lookup_path("f3").unwrap();
+        layer.read(f3, 0, 1).await.unwrap();
+        let before = source.reads.load(Ordering::SeqCst);
+        let mut cached = 0;
+        for w in &windows {
+            cached += layer
+                .cache_range(w.clone(), Purpose::Background)
+                .await
+                .unwrap();
+        }
+        let reads = source.reads.load(Ordering::SeqCst) - before;
+        assert!(reads as usize <= windows.len(), "{reads} reads");
+        assert!(cached >= files.len() - 1, "{cached} chunks cached");
+        // Everything is cached now: reading every file asks nothing more.
+        let before = source.reads.load(Ordering::SeqCst);
+        for (i, content) in files.iter().enumerate() {
+            let ino = layer.index().lookup_path(&format!("f{i}")).unwrap();
+            assert!(layer.read(ino, 0, 1 << 20).await.unwrap() == *content);
+        }
+        assert_eq!(source.reads.load(Ordering::SeqCst), before);
+        // A second pass finds nothing left to fetch.
+        for w in &windows {
+            assert_eq!(
+                layer
+                    .cache_range(w.clone(), Purpose::Background)
+                    .await
+                    .unwrap(),
+                0
+            );
+        }
+        assert_eq!(source.reads.load(Ordering::SeqCst), before);
     }
 
     #[tokio::test]

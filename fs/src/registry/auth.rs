@@ -15,11 +15,14 @@ use base64::Engine as _;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use super::client::read_response_limited;
 use super::credentials::{Credential, CredentialStore, Secret};
 use super::error::{RegistryError, Result, describe_transport_error};
 use super::reference::is_loopback_host;
 
 /// How long a looked-up credential is reused before asking again.
+/// Largest token response read (real ones are a few KiB).
+const MAX_TOKEN_RESPONSE: u64 = 1 << 20;
 const CREDENTIAL_TTL: Duration = Duration::from_secs(60);
 
 /// One challenge of a `WWW-Authenticate` header.
@@ -373,13 +376,8 @@ impl Authorizer {
                 status: status.as_u16(),
             });
         }
-        let body = response.bytes().await.map_err(unreachable)?;
-        if body.len() > 1 << 20 {
-            return Err(RegistryError::Protocol {
-                host: realm_host,
-                reason: "token response too large".into(),
-            });
-        }
+        // Read with a cap: a hostile token server can send a body without end.
+        let body = read_response_limited(response, MAX_TOKEN_RESPONSE, |_| {}).await?;
         let parsed: TokenResponse =
             serde_json::from_slice(&body).map_err(|_| RegistryError::Protocol {
                 host: realm_host.clone(),

@@ -398,10 +398,19 @@ pub(crate) async fn read_body_limited(
     metrics: &FetchMetrics,
 ) -> Result<Bytes> {
     let GatedResponse {
-        mut response,
+        response,
         purpose,
         _permit,
     } = gated;
+    read_response_limited(response, limit, |n| metrics.bytes(purpose, n)).await
+}
+
+/// Like [`read_body_limited`] for any response; `received` sees each piece's length.
+pub(crate) async fn read_response_limited(
+    mut response: reqwest::Response,
+    limit: u64,
+    mut received: impl FnMut(u64),
+) -> Result<Bytes> {
     let host = response.url().host_str().unwrap_or_default().to_string();
     let too_large = |host: String| RegistryError::Protocol {
         host,
@@ -424,7 +433,7 @@ pub(crate) async fn read_body_limited(
             }
         })?;
         let Some(chunk) = chunk else { break };
-        metrics.bytes(purpose, chunk.len() as u64);
+        received(chunk.len() as u64);
         if buf.len() as u64 + chunk.len() as u64 > limit {
             return Err(too_large(host));
         }

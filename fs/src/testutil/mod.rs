@@ -13,9 +13,19 @@ use std::time::Duration;
 
 use crate::registry::{Backoff, Digest, Reference, Registry, RegistryConfig};
 
-/// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate.
+/// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate;
+/// distinct seeds give distinct bytes.
 pub fn test_blob(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
+    // The splitmix64 finalizer is a bijection, so distinct seeds start from
+    // distinct states (a plain `seed | 1` merged n and n|1); xorshift's one
+    // fixed point, 0, is moved (one seed pair in 2^64 still meets).
+    let mut x = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    if x == 0 {
+        x = 1;
+    }
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -206,4 +216,18 @@ pub async fn push_image_via(
         .await
         .unwrap();
     digests
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn distinct_seeds_give_distinct_data() {
+        let blobs: Vec<Vec<u8>> = (0..64).map(|seed| super::test_blob(64, seed)).collect();
+        for (i, a) in blobs.iter().enumerate() {
+            for (j, b) in blobs.iter().enumerate().skip(i + 1) {
+                assert_ne!(a, b, "seeds {i} and {j}");
+            }
+        }
+        assert_eq!(super::test_blob(64, 7), blobs[7], "deterministic");
+    }
 }

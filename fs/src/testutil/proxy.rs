@@ -183,6 +183,7 @@ struct State {
     token: Mutex<Option<TokenAuth>>,
     token_generation: AtomicU64,
     token_requests: AtomicU64,
+    endless_tokens: std::sync::atomic::AtomicBool,
     redirect_generation: AtomicU64,
     fail_next: Mutex<Option<(u16, u32, Option<u64>)>>,
     injector: Mutex<Injector>,
@@ -209,6 +210,7 @@ impl FaultProxy {
             token: Mutex::new(None),
             token_generation: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
+            endless_tokens: std::sync::atomic::AtomicBool::new(false),
             redirect_generation: AtomicU64::new(0),
             fail_next: Mutex::new(None),
             injector: Mutex::new(Injector {
@@ -262,6 +264,12 @@ impl FaultProxy {
     /// Requires bearer tokens from `/token` on every `/v2/` request.
     pub fn require_tokens(&self, auth: TokenAuth) {
         *self.state.token.lock().unwrap() = Some(auth);
+    }
+
+    /// Makes token answers endless: valid JSON, then whitespace without end
+    /// (no Content-Length) until the client hangs up.
+    pub fn endless_token_responses(&self) {
+        self.state.endless_tokens.store(true, Ordering::SeqCst);
     }
 
     /// Invalidates all issued tokens (the next request gets a 401).
@@ -536,6 +544,20 @@ async fn handle(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
         }
         let n = s.token_requests.fetch_add(1, Ordering::SeqCst);
         let body = format!("{{\"access_token\":\"tok-{generation}-{n}\",\"expires_in\":300}}");
+        if s.endless_tokens.load(Ordering::SeqCst) {
+            let head =
+                "HTTP/1.1 200 X\r\nConnection: close\r\nContent-Type: application/json\r\n\r\n";
+            conn.write_all(head.as_bytes()).await?;
+            conn.write_all(body.as_bytes()).await?;
+            let spaces = vec![b' '; 64 << 10];
+            // At most 4 GiB, until the client hangs up.
+            for _ in 0..(1 << 16) {
+                if conn.write_all(&spaces).await.is_err() {
+                    break;
+                }
+            }
+            return Ok(());
+        }
         return respond(
             &mut conn,
             200,

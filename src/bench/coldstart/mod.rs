@@ -126,6 +126,9 @@ pub struct Options {
     pub bins: Binaries,
     /// Modes to run (all when empty).
     pub modes: Vec<Mode>,
+    /// Lazy snapshotters keep their default background fetch (false:
+    /// `no_background_fetch = true` for both, the method before issue 8).
+    pub background_fetch: bool,
 }
 
 /// One measured run.
@@ -201,6 +204,8 @@ pub struct Report {
     pub links: Vec<LinkCase>,
     /// Runs per cell.
     pub runs: usize,
+    /// Whether the lazy snapshotters ran with their default background fetch.
+    pub background_fetch: bool,
     /// Images.
     pub images: Vec<ImageFacts>,
     /// Every run.
@@ -306,6 +311,7 @@ fn report(opts: &Options, facts: &[ImageFacts], samples: &[Sample]) -> Report {
         machine: machine(&opts.bins),
         links: opts.links.clone(),
         runs: opts.runs,
+        background_fetch: opts.background_fetch,
         images: facts.to_vec(),
         samples: samples.to_vec(),
     }
@@ -484,7 +490,7 @@ fn measure(
     let result = (|| {
         let snap = mode
             .snapshotter()
-            .map(|s| procs::start_snapshotter(s, &opts.bins, &dir))
+            .map(|s| procs::start_snapshotter(s, &opts.bins, &dir, opts.background_fetch))
             .transpose()?;
         let ctrd = Containerd::start(&dir.join("containerd"), &sockets)?;
         let sample = timed_run(&ctrd, shaper, w, reference, mode, link, run);

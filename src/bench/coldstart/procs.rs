@@ -157,23 +157,31 @@ pub struct Binaries {
 }
 
 /// Starts `which` with a fresh root under `dir`; returns it and its socket.
-/// Both run without background fetch, so the bytes counted are what the
-/// pull and the workload asked for.
+/// With `background_fetch` false both daemons run with
+/// `no_background_fetch = true` (the bytes counted are then only what the
+/// pull and the workload asked for); otherwise each keeps its default.
 pub fn start_snapshotter(
     which: Snapshotter,
     bins: &Binaries,
     dir: &Path,
+    background_fetch: bool,
 ) -> anyhow::Result<(Guard, PathBuf)> {
     let root = dir.join(format!("{}-root", which.plugin()));
     let socket = dir.join(format!("{}.sock", which.plugin()));
     let config = dir.join(format!("{}.toml", which.plugin()));
     std::fs::create_dir_all(&root)?;
+    let top = if background_fetch {
+        ""
+    } else {
+        "no_background_fetch = true\n"
+    };
     let cmd = match which {
         Snapshotter::Rstargz => {
             std::fs::write(
                 &config,
                 format!(
-                    "no_background_fetch = true\n[resolver]\ndocker_config = \"{}\"\n",
+                    "{top}{}\n[resolver]\ndocker_config = \"{}\"\n",
+                    std::env::var("RSTARGZ_BENCH_CONFIG").unwrap_or_default(),
                     dir.join("no-docker-config.json").display()
                 ),
             )?;
@@ -190,7 +198,7 @@ pub fn start_snapshotter(
             c
         }
         Snapshotter::GoReference => {
-            std::fs::write(&config, "no_background_fetch = true\n")?;
+            std::fs::write(&config, top)?;
             let mut c = Command::new(&bins.go_reference);
             c.arg("-address")
                 .arg(&socket)

@@ -147,9 +147,14 @@ pub fn markdown(r: &Report) -> String {
                 }
             }
         }
+        let fetch = if r.background_fetch {
+            "each lazy snapshotter with its default background fetch"
+        } else {
+            "both lazy snapshotters with `no_background_fetch = true`"
+        };
         let _ = writeln!(
             md,
-            "\nRegistry bytes (MB) / requests in the measured window (medians):\n"
+            "\nRegistry bytes (MB) / requests in the measured window (medians; {fetch}):\n"
         );
         let _ = write!(md, "| image |");
         for m in Mode::ALL {

@@ -301,6 +301,20 @@ const PACKED_INNER: u64 = 1 << 61;
 /// Largest blob offset a chunk may have.
 const MAX_CHUNK_BLOB_OFFSET: u64 = (1 << 61) - 1;
 
+/// Hard cap on the compressed bytes fetched for one chunk, whatever its size.
+pub const MAX_CHUNK_FETCH: u64 = 512 << 20;
+
+/// Most compressed bytes a gzip member or zstd frame can need to yield its
+/// first `len` decompressed bytes, capped at [`MAX_CHUNK_FETCH`]. Real
+/// encoders expand incompressible data by well under 1% (deflate stored
+/// blocks: 5 bytes per 64 KiB; zstd: `len/256`); a quarter plus 1 MiB also
+/// covers odd Huffman choices, gzip header fields and flush markers.
+pub fn max_compressed_len(len: u64) -> u64 {
+    len.saturating_add(len / 4)
+        .saturating_add(1 << 20)
+        .min(MAX_CHUNK_FETCH)
+}
+
 /// Largest accepted `innerOffset` (its top bits hold the chunk flags).
 pub const MAX_INNER_OFFSET: u64 = (1 << 30) - 1;
 const CHUNK_HAS_DIGEST: u32 = 1 << 31;
@@ -370,9 +384,19 @@ impl Chunk {
     pub fn is_zeros(&self) -> bool {
         self.inner_and_flags & CHUNK_ZEROS != 0
     }
-    /// Compressed byte range to fetch for this chunk.
+    /// Compressed byte range to fetch for this chunk: up to the next member
+    /// start, but no further than the member can need to yield the chunk
+    /// ([`max_compressed_len`]), so a hostile TOC whose next offset lies
+    /// gigabytes away costs a bounded fetch, not a buffer of the blob's size.
     pub fn compressed_range(&self) -> std::ops::Range<u64> {
-        self.offset..self.compressed_end
+        let need = self.inner_offset() + u64::from(self.size);
+        let bound = self.offset.saturating_add(max_compressed_len(need));
+        self.offset..self.compressed_end.min(bound)
+    }
+    /// Whether the TOC's range for this chunk is longer than
+    /// [`Chunk::compressed_range`] fetches (the rest cannot be this chunk's).
+    pub fn range_is_capped(&self) -> bool {
+        self.compressed_range().end < self.compressed_end
     }
     /// Uncompressed range of the file this chunk covers.
     pub fn file_range(&self) -> std::ops::Range<u64> {
