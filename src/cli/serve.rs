@@ -182,13 +182,17 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
             "requests still in flight after the grace period; closing anyway"
         ),
     }
-    if hand_over && let Some(fs) = stargz.as_ref().filter(|s| s.live().is_some()) {
-        let fs = fs.clone();
-        let handed = tokio::task::spawn_blocking(move || fs.hand_over_all()).await?;
-        tracing::info!(
-            mounts = handed,
-            "remote layers left mounted for the next daemon"
-        );
+    if let Some(fs) = stargz.clone() {
+        if hand_over && fs.live().is_some() {
+            let handed = tokio::task::spawn_blocking(move || fs.hand_over_all()).await?;
+            tracing::info!(
+                mounts = handed,
+                "remote layers left mounted for the next daemon"
+            );
+        } else {
+            let unmounted = tokio::task::spawn_blocking(move || fs.unmount_all()).await?;
+            tracing::info!(mounts = unmounted, "remote layers unmounted");
+        }
     }
     snapshotter.close().await.context("close metadata store")?;
     tracing::info!("stopped");

@@ -280,6 +280,49 @@ impl StargzFs {
         handed
     }
 
+    /// Full stop: unmounts every layer; returns how many unmounted cleanly.
+    /// A mount still busy (a file open in it) has its connection aborted
+    /// (its readers get ENOTCONN) and is detached, and the fd holder lets go
+    /// of every connection: a stopped daemon leaves no mount that waits
+    /// forever for a server.
+    pub fn unmount_all(&self) -> usize {
+        let mounts: Vec<(PathBuf, Mounted)> = self
+            .mounts
+            .lock()
+            .map(|mut m| m.drain().collect())
+            .unwrap_or_default();
+        let mut clean = 0;
+        for (path, mounted) in mounts {
+            let Mounted {
+                mut handle,
+                fetcher,
+                dev,
+                ..
+            } = mounted;
+            drop(fetcher);
+            match handle.unmount() {
+                Ok(()) => clean += 1,
+                Err(e) => {
+                    tracing::warn!(mountpoint = %path.display(), error = %e, "layer busy at stop; aborting its connection");
+                    if let Some(dev) = dev
+                        && let Err(e) = fuse::mountinfo::abort_connection(dev)
+                    {
+                        tracing::warn!(mountpoint = %path.display(), error = %e, "cannot abort FUSE connection");
+                    }
+                    if let Err(e) = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
+                        tracing::warn!(mountpoint = %path.display(), error = %e, "cannot detach mount");
+                    }
+                }
+            }
+            if let Some(live) = &self.live {
+                live.forget(&path);
+            }
+            // With the connection gone the workers stop: dropping joins them.
+            drop(handle);
+        }
+        clean
+    }
+
     /// Counters of mounts and declines.
     pub fn metrics(&self) -> &RemoteMetrics {
         &self.metrics

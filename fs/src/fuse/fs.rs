@@ -257,15 +257,21 @@ impl LayerFs {
                 }
             }
         });
+        // NOFLUSH: a read-only file has nothing to flush, so close() costs
+        // no round trip, and a close while no server answers (between a
+        // crash and the take-over) cannot hang waiting for one.
         match mode {
             OpenMode::Passthrough { fh, id } => {
                 tracing::debug!(ino, fh, "passthrough open");
                 self.stats.passthrough_opens.fetch_add(1, Ordering::Relaxed);
                 // The kernel rejects page-cache flags (KEEP_CACHE) on passthrough opens.
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
             }
             // Content never changes, so the page cache may outlive the open.
-            OpenMode::Cached => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            OpenMode::Cached => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+            ),
         }
     }
 
