@@ -182,22 +182,10 @@ impl BlobSource for BufferedSource {
     }
 }
 
-/// Every non-hole chunk of the layer, in blob order.
-fn all_chunks(layer: &LayerReader) -> Vec<(Ino, Chunk)> {
-    let index = layer.index();
-    let mut out: Vec<(Ino, Chunk)> = (1..=index.len() as Ino)
-        .flat_map(|ino| {
-            index
-                .chunks(ino)
-                .into_iter()
-                .filter(|c| !c.is_zeros())
-                .map(move |c| (ino, c))
-        })
-        .collect();
-    out.sort_by_key(|(_, c)| c.compressed_range().start);
-    // Hard links share chunks: fetch each compressed range once.
-    out.dedup_by_key(|(_, c)| c.compressed_range().start);
-    out
+/// Every non-hole chunk of the layer, in blob order (hard links share
+/// chunks: each compressed range once).
+fn all_chunks(layer: &LayerReader) -> impl Iterator<Item = (Ino, Chunk)> + '_ {
+    layer.blob_order().iter_from(layer.index(), 0)
 }
 
 /// Largest compressed prefix prefetched: it is read into one buffer, and
@@ -234,7 +222,6 @@ pub async fn prefetch(layer: &LayerReader, source: &BufferedSource, end: u64) ->
         return Ok(0);
     }
     let chunks: Vec<(Ino, Chunk)> = all_chunks(layer)
-        .into_iter()
         .filter(|(_, c)| c.compressed_range().end <= end)
         .collect();
     let Some(last) = chunks.iter().map(|(_, c)| c.compressed_range().end).max() else {

@@ -21,7 +21,7 @@ pub use error::{EntryError, Error, Result};
 pub use extract::{ExtractError, ExtractStats, extract};
 pub use footer::{Compression, Footer, FooterKind, parse_footer};
 pub use index::{
-    Chunk, Index, Ino, Limits, MAX_CHUNK_FETCH, Node, NodeKind, Prefetch, ROOT_INO,
+    BlobOrder, Chunk, Index, Ino, Limits, MAX_CHUNK_FETCH, Node, NodeKind, Prefetch, ROOT_INO,
     max_compressed_len,
 };
 pub use reader::{FileSource, Layer, OpenOptions, ReadAt, read_footer, read_toc};

@@ -418,6 +418,54 @@ pub enum Prefetch {
     Unknown,
 }
 
+/// An [`Index`]'s data chunks in blob order (see [`Index::blob_order`]):
+/// (owner inode, position in the chunk table) pairs; the chunks themselves
+/// stay in the index.
+#[derive(Debug, Clone, Default)]
+pub struct BlobOrder {
+    order: Vec<(Ino, u32)>,
+}
+
+impl BlobOrder {
+    /// Number of data chunks.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether the layer has no data chunk.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.order.capacity() * std::mem::size_of::<(Ino, u32)>()
+    }
+
+    /// Position of the first chunk whose member starts at or after `offset`.
+    pub fn first_from(&self, index: &Index, offset: u64) -> usize {
+        self.order
+            .partition_point(|&(_, i)| index.chunk_blob_offset(i) < offset)
+    }
+
+    /// The `n`th chunk (0-based, blob order) with its owner inode.
+    pub fn get(&self, index: &Index, n: usize) -> Option<(Ino, Chunk)> {
+        let &(ino, i) = self.order.get(n)?;
+        let span = index.chunk_span(ino)?;
+        let k = (i as usize).checked_sub(span.0).filter(|&k| k < span.1)?;
+        Some((ino, index.unpack(span, k)))
+    }
+
+    /// The chunks from position `from` on, in blob order.
+    pub fn iter_from<'a>(
+        &'a self,
+        index: &'a Index,
+        from: usize,
+    ) -> impl Iterator<Item = (Ino, Chunk)> + 'a {
+        (from..self.len()).filter_map(move |n| self.get(index, n))
+    }
+}
+
 /// The immutable index of one layer.
 #[derive(Debug, Clone)]
 pub struct Index {
@@ -599,6 +647,10 @@ impl Index {
         Some((n.a as usize, n.b as usize, ext))
     }
 
+    fn chunk_blob_offset(&self, i: u32) -> u64 {
+        self.chunks[i as usize].offset_and_flags & MAX_CHUNK_BLOB_OFFSET
+    }
+
     /// Unpacks chunk `k` (0-based within the file) of a span.
     fn unpack(&self, (first, _, ext): (usize, usize, Option<usize>), k: usize) -> Chunk {
         let idx = first + k;
@@ -671,6 +723,23 @@ impl Index {
         (first..last.max(first))
             .map(|k| self.unpack(span, k))
             .collect()
+    }
+
+    /// Every data chunk (no holes) once, in blob order (hard links share
+    /// chunks): 8 bytes per chunk, resolved through this index on use.
+    pub fn blob_order(&self) -> BlobOrder {
+        let mut order: Vec<(Ino, u32)> = (1..=self.len() as Ino)
+            .filter_map(|ino| self.chunk_span(ino).map(|span| (ino, span)))
+            .flat_map(|(ino, (first, count, _))| {
+                (first..first + count).map(move |i| (ino, i as u32))
+            })
+            .filter(|&(_, i)| self.chunks[i as usize].offset_and_flags & PACKED_ZEROS == 0)
+            .collect();
+        let offset = |i: u32| self.chunks[i as usize].offset_and_flags & MAX_CHUNK_BLOB_OFFSET;
+        order.sort_unstable_by_key(|&(ino, i)| (offset(i), ino));
+        order.dedup_by_key(|&mut (_, i)| offset(i));
+        order.shrink_to_fit();
+        BlobOrder { order }
     }
 
     /// Heap bytes held by the index (for memory accounting).
