@@ -479,7 +479,7 @@ async fn ranged_requests_to_fill_the_layer(config: &str) -> usize {
 async fn background_fetch_fills_the_whole_layer() {
     // Streaming off: the silence-gated background fetch, in windows too.
     let config = "max_concurrency = 2\n[background_fetch]\nstream_layer_max_bytes = 0\n\
-                  stream_window_bytes = 262144\n";
+                  stream_window_bytes = 262144\nsilence_period_msec = 200\n";
     let requests = ranged_requests_to_fill_the_layer(config).await;
     // 256 KiB windows hold one compressed 256 KiB chunk each.
     assert!(requests >= BIG / (256 << 10), "{requests} requests");

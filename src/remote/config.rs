@@ -73,7 +73,9 @@ pub struct BackgroundSection {
     /// Bandwidth of background fetching over all layers (0: unbounded).
     pub max_bytes_per_sec: u64,
     /// Background fetching waits until no on-demand read has gone to a
-    /// registry for this long (ms).
+    /// registry for this long (ms). Long enough to cover the gap between a
+    /// pull and its container's first reads: a shorter wait lets the
+    /// background fetch take the link the workload is about to need.
     pub silence_period_msec: u64,
     /// A layer without a prioritized region and at most this many
     /// compressed bytes is streamed whole right after its mount, without
@@ -87,7 +89,7 @@ impl Default for BackgroundSection {
     fn default() -> Self {
         BackgroundSection {
             max_bytes_per_sec: 0,
-            silence_period_msec: 500,
+            silence_period_msec: 3000,
             stream_layer_max_bytes: 64 << 20,
             stream_window_bytes: 1 << 20,
         }
@@ -308,7 +310,7 @@ insecure = true
         .unwrap();
         assert_eq!(c.background_fetch.stream_layer_max_bytes, 0);
         assert_eq!(c.background_fetch.stream_window_bytes, 4096);
-        assert_eq!(c.background_fetch.silence_period_msec, 500);
+        assert_eq!(c.background_fetch.silence_period_msec, 3000);
         let d = BackgroundSection::default();
         assert_eq!(
             (d.stream_layer_max_bytes, d.stream_window_bytes),
