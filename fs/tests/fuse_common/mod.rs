@@ -111,8 +111,20 @@ pub struct Mounted {
 }
 
 impl Mounted {
+    /// Unmounts, retrying while the kernel still calls the mount busy: the
+    /// last RELEASE of a closed file is answered asynchronously, so an
+    /// unmount right after the reads can race it (the daemon retries too).
     pub fn unmount(mut self) {
-        self.handle.take().unwrap().unmount().unwrap();
+        let mut handle = self.handle.take().unwrap();
+        let mut last = None;
+        let done = wait_until(Duration::from_secs(10), || match handle.unmount() {
+            Ok(()) => true,
+            Err(e) => {
+                last = Some(e.to_string());
+                false
+            }
+        });
+        assert!(done, "unmount still failing after 10 s: {last:?}");
     }
 }
 
