@@ -255,15 +255,19 @@ impl StargzFs {
         self.live.as_ref()
     }
 
+    /// Every mount, removed from the table (at shutdown).
+    fn take_all_mounts(&self) -> Vec<(PathBuf, Mounted)> {
+        self.mounts
+            .lock()
+            .map(|mut m| m.drain().collect())
+            .unwrap_or_default()
+    }
+
     /// Leaves every mount to the next daemon (SIGTERM with live restart);
     /// returns how many were handed over. Mounts that cannot be are
     /// unmounted.
     pub fn hand_over_all(&self) -> usize {
-        let mounts: Vec<(PathBuf, Mounted)> = self
-            .mounts
-            .lock()
-            .map(|mut m| m.drain().collect())
-            .unwrap_or_default();
+        let mounts = self.take_all_mounts();
         let mut handed = 0;
         for (path, mounted) in mounts {
             let Mounted {
@@ -286,11 +290,7 @@ impl StargzFs {
     /// of every connection: a stopped daemon leaves no mount that waits
     /// forever for a server.
     pub fn unmount_all(&self) -> usize {
-        let mounts: Vec<(PathBuf, Mounted)> = self
-            .mounts
-            .lock()
-            .map(|mut m| m.drain().collect())
-            .unwrap_or_default();
+        let mounts = self.take_all_mounts();
         let mut clean = 0;
         for (path, mounted) in mounts {
             let Mounted {
