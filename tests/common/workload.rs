@@ -84,11 +84,10 @@ pub fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
 
 /// Mount points under `dir` (FUSE, overlay or anything else), deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(PathBuf::from)
+    let mut found: Vec<PathBuf> = rstargz_fs::fuse::mountinfo::read()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.mountpoint)
         .filter(|p| p.starts_with(dir))
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));

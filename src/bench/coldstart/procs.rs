@@ -347,13 +347,12 @@ pub fn drop_caches() -> anyhow::Result<()> {
 
 /// Unmounts (lazily) everything mounted under `dir`, deepest first.
 pub fn unmount_under(dir: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(table) = rstargz_fs::fuse::mountinfo::read() else {
         return;
     };
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(PathBuf::from)
+    let mut found: Vec<PathBuf> = table
+        .into_iter()
+        .map(|m| m.mountpoint)
         .filter(|p| p.starts_with(dir))
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
