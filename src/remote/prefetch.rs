@@ -23,8 +23,8 @@ use rstargz_fs::layer::{BlobSource, LayerReader, Purpose};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-/// When an application last waited for the registry, and whether it is
-/// waiting now.
+/// When an application last waited for the registry, and whether a read
+/// that someone needs soon (on-demand or prefetch) is in flight now.
 #[derive(Debug, Default)]
 pub struct Activity {
     last_on_demand: Mutex<Option<Instant>>,
@@ -32,11 +32,12 @@ pub struct Activity {
     idle: tokio::sync::Notify,
 }
 
-/// An on-demand registry read in flight; ends when dropped.
+/// An urgent (on-demand or prefetch) registry read in flight; ends when
+/// dropped.
 #[derive(Debug)]
-pub struct OnDemand<'a>(&'a Activity);
+pub struct UrgentRead<'a>(&'a Activity);
 
-impl Drop for OnDemand<'_> {
+impl Drop for UrgentRead<'_> {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
@@ -47,15 +48,24 @@ impl Drop for OnDemand<'_> {
 impl Activity {
     /// Records an on-demand registry read starting now, in flight until
     /// the returned guard drops.
-    pub fn on_demand(&self) -> OnDemand<'_> {
+    pub fn on_demand(&self) -> UrgentRead<'_> {
         if let Ok(mut t) = self.last_on_demand.lock() {
             *t = Some(Instant::now());
         }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        OnDemand(self)
+        UrgentRead(self)
     }
 
-    /// Returns once no on-demand read is in flight (at once if none is).
+    /// Records a prefetch read in flight until the returned guard drops.
+    /// It holds streaming back like an on-demand read (the prioritized
+    /// files are what the container reads first) but is not an
+    /// application's read, so it does not restart the silence period.
+    pub fn prefetching(&self) -> UrgentRead<'_> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        UrgentRead(self)
+    }
+
+    /// Returns once no urgent read is in flight (at once if none is).
     pub async fn idle(&self) {
         loop {
             let notified = self.idle.notified();
@@ -100,9 +110,15 @@ impl BackgroundLimits {
         }
     }
 
-    /// Waits until a chunk of `bytes` compressed bytes may be fetched.
-    pub async fn wait_turn(&self, bytes: u64) {
-        while let Some(last) = self.activity.last() {
+    /// Waits until a chunk of `bytes` compressed bytes may be fetched:
+    /// silence is counted from the later of the last on-demand read and
+    /// `since`, when this layer's background fetch began. Without `since`
+    /// a layer mounted before its container's first read would start at
+    /// once, in the gap between the pull and the workload, and take the
+    /// link the workload is about to need.
+    pub async fn wait_turn(&self, bytes: u64, since: Instant) {
+        loop {
+            let last = self.activity.last().map_or(since, |l| l.max(since));
             let quiet = last.elapsed();
             if quiet >= self.silence {
                 break;
@@ -296,6 +312,7 @@ async fn fetch_windows(
     let mut tasks = tokio::task::JoinSet::new();
     let windows = layer.stream_windows(window.max(1));
     let mut done = vec![false; windows.len()];
+    let started = Instant::now();
     loop {
         let reader_at = if streaming { layer.reader_at() } else { 0 };
         let Some(next) = next_window(&windows, &done, reader_at) else {
@@ -308,11 +325,12 @@ async fn fetch_windows(
         };
         if streaming {
             limits.wait_rate(range.end - range.start).await;
-            // A window sent while an application waits for the registry
-            // would share the link with it: start it between its reads.
+            // A window sent while an application or a prefetch waits for
+            // the registry would share the link with it: start it between
+            // their reads.
             limits.activity.idle().await;
         } else {
-            limits.wait_turn(range.end - range.start).await;
+            limits.wait_turn(range.end - range.start, started).await;
         }
         let layer = layer.clone();
         tasks.spawn(async move {
@@ -395,8 +413,9 @@ mod tests {
         let limits =
             BackgroundLimits::new(2, 1 << 20, Duration::from_millis(500), activity.clone());
         let start = Instant::now();
+        let long_ago = start - Duration::from_secs(1);
         for _ in 0..3 {
-            limits.wait_turn(1 << 20).await;
+            limits.wait_turn(1 << 20, long_ago).await;
         }
         // Three 1 MiB turns at 1 MiB/s: the third starts after two seconds.
         assert!(
@@ -409,11 +428,31 @@ mod tests {
         let unbounded = BackgroundLimits::new(2, 0, Duration::from_millis(500), activity.clone());
         drop(activity.on_demand());
         let start = Instant::now();
-        unbounded.wait_turn(1 << 30).await;
+        unbounded.wait_turn(1 << 30, long_ago).await;
         // Paused until the application has been quiet for the silence period.
         assert!(start.elapsed() >= Duration::from_millis(500));
         let start = Instant::now();
-        unbounded.wait_turn(1 << 30).await;
+        unbounded.wait_turn(1 << 30, long_ago).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn background_fetch_of_a_fresh_mount_waits_for_silence_too() {
+        // No on-demand read yet (the container has not started): the
+        // silence counts from when the layer's background fetch began.
+        let limits = BackgroundLimits::new(
+            2,
+            0,
+            Duration::from_millis(500),
+            Arc::new(Activity::default()),
+        );
+        let start = Instant::now();
+        limits.wait_turn(1 << 20, start).await;
+        assert!(start.elapsed() >= Duration::from_millis(500));
+        let start = Instant::now();
+        limits
+            .wait_turn(1 << 20, start - Duration::from_secs(1))
+            .await;
         assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }

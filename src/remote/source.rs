@@ -113,7 +113,11 @@ impl RegistryBlob {
         ranges: &[Range<u64>],
         purpose: Purpose,
     ) -> Result<Vec<(Range<u64>, Bytes)>, RegistryError> {
-        let _waiting = (purpose == Purpose::OnDemand).then(|| self.activity.on_demand());
+        let _urgent = match purpose {
+            Purpose::OnDemand => Some(self.activity.on_demand()),
+            Purpose::Metadata | Purpose::Prefetch => Some(self.activity.prefetching()),
+            Purpose::Background => None,
+        };
         let parts = self
             .fetcher()
             .await?

@@ -388,7 +388,9 @@ impl BlobFetcher {
     ) -> Result<Vec<(Range<u64>, Bytes)>, Attempt> {
         let idx = self.inner.current_host.load(Ordering::Relaxed);
         let multi = ranges.len() > 1;
-        let resp = self.get(idx, &range_header(ranges), purpose).await?;
+        let header = range_header(ranges);
+        tracing::debug!(blob = %self.inner.digest, range = %header, ?purpose, "registry range request");
+        let resp = self.get(idx, &header, purpose).await?;
         let metrics = &self.inner.registry.metrics;
         let whole_blob = !multi
             && ranges[0].start == 0
