@@ -419,7 +419,8 @@ async fn prefetched_files_read_without_fetching() {
     let mut c = daemon.client().await;
     let parent = prepare_remote_chain(&mut c, &reference, &layers, &digests).await;
     let lowers = lowerdirs(&prepare(&mut c, "container", &parent, &[]).await.unwrap());
-    // Prepare waited for the prefetch: the prioritized files are local.
+    // Reads of the prioritized files wait for the prefetch (whether still
+    // in flight or done) instead of asking the registry themselves.
     let requests = proxy.seen().len();
     assert_eq!(
         hex_sha(&std::fs::read(lowers[0].join("prio/a")).unwrap()),

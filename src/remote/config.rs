@@ -21,7 +21,8 @@ pub struct RemoteConfig {
     /// Prefetch size (compressed bytes) of layers without a landmark; the
     /// `stargz.prefetch` label overrides it.
     pub prefetch_size: u64,
-    /// How long Prepare waits for a layer's prefetch.
+    /// How long a read inside a layer's prioritized prefix waits for the
+    /// prefetch (Prepare itself does not wait) before fetching by itself.
     pub prefetch_timeout_sec: u64,
     /// Do not prefetch the prioritized files.
     pub noprefetch: bool,

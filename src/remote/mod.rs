@@ -6,6 +6,7 @@
 //! `containerd.io/snapshot.ref` label; `RemoteError::Declined` (or any
 //! failure) makes it fall back to the local overlayfs snapshot.
 
+pub mod buffered;
 pub mod config;
 pub mod fdholder;
 pub mod fdstore;

@@ -14,14 +14,15 @@
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use rstargz_fs::estargz::{Chunk, Ino, Prefetch};
-use rstargz_fs::layer::{BlobSource, LayerReader, Purpose};
+use rstargz_fs::layer::{LayerReader, Purpose};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+
+use super::buffered::BufferedSource;
 
 /// When an application last waited for the registry, and whether a read
 /// that someone needs soon (on-demand or prefetch) is in flight now.
@@ -143,61 +144,6 @@ impl BackgroundLimits {
     }
 }
 
-/// A source that can hold one prefetched range in memory and serves reads
-/// inside it without touching `inner`.
-pub struct BufferedSource {
-    inner: Arc<dyn BlobSource>,
-    buffer: RwLock<Option<(u64, Bytes)>>,
-}
-
-impl BufferedSource {
-    /// Wraps `inner` with an empty buffer.
-    pub fn new(inner: Arc<dyn BlobSource>) -> Self {
-        BufferedSource {
-            inner,
-            buffer: RwLock::new(None),
-        }
-    }
-
-    /// Serves reads inside `buffer` (start offset, bytes) from memory.
-    pub fn set(&self, buffer: Option<(u64, Bytes)>) {
-        if let Ok(mut b) = self.buffer.write() {
-            *b = buffer;
-        }
-    }
-
-    fn slice(&self, range: &Range<u64>) -> Option<Bytes> {
-        let b = self.buffer.read().ok()?;
-        let (start, bytes) = b.as_ref()?;
-        let end = start + bytes.len() as u64;
-        (range.start >= *start && range.end <= end)
-            .then(|| bytes.slice((range.start - start) as usize..(range.end - start) as usize))
-    }
-}
-
-#[async_trait::async_trait]
-impl BlobSource for BufferedSource {
-    async fn read_range(&self, range: Range<u64>, purpose: Purpose) -> io::Result<Bytes> {
-        match self.slice(&range) {
-            Some(bytes) => Ok(bytes),
-            None => self.inner.read_range(range, purpose).await,
-        }
-    }
-
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-
-    async fn forget(&self, range: Range<u64>) {
-        if self.slice(&range).is_some() {
-            // The prefetched copy is bad somewhere: every chunk still to be
-            // decoded from it is read from the registry instead.
-            self.set(None);
-        }
-        self.inner.forget(range).await;
-    }
-}
-
 /// Every non-hole chunk of the layer, in blob order (hard links share
 /// chunks: each compressed range once).
 fn all_chunks(layer: &LayerReader) -> impl Iterator<Item = (Ino, Chunk)> + '_ {
@@ -231,26 +177,43 @@ fn capped_prefetch_end(prefetch: Prefetch, default_size: u64, blob_size: u64) ->
     end.min(MAX_PREFETCH)
 }
 
-/// Fetches `[0, end)` in one range read and caches every chunk inside it.
-/// Returns the number of chunks cached.
-pub async fn prefetch(layer: &LayerReader, source: &BufferedSource, end: u64) -> io::Result<usize> {
+/// A prefetch whose range read has started: the chunks of the
+/// prioritized region, in blob order, and the compressed span holding them.
+pub struct Prefetching {
+    chunks: Vec<(Ino, Chunk)>,
+    span: u64,
+}
+
+/// Starts fetching the chunks inside `[0, end)` into `source` in one range
+/// read and returns at once (reads inside the span wait for it); `None`
+/// when the region holds no chunk. [`prefetch`] then decodes them.
+pub fn start_prefetch(
+    layer: &LayerReader,
+    source: &Arc<BufferedSource>,
+    end: u64,
+) -> Option<Prefetching> {
     if end == 0 {
-        return Ok(0);
+        return None;
     }
     let chunks: Vec<(Ino, Chunk)> = all_chunks(layer)
         .filter(|(_, c)| c.compressed_range().end <= end)
         .collect();
-    let Some(last) = chunks.iter().map(|(_, c)| c.compressed_range().end).max() else {
-        return Ok(0);
-    };
-    // A warm layer's prefix is already buffered (see `warm`).
-    let bytes = match source.slice(&(0..last)) {
-        Some(b) => b,
-        None => source.inner.read_range(0..last, Purpose::Prefetch).await?,
-    };
-    source.set(Some((0, bytes)));
+    let span = chunks.iter().map(|(_, c)| c.compressed_range().end).max()?;
+    // A warm layer's prefix is already buffered or on its way (see `warm`).
+    source.fill_in_background(0..span, Purpose::Prefetch);
+    Some(Prefetching { chunks, span })
+}
+
+/// Waits for the prefetched span, then decodes, verifies and caches every
+/// chunk in it. Returns the number of chunks cached.
+pub async fn prefetch(
+    layer: &LayerReader,
+    source: &BufferedSource,
+    prefetching: Prefetching,
+) -> io::Result<usize> {
+    source.fill(0..prefetching.span, Purpose::Prefetch).await?;
     let mut cached = 0;
-    for (ino, chunk) in &chunks {
+    for (ino, chunk) in &prefetching.chunks {
         match layer.chunk(*ino, chunk, Purpose::Prefetch).await {
             Ok(_) => cached += 1,
             Err(e) => tracing::warn!(ino, error = %e, "prefetched chunk failed"),

@@ -19,9 +19,10 @@ use rstargz_fs::layer::{BlobSource, LayerError, LayerReader};
 use rstargz_fs::registry::{LayerSource, Registry, RegistryError, layer_source_from_labels};
 use serde::{Deserialize, Serialize};
 
+use super::buffered::BufferedSource;
 use super::config::RemoteConfig;
 use super::live::LiveMounts;
-use super::prefetch::{self, Activity, BackgroundLimits, BufferedSource};
+use super::prefetch::{self, Activity, BackgroundLimits};
 use super::source::{RegistryBlob, TocCachedSource, write_atomically};
 use super::warm::{Warm, WarmLayers};
 use super::{BoxFuture, RemoteError};
@@ -386,12 +387,7 @@ impl StargzFs {
                         .is_none_or(|d| d == w.layer.toc_digest())
             });
         let (blob, buffered, layer) = match warm {
-            Some(w) => {
-                if let Some(prefix) = w.prefix {
-                    w.buffered.set(Some((0, prefix)));
-                }
-                (w.blob, w.buffered, w.layer)
-            }
+            Some(w) => (w.blob, w.buffered, w.layer),
             None => self.open_layer(&source, &state, &opts).await?,
         };
         let meta = LayerMeta {
@@ -442,6 +438,12 @@ impl StargzFs {
         Ok(())
     }
 
+    /// How long a read inside a layer's prioritized prefix waits for the
+    /// prefix before asking the registry itself.
+    fn prefetch_wait(&self) -> Duration {
+        Duration::from_secs(self.config.prefetch_timeout_sec)
+    }
+
     /// `<root>/layers/<layer digest>`: the layer's footer and TOC copies.
     fn layer_state(&self, digest: &rstargz_fs::registry::Digest) -> PathBuf {
         self.layers_dir.join(digest.as_str().replace(':', "-"))
@@ -478,7 +480,7 @@ impl StargzFs {
             blob.clone() as Arc<dyn BlobSource>,
             state.to_path_buf(),
         ));
-        let buffered = Arc::new(BufferedSource::new(cached));
+        let buffered = Arc::new(BufferedSource::new(cached, self.prefetch_wait()));
         let layer = LayerReader::open(buffered.clone(), self.cache.clone(), opts)
             .await
             .map_err(|e| layer_reason(&e).decline(e))?;
@@ -502,6 +504,7 @@ impl StargzFs {
             let (state, cache) = (self.layer_state(&n.digest), self.cache.clone());
             let default_prefetch = source.prefetch_size.unwrap_or(self.config.prefetch_size);
             let noprefetch = self.config.noprefetch;
+            let prefetch_wait = self.prefetch_wait();
             self.warm.start(n.digest.as_str(), async move {
                 let blob = RegistryBlob::connect(registry, next, activity)
                     .await
@@ -512,7 +515,7 @@ impl StargzFs {
                     blob.clone() as Arc<dyn BlobSource>,
                     state,
                 ));
-                let buffered = Arc::new(BufferedSource::new(cached));
+                let buffered = Arc::new(BufferedSource::new(cached, prefetch_wait));
                 let opts = OpenOptions {
                     verify,
                     ..OpenOptions::default()
@@ -526,27 +529,23 @@ impl StargzFs {
                 } else {
                     prefetch::prefetch_end(&layer, default_prefetch)
                 };
-                let prefix = if end > 0 {
-                    blob.read_range(0..end, rstargz_fs::layer::Purpose::Prefetch)
-                        .await
-                        .map_err(|e| tracing::debug!(error = %e, "warming a layer: prefix failed"))
-                        .ok()
-                } else {
-                    None
-                };
+                // Raw: the mount decodes and verifies it once the TOC
+                // digest from the layer's own labels has been checked.
+                buffered.fill_in_background(0..end, rstargz_fs::layer::Purpose::Prefetch);
                 Some(Warm {
                     blob,
                     buffered,
                     layer,
                     verify,
-                    prefix,
                 })
             });
         }
     }
 
-    /// Starts prefetch then background fetch (as configured) and waits up
-    /// to `prefetch_timeout_sec` for the prefetch.
+    /// Starts prefetch then background fetch (as configured). Prepare
+    /// does not wait for the prefetch: the container is created while the
+    /// prefix arrives, and reads inside it wait for it (up to
+    /// `prefetch_timeout_sec`) instead of fetching it again.
     async fn start_fetching(
         &self,
         layer: Arc<LayerReader>,
@@ -559,7 +558,8 @@ impl StargzFs {
             prefetch::prefetch_end(&layer, default_prefetch)
         };
         let background = !self.config.no_background_fetch;
-        if end == 0 && !background {
+        let prefetching = prefetch::start_prefetch(&layer, &buffered, end);
+        if prefetching.is_none() && !background {
             return None;
         }
         let limit = self.background.clone();
@@ -567,14 +567,13 @@ impl StargzFs {
         let stream =
             background && prefetch::streams(end, layer.blob_size(), section.stream_layer_max_bytes);
         let window = section.stream_window_bytes;
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            match prefetch::prefetch(&layer, &buffered, end).await {
-                Ok(chunks) if chunks > 0 => tracing::debug!(bytes = end, chunks, "prefetched"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "prefetch failed"),
+            if let Some(prefetching) = prefetching {
+                match prefetch::prefetch(&layer, &buffered, prefetching).await {
+                    Ok(chunks) => tracing::debug!(bytes = end, chunks, "prefetched"),
+                    Err(e) => tracing::warn!(error = %e, "prefetch failed"),
+                }
             }
-            let _ = done_tx.send(());
             if stream {
                 let bytes = layer.blob_size();
                 tracing::debug!(bytes, "streaming the layer (no prioritized region)");
@@ -584,13 +583,6 @@ impl StargzFs {
                 prefetch::background_fetch(layer, limit, window).await;
             }
         });
-        let wait = Duration::from_secs(self.config.prefetch_timeout_sec);
-        if end > 0 && tokio::time::timeout(wait, done_rx).await.is_err() {
-            tracing::info!(
-                timeout_sec = wait.as_secs(),
-                "prefetch still running; Prepare returns without it"
-            );
-        }
         Some(AbortOnDrop(task))
     }
 

@@ -2,19 +2,18 @@
 //! Go reference pre-resolves them): containerd prepares layers one after
 //! another, so without this each layer's probe, footer, TOC and prefetch
 //! round trips wait for the previous layer's. A warm layer is connected,
-//! its TOC read and its prioritized prefix fetched (raw: the chunks are
-//! decoded and verified only by the mount, once the TOC digest from the
-//! layer's own labels has been checked).
+//! its TOC read and the fetch of its prioritized prefix started (raw: the
+//! chunks are decoded and verified only by the mount, once the TOC digest
+//! from the layer's own labels has been checked).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use rstargz_fs::estargz::Verify;
 use rstargz_fs::layer::LayerReader;
 
-use super::prefetch::BufferedSource;
+use super::buffered::BufferedSource;
 use super::source::RegistryBlob;
 
 /// How long an unclaimed warm layer is kept (its prefix is in memory).
@@ -30,8 +29,6 @@ pub struct Warm {
     pub layer: LayerReader,
     /// Chunk verification the reader was opened with.
     pub verify: Verify,
-    /// The compressed bytes `[0, prefetch end)`, when there is a prefix.
-    pub prefix: Option<Bytes>,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Warm>>>;
