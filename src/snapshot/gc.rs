@@ -15,6 +15,8 @@
 
 use std::path::{Path, PathBuf};
 
+use rstargz_fs::fuse::mountinfo::MountPoints;
+
 use super::error::{Context, Error, Result};
 use super::layout::{NEW_PREFIX, REMOVED_PREFIX};
 use super::snapshotter::{Inner, sync_dir, unique_suffix};
@@ -29,12 +31,19 @@ pub(super) fn recover(inner: &Inner) -> Result<()> {
         }
     }
     let ids = inner.store.read(|tx| tx.ids())?;
+    let mounted = match MountPoints::read() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the mount table; not checking snapshot directories");
+            return Ok(());
+        }
+    };
     for id in ids {
         // A mount there is a layer an fd holder keeps for this daemon to
         // take over: a stat on it would wait for the take-over, which
         // comes after this.
         let dir = inner.backend.content_dir(&inner.layout, id);
-        if !is_mount_point(&dir) && !dir.is_dir() {
+        if !mounted.contains(&dir) && !dir.is_dir() {
             tracing::error!(id, "snapshot directory is missing");
         }
     }

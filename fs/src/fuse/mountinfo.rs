@@ -4,6 +4,7 @@
 //! can never exit (its request was read by a server thread that is gone,
 //! and the kernel waits for the answer uninterruptibly).
 
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -70,6 +71,25 @@ pub fn device_of(mountpoint: &Path) -> Option<u64> {
 /// Whether something is mounted at `path`.
 pub fn is_mount_point(path: &Path) -> bool {
     device_of(path).is_some()
+}
+
+/// Every mount point of this process's mount table, read once: for asking
+/// about many paths without reading the table for each.
+#[derive(Debug, Default)]
+pub struct MountPoints(HashSet<PathBuf>);
+
+impl MountPoints {
+    /// Reads the mount table.
+    pub fn read() -> io::Result<Self> {
+        Ok(MountPoints(
+            read()?.into_iter().map(|m| m.mountpoint).collect(),
+        ))
+    }
+
+    /// Whether something was mounted at `path` when the table was read.
+    pub fn contains(&self, path: &Path) -> bool {
+        resolve(path).is_some_and(|p| self.0.contains(&p))
+    }
 }
 
 /// Aborts the FUSE connection of the mount with device `dev`: every request

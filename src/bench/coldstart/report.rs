@@ -60,17 +60,20 @@ impl Report {
 
     /// The network floor (needed bytes over the link plus the minimum round
     /// trips) and the local part (the container run with the image on
-    /// disk, page cache dropped: median of the overlayfs runs), in s.
+    /// disk, page cache dropped: median of the overlayfs runs), in s;
+    /// `None` when the run left out the overlayfs mode.
     pub fn floor(&self, image: Kind, link: &LinkCase) -> Option<(f64, f64)> {
         let facts = self.images.iter().find(|f| f.image == image)?;
         let net = facts.needs.floor(link.link()).as_secs_f64();
-        let local = median(
-            self.samples(image, &link.name, Mode::Overlayfs)
-                .iter()
-                .filter_map(|s| s.local_run_s)
-                .collect(),
-        );
-        Some((net, local))
+        let local: Vec<f64> = self
+            .samples(image, &link.name, Mode::Overlayfs)
+            .iter()
+            .filter_map(|s| s.local_run_s)
+            .collect();
+        if local.is_empty() {
+            return None;
+        }
+        Some((net, median(local)))
     }
 }
 
