@@ -57,11 +57,18 @@ impl BufferedSource {
 
     /// The buffered bytes of `range`, if the buffer holds all of it.
     pub fn slice(&self, range: &Range<u64>) -> Option<Bytes> {
+        self.head(range)
+            .filter(|b| b.len() as u64 == range.end - range.start)
+    }
+
+    /// The buffered bytes from `range.start` on (up to `range.end`), if the
+    /// buffer holds `range.start`.
+    fn head(&self, range: &Range<u64>) -> Option<Bytes> {
         let b = self.buffer.read().ok()?;
         let (start, bytes) = b.as_ref()?;
-        let end = start + bytes.len() as u64;
-        (range.start >= *start && range.end <= end)
-            .then(|| bytes.slice((range.start - start) as usize..(range.end - start) as usize))
+        let end = range.end.min(start + bytes.len() as u64);
+        (range.start >= *start && range.start < end)
+            .then(|| bytes.slice((range.start - start) as usize..(end - start) as usize))
     }
 
     /// Starts fetching `range` into the buffer on a task of its own and
@@ -119,10 +126,20 @@ impl BlobSource for BufferedSource {
             return Ok(bytes);
         }
         self.wait_for_fill(&range).await;
-        match self.slice(&range) {
-            Some(bytes) => Ok(bytes),
-            None => self.inner.read_range(range, purpose).await,
+        let Some(head) = self.head(&range) else {
+            return self.inner.read_range(range, purpose).await;
+        };
+        let rest = range.start + head.len() as u64..range.end;
+        if rest.is_empty() {
+            return Ok(head);
         }
+        // A read that starts in the buffer and runs past it (an on-demand
+        // read taking its following chunks along) fetches only the rest.
+        let tail = self.inner.read_range(rest, purpose).await?;
+        let mut joined = Vec::with_capacity(head.len() + tail.len());
+        joined.extend_from_slice(&head);
+        joined.extend_from_slice(&tail);
+        Ok(joined.into())
     }
 
     fn size(&self) -> u64 {
@@ -145,10 +162,11 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A blob of `len` bytes (byte i = i mod 251) whose reads are counted
-    /// and held until `release` is notified.
+    /// (the last one's range kept) and held until `release` has a permit.
     struct Held {
         len: u64,
         reads: AtomicUsize,
+        last: std::sync::Mutex<Option<Range<u64>>>,
         release: tokio::sync::Semaphore,
     }
 
@@ -156,6 +174,9 @@ mod tests {
     impl BlobSource for Held {
         async fn read_range(&self, range: Range<u64>, _purpose: Purpose) -> io::Result<Bytes> {
             self.reads.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut last) = self.last.lock() {
+                *last = Some(range.clone());
+            }
             let permit = self.release.acquire().await.map_err(io::Error::other)?;
             permit.forget();
             Ok(range.map(|i| (i % 251) as u8).collect())
@@ -169,6 +190,7 @@ mod tests {
         Arc::new(Held {
             len,
             reads: AtomicUsize::new(0),
+            last: std::sync::Mutex::new(None),
             release: tokio::sync::Semaphore::new(0),
         })
     }
@@ -238,6 +260,22 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn a_read_running_past_the_buffer_fetches_only_the_rest() {
+        let blob = held(1000);
+        let source = BufferedSource::new(blob.clone(), Duration::from_secs(60));
+        source.set(Some((0, (0..500u64).map(|i| (i % 251) as u8).collect())));
+        blob.release.add_permits(1);
+        let bytes = source
+            .read_range(400..700, Purpose::OnDemand)
+            .await
+            .expect("read");
+        let want: Vec<u8> = (400..700u64).map(|i| (i % 251) as u8).collect();
+        assert_eq!(&bytes[..], &want[..]);
+        assert_eq!(blob.reads.load(Ordering::SeqCst), 1);
+        assert_eq!(*blob.last.lock().expect("lock"), Some(500..700));
     }
 
     #[tokio::test]

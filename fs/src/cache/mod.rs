@@ -138,7 +138,9 @@ impl ChunkCache {
 
     /// Returns the chunk from memory or disk, or runs `fetch` (which must
     /// return verified bytes) once for all concurrent callers and stores the
-    /// result in both tiers.
+    /// result in both tiers. Callers are joined only when they use the same
+    /// error type `E` (moka keys its waiters by it): every caller of one
+    /// cache must use one type.
     pub async fn get_or_fetch<F, E>(&self, key: ChunkKey, fetch: F) -> Result<Bytes, Arc<E>>
     where
         F: Future<Output = Result<Bytes, E>>,

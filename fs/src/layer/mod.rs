@@ -506,16 +506,21 @@ impl LayerReader {
             .enumerate()
             .map(|(i, (ino, _, key))| async move {
                 let mut ran = false;
+                // The error type must be `chunk`'s: moka joins a fetch in
+                // flight only when both callers' futures fail with the same
+                // type, so with another one an on-demand read of a chunk
+                // this window is fetching would fetch it again.
                 let got = self
                     .cache
                     .get_or_fetch(*key, async {
                         ran = true;
-                        match window.get_or_init(fetch_window).await {
+                        let chunk = match window.get_or_init(fetch_window).await {
                             Ok(chunks) => chunks.get(i).cloned().unwrap_or_else(|| {
                                 Err("chunk missing from its window".to_string())
                             }),
                             Err(e) => Err(e.clone()),
-                        }
+                        };
+                        chunk.map_err(LayerError::Task)
                     })
                     .await;
                 if let Err(e) = &got
@@ -841,6 +846,74 @@ mod tests {
         assert!(got == content, "the bytes read are the file's");
         let bad = layer.stats().bad_chunks.load(Ordering::SeqCst);
         assert_eq!(bad, u64::from(FETCH_ATTEMPTS - 1));
+    }
+
+    /// An in-memory blob whose reads, once `armed`, wait for a permit.
+    struct Gated {
+        data: Bytes,
+        armed: std::sync::atomic::AtomicBool,
+        reads: AtomicU32,
+        gate: tokio::sync::Semaphore,
+    }
+
+    #[async_trait::async_trait]
+    impl BlobSource for Gated {
+        async fn read_range(&self, range: Range<u64>, _: Purpose) -> io::Result<Bytes> {
+            if self.armed.load(Ordering::SeqCst) {
+                self.reads.fetch_add(1, Ordering::SeqCst);
+                self.gate
+                    .acquire()
+                    .await
+                    .map_err(io::Error::other)?
+                    .forget();
+            }
+            Ok(self.data.slice(range.start as usize..range.end as usize))
+        }
+
+        fn size(&self) -> u64 {
+            self.data.len() as u64
+        }
+    }
+
+    #[tokio::test]
+    async fn an_on_demand_read_joins_the_window_fetching_its_chunk() {
+        let content = noise(100_000);
+        let (blob, _) = layer_blob(&content);
+        let source = Arc::new(Gated {
+            data: blob.into(),
+            armed: Default::default(),
+            reads: AtomicU32::new(0),
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let cache = Arc::new(ChunkCache::new(&ChunkCacheConfig::default(), None));
+        let opts = OpenOptions::default();
+        let layer = Arc::new(
+            LayerReader::open(source.clone(), cache, &opts)
+                .await
+                .unwrap(),
+        );
+        let ino = layer.index().lookup_path("file").unwrap();
+        source.armed.store(true, Ordering::SeqCst);
+        let size = layer.blob_size();
+        let window = tokio::spawn({
+            let layer = layer.clone();
+            async move { layer.cache_range(0..size, Purpose::Background).await }
+        });
+        while source.reads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let reader = tokio::spawn({
+            let layer = layer.clone();
+            async move { layer.read(ino, 0, 100).await }
+        });
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(source.reads.load(Ordering::SeqCst), 1, "fetched twice");
+        source.gate.add_permits(10);
+        assert_eq!(reader.await.unwrap().unwrap(), &content[..100]);
+        window.await.unwrap().unwrap();
+        assert_eq!(source.reads.load(Ordering::SeqCst), 1, "fetched twice");
     }
 
     #[tokio::test]
