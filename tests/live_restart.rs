@@ -288,3 +288,42 @@ async fn readers_see_no_error_while_the_daemon_restarts() {
     assert_eq!(mount_id(&lower), None, "SIGINT unmounts");
     wait_for("the fd holder to exit", || !holder.exists());
 }
+
+/// Whether the reading end of the pipe whose writing end is `w` is closed
+/// everywhere (poll reports POLLERR on the writing end then), waiting at
+/// most `ms`.
+fn reader_closed(w: &std::os::fd::OwnedFd, ms: u16) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(w.as_fd(), PollFlags::empty())];
+    poll(&mut fds, PollTimeout::from(ms)).unwrap();
+    fds[0]
+        .revents()
+        .is_some_and(|r| r.contains(PollFlags::POLLERR))
+}
+
+#[test]
+fn the_fd_holder_lets_go_when_no_daemon_comes_back() {
+    use rstargz::remote::fdstore::FdStore;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("fdstore.sock");
+    let exe = Path::new(env!("CARGO_BIN_EXE_rstargz"));
+    let store = FdStore::connect_or_spawn(&socket, exe, std::time::Duration::from_secs(2)).unwrap();
+    // A pipe stands in for a FUSE connection: the holder keeps its reading
+    // end, and the writing end tells when the holder has closed it.
+    let (r, w) = nix::unistd::pipe().unwrap();
+    store.put("layer", r.as_fd(), "{}").unwrap();
+    drop(r);
+    // Kept while a daemon is connected, past the timeout.
+    assert!(
+        !reader_closed(&w, 3000),
+        "let go while a daemon was connected"
+    );
+    // A daemon that goes away and comes back in time finds it.
+    drop(store);
+    let back = FdStore::connect(&socket).unwrap();
+    assert!(back.list().unwrap().iter().any(|(k, _)| k == "layer"));
+    drop(back);
+    // No daemon any more: after the timeout the holder closes it and exits.
+    wait_for("the holder to let go", || reader_closed(&w, 100));
+    wait_for("the holder to exit", || !socket.exists());
+}

@@ -10,6 +10,9 @@ pub struct FdHolderArgs {
     /// Unix socket to serve (`<root>/fdstore.sock` when started by serve).
     #[arg(long)]
     pub socket: PathBuf,
+    /// How long to keep connections while no daemon is connected.
+    #[arg(long, default_value_t = crate::remote::config::DEFAULT_LIVE_RESTART_TIMEOUT_SEC)]
+    pub orphan_timeout_sec: u64,
 }
 
 /// Holds connections until none is left and no daemon is connected.
@@ -28,6 +31,7 @@ pub fn run(args: FdHolderArgs) -> anyhow::Result<()> {
         // SAFETY: SIG_IGN installs no handler code.
         unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) }?;
     }
-    crate::remote::fdholder::run(&args.socket)?;
+    let orphan_timeout = std::time::Duration::from_secs(args.orphan_timeout_sec);
+    crate::remote::fdholder::run(&args.socket, orphan_timeout)?;
     Ok(())
 }

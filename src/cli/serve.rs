@@ -224,7 +224,8 @@ async fn remote_fs(
     }
     let mut fs = StargzFs::new(root, config.remote.clone()).context("set up remote layers")?;
     if config.remote.fuse.live_restart {
-        match live_restart(root) {
+        let wait = Duration::from_secs(config.remote.fuse.live_restart_timeout_sec);
+        match live_restart(root, wait) {
             Ok(live) => fs = fs.with_live_restart(live),
             Err(e) => tracing::warn!(error = %e, "live restart unavailable: SIGTERM will unmount"),
         }
@@ -246,11 +247,12 @@ async fn remote_fs(
     Ok((fs.clone(), Some(fs), server))
 }
 
-/// Connects to the fd holder of `root`, starting it when needed.
-fn live_restart(root: &Path) -> anyhow::Result<LiveMounts> {
+/// Connects to the fd holder of `root`, starting it when needed (keeping
+/// connections for `orphan_timeout` once no daemon is connected).
+fn live_restart(root: &Path, orphan_timeout: Duration) -> anyhow::Result<LiveMounts> {
     std::fs::create_dir_all(root).with_context(|| format!("create {}", root.display()))?;
     let exe = std::env::current_exe().context("locate the rstargz binary")?;
-    let store = FdStore::connect_or_spawn(&root.join("fdstore.sock"), &exe)?;
+    let store = FdStore::connect_or_spawn(&root.join("fdstore.sock"), &exe, orphan_timeout)?;
     Ok(LiveMounts::new(store))
 }
 

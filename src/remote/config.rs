@@ -159,7 +159,15 @@ pub struct FuseSection {
     /// Keep the FUSE connections open across a SIGTERM restart (through
     /// `rstargz fd-holder`), so running containers never lose their layers.
     pub live_restart: bool,
+    /// How long the fd holder keeps the connections of a daemon that died
+    /// for the next one (our key); then it lets go, and reads on those
+    /// mounts fail with ENOTCONN instead of waiting.
+    pub live_restart_timeout_sec: u64,
 }
+
+/// Default of `[fuse] live_restart_timeout_sec`: long enough for a service
+/// manager to restart a crashed daemon.
+pub const DEFAULT_LIVE_RESTART_TIMEOUT_SEC: u64 = 300;
 
 impl Default for FuseSection {
     fn default() -> Self {
@@ -169,6 +177,7 @@ impl Default for FuseSection {
             read_timeout_sec: None,
             passthrough: true,
             live_restart: true,
+            live_restart_timeout_sec: DEFAULT_LIVE_RESTART_TIMEOUT_SEC,
         }
     }
 }

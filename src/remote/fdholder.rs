@@ -5,6 +5,11 @@
 //! be upgraded. An entry goes away when asked to, or by itself when its
 //! connection ends (the layer was unmounted: the fd then polls POLLERR). The
 //! holder exits once it holds nothing and no daemon is connected.
+//!
+//! When no daemon has been connected for the orphan timeout, the holder lets
+//! go of everything it holds: closing the last descriptor of a connection
+//! aborts it, so readers of a mount whose daemon never came back get ENOTCONN
+//! instead of waiting for ever.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -30,9 +35,10 @@ struct Client {
     sock: OwnedFd,
 }
 
-/// Serves `socket` until nothing is held and nobody is connected. Returns
-/// at once when another holder already answers there.
-pub fn run(socket: &Path) -> Result<(), FdStoreError> {
+/// Serves `socket` until nothing is held and nobody is connected, keeping
+/// what it holds for at most `orphan_timeout` with no daemon connected.
+/// Returns at once when another holder already answers there.
+pub fn run(socket: &Path, orphan_timeout: Duration) -> Result<(), FdStoreError> {
     if super::fdstore::FdStore::connect(socket).is_ok() {
         tracing::info!(socket = %socket.display(), "a holder already serves this socket");
         return Ok(());
@@ -50,9 +56,24 @@ pub fn run(socket: &Path) -> Result<(), FdStoreError> {
     let mut entries: HashMap<String, Entry> = HashMap::new();
     let mut clients: Vec<Client> = Vec::new();
     let (mut next_id, started) = (0u64, Instant::now());
+    let mut orphaned_since: Option<Instant> = None;
     loop {
         if entries.is_empty() && clients.is_empty() && started.elapsed() > STARTUP_GRACE {
             break;
+        }
+        if clients.is_empty() && !entries.is_empty() {
+            let since = *orphaned_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= orphan_timeout {
+                tracing::warn!(
+                    held = entries.len(),
+                    wait_sec = orphan_timeout.as_secs(),
+                    "no daemon came back; releasing the held connections (their mounts now fail with ENOTCONN)"
+                );
+                entries.clear();
+                continue;
+            }
+        } else {
+            orphaned_since = None;
         }
         let keys: Vec<String> = entries.keys().cloned().collect();
         let (listener_ev, client_ev, entry_ev) = {

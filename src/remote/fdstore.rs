@@ -165,8 +165,13 @@ pub struct FdStore {
 
 impl FdStore {
     /// Connects to the holder at `socket`, starting `exe fd-holder` first
-    /// when none answers.
-    pub fn connect_or_spawn(socket: &Path, exe: &Path) -> Result<FdStore, FdStoreError> {
+    /// when none answers (keeping connections for `orphan_timeout` with no
+    /// daemon connected).
+    pub fn connect_or_spawn(
+        socket: &Path,
+        exe: &Path,
+        orphan_timeout: Duration,
+    ) -> Result<FdStore, FdStoreError> {
         if let Ok(store) = Self::connect(socket) {
             return Ok(store);
         }
@@ -174,6 +179,8 @@ impl FdStore {
             .arg("fd-holder")
             .arg("--socket")
             .arg(socket)
+            .arg("--orphan-timeout-sec")
+            .arg(orphan_timeout.as_secs().to_string())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             // Its own process group: a Ctrl-C meant for the daemon must not
