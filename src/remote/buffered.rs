@@ -90,9 +90,10 @@ impl BufferedSource {
     }
 
     /// The bytes of `range` through the buffer: waits for a fill in flight
-    /// that covers its start, else fetches `range` into the buffer.
+    /// that covers its start (however long it takes: it is the same
+    /// fetch), else fetches `range` into the buffer.
     pub async fn fill(&self, range: Range<u64>, purpose: Purpose) -> io::Result<Bytes> {
-        self.wait_for_fill(&range).await;
+        self.wait_for_fill(&range, None).await;
         if let Some(bytes) = self.slice(&range) {
             return Ok(bytes);
         }
@@ -102,17 +103,21 @@ impl BufferedSource {
     }
 
     /// Returns once no fill covering `range.start` is in flight, or after
-    /// `max_wait`.
-    async fn wait_for_fill(&self, range: &Range<u64>) {
+    /// `bound` if given.
+    async fn wait_for_fill(&self, range: &Range<u64>, bound: Option<Duration>) {
         let mut rx = self.filling.subscribe();
         let covered = |f: &Option<Range<u64>>| f.as_ref().is_some_and(|f| f.contains(&range.start));
         if !covered(&rx.borrow_and_update()) {
             return;
         }
-        let waited = tokio::time::timeout(self.max_wait, rx.wait_for(|f| !covered(f))).await;
+        let Some(bound) = bound else {
+            let _ = rx.wait_for(|f| !covered(f)).await;
+            return;
+        };
+        let waited = tokio::time::timeout(bound, rx.wait_for(|f| !covered(f))).await;
         if waited.is_err() {
             tracing::debug!(
-                wait_sec = self.max_wait.as_secs(),
+                wait_sec = bound.as_secs(),
                 "prefetch still running; reading from the registry"
             );
         }
@@ -125,7 +130,7 @@ impl BlobSource for BufferedSource {
         if let Some(bytes) = self.slice(&range) {
             return Ok(bytes);
         }
-        self.wait_for_fill(&range).await;
+        self.wait_for_fill(&range, Some(self.max_wait)).await;
         let Some(head) = self.head(&range) else {
             return self.inner.read_range(range, purpose).await;
         };
@@ -276,6 +281,22 @@ mod tests {
         assert_eq!(&bytes[..], &want[..]);
         assert_eq!(blob.reads.load(Ordering::SeqCst), 1);
         assert_eq!(*blob.last.lock().expect("lock"), Some(500..700));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_prefetch_waits_for_its_own_fill_past_the_readers_bound() {
+        let blob = held(1000);
+        let source = Arc::new(BufferedSource::new(blob.clone(), Duration::from_secs(5)));
+        source.fill_in_background(0..500, Purpose::Prefetch);
+        let prefetch = tokio::spawn({
+            let s = source.clone();
+            async move { s.fill(0..400, Purpose::Prefetch).await }
+        });
+        // A slow link: the prefix arrives long after readers stop waiting.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        blob.release.add_permits(1);
+        prefetch.await.expect("task").expect("prefetch");
+        assert_eq!(blob.reads.load(Ordering::SeqCst), 1, "prefix fetched twice");
     }
 
     #[tokio::test]
