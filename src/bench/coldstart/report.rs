@@ -120,26 +120,23 @@ pub fn markdown(r: &Report) -> String {
                     let _ = write!(md, " — |");
                     continue;
                 };
-                let vs_floor = floor_total.map_or(String::new(), |f| ratio(c.total_s, f));
                 let go = match m {
                     Mode::Rstargz => r.cell(*image, &link.name, Mode::Go),
                     Mode::RstargzPrio => r.cell(*image, &link.name, Mode::GoPrio),
                     _ => None,
                 };
-                match go {
-                    Some(g) => {
-                        let _ = write!(
-                            md,
-                            " {} ({} Go, {} floor) |",
-                            secs(c.total_s),
-                            ratio(c.total_s, g.total_s),
-                            vs_floor
-                        );
-                    }
-                    None => {
-                        let _ = write!(md, " {} ({} floor) |", secs(c.total_s), vs_floor);
-                    }
-                }
+                let vs: Vec<String> = [
+                    go.map(|g| format!("{} Go", ratio(c.total_s, g.total_s))),
+                    floor_total.map(|f| format!("{} floor", ratio(c.total_s, f))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                let _ = if vs.is_empty() {
+                    write!(md, " {} |", secs(c.total_s))
+                } else {
+                    write!(md, " {} ({}) |", secs(c.total_s), vs.join(", "))
+                };
             }
             match floor {
                 Some((n, l)) => {
