@@ -152,7 +152,9 @@ impl BlobSource for BufferedSource {
     }
 
     async fn forget(&self, range: Range<u64>) {
-        if self.slice(&range).is_some() {
+        // `head`, not `slice`: a read that ran past the buffer took its
+        // start from it too.
+        if self.head(&range).is_some() {
             // The prefetched copy is bad somewhere: every chunk still to be
             // decoded from it is read from the registry instead.
             self.set(None);
@@ -281,6 +283,15 @@ mod tests {
         assert_eq!(&bytes[..], &want[..]);
         assert_eq!(blob.reads.load(Ordering::SeqCst), 1);
         assert_eq!(*blob.last.lock().expect("lock"), Some(500..700));
+    }
+
+    #[tokio::test]
+    async fn forgetting_a_range_that_starts_in_the_buffer_drops_the_buffer() {
+        let blob = held(1000);
+        let source = BufferedSource::new(blob.clone(), Duration::from_secs(60));
+        source.set(Some((0, Bytes::from(vec![7u8; 500]))));
+        source.forget(400..700).await;
+        assert!(source.slice(&(0..10)).is_none(), "bad prefix kept");
     }
 
     #[tokio::test(start_paused = true)]
