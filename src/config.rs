@@ -53,7 +53,7 @@ pub struct Config {
     /// Remote layers (top-level keys and sections, as the Go reference);
     /// read from the same table by [`Config::parse`].
     #[serde(skip)]
-    pub remote: crate::remote::RemoteConfig,
+    pub remote: rstargz_remote::RemoteConfig,
     /// Keys of the file that no setting reads (typos, other versions' keys),
     /// reported as warnings rather than silently dropped.
     #[serde(skip)]

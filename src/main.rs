@@ -21,8 +21,6 @@ enum Command {
     /// Convert whole images to eStargz or zstd:chunked.
     #[command(subcommand_required = true)]
     Image(cli::image::ImageArgs),
-    /// Measure a running service (figures as JSON lines).
-    Bench(cli::bench::BenchArgs),
     /// Mount an eStargz image lazily at a directory (no containerd) until Ctrl-C.
     Mount(cli::mount::MountArgs),
     /// Keep the FUSE connections of `serve` open across its restarts (started by serve).
@@ -35,7 +33,6 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => cli::serve::run(args),
         Command::Layer(args) => cli::layer::run(args),
         Command::Image(args) => cli::image::run(args),
-        Command::Bench(args) => cli::bench::run(args),
         Command::Mount(args) => cli::mount::run(args),
         Command::FdHolder(args) => cli::fd_holder::run(args),
     }

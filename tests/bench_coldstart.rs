@@ -1,4 +1,4 @@
-//! CI smoke test of the cold-start benchmark: `rstargz bench cold-start
+//! CI smoke test of the cold-start benchmark: `rstargz-bench cold-start
 //! --quick` end to end (tiny image, one run, loopback and the shaped link)
 //! must produce a figure for every mode, including the Go reference, plus
 //! the markdown report and the PNG plots. Checks that the lazy modes fetch
@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::path::Path;
 use std::process::Command;
 
 const MODES: [&str; 5] = ["overlayfs", "rstargz", "rstargz-prio", "go", "go-prio"];
@@ -18,10 +19,19 @@ const LINKS: [&str; 2] = ["loopback", "20ms-100mbit"];
 fn quick_cold_start_produces_every_figure() {
     let tmp = tempfile::tempdir().unwrap();
     let (out, work) = (tmp.path().join("out"), tmp.path().join("work"));
-    let run = Command::new(env!("CARGO_BIN_EXE_rstargz"))
+    let rstargz = Path::new(env!("CARGO_BIN_EXE_rstargz"));
+    let bench = rstargz.with_file_name("rstargz-bench");
+    assert!(
+        bench.is_file(),
+        "{} not built: run `cargo build -p rstargz-bench` (cargo test --workspace builds it)",
+        bench.display()
+    );
+    let run = Command::new(&bench)
         // Without background fetch the bytes counted are what pull and
         // workload asked for, which is what the laziness check below needs.
-        .args(["bench", "cold-start", "--quick", "--no-background-fetch"])
+        .args(["cold-start", "--quick", "--no-background-fetch"])
+        .arg("--rstargz")
+        .arg(rstargz)
         .arg("--out")
         .arg(&out)
         .arg("--work")

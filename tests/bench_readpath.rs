@@ -13,9 +13,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::Daemon;
-use rstargz::bench::io::Access;
-use rstargz::bench::read_path::{self, Options, RunReport, State, Target};
-use rstargz::bench::resources;
+use rstargz_bench::io::Access;
+use rstargz_bench::read_path::{self, Options, RunReport, State, Target};
+use rstargz_bench::resources;
 use rstargz_fs::estargz::WriterOptions;
 use rstargz_fs::testutil::registry::TestRegistry;
 use rstargz_fs::testutil::{TestLayer, push_image, test_blob};

@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use common::remote::*;
 use common::*;
-use rstargz::snapshot::REMOTE_LABEL;
+use rstargz_snapshotter::snapshot::REMOTE_LABEL;
 use rstargz_fs::registry::Digest;
 use rstargz_fs::registry::labels::STARGZ_DIGEST;
 use rstargz_fs::testutil::registry::TestRegistry;

@@ -23,9 +23,9 @@ use common::*;
 use image_common::proxy::FaultProxy;
 use image_common::registry::TestRegistry;
 use image_common::{at, client};
-use rstargz::image::Store;
-use rstargz::image::build::{self, BuildOptions, LayerInput};
-use rstargz::snapshot::REMOTE_LABEL;
+use rstargz_image::Store;
+use rstargz_image::build::{self, BuildOptions, LayerInput};
+use rstargz_snapshotter::snapshot::REMOTE_LABEL;
 
 const PLUGIN: &str = "rstargz";
 const NAMESPACE: &str = "rstargz-e2e";

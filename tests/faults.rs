@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use rstargz::snapshot::REMOTE_LABEL;
+use rstargz_snapshotter::snapshot::REMOTE_LABEL;
 use rstargz_fs::estargz::WriterOptions;
 use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE, TOC_DIGEST};
 use rstargz_fs::testutil::proxy::{FaultMode, FaultPlan, FaultProxy, TokenAuth};
@@ -472,7 +472,7 @@ impl Bench {
     async fn client(&self) -> Client {
         match self {
             Bench::Ours(d) => d.client().await,
-            Bench::Go { socket, .. } => rstargz::client::connect(socket).await.unwrap(),
+            Bench::Go { socket, .. } => rstargz_snapshotter::client::connect(socket).await.unwrap(),
         }
     }
 }
@@ -486,7 +486,7 @@ impl Drop for Bench {
                 child.try_wait().ok().flatten().is_some()
             });
             let table = rstargz_fs::fuse::mountinfo::read().unwrap_or_default();
-            for m in rstargz::remote::restore::stale_mounts(table, root) {
+            for m in rstargz_remote::restore::stale_mounts(table, root) {
                 let _ = nix::mount::umount2(&m.mountpoint, nix::mount::MntFlags::MNT_DETACH);
             }
         }

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use image_common::proxy::FaultProxy;
 use image_common::registry::TestRegistry;
 use image_common::{at, check_converted, client, fixture_layers};
-use rstargz::image::build::{self, BuildOptions, LayerCompression, LayerInput};
-use rstargz::image::oci::{self, Descriptor};
-use rstargz::image::{self, ConvertOptions, ImageError, ImageRef, Quiet, Store};
+use rstargz_image::build::{self, BuildOptions, LayerCompression, LayerInput};
+use rstargz_image::oci::{self, Descriptor};
+use rstargz_image::{self, ConvertOptions, ImageError, ImageRef, Quiet, Store};
 use rstargz_fs::estargz::{Compression, WriterOptions};
 use rstargz_fs::registry::Reference;
 
@@ -305,7 +305,7 @@ async fn layout_image(tmp: &Path) -> (std::path::PathBuf, serde_json::Value) {
 
 /// Replaces the layout's v1 manifest with `manifest`.
 fn retag(dir: &Path, manifest: &serde_json::Value) {
-    let layout = rstargz::image::layout::OciLayout::open(dir).unwrap();
+    let layout = rstargz_image::layout::OciLayout::open(dir).unwrap();
     let body = serde_json::to_vec(manifest).unwrap();
     let digest = rstargz_fs::registry::Digest::sha256_of(&body);
     layout.write_blob_bytes(&digest, &body).unwrap();
@@ -377,7 +377,7 @@ async fn foreign_layers_pass_through() {
     let tmp = tempfile::tempdir().unwrap();
     let client = client(tmp.path());
     let (dir, mut manifest) = layout_image(tmp.path()).await;
-    let layout = rstargz::image::layout::OciLayout::open(&dir).unwrap();
+    let layout = rstargz_image::layout::OciLayout::open(&dir).unwrap();
     let config_digest = manifest["config"]["digest"].as_str().unwrap().to_owned();
     let mut config: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.join("blobs/sha256").join(&config_digest[7..])).unwrap(),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 mod common;
 
 use common::vhdx_check::{GIB, MIB, assert_valid_scratch, on_disk_bytes, run};
-use rstargz::lcow::{self, vhdx};
+use rstargz_snapshotter::lcow::{self, vhdx};
 
 #[test]
 fn scratch_of_1_gb_is_a_vhdx_holding_a_clean_ext4() {

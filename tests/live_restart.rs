@@ -303,7 +303,7 @@ fn reader_closed(w: &std::os::fd::OwnedFd, ms: u16) -> bool {
 
 #[test]
 fn the_fd_holder_lets_go_when_no_daemon_comes_back() {
-    use rstargz::remote::fdstore::FdStore;
+    use rstargz_remote::fd_holder::FdStore;
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("fdstore.sock");
     let exe = Path::new(env!("CARGO_BIN_EXE_rstargz"));

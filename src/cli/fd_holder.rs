@@ -11,7 +11,7 @@ pub struct FdHolderArgs {
     #[arg(long)]
     pub socket: PathBuf,
     /// How long to keep connections while no daemon is connected.
-    #[arg(long, default_value_t = crate::remote::config::DEFAULT_LIVE_RESTART_TIMEOUT_SEC)]
+    #[arg(long, default_value_t = rstargz_remote::config::DEFAULT_LIVE_RESTART_TIMEOUT_SEC)]
     pub orphan_timeout_sec: u64,
 }
 
@@ -32,6 +32,6 @@ pub fn run(args: FdHolderArgs) -> anyhow::Result<()> {
         unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) }?;
     }
     let orphan_timeout = std::time::Duration::from_secs(args.orphan_timeout_sec);
-    crate::remote::fdholder::run(&args.socket, orphan_timeout)?;
+    rstargz_remote::fd_holder::server::run(&args.socket, orphan_timeout)?;
     Ok(())
 }

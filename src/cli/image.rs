@@ -12,9 +12,9 @@ use anyhow::Context as _;
 use rstargz_fs::estargz::{Compression, WriterOptions, writer::DEFAULT_CHUNK_SIZE};
 use rstargz_fs::registry::{Registry, RegistryConfig};
 
-use crate::image::build::{BuildOptions, LayerCompression, LayerInput};
-use crate::image::progress::{mb, short};
-use crate::image::{self, ConvertOptions, ImageRef, Progress, StderrLines};
+use rstargz_image::build::{BuildOptions, LayerCompression, LayerInput};
+use rstargz_image::progress::{mb, short};
+use rstargz_image::{self as image, ConvertOptions, ImageRef, Progress, StderrLines};
 
 /// Arguments of `rstargz image`.
 #[derive(Debug, clap::Args)]

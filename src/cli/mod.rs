@@ -1,6 +1,5 @@
 //! Command-line interface: one module per subcommand group.
 
-pub mod bench;
 pub mod fd_holder;
 pub mod image;
 pub mod layer;

@@ -15,7 +15,8 @@ use serde::Deserialize;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
-use crate::remote::{RemoteFs, StargzFs};
+use rstargz_remote::StargzFs;
+use rstargz_snapshotter::remote_fs::RemoteFs;
 
 /// Arguments of `rstargz mount`.
 #[derive(Debug, clap::Args)]

@@ -15,13 +15,14 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, DEFAULT_ADDRESS, DEFAULT_LOG_LEVEL, DEFAULT_ROOT, Fallback};
-use crate::grpc::SnapshotsService;
-use crate::lcow::LcowBackend;
-use crate::remote::fdstore::FdStore;
-use crate::remote::live::LiveMounts;
-use crate::remote::{NoRemote, RemoteFs, StargzFs};
-use crate::snapshot::overlay::OverlayBackend;
-use crate::snapshot::{Options, Snapshotter};
+use rstargz_snapshotter::grpc::SnapshotsService;
+use rstargz_snapshotter::lcow::LcowBackend;
+use rstargz_remote::fd_holder::FdStore;
+use rstargz_remote::live::LiveMounts;
+use rstargz_remote::StargzFs;
+use rstargz_snapshotter::remote_fs::{NoRemote, RemoteFs};
+use rstargz_snapshotter::snapshot::overlay::OverlayBackend;
+use rstargz_snapshotter::snapshot::{Options, Snapshotter};
 
 /// How long shutdown waits for in-flight requests and connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -48,7 +49,7 @@ pub struct ServeArgs {
 
 /// Runs the daemon until SIGINT/SIGTERM.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    crate::memory::tune_allocator();
+    rstargz_remote::memory::tune_allocator();
     let mut config = Config::load(args.config.as_deref())?;
     let root = args
         .root
@@ -118,7 +119,7 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
             .and_then(|s| s.live())
             .map(|l| l.find_adoptable(&root))
             .unwrap_or_default();
-        crate::remote::restore::detach_stale_mounts(&root, &keep);
+        rstargz_remote::restore::detach_stale_mounts(&root, &keep);
         stargz = stargz_fs;
     }
     let snapshotter = tokio::task::spawn_blocking(move || Snapshotter::open(opts))
@@ -237,7 +238,7 @@ async fn remote_fs(
                 .await
                 .with_context(|| format!("bind metrics_address {addr}"))?;
             tracing::info!(address = %addr, "serving metrics at /metrics");
-            Some(AbortOnDrop(tokio::spawn(crate::remote::metrics::serve(
+            Some(AbortOnDrop(tokio::spawn(rstargz_remote::metrics::serve(
                 listener,
                 fs.clone(),
             ))))

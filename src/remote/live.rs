@@ -1,5 +1,5 @@
 //! Live restart of remote layers: each mount's FUSE connection is kept in the
-//! fd holder ([`super::fdstore`]) from the moment it is mounted. On SIGTERM
+//! fd holder ([`super::fd_holder`]) from the moment it is mounted. On SIGTERM
 //! the daemon hands every mount over (open-file table into the holder, the
 //! mount left in place); the next daemon takes the connections back and
 //! serves them without remounting, so a reader only sees a pause.
@@ -17,7 +17,7 @@ use std::time::Duration;
 use rstargz_fs::fuse::{HandoverState, MountHandle, mountinfo};
 use serde::{Deserialize, Serialize};
 
-use super::fdstore::FdStore;
+use super::fd_holder::FdStore;
 
 /// How long a handover waits for FUSE handlers already running.
 const HANDOVER_GRACE: Duration = Duration::from_secs(5);

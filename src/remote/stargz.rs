@@ -19,14 +19,15 @@ use rstargz_fs::layer::{BlobSource, LayerError, LayerReader};
 use rstargz_fs::registry::{LayerSource, Registry, RegistryError, layer_source_from_labels};
 use serde::{Deserialize, Serialize};
 
+use rstargz_snapshotter::remote_fs::{BoxFuture, RemoteError, RemoteFs};
+use rstargz_snapshotter::snapshot::Labels;
+
 use super::buffered::BufferedSource;
 use super::config::RemoteConfig;
 use super::live::LiveMounts;
 use super::prefetch::{self, Activity, BackgroundLimits};
 use super::source::{RegistryBlob, TocCachedSource, write_atomically};
 use super::warm::{Warm, WarmLayers};
-use super::{BoxFuture, RemoteError};
-use crate::snapshot::Labels;
 
 /// Why a layer was not mounted remotely (counted in metrics, logged).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -852,7 +853,7 @@ impl StargzFs {
     }
 }
 
-impl super::RemoteFs for StargzFs {
+impl RemoteFs for StargzFs {
     fn mount<'a>(
         &'a self,
         mountpoint: &'a Path,

@@ -11,8 +11,8 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use rstargz::image::oci::{self, Descriptor};
-use rstargz::image::{ImageRef, Store};
+use rstargz_image::oci::{self, Descriptor};
+use rstargz_image::{ImageRef, Store};
 use rstargz_fs::estargz::{self, FileSource, Layer, OpenOptions};
 use rstargz_fs::registry::Registry;
 use sha2::Digest as _;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rstargz_proto::snapshots as pb;
 
 /// Generated client over our unix socket.
-pub type Client = rstargz::client::Client;
+pub type Client = rstargz_snapshotter::client::Client;
 
 /// How long start-up and shutdown may take before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -114,7 +114,7 @@ impl Daemon {
 
     /// A connected client.
     pub async fn client(&self) -> Client {
-        rstargz::client::connect(&self.socket).await.unwrap()
+        rstargz_snapshotter::client::connect(&self.socket).await.unwrap()
     }
 
     /// Sends `signal` and waits (bounded) for the exit status.
@@ -130,7 +130,7 @@ impl Daemon {
             if start.elapsed() > DEADLINE {
                 let states = thread_states(child.id());
                 // Abort its mounts so the stuck process can go.
-                rstargz::remote::restore::detach_stale_mounts(&self.root, &[]);
+                rstargz_remote::restore::detach_stale_mounts(&self.root, &[]);
                 let _ = child.wait();
                 panic!("daemon did not exit on {signal}; its threads:\n{states}");
             }
@@ -172,7 +172,7 @@ impl Drop for Daemon {
             // A killed daemon leaves its FUSE mounts behind (a failing
             // test must not leak them into the next one); aborting them
             // also frees a daemon stuck on its own mount.
-            rstargz::remote::restore::detach_stale_mounts(&self.root, &[]);
+            rstargz_remote::restore::detach_stale_mounts(&self.root, &[]);
             let _ = child.wait();
         }
     }

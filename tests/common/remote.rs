@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rstargz::snapshot::REMOTE_LABEL;
+use rstargz_snapshotter::snapshot::REMOTE_LABEL;
 use rstargz_fs::estargz::WriterOptions;
 use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE, TOC_DIGEST};
 use rstargz_fs::testutil::TestLayer;

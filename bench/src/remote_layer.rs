@@ -18,8 +18,8 @@ use rstargz_proto::snapshots as pb;
 use rstargz_proto::types::Mount;
 use serde::Serialize;
 
-use crate::client::{self, Client};
-use crate::snapshot::TARGET_REF_LABEL;
+use rstargz_snapshotter::client::{self, Client};
+use rstargz_snapshotter::snapshot::TARGET_REF_LABEL;
 
 /// One layer of an image as the labels describe it.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use rstargz_fs::estargz::{self, OpenOptions, Prefetch, ReadAt, Verify};
 use rstargz_fs::registry::{Digest, Purpose, Reference, Registry};
 use serde::Deserialize;
 
-use crate::bench::shaper::Link;
+use crate::shaper::Link;
 
 /// Round trips no cold start can avoid: the connection's handshake, the
 /// manifest, then the config and TOCs (in parallel), then the needed file

@@ -1,7 +1,5 @@
-//! The FUSE connection store: a tiny process (`rstargz fd-holder`, see
-//! [`super::fdholder`]) that keeps each mounted layer's `/dev/fuse` file open
-//! while the daemon restarts, so the mounts stay alive, plus the daemon's
-//! client of it.
+//! The daemon's client of the fd holder ([`FdStore`]) and the protocol
+//! both sides speak.
 //!
 //! Protocol: one JSON message per `SOCK_SEQPACKET` datagram, each request
 //! answered by one reply; a connection fd travels as `SCM_RIGHTS` with `put`

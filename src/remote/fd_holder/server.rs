@@ -1,5 +1,5 @@
 //! `rstargz fd-holder`: the process that keeps FUSE connections open while
-//! the daemon restarts (protocol in [`super::fdstore`]).
+//! the daemon restarts (protocol in [`super::client`]).
 //!
 //! It does nothing but hold descriptors, so it has no reason to crash or to
 //! be upgraded. An entry goes away when asked to, or by itself when its
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{Backlog, SockFlag, UnixAddr, accept4, bind, listen};
 
-use super::fdstore::{FdStoreError, Reply, Request, recv, send, seqpacket};
+use super::client::{FdStoreError, Reply, Request, recv, send, seqpacket};
 
 /// How long a fresh holder waits for its first client before giving up.
 const STARTUP_GRACE: Duration = Duration::from_secs(10);
@@ -39,7 +39,7 @@ struct Client {
 /// what it holds for at most `orphan_timeout` with no daemon connected.
 /// Returns at once when another holder already answers there.
 pub fn run(socket: &Path, orphan_timeout: Duration) -> Result<(), FdStoreError> {
-    if super::fdstore::FdStore::connect(socket).is_ok() {
+    if super::client::FdStore::connect(socket).is_ok() {
         tracing::info!(socket = %socket.display(), "a holder already serves this socket");
         return Ok(());
     }

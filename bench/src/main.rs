@@ -1,15 +1,18 @@
-//! `rstargz bench …`: measurements against running services, printed as JSON.
+//! `rstargz-bench`: measurements of rstargz and its baselines against
+//! running services, printed as JSON (and, for cold start, a report with
+//! plots). Kept out of the product binary: it owns the plotting code.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use clap::Parser;
+use rstargz_bench::shaper::{Link, Shaper};
+use rstargz_bench::{coldstart, read_path, resources, snapshot_ops};
 
-use crate::bench::shaper::{Link, Shaper};
-use crate::bench::{read_path, resources, snapshot_ops};
-
-/// Arguments of `rstargz bench`.
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
+/// rstargz-bench: benchmarks of rstargz against its baselines.
+#[derive(Debug, Parser)]
+#[command(name = "rstargz-bench", version, about)]
+struct BenchArgs {
     #[command(subcommand)]
     command: BenchCommand,
 }
@@ -128,6 +131,10 @@ struct ColdStartArgs {
     /// The Go reference daemon.
     #[arg(long, default_value = "/usr/local/bin/containerd-stargz-grpc")]
     go_reference: PathBuf,
+    /// The rstargz binary (default: `rstargz` beside this one, as cargo
+    /// builds them).
+    #[arg(long)]
+    rstargz: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -171,8 +178,8 @@ struct SnapshotOpsArgs {
     label: String,
 }
 
-/// Runs `rstargz bench`.
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let args = BenchArgs::parse();
     let runtime = || tokio::runtime::Runtime::new().context("starting the tokio runtime");
     match args.command {
         BenchCommand::ReadPath(a) => {
@@ -262,7 +269,7 @@ async fn shape(a: ShapeArgs) -> anyhow::Result<()> {
 }
 
 fn cold_start(a: ColdStartArgs) -> anyhow::Result<()> {
-    use crate::bench::coldstart::{self, LinkCase, images};
+    use coldstart::{LinkCase, images};
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -332,7 +339,10 @@ fn cold_start(a: ColdStartArgs) -> anyhow::Result<()> {
             images::LargeShape::FULL
         },
         bins: coldstart::procs::Binaries {
-            rstargz: std::env::current_exe().context("locating the rstargz binary")?,
+            rstargz: match a.rstargz {
+                Some(path) => path,
+                None => beside_this_binary("rstargz")?,
+            },
             go_reference: a.go_reference,
         },
     };
@@ -341,4 +351,17 @@ fn cold_start(a: ColdStartArgs) -> anyhow::Result<()> {
     print!("{}", coldstart::report::markdown(&report));
     eprintln!("report: {}", a.out.display());
     Ok(())
+}
+
+/// `name` in the directory of this binary, where cargo puts every binary of
+/// the workspace.
+fn beside_this_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("locating rstargz-bench")?;
+    let path = me.with_file_name(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} not found: build it (cargo build -p rstargz) or pass --rstargz",
+        path.display()
+    );
+    Ok(path)
 }

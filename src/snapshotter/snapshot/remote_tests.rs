@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use nix::mount::{MntFlags, MsFlags};
 
 use super::*;
-use crate::remote::{BoxFuture, RemoteError, RemoteFs};
+use crate::remote_fs::{BoxFuture, RemoteError, RemoteFs};
 
 #[derive(Debug)]
 struct BindRemote {

@@ -3,7 +3,6 @@
 
 pub mod coldstart;
 pub mod io;
-pub mod plot;
 pub mod read_path;
 pub mod remote_layer;
 pub mod resources;

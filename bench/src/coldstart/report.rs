@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::images::Kind;
-use super::{LinkCase, Mode, Report, Sample};
+use super::model::{LinkCase, Mode, Report, Sample, describe};
 
 /// Median of the samples of one cell.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -186,18 +186,6 @@ pub fn markdown(r: &Report) -> String {
     md
 }
 
-/// A link in words.
-pub fn describe(link: &LinkCase) -> String {
-    if link.rtt_ms == 0 && link.rate_mbit == 0 {
-        "loopback".to_string()
-    } else {
-        format!(
-            "a shaped link ({} ms RTT, {} Mbit/s)",
-            link.rtt_ms, link.rate_mbit
-        )
-    }
-}
-
 /// The targets, checked against this run's figures.
 fn targets(r: &Report) -> String {
     let mut md = String::from("\n### Targets\n\n");
@@ -258,7 +246,7 @@ pub fn write(r: &Report, out: &Path) -> anyhow::Result<()> {
     std::fs::write(out.join("report.md"), markdown(r))?;
     for link in &r.links {
         let png = out.join(format!("cold-start-{}.png", link.name));
-        crate::bench::plot::cold_start(r, link, &png)?;
+        super::plot::cold_start(r, link, &png)?;
     }
     Ok(())
 }

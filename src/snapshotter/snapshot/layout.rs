@@ -4,6 +4,8 @@
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use super::error::{Context, Result};
 
@@ -67,4 +69,25 @@ pub fn mkdir_mode(path: &Path, mode: u32) -> Result<()> {
         .create(path)
         .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
         .context(|| format!("create {}", path.display()))
+}
+
+
+/// A suffix no other directory name of this or an earlier process has.
+pub(super) fn unique_suffix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// fsync a directory so renames inside it are durable.
+pub(super) fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .context(|| format!("fsync {}", dir.display()))
 }

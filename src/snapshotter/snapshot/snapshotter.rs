@@ -17,17 +17,16 @@
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use super::backend::{LocalBackend, NewSnapshot, check_backend_marker};
 use super::error::{Context, Error, Result};
 use super::gc;
-use super::layout::{Layout, NEW_PREFIX, mkdir_mode};
+use super::layout::{Layout, NEW_PREFIX, mkdir_mode, sync_dir, unique_suffix};
 use super::overlay::OverlayBackend;
 use super::types::{Info, Kind, Labels, Mount, Usage, validate_key, validate_labels};
 use super::usage::disk_usage;
-use crate::remote::{NoRemote, RemoteFs};
+use crate::remote_fs::{NoRemote, RemoteFs};
 use crate::store::{Snapshot, Store};
 
 /// Label containerd's unpacker sets to the chain id of the layer it prepares.
@@ -67,12 +66,12 @@ pub struct Snapshotter {
 }
 
 #[derive(Debug)]
-pub(super) struct Inner {
-    pub(super) store: Store,
-    pub(super) layout: Layout,
-    pub(super) backend: Arc<dyn LocalBackend>,
+struct Inner {
+    store: Store,
+    layout: Layout,
+    backend: Arc<dyn LocalBackend>,
     async_remove: bool,
-    pub(super) remote: Arc<dyn RemoteFs>,
+    remote: Arc<dyn RemoteFs>,
 }
 
 impl Snapshotter {
@@ -96,7 +95,7 @@ impl Snapshotter {
         };
         check_backend_marker(&inner.layout, inner.backend.as_ref(), &inner.store)?;
         inner.backend.recover(&inner.layout, &inner.store)?;
-        gc::recover(&inner)?;
+        gc::recover(&inner.store, &inner.layout, inner.backend.as_ref())?;
         Ok(Snapshotter {
             inner: Arc::new(inner),
         })
@@ -308,7 +307,7 @@ impl Snapshotter {
         if let Some(dir) = removed
             && !async_remove
         {
-            gc::delete_dirs(&self.inner, vec![dir]).await;
+            gc::delete_dirs(self.inner.remote.as_ref(), vec![dir]).await;
         }
         Ok(())
     }
@@ -358,8 +357,10 @@ impl Snapshotter {
 
     /// Deletes every snapshot directory that no snapshot owns.
     pub async fn cleanup(&self) -> Result<()> {
-        let garbage = self.blocking(gc::collect).await?;
-        gc::delete_dirs(&self.inner, garbage).await;
+        let garbage = self
+            .blocking(|inner| gc::collect(&inner.store, &inner.layout))
+            .await?;
+        gc::delete_dirs(self.inner.remote.as_ref(), garbage).await;
         Ok(())
     }
 
@@ -367,26 +368,6 @@ impl Snapshotter {
     pub async fn close(&self) -> Result<()> {
         self.blocking(|s| s.store.checkpoint()).await
     }
-}
-
-/// A suffix no other directory name of this or an earlier process has.
-pub(super) fn unique_suffix() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{}-{nanos}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// fsync a directory so renames inside it are durable.
-pub(super) fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .context(|| format!("fsync {}", dir.display()))
 }
 
 impl Inner {

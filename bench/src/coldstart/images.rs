@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::image::build::LayerInput;
+use rstargz_image::build::LayerInput;
 
 const BUSYBOX: &str = "/bin/busybox";
 const PYTHON: &str = "/usr/bin/python3.11";

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tonic::Request;
 use tonic::metadata::MetadataValue;
 
-use crate::client::{self, Client};
+use rstargz_snapshotter::client::{self, Client};
 
 /// The gRPC header containerd uses to carry the namespace.
 const NAMESPACE_HEADER: &str = "containerd-namespace";

@@ -19,18 +19,21 @@ use rstargz_fs::fuse::mountinfo::MountPoints;
 
 use super::error::{Context, Error, Result};
 use super::layout::{NEW_PREFIX, REMOVED_PREFIX};
-use super::snapshotter::{Inner, sync_dir, unique_suffix};
+use super::backend::LocalBackend;
+use super::layout::{Layout, sync_dir, unique_suffix};
+use crate::remote_fs::RemoteFs;
+use crate::store::Store;
 
 /// Recovers after a crash: restores interrupted removes, deletes garbage,
 /// and reports rows whose directory is missing.
-pub(super) fn recover(inner: &Inner) -> Result<()> {
-    let garbage = collect(inner)?;
+pub(super) fn recover(store: &Store, layout: &Layout, backend: &dyn LocalBackend) -> Result<()> {
+    let garbage = collect(store, layout)?;
     for dir in garbage {
         if let Err(e) = delete_now(&dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot delete stale directory");
         }
     }
-    let ids = inner.store.read(|tx| tx.ids())?;
+    let ids = store.read(|tx| tx.ids())?;
     let mounted = match MountPoints::read() {
         Ok(m) => m,
         Err(e) => {
@@ -42,7 +45,7 @@ pub(super) fn recover(inner: &Inner) -> Result<()> {
         // A mount there is a layer an fd holder keeps for this daemon to
         // take over: a stat on it would wait for the take-over, which
         // comes after this.
-        let dir = inner.backend.content_dir(&inner.layout, id);
+        let dir = backend.content_dir(layout, id);
         if !mounted.contains(&dir) && !dir.is_dir() {
             tracing::error!(id, "snapshot directory is missing");
         }
@@ -51,9 +54,9 @@ pub(super) fn recover(inner: &Inner) -> Result<()> {
 }
 
 /// Classifies `snapshots/` and returns the directories to delete.
-pub(super) fn collect(inner: &Inner) -> Result<Vec<PathBuf>> {
-    let root = inner.layout.snapshots_dir();
-    inner.store.write(|tx| {
+pub(super) fn collect(store: &Store, layout: &Layout) -> Result<Vec<PathBuf>> {
+    let root = layout.snapshots_dir();
+    store.write(|tx| {
         let ids = tx.ids()?;
         let mut garbage = Vec::new();
         let mut renamed = false;
@@ -71,7 +74,7 @@ pub(super) fn collect(inner: &Inner) -> Result<Vec<PathBuf>> {
             } else if let Some(rest) = name.strip_prefix(REMOVED_PREFIX) {
                 match rest.parse::<i64>() {
                     Ok(id) if ids.contains(&id) => {
-                        let to = inner.layout.snapshot_dir(id);
+                        let to = layout.snapshot_dir(id);
                         tracing::warn!(id, "restoring directory of an interrupted remove");
                         std::fs::rename(&path, &to)
                             .context(|| format!("rename {}", path.display()))?;
@@ -92,11 +95,11 @@ pub(super) fn collect(inner: &Inner) -> Result<Vec<PathBuf>> {
 
 /// Deletes `dirs`, letting the remote filesystem unmount its layers first.
 /// Failures are logged: the directories stay garbage for the next Cleanup.
-pub(super) async fn delete_dirs(inner: &Inner, dirs: Vec<PathBuf>) {
+pub(super) async fn delete_dirs(remote: &dyn RemoteFs, dirs: Vec<PathBuf>) {
     for dir in &dirs {
         let fs = dir.join("fs");
         if is_mount_point(&fs)
-            && let Err(e) = inner.remote.unmount(&fs).await
+            && let Err(e) = remote.unmount(&fs).await
         {
             tracing::warn!(dir = %fs.display(), error = %e, "remote unmount failed");
         }

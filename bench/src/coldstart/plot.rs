@@ -11,8 +11,7 @@ use anyhow::{Context, anyhow};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
-use crate::bench::coldstart::report::describe;
-use crate::bench::coldstart::{LinkCase, Mode, Report};
+use super::model::{LinkCase, Mode, Report, describe};
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const PANEL_WIDTH: u32 = 480;

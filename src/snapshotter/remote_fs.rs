@@ -2,24 +2,10 @@
 //! layer described by snapshot labels onto a snapshot's `fs` directory, like
 //! the Go reference's `FileSystem` interface (Mount, Check, Unmount).
 //!
-//! The snapshotter core calls `mount` from Prepare when containerd passes a
+//! The snapshotter calls `mount` from Prepare when containerd passes a
 //! `containerd.io/snapshot.ref` label; `RemoteError::Declined` (or any
-//! failure) makes it fall back to the local overlayfs snapshot.
-
-pub mod buffered;
-pub mod config;
-pub mod fdholder;
-pub mod fdstore;
-pub mod live;
-pub mod metrics;
-pub mod prefetch;
-pub mod restore;
-pub mod source;
-pub mod stargz;
-pub mod warm;
-
-pub use config::RemoteConfig;
-pub use stargz::{DeclineReason, StargzFs};
+//! failure) makes it fall back to the local snapshot. The implementation
+//! lives in the `rstargz-remote` crate; the core knows only this trait.
 
 use std::future::Future;
 use std::path::Path;

@@ -1,0 +1,19 @@
+//! Remote (lazily pulled) eStargz layers: [`StargzFs`] implements the
+//! snapshotter core's [`RemoteFs`](rstargz_snapshotter::remote_fs::RemoteFs)
+//! seam by mounting each layer from its registry over FUSE, with prefetch,
+//! background fetch, restore after a restart and live hand-over of mounts.
+
+pub mod buffered;
+pub mod config;
+pub mod fd_holder;
+pub mod live;
+pub mod memory;
+pub mod metrics;
+pub mod prefetch;
+pub mod restore;
+pub mod source;
+pub mod stargz;
+pub mod warm;
+
+pub use config::RemoteConfig;
+pub use stargz::{DeclineReason, StargzFs};
