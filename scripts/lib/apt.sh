@@ -4,7 +4,8 @@
 # apt_install PACKAGE...: installs the packages that are not installed yet
 # (Debian/Ubuntu, as root); does nothing when all are there.
 apt_install() {
-  local p missing=()
+  local p
+  local -a missing=()
   for p in "$@"; do
     dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
