@@ -28,7 +28,11 @@ containerd_pid=$!
 stop() {
   kill -TERM "$containerd_pid" 2>/dev/null || true
   wait "$containerd_pid" 2>/dev/null || true
-  # rstargz unmounts its FUSE layers on SIGTERM.
+  # SIGTERM does not unmount rstargz's FUSE layers: with live restart on (the
+  # default, which deploy/rstargz.toml leaves) rstargz hands them to its fd
+  # holder for the next `rstargz serve` (README, Reliability). None follows
+  # here: the mounts go away with the container. SIGINT, or `[fuse]
+  # live_restart = false` in rstargz.toml, would unmount them.
   kill -TERM "$rstargz_pid" 2>/dev/null || true
   wait "$rstargz_pid" 2>/dev/null || true
 }

@@ -4,14 +4,15 @@
 # Go reference (without and with a recorded prioritized list), on loopback
 # and over a shaped 20 ms / 100 Mbit/s link, each run on fresh roots with
 # the page cache dropped. Writes report.json, report.md and PNG plots.
-# Run as root after scripts/setup.sh. A full run takes about 30 minutes
+# Run as root after scripts/setup.sh; runs scripts/setup-bench.sh (the Go
+# reference, fonts, Python). A full run takes about 30 minutes
 # (the 2 GiB full pull over 100 Mbit/s alone is ~3 minutes a run).
 #   usage: scripts/bench-coldstart.sh [--quick] [rstargz bench cold-start options]
 #   e.g.   scripts/bench-coldstart.sh --images python --runs 5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 goref=/usr/local/bin/containerd-stargz-grpc
-[ -x "$goref" ] || scripts/setup.sh  # builds the Go reference
+GO_STARGZ=$goref bash scripts/setup-bench.sh  # builds the Go reference when missing
 cargo build -q --release -p rstargz --bin rstargz
 bin=${CARGO_TARGET_DIR:-target}/release/rstargz
 out=${OUT:-bench-out/cold-start}

@@ -4,7 +4,8 @@
 # Sets up a docker-registry on 127.0.0.1 with eStargz images of the data,
 # then for each snapshotter starts a fresh daemon per cache state and drives
 # it over its Snapshots socket with `rstargz bench read-path|resources`.
-# Run as root after scripts/setup.sh; prints tables, writes results.jsonl and
+# Run as root after scripts/setup.sh (it runs scripts/setup-bench.sh for the
+# Go reference and Python); prints tables, writes results.jsonl and
 # a markdown fragment (second argument) if asked.
 #   usage: scripts/bench-readpath.sh [BIG_MIB] [MARKDOWN_OUT]
 # Bounded: every timed run stops after MAX_SECONDS (default 30 s); the warm-up
@@ -25,16 +26,9 @@ tree_files=${TREE_FILES:-100000}
 bench=${BENCH_DIR:-/var/tmp/rstargz-readpath}
 go_bin=${GO_STARGZ:-/usr/local/bin/containerd-stargz-grpc}
 
+GO_STARGZ=$go_bin bash scripts/setup-bench.sh  # builds the Go reference when missing
 cargo build -q --release -p rstargz --bin rstargz
 bin=${CARGO_TARGET_DIR:-target}/release/rstargz
-if [ ! -x "$go_bin" ]; then
-  echo "building the Go reference into $go_bin" >&2
-  apt-get install -y -qq golang-go golang-github-containerd-stargz-snapshotter-dev \
-    golang-github-containerd-containerd-dev >/dev/null
-  ref=${GO_REFERENCE_DIR:-$(cd .. && pwd)/shared/bench/go-reference}
-  [ -x "$ref/build.sh" ] || { echo "no $ref/build.sh: set GO_REFERENCE_DIR" >&2; exit 1; }
-  "$ref/build.sh" "$go_bin"
-fi
 
 mkdir -p "$bench/data" "$bench/registry"
 work=$(mktemp -d /var/tmp/rstargz-readpath-run.XXXXXX)

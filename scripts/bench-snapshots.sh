@@ -2,12 +2,14 @@
 # Snapshot-operation throughput, side by side in one run:
 #   rstargz (direct socket) | containerd + its overlayfs | containerd + rstargz (proxy)
 # Each figure is Prepare+Mounts+Commit+Remove round trips per second on a
-# child of a committed snapshot. Run as root after scripts/setup.sh.
+# child of a committed snapshot. Run as root after scripts/setup.sh (and
+# python3, which scripts/setup-bench.sh installs).
 #   usage: scripts/bench-snapshots.sh [ITERATIONS] [CONCURRENCY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/containerd.sh
 
+command -v python3 >/dev/null || { echo "bench-snapshots: python3 is missing (scripts/setup-bench.sh installs it)" >&2; exit 1; }
 iterations=${1:-1000}
 concurrency=${2:-1}
 cargo build -q --release -p rstargz --bin rstargz

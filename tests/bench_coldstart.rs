@@ -3,9 +3,9 @@
 //! must produce a figure for every mode, including the Go reference, plus
 //! the markdown report and the PNG plots. Checks that the lazy modes fetch
 //! less than the full pull, not how fast anything is. Needs root,
-//! containerd, runc, ctr-remote, docker-registry, busybox-static, DejaVu
-//! fonts and the Go reference daemon (scripts/setup.sh builds it); a
-//! missing one fails the test. Takes about 40 s.
+//! containerd, runc, ctr-remote, docker-registry, busybox-static (from
+//! scripts/setup.sh), DejaVu fonts and the Go reference daemon (from
+//! scripts/setup-bench.sh); a missing one fails the test. Takes about 40 s.
 
 #![allow(clippy::unwrap_used)]
 

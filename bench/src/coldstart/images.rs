@@ -202,7 +202,9 @@ fn busybox_root(root: &Path) -> anyhow::Result<()> {
 /// files stay valid.
 fn python_trees(libs: &Path, py: &Path) -> anyhow::Result<()> {
     if !Path::new(PYTHON).exists() || !Path::new(PYTHON_LIB).is_dir() {
-        bail!("{PYTHON} or {PYTHON_LIB} is missing: install python3-minimal (scripts/setup.sh)");
+        bail!(
+            "{PYTHON} or {PYTHON_LIB} is missing: install python3-minimal (scripts/setup-bench.sh)"
+        );
     }
     std::fs::create_dir_all(libs)?;
     let mut objects = vec![PathBuf::from(PYTHON)];

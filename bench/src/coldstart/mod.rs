@@ -73,7 +73,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     }
     if !opts.bins.go_reference.exists() {
         bail!(
-            "{} is missing: build it with ../shared/bench/go-reference/build.sh (scripts/setup.sh does)",
+            "{} is missing: build it with scripts/setup-bench.sh (kit: GO_REFERENCE_DIR, default ../shared/bench/go-reference)",
             opts.bins.go_reference.display()
         );
     }

@@ -20,8 +20,9 @@ const HEIGHT: u32 = 520;
 fn register_font() -> anyhow::Result<()> {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
-        let bytes = std::fs::read(FONT)
-            .map_err(|e| format!("{FONT}: {e} (install fonts-dejavu-core, scripts/setup.sh)"))?;
+        let bytes = std::fs::read(FONT).map_err(|e| {
+            format!("{FONT}: {e} (install fonts-dejavu-core, scripts/setup-bench.sh)")
+        })?;
         // plotters keeps fonts for the process's lifetime.
         let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
         plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
