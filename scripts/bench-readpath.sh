@@ -3,7 +3,7 @@
 #   native overlayfs on local disk | rstargz | Go stargz-snapshotter (reference)
 # Sets up a docker-registry on 127.0.0.1 with eStargz images of the data,
 # then for each snapshotter starts a fresh daemon per cache state and drives
-# it over its Snapshots socket with `rstargz bench read-path|resources`.
+# it over its Snapshots socket with `rstargz-bench read-path|resources`.
 # Run as root after scripts/setup.sh (it runs scripts/setup-bench.sh for the
 # Go reference and Python); prints tables, writes results.jsonl and
 # a markdown fragment (second argument) if asked.
@@ -27,8 +27,9 @@ bench=${BENCH_DIR:-/var/tmp/rstargz-readpath}
 go_bin=${GO_STARGZ:-/usr/local/bin/containerd-stargz-grpc}
 
 GO_STARGZ=$go_bin bash scripts/setup-bench.sh  # builds the Go reference when missing
-cargo build -q --release -p rstargz --bin rstargz
+cargo build -q --release -p rstargz --bin rstargz -p rstargz-bench --bin rstargz-bench
 bin=${CARGO_TARGET_DIR:-target}/release/rstargz
+bench_bin=${CARGO_TARGET_DIR:-target}/release/rstargz-bench
 
 mkdir -p "$bench/data" "$bench/registry"
 work=$(mktemp -d /var/tmp/rstargz-readpath-run.XXXXXX)
@@ -151,11 +152,11 @@ record() { # LABEL JSON...: appends labelled lines to results
 }
 readpath() { # KIND IMAGE RUNS [MAX_SECONDS]
   local kind=$1 img=$2 runs=$3 secs=${4:-$max_seconds}
-  record "$kind" "$bin" bench read-path --address "$work/$kind.sock" --image "$img" \
+  record "$kind" "$bench_bin" read-path --address "$work/$kind.sock" --image "$img" \
     --work "$work/mnt-$kind" --run "$runs" --max-seconds "$secs" --random-ops "$random_ops" --repeat "$repeat"
 }
 native() { # TREE RUNS
-  record native "$bin" bench read-path --native "$bench/data/$1" --work "$work/mnt-native" \
+  record native "$bench_bin" read-path --native "$bench/data/$1" --work "$work/mnt-native" \
     --run "$2" --max-seconds "$max_seconds" --random-ops "$random_ops" --repeat "$repeat"
 }
 
@@ -188,7 +189,7 @@ for kind in rstargz go; do
   readpath "$kind" "$img_tree" walk-cold,walk-warm
   # Resources: one fresh daemon, images mounted one after another.
   start_daemon "$kind"
-  record "$kind" "$bin" bench resources --address "$work/$kind.sock" --pid "$daemon_pid" \
+  record "$kind" "$bench_bin" resources --address "$work/$kind.sock" --pid "$daemon_pid" \
     --work "$work/res-$kind" --image "$img_small" --image "$img_big" --image "$img_t1k" \
     --image "$img_t10k" --image "$img_tree"
   stop_daemon

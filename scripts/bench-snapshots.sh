@@ -12,8 +12,9 @@ source scripts/lib/containerd.sh
 command -v python3 >/dev/null || { echo "bench-snapshots: python3 is missing (scripts/setup-bench.sh installs it)" >&2; exit 1; }
 iterations=${1:-1000}
 concurrency=${2:-1}
-cargo build -q --release -p rstargz --bin rstargz
+cargo build -q --release -p rstargz --bin rstargz -p rstargz-bench --bin rstargz-bench
 bin=${CARGO_TARGET_DIR:-target}/release/rstargz
+bench_bin=${CARGO_TARGET_DIR:-target}/release/rstargz-bench
 
 # Both snapshotters keep their data on the same filesystem, under one dir.
 work=$(mktemp -d /var/tmp/rstargz-bench.XXXXXX)
@@ -34,7 +35,7 @@ for _ in $(seq 1 100); do [ -S "$sock" ] && break; sleep 0.1; done
 containerd_start "$work/containerd" "$sock"
 
 run() { # LABEL SOCKET SNAPSHOTTER
-  "$bin" bench snapshot-ops --label "$1" --address "$2" --snapshotter "$3" \
+  "$bench_bin" snapshot-ops --label "$1" --address "$2" --snapshotter "$3" \
     --iterations "$iterations" --concurrency "$concurrency"
 }
 echo "machine: $(nproc) cores, kernel $(uname -r), $(containerd --version | awk '{print $3}')" >&2

@@ -16,7 +16,7 @@ use image_common::registry::TestRegistry;
 use image_common::{at, check_converted, client, fixture_layers};
 use rstargz_image::build::{self, BuildOptions, LayerCompression, LayerInput};
 use rstargz_image::oci::{self, Descriptor};
-use rstargz_image::{self, ConvertOptions, ImageError, ImageRef, Quiet, Store};
+use rstargz_image::{self as image, ConvertOptions, ImageError, ImageRef, Quiet, Store};
 use rstargz_fs::estargz::{Compression, WriterOptions};
 use rstargz_fs::registry::Reference;
 

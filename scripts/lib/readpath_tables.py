@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Tables of scripts/bench-readpath.sh: reads results.jsonl (one JSON line per
-`rstargz bench read-path|resources` invocation, labelled native, rstargz or
+`rstargz-bench read-path|resources` invocation, labelled native, rstargz or
 go) and prints markdown tables with ratios; writes them to a file if asked.
 usage: readpath_tables.py RESULTS [MARKDOWN_OUT]"""
 import json

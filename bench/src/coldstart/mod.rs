@@ -26,14 +26,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rstargz_fs::estargz::WriterOptions;
 use rstargz_fs::registry::{Registry, RegistryConfig};
-use serde::Serialize;
 
-use self::floor::Needs;
 use self::images::{Kind, LargeShape, Workload};
 use self::procs::{Binaries, Containerd, Guard, Snapshotter};
 use crate::shaper::{Link, Shaper};
 use rstargz_image::build::{self, BuildOptions};
-use rstargz_image::{self, ConvertOptions, ImageRef, Quiet};
+use rstargz_image::{self as image, ConvertOptions, ImageRef, Quiet};
 
 /// What to measure.
 #[derive(Debug, Clone)]

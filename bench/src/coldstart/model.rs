@@ -3,7 +3,10 @@
 
 use serde::Serialize;
 
+use super::floor::Needs;
 use super::images::Kind;
+use super::procs::Snapshotter;
+use crate::shaper::Link;
 
 /// How an image is pulled and run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -42,7 +45,8 @@ impl Mode {
         }
     }
 
-    fn snapshotter(self) -> Option<Snapshotter> {
+    /// The lazy snapshotter this mode runs (none for the full pull).
+    pub(super) fn snapshotter(self) -> Option<Snapshotter> {
         match self {
             Mode::Overlayfs => None,
             Mode::Rstargz | Mode::RstargzPrio => Some(Snapshotter::Rstargz),
@@ -50,7 +54,8 @@ impl Mode {
         }
     }
 
-    fn tag(self) -> &'static str {
+    /// The image tag this mode pulls.
+    pub(super) fn tag(self) -> &'static str {
         match self {
             Mode::Overlayfs => "plain",
             Mode::Rstargz | Mode::Go => "esgz",
