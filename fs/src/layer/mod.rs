@@ -23,8 +23,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::cache::{ChunkCache, ChunkKey};
 use crate::estargz::{
-    self, BlobOrder, Chunk, Compression, Digest, Index, Ino, NodeKind, OpenOptions, Verify,
-    decode_chunk, decode_toc, parse_footer,
+    self, BlobOrder, Chunk, Compression, Digest, Index, Ino, NodeKind, OpenOptions, Opener, Step,
+    Verify, decode_chunk,
 };
 pub use source::{BlobSource, LocalBlob, Purpose};
 
@@ -123,17 +123,15 @@ impl LayerReader {
         opts: &OpenOptions,
     ) -> Result<Self, LayerError> {
         let size = source.size();
-        let tail_range = size - (estargz::footer::MAX_FOOTER_SIZE as u64).min(size)..size;
         let mut attempt = 1;
-        let (footer, decoded) = loop {
-            let mut toc_range = None;
-            match read_footer_and_toc(&*source, tail_range.clone(), &mut toc_range, opts).await {
-                Ok(found) => break found,
+        let opened = loop {
+            let mut asked = Vec::new();
+            match open_toc(&*source, opts, &mut asked).await {
+                Ok(opened) => break opened,
                 Err(e @ LayerError::Format(_)) if attempt < FETCH_ATTEMPTS => {
                     tracing::warn!(attempt, error = %e, "layer footer or TOC unusable; fetching again");
-                    source.forget(tail_range.clone()).await;
-                    if let Some(r) = toc_range {
-                        source.forget(r).await;
+                    for range in asked {
+                        source.forget(range).await;
                     }
                     attempt += 1;
                 }
@@ -142,10 +140,10 @@ impl LayerReader {
         };
         let limits = opts.limits;
         // Indexing takes ~100 ms for a 100k-entry TOC (parsing too, in
-        // read_footer_and_toc): never on a runtime worker.
+        // open_toc): never on a runtime worker.
         let (index, footer, toc_digest) = tokio::task::spawn_blocking(move || {
-            Index::build(&decoded.toc, &footer, &limits)
-                .map(|index| (index, footer, decoded.digest))
+            let estargz::OpenedToc { footer, toc } = opened;
+            Index::build(&toc.toc, &footer, &limits).map(|index| (index, footer, toc.digest))
         })
         .await
         .map_err(|e| LayerError::Task(e.to_string()))??;
@@ -383,40 +381,26 @@ impl LayerReader {
     }
 }
 
-/// Reads and decodes footer and TOC, checking the TOC against
-/// `opts.expected_toc_digest`; `toc_range` records where the TOC was read.
-async fn read_footer_and_toc(
+/// Performs the reads an [`Opener`] asks for through `source`; `asked`
+/// records every range requested, for forgetting them before a retry.
+async fn open_toc(
     source: &dyn BlobSource,
-    tail_range: std::ops::Range<u64>,
-    toc_range: &mut Option<std::ops::Range<u64>>,
     opts: &OpenOptions,
-) -> Result<(estargz::Footer, estargz::DecodedToc), LayerError> {
-    let size = source.size();
-    let tail = read(source, tail_range, Purpose::Metadata).await?;
-    let footer = parse_footer(&tail, size)?;
-    let range = footer.toc_range();
-    if range.end - range.start > opts.max_toc_size.saturating_add(1 << 20) {
-        return Err(estargz::Error::TocTooLarge {
-            cap: opts.max_toc_size,
+    asked: &mut Vec<std::ops::Range<u64>>,
+) -> Result<estargz::OpenedToc, LayerError> {
+    let mut opener = Opener::new(source.size(), opts);
+    loop {
+        let range = opener.wants();
+        asked.push(range.clone());
+        let bytes = read(source, range, Purpose::Metadata).await?;
+        let step = tokio::task::spawn_blocking(move || opener.feed(&bytes))
+            .await
+            .map_err(|e| LayerError::Task(e.to_string()))??;
+        match step {
+            Step::Need(next) => opener = next,
+            Step::Done(opened) => return Ok(opened),
         }
-        .into());
     }
-    *toc_range = Some(range.clone());
-    let compressed = read(source, range, Purpose::Metadata).await?;
-    let max = opts.max_toc_size;
-    let decoded = tokio::task::spawn_blocking(move || decode_toc(&footer, &compressed, max))
-        .await
-        .map_err(|e| LayerError::Task(e.to_string()))??;
-    if let Some(expected) = opts.expected_toc_digest
-        && expected != decoded.digest
-    {
-        return Err(estargz::Error::TocDigestMismatch {
-            expected: expected.to_string(),
-            actual: decoded.digest.to_string(),
-        }
-        .into());
-    }
-    Ok((footer, decoded))
 }
 
 impl LayerReader {

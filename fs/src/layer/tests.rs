@@ -419,3 +419,56 @@ async fn a_blob_that_never_verifies_fails_after_the_last_attempt() {
     assert!(matches!(err, LayerError::Shared(_)), "{err}");
     assert_eq!(source.reads.load(Ordering::SeqCst) - before, FETCH_ATTEMPTS);
 }
+
+#[tokio::test]
+async fn the_async_open_refuses_what_the_opener_refuses_and_forgets_what_it_read() {
+    let content = noise(10_000);
+    let (blob, toc) = layer_blob(&content);
+    let cache = Arc::new(ChunkCache::new(&ChunkCacheConfig::default(), None));
+    let opts = OpenOptions {
+        expected_toc_digest: Some(Digest::of(b"x")),
+        ..OpenOptions::default()
+    };
+    let source = flaky(blob.clone(), 0);
+    let err = LayerReader::open(source.clone(), cache.clone(), &opts)
+        .await
+        .unwrap_err();
+    match &err {
+        LayerError::Format(estargz::Error::TocDigestMismatch { expected, actual }) => {
+            assert_eq!(*expected, Digest::of(b"x").to_string());
+            assert_eq!(*actual, toc.to_string());
+        }
+        other => panic!("{other}"),
+    }
+    // Every failed attempt but the last forgets the tail and the TOC it read.
+    let size = blob.len() as u64;
+    let tail = size - estargz::footer::MAX_FOOTER_SIZE as u64..size;
+    let footer = estargz::read_footer(&blob).unwrap();
+    let forgotten = source.forgotten.lock().unwrap().clone();
+    assert_eq!(forgotten.len(), 2 * (FETCH_ATTEMPTS as usize - 1));
+    for pair in forgotten.chunks(2) {
+        assert_eq!(pair, [tail.clone(), footer.toc_range()]);
+    }
+
+    // A footer pointing at a TOC past the cap costs no TOC read.
+    let source = Arc::new(Sparse {
+        head: Vec::new(),
+        tail_at: 3 << 30,
+        tail: estargz::footer::estargz_footer(100).to_vec(),
+        longest: AtomicU64::new(0),
+    });
+    let err = LayerReader::open(source.clone(), cache, &OpenOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LayerError::Format(estargz::Error::TocTooLarge {
+                cap: estargz::toc::DEFAULT_MAX_TOC_SIZE
+            })
+        ),
+        "{err}"
+    );
+    let longest = source.longest.load(Ordering::SeqCst);
+    assert_eq!(longest, estargz::footer::MAX_FOOTER_SIZE as u64);
+}
