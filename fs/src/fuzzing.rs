@@ -8,6 +8,7 @@ use std::path::Path;
 use crate::estargz::chunk::Verify;
 use crate::estargz::footer::Compression;
 use crate::estargz::index::{Index, Limits, NodeKind};
+use crate::estargz::open::{Opener, Step};
 use crate::estargz::reader::{Layer, OpenOptions};
 use crate::estargz::toc::parse_toc_json;
 use crate::estargz::writer::{WriterOptions, convert};
@@ -55,8 +56,30 @@ fn read_files(layer: &Layer<&[u8]>) -> usize {
 }
 
 /// Whole-blob path: footer, TOC decompression, index, then every chunk read.
+/// The harness drives the [`Opener`] itself (as `Layer::open` and the async
+/// layer reader do) so it can hold each asked-for range to the promise that
+/// it lies inside the blob and within the TOC cap.
 pub fn fuzz_blob(data: &[u8]) {
-    if let Ok(layer) = Layer::open(data, &open_options()) {
+    let opts = open_options();
+    let size = data.len() as u64;
+    let mut opener = Opener::new(size, &opts);
+    let opened = loop {
+        let range = opener.wants();
+        assert!(
+            range.start <= range.end && range.end <= size,
+            "opener asked for {range:?} of a {size}-byte blob"
+        );
+        assert!(
+            range.end - range.start <= opts.max_toc_size + (1 << 20),
+            "opener asked for {range:?}, past the TOC cap"
+        );
+        match opener.feed(&data[range.start as usize..range.end as usize]) {
+            Ok(Step::Need(next)) => opener = next,
+            Ok(Step::Done(opened)) => break opened,
+            Err(_) => return,
+        }
+    };
+    if let Ok(layer) = Layer::with_toc(data, opened, &opts) {
         read_files(&layer);
     }
 }

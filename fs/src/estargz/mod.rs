@@ -2,8 +2,9 @@
 //!
 //! Everything here is I/O-free apart from the [`ReadAt`] trait: the same code
 //! serves local files, HTTP range readers and fuzzers. The pieces a remote
-//! reader needs are public on their own: [`parse_footer`], [`decode_toc`],
-//! [`Index::build`], [`Chunk::compressed_range`] and [`decode_chunk`].
+//! reader needs are public on their own: the [`Opener`] (footer and TOC,
+//! one read at a time), [`Index::build`], [`Chunk::compressed_range`] and
+//! [`decode_chunk`].
 
 pub mod chunk;
 pub mod digest;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod footer;
 pub mod index;
+pub mod open;
 pub mod reader;
 pub mod toc;
 pub mod writer;
@@ -24,6 +26,7 @@ pub use index::{
     BlobOrder, Chunk, Index, Ino, Limits, MAX_CHUNK_FETCH, Node, NodeKind, Prefetch, ROOT_INO,
     max_compressed_len,
 };
-pub use reader::{FileSource, Layer, OpenOptions, ReadAt, read_footer, read_toc};
+pub use open::{OpenedToc, Opener, Step};
+pub use reader::{FileSource, Layer, OpenOptions, ReadAt, open_toc, read_footer, read_toc};
 pub use toc::{DecodedToc, Toc, TocEntry, decode_toc};
 pub use writer::{ConvertOutput, WriterOptions, convert, convert_file};

@@ -1,10 +1,10 @@
 //! Random-access sources and the verified layer reader.
 //!
-//! [`Layer::open`] reads the footer and TOC through [`ReadAt`], checks the TOC
-//! digest when one is expected, and builds the [`Index`]. File reads fetch
-//! each needed chunk's compressed range, decode and verify it
-//! ([`decode_chunk_into`]) and copy the requested bytes out. Nothing is cached
-//! here: caching belongs to the layers above.
+//! [`Layer::open`] performs the reads an [`Opener`] asks for through
+//! [`ReadAt`] (footer, TOC; the checks are the opener's) and builds the
+//! [`Index`]. File reads fetch each needed chunk's compressed range, decode
+//! and verify it ([`decode_chunk_into`]) and copy the requested bytes out.
+//! Nothing is cached here: caching belongs to the layers above.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read};
@@ -13,9 +13,10 @@ use std::os::unix::fs::FileExt;
 use super::chunk::{Verify, decode_chunk_into};
 use super::digest::Digest;
 use super::error::{Error, Result};
-use super::footer::{Footer, MAX_FOOTER_SIZE, parse_footer};
+use super::footer::Footer;
 use super::index::{Chunk, Index, Ino, Limits, NodeKind};
-use super::toc::{DEFAULT_MAX_TOC_SIZE, DecodedToc, decode_toc};
+use super::open::{OpenedToc, Opener, Step, check_toc_digest};
+use super::toc::{DEFAULT_MAX_TOC_SIZE, DecodedToc};
 
 /// A random-access byte source (local file, memory, later HTTP ranges).
 pub trait ReadAt {
@@ -154,25 +155,52 @@ impl Default for OpenOptions {
 
 /// Reads the footer of `src`.
 pub fn read_footer(src: &(impl ReadAt + ?Sized)) -> Result<Footer> {
-    let size = src.size();
-    let n = (MAX_FOOTER_SIZE as u64).min(size);
-    let mut tail = vec![0u8; n as usize];
-    read_exact_at(src, size - n, &mut tail)?;
-    parse_footer(&tail, size)
+    // Only the footer is wanted: a TOC that is never read needs no cap.
+    let opts = OpenOptions {
+        max_toc_size: u64::MAX,
+        ..OpenOptions::default()
+    };
+    let mut opener = Opener::new(src.size(), &opts);
+    loop {
+        if let Some(footer) = opener.footer() {
+            return Ok(*footer);
+        }
+        let bytes = read_range(src, opener.wants())?;
+        match opener.feed(&bytes)? {
+            Step::Need(next) => opener = next,
+            Step::Done(opened) => return Ok(opened.footer),
+        }
+    }
 }
 
 /// Reads the footer and decodes the TOC of `src`.
 pub fn read_toc(src: &(impl ReadAt + ?Sized), max_toc_size: u64) -> Result<(Footer, DecodedToc)> {
-    let footer = read_footer(src)?;
-    let len = footer.toc_compressed_size;
-    // Compressed data is never larger than the JSON plus a small framing overhead.
-    if len > max_toc_size.saturating_add(1 << 20) {
-        return Err(Error::TocTooLarge { cap: max_toc_size });
+    let opts = OpenOptions {
+        max_toc_size,
+        ..OpenOptions::default()
+    };
+    let opened = open_toc(src, &opts)?;
+    Ok((opened.footer, opened.toc))
+}
+
+/// Reads footer and TOC of `src` as an [`Opener`] under `opts` asks.
+pub fn open_toc(src: &(impl ReadAt + ?Sized), opts: &OpenOptions) -> Result<OpenedToc> {
+    let mut opener = Opener::new(src.size(), opts);
+    loop {
+        let bytes = read_range(src, opener.wants())?;
+        match opener.feed(&bytes)? {
+            Step::Need(next) => opener = next,
+            Step::Done(opened) => return Ok(opened),
+        }
     }
-    let mut compressed = vec![0u8; len as usize];
-    read_exact_at(src, footer.toc_offset, &mut compressed)?;
-    let toc = decode_toc(&footer, &compressed, max_toc_size)?;
-    Ok((footer, toc))
+}
+
+fn read_range(src: &(impl ReadAt + ?Sized), range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+    let len = usize::try_from(range.end - range.start)
+        .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "blob range longer than memory"))?;
+    let mut buf = vec![0u8; len];
+    read_exact_at(src, range.start, &mut buf)?;
+    Ok(buf)
 }
 
 /// An opened layer: its index plus verified reads from the source.
@@ -188,15 +216,19 @@ pub struct Layer<R> {
 impl<R: ReadAt> Layer<R> {
     /// Reads footer and TOC, checks the expected TOC digest and builds the index.
     pub fn open(src: R, opts: &OpenOptions) -> Result<Self> {
-        let (footer, decoded) = read_toc(&src, opts.max_toc_size)?;
-        if let Some(expected) = opts.expected_toc_digest {
-            check_toc_digest(&decoded.digest, &expected)?;
-        }
-        let index = Index::build(&decoded.toc, &footer, &opts.limits)?;
+        let opened = open_toc(&src, opts)?;
+        Self::with_toc(src, opened, opts)
+    }
+
+    /// Builds the index of a TOC already opened from `src` (by [`open_toc`]
+    /// or a caller driving its own [`Opener`]).
+    pub fn with_toc(src: R, opened: OpenedToc, opts: &OpenOptions) -> Result<Self> {
+        let OpenedToc { footer, toc } = opened;
+        let index = Index::build(&toc.toc, &footer, &opts.limits)?;
         Ok(Layer {
             src,
             footer,
-            toc_digest: decoded.digest,
+            toc_digest: toc.digest,
             index,
             verify: opts.verify,
         })
@@ -275,12 +307,46 @@ impl<R: ReadAt> Layer<R> {
     }
 }
 
-fn check_toc_digest(actual: &Digest, expected: &Digest) -> Result<()> {
-    if actual != expected {
-        return Err(Error::TocDigestMismatch {
-            expected: expected.to_string(),
-            actual: actual.to_string(),
-        });
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::estargz::footer::{FooterKind, estargz_footer};
+
+    /// A blob of zeros ending in `tail`, `size` bytes long, held sparsely.
+    struct Tail {
+        size: u64,
+        tail: Vec<u8>,
     }
-    Ok(())
+
+    impl ReadAt for Tail {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+            let tail_at = self.size - self.tail.len() as u64;
+            for (at, b) in (offset..).zip(buf.iter_mut()) {
+                *b = at
+                    .checked_sub(tail_at)
+                    .and_then(|i| self.tail.get(i as usize).copied())
+                    .unwrap_or(0);
+            }
+            Ok(buf.len().min(self.size.saturating_sub(offset) as usize))
+        }
+        fn size(&self) -> u64 {
+            self.size
+        }
+    }
+
+    #[test]
+    fn the_footer_alone_is_read_whatever_the_toc_cap() {
+        let src = Tail {
+            size: DEFAULT_MAX_TOC_SIZE * 4,
+            tail: estargz_footer(100).to_vec(),
+        };
+        let footer = read_footer(&src).unwrap();
+        assert_eq!(footer.kind, FooterKind::Estargz);
+        assert!(footer.toc_compressed_size > DEFAULT_MAX_TOC_SIZE * 2);
+        assert!(matches!(
+            read_toc(&src, DEFAULT_MAX_TOC_SIZE),
+            Err(Error::TocTooLarge { .. })
+        ));
+    }
 }
