@@ -26,13 +26,12 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use reqwest::{StatusCode, Url};
 
-use super::client::{
-    GatedResponse, Registry, RegistryInner, RequestSpec, header_str, pull_scope, read_body_limited,
-};
+use super::client::{Registry, RegistryInner, RequestSpec, pull_scope};
 use super::digest::Digest;
 use super::error::{RegistryError, Result, redact_path};
 use super::gate::Purpose;
 use super::hosts::RegistryHost;
+use super::http::{GatedResponse, header_str, read_body_limited};
 use super::labels::LayerSource;
 use super::multipart::{byteranges_boundary, parse_byteranges};
 use super::ranges::{

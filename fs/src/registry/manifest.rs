@@ -2,9 +2,10 @@
 
 use bytes::Bytes;
 
-use super::client::{Registry, header_str, pull_scope, read_body_limited};
+use super::client::{Registry, pull_scope};
 use super::digest::Digest;
 use super::error::{RegistryError, Result};
+use super::http::{header_str, read_body_limited};
 use super::push::{endpoint_url, spec, status_error};
 use super::reference::Reference;
 

@@ -5,9 +5,10 @@
 //! [`labels`] turns Prepare labels into a [`LayerSource`], [`hosts`] lists
 //! endpoints (mirrors, containerd's hosts.toml), [`credentials`] and
 //! [`auth`] authenticate, [`client`] holds the [`Registry`] facade and its
-//! request loop, [`fetch`] reads ranges ([`BlobFetcher`]) with help from
-//! [`ranges`] and [`multipart`], [`gate`] orders on-demand before background
-//! work, and [`push`]/[`manifest`] write and read images.
+//! request loop (`http` has the response helpers both share), [`fetch`]
+//! reads ranges ([`BlobFetcher`]) with help from [`ranges`] and
+//! [`multipart`], [`gate`] orders on-demand before background work, and
+//! [`push`]/[`manifest`] write and read images.
 //!
 //! Guarantees: never a whole-blob download by accident, credentials never in
 //! Debug/Display/errors/logs, TLS verified unless configured otherwise.
@@ -21,6 +22,7 @@ pub mod fetch;
 pub mod gate;
 mod hedge;
 pub mod hosts;
+pub(crate) mod http;
 pub mod labels;
 pub mod manifest;
 pub mod metrics;

@@ -5,11 +5,12 @@
 use bytes::Bytes;
 use reqwest::{StatusCode, Url};
 
-use super::client::{Registry, RequestSpec, header_str, push_scope, read_body_limited};
+use super::client::{Registry, RequestSpec, push_scope};
 use super::digest::Digest;
 use super::error::{RegistryError, Result, redact_path};
 use super::gate::Purpose;
 use super::hosts::RegistryHost;
+use super::http::{header_str, read_body_limited};
 use super::reference::Reference;
 
 impl Registry {
