@@ -97,7 +97,7 @@ async fn push_then_probe_learns_size_and_reads_single_range() {
         .unwrap();
     assert_content(&f, &whole, &[0..300_000]);
     let m = f.registry.metrics();
-    assert!(m.bytes[Purpose::Background.index()] >= 300_000);
+    assert!(m.bytes[Purpose::Background.priority()] >= 300_000);
     assert_eq!(m.full_body_aborts, 0);
 }
 

@@ -15,13 +15,14 @@ use std::time::Duration;
 use super::auth::{AuthTarget, Authorizer};
 use super::credentials::{CredentialStore, default_docker_config_path};
 use super::error::{RegistryError, Result, describe_transport_error};
-use super::gate::{PriorityGate, Purpose};
+use super::gate::PriorityGate;
 use super::hedge::{self, Latency};
 use super::hosts::{HostsConfig, RegistryHost, Scheme, resolve_hosts};
 use super::http::{GatedResponse, configured_headers, header_str};
 use super::metrics::{FetchMetrics, MetricsSnapshot};
 use super::reference::Reference;
 use super::retry::{Backoff, parse_retry_after, retryable_status};
+use crate::purpose::Purpose;
 
 /// Settings of the registry reader.
 #[derive(Clone, Debug)]
@@ -273,7 +274,7 @@ impl RegistryInner {
             let hedge_after = self
                 .config
                 .hedge_after_min
-                .filter(|_| spec.idempotent && spec.purpose == Purpose::OnDemand)
+                .filter(|_| spec.idempotent && spec.purpose.is_urgent())
                 .map(|floor| self.latency.hedge_after(floor, spec.timeout / 2));
             let sent = std::time::Instant::now();
             let outcome = hedge::send(request, hedge_after, || {

@@ -29,7 +29,6 @@ use reqwest::{StatusCode, Url};
 use super::client::{Registry, RegistryInner, RequestSpec, pull_scope};
 use super::digest::Digest;
 use super::error::{RegistryError, Result, redact_path};
-use super::gate::Purpose;
 use super::hosts::RegistryHost;
 use super::http::{GatedResponse, header_str, read_body_limited};
 use super::labels::LayerSource;
@@ -39,6 +38,7 @@ use super::ranges::{
     total_len,
 };
 use super::reference::Reference;
+use crate::purpose::Purpose;
 
 /// Most redirects followed for one request.
 const MAX_REDIRECTS: usize = 5;

@@ -7,9 +7,10 @@ use bytes::{Bytes, BytesMut};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::error::{RegistryError, Result, describe_transport_error};
-use super::gate::{GatePermit, Purpose};
+use super::gate::GatePermit;
 use super::hosts::RegistryHost;
 use super::metrics::FetchMetrics;
+use crate::purpose::Purpose;
 
 /// A response together with the concurrency slot it occupies.
 pub(crate) struct GatedResponse {

@@ -37,7 +37,7 @@ pub use credentials::{Credential, CredentialStore, Secret};
 pub use digest::Digest;
 pub use error::{RegistryError, Result};
 pub use fetch::BlobFetcher;
-pub use gate::Purpose;
+pub use crate::purpose::Purpose;
 pub use hosts::{Capabilities, HostsConfig, MirrorConfig, RegistryHost, Scheme};
 pub use labels::{LayerDescriptor, LayerSource, layer_source_from_labels};
 pub use manifest::FetchedManifest;

@@ -8,10 +8,10 @@ use reqwest::{StatusCode, Url};
 use super::client::{Registry, RequestSpec, push_scope};
 use super::digest::Digest;
 use super::error::{RegistryError, Result, redact_path};
-use super::gate::Purpose;
 use super::hosts::RegistryHost;
 use super::http::{header_str, read_body_limited};
 use super::reference::Reference;
+use crate::purpose::Purpose;
 
 impl Registry {
     /// The first endpoint of `reference` that accepts pushes.
