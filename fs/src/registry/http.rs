@@ -7,9 +7,9 @@ use bytes::{Bytes, BytesMut};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::error::{RegistryError, Result, describe_transport_error};
-use super::gate::GatePermit;
 use super::hosts::RegistryHost;
 use super::metrics::FetchMetrics;
+use super::priority_gate::GatePermit;
 use crate::purpose::Purpose;
 
 /// A response together with the concurrency slot it occupies.

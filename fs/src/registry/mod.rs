@@ -7,8 +7,8 @@
 //! [`auth`] authenticate, [`client`] holds the [`Registry`] facade and its
 //! request loop (`http` has the response helpers both share), [`fetch`]
 //! reads ranges ([`BlobFetcher`]) with help from [`ranges`] and
-//! [`multipart`], [`gate`] orders on-demand before background work, and
-//! [`push`]/[`manifest`] write and read images.
+//! [`multipart`], [`priority_gate`] orders on-demand before background
+//! work, and [`push`]/[`manifest`] write and read images.
 //!
 //! Guarantees: never a whole-blob download by accident, credentials never in
 //! Debug/Display/errors/logs, TLS verified unless configured otherwise.
@@ -19,7 +19,6 @@ pub mod credentials;
 pub mod digest;
 pub mod error;
 pub mod fetch;
-pub mod gate;
 mod hedge;
 pub mod hosts;
 pub(crate) mod http;
@@ -27,17 +26,18 @@ pub mod labels;
 pub mod manifest;
 pub mod metrics;
 pub mod multipart;
+pub mod priority_gate;
 pub mod push;
 pub mod ranges;
 pub mod reference;
 pub mod retry;
 
+pub use crate::purpose::Purpose;
 pub use client::{Registry, RegistryConfig};
 pub use credentials::{Credential, CredentialStore, Secret};
 pub use digest::Digest;
 pub use error::{RegistryError, Result};
 pub use fetch::BlobFetcher;
-pub use crate::purpose::Purpose;
 pub use hosts::{Capabilities, HostsConfig, MirrorConfig, RegistryHost, Scheme};
 pub use labels::{LayerDescriptor, LayerSource, layer_source_from_labels};
 pub use manifest::FetchedManifest;
