@@ -27,12 +27,12 @@ use bytes::Bytes;
 use reqwest::{StatusCode, Url};
 
 use super::client::{Registry, RegistryInner, RequestSpec, pull_scope};
-use super::digest::Digest;
 use super::error::{RegistryError, Result, redact_path};
 use super::hosts::RegistryHost;
 use super::http::{GatedResponse, header_str, read_body_limited};
 use super::labels::LayerSource;
 use super::multipart::{byteranges_boundary, parse_byteranges};
+use super::oci_digest::OciDigest;
 use super::ranges::{
     assemble, batch_ranges, merge_ranges, parse_content_range, range_header, split_ranges,
     total_len,
@@ -58,7 +58,7 @@ struct FetcherInner {
     registry: Arc<RegistryInner>,
     repository: String,
     registry_name: String,
-    digest: Digest,
+    digest: OciDigest,
     hosts: Vec<RegistryHost>,
     current_host: AtomicUsize,
     redirect: Mutex<Option<Url>>,
@@ -96,7 +96,7 @@ impl Registry {
     pub async fn open_blob(
         &self,
         reference: &Reference,
-        digest: &Digest,
+        digest: &OciDigest,
         size: Option<u64>,
     ) -> Result<BlobFetcher> {
         let hosts: Vec<RegistryHost> = self
@@ -124,7 +124,7 @@ impl Registry {
 
 impl BlobFetcher {
     /// The blob's digest.
-    pub fn digest(&self) -> &Digest {
+    pub fn digest(&self) -> &OciDigest {
         &self.inner.digest
     }
 
