@@ -31,8 +31,8 @@ use std::time::Instant;
 
 use common::remote::*;
 use common::*;
+use rstargz_fs::registry::OciDigest;
 use rstargz_snapshotter::snapshot::REMOTE_LABEL;
-use rstargz_fs::registry::Digest;
 use rstargz_fs::registry::labels::STARGZ_DIGEST;
 use rstargz_fs::testutil::registry::TestRegistry;
 use rstargz_fs::testutil::{TestLayer, push_image, test_blob};
@@ -66,7 +66,7 @@ impl Rng {
 struct Fixture {
     reference: String,
     layers: Vec<TestLayer>,
-    digests: Vec<Digest>,
+    digests: Vec<OciDigest>,
     /// Files of each layer (path, contents).
     files: Vec<Vec<(String, Vec<u8>)>>,
 }

@@ -224,7 +224,7 @@ async fn try_mount_remote(
     repo: &str,
     name: &str,
     layer: &TestLayer,
-    digest: &rstargz_fs::registry::Digest,
+    digest: &rstargz_fs::registry::OciDigest,
 ) -> Result<PathBuf, String> {
     let reference = format!("{}/{repo}:latest", proxy.host());
     let labels = [

@@ -307,7 +307,7 @@ async fn layout_image(tmp: &Path) -> (std::path::PathBuf, serde_json::Value) {
 fn retag(dir: &Path, manifest: &serde_json::Value) {
     let layout = rstargz_image::layout::OciLayout::open(dir).unwrap();
     let body = serde_json::to_vec(manifest).unwrap();
-    let digest = rstargz_fs::registry::Digest::sha256_of(&body);
+    let digest = rstargz_fs::registry::OciDigest::sha256_of(&body);
     layout.write_blob_bytes(&digest, &body).unwrap();
     layout
         .set_tag(
@@ -400,7 +400,7 @@ async fn foreign_layers_pass_through() {
         .unwrap()
         .insert(0, foreign_diff_id.clone().into());
     let config_body = serde_json::to_vec(&config).unwrap();
-    let new_config = rstargz_fs::registry::Digest::sha256_of(&config_body);
+    let new_config = rstargz_fs::registry::OciDigest::sha256_of(&config_body);
     layout.write_blob_bytes(&new_config, &config_body).unwrap();
     manifest["config"]["digest"] = new_config.to_string().into();
     manifest["config"]["size"] = config_body.len().into();

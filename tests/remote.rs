@@ -61,7 +61,7 @@ async fn prepare_remote_chain(
     c: &mut Client,
     reference: &str,
     layers: &[TestLayer],
-    digests: &[rstargz_fs::registry::Digest],
+    digests: &[rstargz_fs::registry::OciDigest],
 ) -> String {
     prepare_remote_chain_as(c, "", reference, layers, digests).await
 }
@@ -285,7 +285,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 struct Crashed {
     parent: String,
     lowers: Vec<PathBuf>,
-    digests: Vec<rstargz_fs::registry::Digest>,
+    digests: Vec<rstargz_fs::registry::OciDigest>,
 }
 
 /// Pushes two layers to `reference`, prepares them remotely and a container

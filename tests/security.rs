@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use common::remote::*;
 use common::*;
-use rstargz_fs::registry::{Digest, Registry};
+use rstargz_fs::registry::{OciDigest, Registry};
 use rstargz_fs::testutil::proxy::{FaultProxy, TokenAuth};
 use rstargz_fs::testutil::registry::TestRegistry;
 use rstargz_fs::testutil::{TestLayer, push_image, push_image_via, push_image_with, test_blob};
@@ -35,7 +35,7 @@ async fn prepare_layer(
     c: &mut Client,
     chain: &str,
     reference: &str,
-    digest: &Digest,
+    digest: &OciDigest,
     toc: Option<&str>,
 ) -> Result<Vec<rstargz_proto::types::Mount>, tonic::Status> {
     let labels = remote_labels(chain, reference, digest.as_str(), toc);
@@ -48,7 +48,7 @@ async fn assert_remote(
     chain: &str,
     reference: &str,
     layer: &TestLayer,
-    digest: &Digest,
+    digest: &OciDigest,
 ) {
     let err = prepare_layer(c, chain, reference, digest, layer.toc_digest.as_deref())
         .await

@@ -158,7 +158,7 @@ pub fn fuzz_hosts_toml(data: &[u8]) {
     for host in file.mirrors.iter().chain(&file.server) {
         let root = host.api_root();
         let _ = reqwest::Url::parse(&format!("{root}/library/app/blobs/sha256:00"));
-        let _ = crate::registry::client::configured_headers(host);
+        let _ = crate::registry::http::configured_headers(host);
     }
 }
 

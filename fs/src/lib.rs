@@ -13,6 +13,7 @@ pub mod fuse;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod layer;
+pub mod purpose;
 pub mod registry;
 #[cfg(feature = "testutil")]
 pub mod testutil;

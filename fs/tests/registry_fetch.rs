@@ -13,7 +13,7 @@ use common::proxy::{Fault, FaultMode, FaultPlan, FaultProxy};
 use common::registry::TestRegistry;
 use common::{test_blob, test_config, wait_until_async};
 use rstargz_fs::registry::{
-    BlobFetcher, Digest, Purpose, Reference, Registry, RegistryConfig, RegistryError, labels,
+    BlobFetcher, OciDigest, Purpose, Reference, Registry, RegistryConfig, RegistryError, labels,
     layer_source_from_labels,
 };
 
@@ -21,7 +21,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     registry: Registry,
     blob: Vec<u8>,
-    digest: Digest,
+    digest: OciDigest,
 }
 
 /// Pushes a `len`-byte blob to `upstream` and returns a client for it.
@@ -97,7 +97,7 @@ async fn push_then_probe_learns_size_and_reads_single_range() {
         .unwrap();
     assert_content(&f, &whole, &[0..300_000]);
     let m = f.registry.metrics();
-    assert!(m.bytes[Purpose::Background.index()] >= 300_000);
+    assert!(m.bytes[Purpose::Background.priority()] >= 300_000);
     assert_eq!(m.full_body_aborts, 0);
 }
 
@@ -168,7 +168,7 @@ async fn missing_blob_is_not_found() {
     let reference = Reference::parse(&reg.reference("test/blob")).unwrap();
     let err = f
         .registry
-        .open_blob(&reference, &Digest::sha256_of(b"absent"), None)
+        .open_blob(&reference, &OciDigest::sha256_of(b"absent"), None)
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");

@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use rstargz_fs::registry::{Digest, Registry};
+use rstargz_fs::registry::{OciDigest, Registry};
 use sha2::{Digest as _, Sha256};
 
 use super::error::{ImageError, Result};
@@ -111,7 +111,7 @@ pub async fn index_from_dirs(
     let body = Bytes::from(
         serde_json::to_vec(&index).map_err(|e| ImageError::document("index", e.to_string()))?,
     );
-    let desc = Descriptor::new(media_type, &Digest::sha256_of(&body), body.len() as u64);
+    let desc = Descriptor::new(media_type, &OciDigest::sha256_of(&body), body.len() as u64);
     store.put_root(&desc, body).await?;
     Ok(desc)
 }
@@ -159,7 +159,7 @@ async fn build_manifest(
         } else {
             oci::OCI_CONFIG
         },
-        &Digest::sha256_of(&config_body),
+        &OciDigest::sha256_of(&config_body),
         config_body.len() as u64,
     );
     store.put_blob_bytes(config_body).await?;
@@ -178,7 +178,7 @@ async fn build_manifest(
         serde_json::to_vec(&manifest)
             .map_err(|e| ImageError::document("manifest", e.to_string()))?,
     );
-    let desc = Descriptor::new(media_type, &Digest::sha256_of(&body), body.len() as u64);
+    let desc = Descriptor::new(media_type, &OciDigest::sha256_of(&body), body.len() as u64);
     Ok((desc, body))
 }
 
@@ -207,7 +207,7 @@ impl<W: Write> Write for Hashing<W> {
 fn write_layer(
     input: &LayerInput,
     compression: LayerCompression,
-) -> Result<(tempfile::NamedTempFile, Digest, u64, Digest)> {
+) -> Result<(tempfile::NamedTempFile, OciDigest, u64, OciDigest)> {
     let io = |what: &str| ImageError::io(format!("building a layer: {what}"));
     let out = tempfile::NamedTempFile::new().map_err(io("temporary file"))?;
     let (digest, len, diff_id) = {
@@ -244,7 +244,7 @@ fn write_layer(
 }
 
 /// Writes the layer's tar into `w`; returns `w` and the tar's sha256.
-fn tar_into<W: Write>(input: &LayerInput, w: W) -> Result<(W, Digest)> {
+fn tar_into<W: Write>(input: &LayerInput, w: W) -> Result<(W, OciDigest)> {
     let io = |what: String| ImageError::io(format!("building a layer: {what}"));
     let mut tar = Hashing {
         inner: w,

@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use rstargz_fs::estargz::{self, Compression, FileSource, WriterOptions};
-use rstargz_fs::registry::{Digest, Registry};
+use rstargz_fs::registry::{OciDigest, Registry};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
@@ -62,9 +62,9 @@ pub struct ManifestReport {
     /// Platform (`linux/amd64`) when part of an index.
     pub platform: Option<String>,
     /// New manifest digest.
-    pub digest: Digest,
+    pub digest: OciDigest,
     /// New config digest.
-    pub config_digest: Digest,
+    pub config_digest: OciDigest,
     /// Per-layer outcome, in manifest order.
     pub layers: Vec<LayerReport>,
 }
@@ -75,7 +75,7 @@ pub struct ConvertReport {
     /// The destination as given.
     pub destination: String,
     /// Digest of the new root manifest or index.
-    pub digest: Digest,
+    pub digest: OciDigest,
     /// Its media type.
     pub media_type: String,
     /// Converted manifests (one, or one per platform).
@@ -191,7 +191,7 @@ async fn convert_index(
         set_field(&mut index, "mediaType", Value::String(out_type.to_owned()));
     }
     let body = to_bytes(&index)?;
-    let desc = Descriptor::new(out_type, &Digest::sha256_of(&body), body.len() as u64);
+    let desc = Descriptor::new(out_type, &OciDigest::sha256_of(&body), body.len() as u64);
     Ok((desc, body, reports))
 }
 
@@ -261,7 +261,7 @@ async fn convert_manifest(
     } else {
         config.media_type.as_str()
     };
-    let config_digest = Digest::sha256_of(&config_body);
+    let config_digest = OciDigest::sha256_of(&config_body);
     let mut new_config = Descriptor::new(config_type, &config_digest, config_body.len() as u64);
     new_config.annotations = config.annotations.clone();
     ctx.dst.put_blob_bytes(config_body).await?;
@@ -282,7 +282,7 @@ async fn convert_manifest(
         );
     }
     let body = to_bytes(&manifest)?;
-    let digest = Digest::sha256_of(&body);
+    let digest = OciDigest::sha256_of(&body);
     ctx.progress.event(&Event::ManifestDone {
         platform: platform.clone(),
         digest: &digest,
@@ -462,7 +462,7 @@ fn convert_blob(
             estargz::reader::read_exact_at(&blob, range.start, &mut toc)
                 .map_err(ImageError::io("reading the converted layer's TOC"))?;
             Some((
-                Digest::sha256_of(&toc).to_string(),
+                OciDigest::sha256_of(&toc).to_string(),
                 format!(
                     "{}:{}:{}:1",
                     footer.toc_offset,

@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use rstargz_fs::registry::Digest;
+use rstargz_fs::registry::OciDigest;
 
 use super::error::{ImageError, Result};
 use super::oci::{ANNOTATION_REF_NAME, Descriptor, OCI_INDEX};
@@ -63,19 +63,19 @@ impl OciLayout {
     }
 
     /// Where blob `digest` lives.
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+    pub fn blob_path(&self, digest: &OciDigest) -> PathBuf {
         // Digest validation guarantees `alg` and `enc` are path-safe.
         let (alg, enc) = digest.as_str().split_once(':').unwrap_or(("sha256", ""));
         self.dir.join("blobs").join(alg).join(enc)
     }
 
     /// Whether the blob exists.
-    pub fn has_blob(&self, digest: &Digest) -> bool {
+    pub fn has_blob(&self, digest: &OciDigest) -> bool {
         self.blob_path(digest).is_file()
     }
 
     /// Writes `data` as blob `digest` (skipped if present); returns whether it wrote.
-    pub fn write_blob_bytes(&self, digest: &Digest, data: &[u8]) -> Result<bool> {
+    pub fn write_blob_bytes(&self, digest: &OciDigest, data: &[u8]) -> Result<bool> {
         let path = self.blob_path(digest);
         if path.is_file() {
             return Ok(false);
@@ -86,7 +86,7 @@ impl OciLayout {
     }
 
     /// Copies the file at `src` in as blob `digest` (skipped if present).
-    pub fn write_blob_file(&self, digest: &Digest, src: &Path) -> Result<bool> {
+    pub fn write_blob_file(&self, digest: &OciDigest, src: &Path) -> Result<bool> {
         let path = self.blob_path(digest);
         if path.is_file() {
             return Ok(false);

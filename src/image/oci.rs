@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ImageError, Result};
-use rstargz_fs::registry::Digest;
+use rstargz_fs::registry::OciDigest;
 
 /// OCI image manifest.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -71,7 +71,7 @@ pub struct Descriptor {
 
 impl Descriptor {
     /// A descriptor for `digest`/`size` without annotations.
-    pub fn new(media_type: &str, digest: &Digest, size: u64) -> Self {
+    pub fn new(media_type: &str, digest: &OciDigest, size: u64) -> Self {
         Descriptor {
             media_type: media_type.to_owned(),
             digest: digest.to_string(),
@@ -83,8 +83,8 @@ impl Descriptor {
     }
 
     /// The digest, validated.
-    pub fn parsed_digest(&self) -> Result<Digest> {
-        Digest::parse(&self.digest).map_err(|_| {
+    pub fn parsed_digest(&self) -> Result<OciDigest> {
+        OciDigest::parse(&self.digest).map_err(|_| {
             ImageError::document(format!("descriptor {:?}", self.digest), "invalid digest")
         })
     }

@@ -2,7 +2,7 @@
 //! caller decides whether and how to show them (the CLI prints lines to a
 //! terminal and stays quiet otherwise).
 
-use rstargz_fs::registry::Digest;
+use rstargz_fs::registry::OciDigest;
 
 /// What happened to one source layer.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,7 +53,7 @@ pub enum Event<'a> {
         /// Platform, if part of an index.
         platform: Option<String>,
         /// New manifest digest.
-        digest: &'a Digest,
+        digest: &'a OciDigest,
     },
     /// Something the user should know (skipped entries).
     Note(&'a str),

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use rstargz_fs::registry::{Digest, Purpose, Reference, Registry};
+use rstargz_fs::registry::{OciDigest, Purpose, Reference, Registry};
 use sha2::{Digest as _, Sha256};
 
 use super::error::{ImageError, Result};
@@ -109,7 +109,7 @@ pub struct Root {
     /// Media type as served or recorded.
     pub media_type: String,
     /// Digest of `bytes`.
-    pub digest: Digest,
+    pub digest: OciDigest,
     /// The manifest or index JSON.
     pub bytes: Bytes,
 }
@@ -207,7 +207,12 @@ impl Store {
                 )
             }
         };
-        verify(&what, desc, bytes.len() as u64, &Digest::sha256_of(&bytes))?;
+        verify(
+            &what,
+            desc,
+            bytes.len() as u64,
+            &OciDigest::sha256_of(&bytes),
+        )?;
         Ok(bytes)
     }
 
@@ -272,7 +277,7 @@ impl Store {
     }
 
     /// Whether the store already has blob `digest`.
-    pub async fn has_blob(&self, digest: &Digest) -> Result<bool> {
+    pub async fn has_blob(&self, digest: &OciDigest) -> Result<bool> {
         match self {
             Store::Registry { client, reference } => Ok(client
                 .blob_exists(reference, digest)
@@ -284,7 +289,7 @@ impl Store {
     }
 
     /// Stores the file at `path` as blob `digest`; false if it was already there.
-    pub async fn put_blob_file(&self, digest: &Digest, size: u64, path: &Path) -> Result<bool> {
+    pub async fn put_blob_file(&self, digest: &OciDigest, size: u64, path: &Path) -> Result<bool> {
         match self {
             Store::Registry { client, reference } => client
                 .push_blob_file(reference, digest, size, path)
@@ -301,7 +306,7 @@ impl Store {
 
     /// Stores `data` as a blob (config); false if it was already there.
     pub async fn put_blob_bytes(&self, data: Bytes) -> Result<bool> {
-        let digest = Digest::sha256_of(&data);
+        let digest = OciDigest::sha256_of(&data);
         match self {
             Store::Registry { client, reference } => {
                 if self.has_blob(&digest).await? {
@@ -318,8 +323,8 @@ impl Store {
     }
 
     /// Stores a manifest or index by digest (a child of an index).
-    pub async fn put_child_manifest(&self, media_type: &str, body: Bytes) -> Result<Digest> {
-        let digest = Digest::sha256_of(&body);
+    pub async fn put_child_manifest(&self, media_type: &str, body: Bytes) -> Result<OciDigest> {
+        let digest = OciDigest::sha256_of(&body);
         match self {
             Store::Registry { client, reference } => {
                 let by_digest = Reference {
@@ -340,7 +345,7 @@ impl Store {
     }
 
     /// Stores the root manifest or index under the location's tag.
-    pub async fn put_root(&self, desc: &Descriptor, body: Bytes) -> Result<Digest> {
+    pub async fn put_root(&self, desc: &Descriptor, body: Bytes) -> Result<OciDigest> {
         match self {
             Store::Registry { client, reference } => client
                 .put_manifest(reference, &desc.media_type, body)
@@ -349,7 +354,7 @@ impl Store {
                     "pushing manifest to {reference}"
                 ))),
             Store::Layout { layout, tag } => {
-                let digest = Digest::sha256_of(&body);
+                let digest = OciDigest::sha256_of(&body);
                 layout.write_blob_bytes(&digest, &body)?;
                 let mut entry = Descriptor::new(&desc.media_type, &digest, body.len() as u64);
                 entry.platform = desc.platform.clone();
@@ -361,16 +366,16 @@ impl Store {
 }
 
 /// The registry digest of a finished sha256 hash.
-pub(crate) fn finish_sha256(hasher: Sha256) -> Result<Digest> {
+pub(crate) fn finish_sha256(hasher: Sha256) -> Result<OciDigest> {
     as_registry_digest(&format!("sha256:{}", hex::encode(hasher.finalize())))
 }
 
 /// Re-validates a digest produced elsewhere (e.g. the eStargz writer's) as a registry digest.
-pub(crate) fn as_registry_digest(digest: &str) -> Result<Digest> {
-    Digest::parse(digest).map_err(|_| ImageError::document(digest, "not a valid digest"))
+pub(crate) fn as_registry_digest(digest: &str) -> Result<OciDigest> {
+    OciDigest::parse(digest).map_err(|_| ImageError::document(digest, "not a valid digest"))
 }
 
-fn verify(what: &str, desc: &Descriptor, size: u64, actual: &Digest) -> Result<()> {
+fn verify(what: &str, desc: &Descriptor, size: u64, actual: &OciDigest) -> Result<()> {
     if size != desc.size {
         return Err(ImageError::SizeMismatch {
             what: what.to_owned(),

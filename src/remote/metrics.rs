@@ -24,7 +24,7 @@ const MAX_REQUEST: usize = 8 << 10;
 
 fn purpose_name(p: Purpose) -> &'static str {
     match p {
-        Purpose::OnDemand => "on_demand",
+        Purpose::Metadata | Purpose::OnDemand => "on_demand",
         Purpose::Prefetch => "prefetch",
         Purpose::Background => "background",
     }
@@ -54,12 +54,12 @@ pub fn render(fs: &StargzFs) -> String {
     let mut out = String::new();
     let reg = fs.registry().metrics();
     let by_purpose = |values: &[u64; 3]| -> Vec<(String, u64)> {
-        Purpose::ALL
+        Purpose::BY_PRIORITY
             .iter()
             .map(|p| {
                 (
                     format!("purpose=\"{}\"", purpose_name(*p)),
-                    values[p.index()],
+                    values[p.priority()],
                 )
             })
             .collect()

@@ -446,7 +446,7 @@ impl StargzFs {
     }
 
     /// `<root>/layers/<layer digest>`: the layer's footer and TOC copies.
-    fn layer_state(&self, digest: &rstargz_fs::registry::Digest) -> PathBuf {
+    fn layer_state(&self, digest: &rstargz_fs::registry::OciDigest) -> PathBuf {
         self.layers_dir.join(digest.as_str().replace(':', "-"))
     }
 

@@ -84,7 +84,7 @@ pub async fn prepare_remote_chain_as(
     prefix: &str,
     reference: &str,
     layers: &[TestLayer],
-    digests: &[rstargz_fs::registry::Digest],
+    digests: &[rstargz_fs::registry::OciDigest],
 ) -> String {
     let mut parent = String::new();
     for (i, (layer, digest)) in layers.iter().zip(digests).enumerate() {

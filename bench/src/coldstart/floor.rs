@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rstargz_fs::estargz::{self, OpenOptions, Prefetch, ReadAt, Verify};
-use rstargz_fs::registry::{Digest, Purpose, Reference, Registry};
+use rstargz_fs::registry::{OciDigest, Purpose, Reference, Registry};
 use serde::Deserialize;
 
 use crate::shaper::Link;
@@ -66,7 +66,7 @@ pub async fn needs(registry: &Registry, reference: &str) -> anyhow::Result<Needs
         layers: manifest.layers.len(),
     };
     for layer in &manifest.layers {
-        let digest = Digest::parse(&layer.digest)?;
+        let digest = OciDigest::parse(&layer.digest)?;
         let (prefix, toc) = layer_needs(registry, &r, &digest, layer.size)
             .await
             .with_context(|| format!("layer {}", layer.digest))?;
@@ -80,7 +80,7 @@ pub async fn needs(registry: &Registry, reference: &str) -> anyhow::Result<Needs
 async fn layer_needs(
     registry: &Registry,
     reference: &Reference,
-    digest: &Digest,
+    digest: &OciDigest,
     size: u64,
 ) -> anyhow::Result<(u64, u64)> {
     let fetcher = registry.open_blob(reference, digest, Some(size)).await?;

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use lru::LruCache;
 
-use super::disk::DiskCacheError;
+use super::error::DiskCacheError;
 use crate::estargz::Digest;
 
 struct Lru {

@@ -18,20 +18,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::content_dir::ContentDir;
+use super::error::DiskCacheError;
 use crate::estargz::Digest;
-
-/// Errors opening a disk cache.
-#[derive(Debug, thiserror::Error)]
-pub enum DiskCacheError {
-    /// A cache directory could not be created or scanned.
-    #[error("disk cache at {path}: {source}")]
-    Io {
-        /// The directory or file involved.
-        path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
-    },
-}
 
 /// Counters of the disk cache.
 #[derive(Debug, Default)]

@@ -26,7 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sha2::{Digest as _, Sha256};
 
 use super::content_dir::ContentDir;
-use super::disk::{DiskCache, DiskCacheError};
+use super::disk::DiskCache;
+use super::error::DiskCacheError;
 use crate::estargz::{Chunk, Digest};
 
 /// Counters of the file store.

@@ -10,6 +10,7 @@
 
 pub mod content_dir;
 pub mod disk;
+pub mod error;
 pub mod files;
 
 use std::future::Future;
@@ -21,7 +22,8 @@ use bytes::Bytes;
 
 use crate::estargz::Digest;
 pub use content_dir::ContentDir;
-pub use disk::{DiskCache, DiskCacheError, DiskCacheStats};
+pub use disk::{DiskCache, DiskCacheStats};
+pub use error::DiskCacheError;
 pub use files::{FileStore, FileStoreStats};
 
 /// Key of one decompressed chunk.

@@ -24,7 +24,7 @@ use fuser::{
 
 use super::MountOptions;
 use super::access::AccessPattern;
-use super::gate::Held;
+use super::freeze_gate::Held;
 use super::handover::{InitParams, Live};
 use super::overlay_view::OverlayView;
 use super::passthrough::OpenMode;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::gate::Gate;
+use super::freeze_gate::FreezeGate;
 use super::passthrough::{OpenTable, PassthroughOpens};
 
 /// What the kernel offered in FUSE_INIT.
@@ -76,7 +76,7 @@ impl HandoverState {
 #[derive(Debug)]
 pub(crate) struct Live {
     /// Freezes the open-file table and pending replies.
-    pub(crate) gate: Arc<Gate>,
+    pub(crate) gate: Arc<FreezeGate>,
     /// Open modes per inode.
     pub(crate) opens: PassthroughOpens,
     /// Set when the connection has FUSE_PASSTHROUGH.

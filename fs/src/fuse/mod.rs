@@ -13,8 +13,8 @@
 
 pub mod access;
 pub mod access_log;
+pub mod freeze_gate;
 pub mod fs;
-pub mod gate;
 pub mod handover;
 pub mod mountinfo;
 pub mod overlay_view;

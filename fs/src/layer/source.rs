@@ -11,18 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-/// Why a range is read: lets a network source prioritise on-demand reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    /// Footer and TOC while opening a layer.
-    Metadata,
-    /// A read the application is waiting for.
-    OnDemand,
-    /// Prefetch of the prioritized files.
-    Prefetch,
-    /// Background fill of the whole layer.
-    Background,
-}
+pub use crate::purpose::Purpose;
 
 /// A random-access source of a blob's compressed bytes.
 #[async_trait::async_trait]

@@ -15,9 +15,9 @@ use base64::Engine as _;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use super::client::read_response_limited;
 use super::credentials::{Credential, CredentialStore, Secret};
 use super::error::{RegistryError, Result, describe_transport_error};
+use super::http::read_response_limited;
 use super::reference::is_loopback_host;
 
 /// How long a looked-up credential is reused before asking again.

@@ -12,18 +12,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-
 use super::auth::{AuthTarget, Authorizer};
 use super::credentials::{CredentialStore, default_docker_config_path};
 use super::error::{RegistryError, Result, describe_transport_error};
-use super::gate::{GatePermit, PriorityGate, Purpose};
 use super::hedge::{self, Latency};
 use super::hosts::{HostsConfig, RegistryHost, Scheme, resolve_hosts};
+use super::http::{GatedResponse, configured_headers, header_str};
 use super::metrics::{FetchMetrics, MetricsSnapshot};
+use super::priority_gate::PriorityGate;
 use super::reference::Reference;
 use super::retry::{Backoff, parse_retry_after, retryable_status};
+use crate::purpose::Purpose;
 
 /// Settings of the registry reader.
 #[derive(Clone, Debug)]
@@ -118,13 +117,6 @@ pub(crate) struct RequestSpec<'a> {
     pub purpose: Purpose,
     /// Per-attempt timeout.
     pub timeout: Duration,
-}
-
-/// A response together with the concurrency slot it occupies.
-pub(crate) struct GatedResponse {
-    pub response: reqwest::Response,
-    pub purpose: Purpose,
-    pub _permit: GatePermit,
 }
 
 impl Registry {
@@ -282,7 +274,7 @@ impl RegistryInner {
             let hedge_after = self
                 .config
                 .hedge_after_min
-                .filter(|_| spec.idempotent && spec.purpose == Purpose::OnDemand)
+                .filter(|_| spec.idempotent && spec.purpose.is_urgent())
                 .map(|floor| self.latency.hedge_after(floor, spec.timeout / 2));
             let sent = std::time::Instant::now();
             let outcome = hedge::send(request, hedge_after, || {
@@ -369,75 +361,4 @@ impl RegistryInner {
             attempt += 1;
         }
     }
-}
-
-/// A response header as text, if present and printable.
-pub(crate) fn header_str(response: &reqwest::Response, name: HeaderName) -> Option<&str> {
-    response.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
-/// The extra headers `hosts.toml` sets for `host` (invalid ones are skipped).
-pub(crate) fn configured_headers(host: &RegistryHost) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (k, v) in &host.headers {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            map.append(k, v);
-        }
-    }
-    map
-}
-
-/// Reads a response body, failing as soon as it would exceed `limit` bytes
-/// (checked against Content-Length first, then while streaming).
-pub(crate) async fn read_body_limited(
-    gated: GatedResponse,
-    limit: u64,
-    metrics: &FetchMetrics,
-) -> Result<Bytes> {
-    let GatedResponse {
-        response,
-        purpose,
-        _permit,
-    } = gated;
-    read_response_limited(response, limit, |n| metrics.bytes(purpose, n)).await
-}
-
-/// Like [`read_body_limited`] for any response; `received` sees each piece's length.
-pub(crate) async fn read_response_limited(
-    mut response: reqwest::Response,
-    limit: u64,
-    mut received: impl FnMut(u64),
-) -> Result<Bytes> {
-    let host = response.url().host_str().unwrap_or_default().to_string();
-    let too_large = |host: String| RegistryError::Protocol {
-        host,
-        reason: format!("response body larger than the expected {limit} bytes"),
-    };
-    if response.content_length().is_some_and(|l| l > limit) {
-        return Err(too_large(host));
-    }
-    let mut buf =
-        BytesMut::with_capacity(response.content_length().unwrap_or(0).min(limit) as usize);
-    loop {
-        let chunk = response.chunk().await.map_err(|e| {
-            if e.is_timeout() {
-                RegistryError::Timeout { host: host.clone() }
-            } else {
-                RegistryError::Unreachable {
-                    host: host.clone(),
-                    reason: describe_transport_error(e),
-                }
-            }
-        })?;
-        let Some(chunk) = chunk else { break };
-        received(chunk.len() as u64);
-        if buf.len() as u64 + chunk.len() as u64 > limit {
-            return Err(too_large(host));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
 }

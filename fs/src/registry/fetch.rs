@@ -26,20 +26,19 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use reqwest::{StatusCode, Url};
 
-use super::client::{
-    GatedResponse, Registry, RegistryInner, RequestSpec, header_str, pull_scope, read_body_limited,
-};
-use super::digest::Digest;
+use super::client::{Registry, RegistryInner, RequestSpec, pull_scope};
 use super::error::{RegistryError, Result, redact_path};
-use super::gate::Purpose;
 use super::hosts::RegistryHost;
+use super::http::{GatedResponse, header_str, read_body_limited};
 use super::labels::LayerSource;
 use super::multipart::{byteranges_boundary, parse_byteranges};
+use super::oci_digest::OciDigest;
 use super::ranges::{
     assemble, batch_ranges, merge_ranges, parse_content_range, range_header, split_ranges,
     total_len,
 };
 use super::reference::Reference;
+use crate::purpose::Purpose;
 
 /// Most redirects followed for one request.
 const MAX_REDIRECTS: usize = 5;
@@ -59,7 +58,7 @@ struct FetcherInner {
     registry: Arc<RegistryInner>,
     repository: String,
     registry_name: String,
-    digest: Digest,
+    digest: OciDigest,
     hosts: Vec<RegistryHost>,
     current_host: AtomicUsize,
     redirect: Mutex<Option<Url>>,
@@ -97,7 +96,7 @@ impl Registry {
     pub async fn open_blob(
         &self,
         reference: &Reference,
-        digest: &Digest,
+        digest: &OciDigest,
         size: Option<u64>,
     ) -> Result<BlobFetcher> {
         let hosts: Vec<RegistryHost> = self
@@ -125,7 +124,7 @@ impl Registry {
 
 impl BlobFetcher {
     /// The blob's digest.
-    pub fn digest(&self) -> &Digest {
+    pub fn digest(&self) -> &OciDigest {
         &self.inner.digest
     }
 

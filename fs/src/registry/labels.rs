@@ -9,8 +9,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::digest::Digest;
 use super::error::{RegistryError, Result};
+use super::oci_digest::OciDigest;
 use super::reference::Reference;
 
 /// CRI: image reference.
@@ -44,7 +44,7 @@ pub const SNAPSHOT_LABEL_PREFIX: &str = "containerd.io/snapshot/";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayerDescriptor {
     /// Layer digest.
-    pub digest: Digest,
+    pub digest: OciDigest,
     /// Descriptor `urls` (foreign layers), usually empty.
     pub urls: Vec<String>,
 }
@@ -57,7 +57,7 @@ pub struct LayerSource {
     /// The layer itself.
     pub layer: LayerDescriptor,
     /// Expected TOC digest, when the image carries the annotation.
-    pub toc_digest: Option<Digest>,
+    pub toc_digest: Option<OciDigest>,
     /// The following layers of the image, without the target itself.
     pub neighbours: Vec<LayerDescriptor>,
     /// Prefetch size hint in bytes.
@@ -65,7 +65,7 @@ pub struct LayerSource {
     /// Whether verification skipping was requested.
     pub skip_verify_requested: bool,
     /// Manifest digest, when the CRI set passed it.
-    pub manifest_digest: Option<Digest>,
+    pub manifest_digest: Option<OciDigest>,
     /// Every `containerd.io/snapshot/…` label, like the Go reference keeps
     /// them as the target descriptor's annotations.
     pub annotations: BTreeMap<String, String>,
@@ -114,7 +114,7 @@ fn from_set(labels: &HashMap<String, String>, set: &LabelSet) -> Result<LayerSou
     let mut neighbours = Vec::new();
     if let Some(list) = labels.get(set.layers).filter(|l| !l.is_empty()) {
         for (i, item) in list.split(',').enumerate() {
-            let d = Digest::parse(item.trim())
+            let d = OciDigest::parse(item.trim())
                 .map_err(|_| invalid(set.layers, "bad digest in list"))?;
             if d != digest {
                 neighbours.push(LayerDescriptor {
@@ -158,10 +158,10 @@ fn invalid(label: &str, reason: &str) -> RegistryError {
     }
 }
 
-fn digest_label(labels: &HashMap<String, String>, key: &str) -> Result<Option<Digest>> {
+fn digest_label(labels: &HashMap<String, String>, key: &str) -> Result<Option<OciDigest>> {
     labels
         .get(key)
-        .map(|v| Digest::parse(v.trim()).map_err(|_| invalid(key, "not a digest")))
+        .map(|v| OciDigest::parse(v.trim()).map_err(|_| invalid(key, "not a digest")))
         .transpose()
 }
 

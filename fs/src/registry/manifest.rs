@@ -2,9 +2,10 @@
 
 use bytes::Bytes;
 
-use super::client::{Registry, header_str, pull_scope, read_body_limited};
-use super::digest::Digest;
+use super::client::{Registry, pull_scope};
 use super::error::{RegistryError, Result};
+use super::http::{header_str, read_body_limited};
+use super::oci_digest::OciDigest;
 use super::push::{endpoint_url, spec, status_error};
 use super::reference::Reference;
 
@@ -23,7 +24,7 @@ pub struct FetchedManifest {
     /// `Content-Type` as served.
     pub media_type: String,
     /// sha256 of the bytes.
-    pub digest: Digest,
+    pub digest: OciDigest,
     /// The raw JSON.
     pub bytes: Bytes,
 }
@@ -67,7 +68,7 @@ impl Registry {
                     .to_string();
                 let bytes =
                     read_body_limited(resp, MAX_MANIFEST_BYTES, &self.inner.metrics).await?;
-                let digest = Digest::sha256_of(&bytes);
+                let digest = OciDigest::sha256_of(&bytes);
                 if let Some(want) = &reference.digest
                     && want.as_str().starts_with("sha256:")
                     && *want != digest

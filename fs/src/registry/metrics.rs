@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::gate::Purpose;
+use crate::purpose::Purpose;
 
 /// Counters shared by every fetcher of one [`super::Registry`].
 #[derive(Debug, Default)]
@@ -20,9 +20,9 @@ pub struct FetchMetrics {
 /// A point-in-time copy of [`FetchMetrics`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MetricsSnapshot {
-    /// HTTP requests sent, per purpose (index = [`Purpose::index`]).
+    /// HTTP requests sent, per priority class of their purpose (index = [`Purpose::priority`]).
     pub requests: [u64; 3],
-    /// Body bytes received, per purpose.
+    /// Body bytes received, per priority class.
     pub bytes: [u64; 3],
     /// Responses that ignored Range (200 + whole blob) and were abandoned.
     pub full_body_aborts: u64,
@@ -45,10 +45,10 @@ impl MetricsSnapshot {
 
 impl FetchMetrics {
     pub(crate) fn request(&self, p: Purpose) {
-        self.requests[p.index()].fetch_add(1, Ordering::Relaxed);
+        self.requests[p.priority()].fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn bytes(&self, p: Purpose, n: u64) {
-        self.bytes[p.index()].fetch_add(n, Ordering::Relaxed);
+        self.bytes[p.priority()].fetch_add(n, Ordering::Relaxed);
     }
     pub(crate) fn full_body_abort(&self) {
         self.full_body_aborts.fetch_add(1, Ordering::Relaxed);

@@ -1,12 +1,13 @@
 //! Registry reader: resolves the layer named by containerd's snapshot labels
 //! and reads byte ranges of it from OCI registries over HTTP(S), lazily.
 //!
-//! Layout (one job per module): [`reference`] and [`digest`] parse names,
+//! Layout (one job per module): [`reference`] and [`oci_digest`] parse names,
 //! [`labels`] turns Prepare labels into a [`LayerSource`], [`hosts`] lists
 //! endpoints (mirrors, containerd's hosts.toml), [`credentials`] and
 //! [`auth`] authenticate, [`client`] holds the [`Registry`] facade and its
-//! request loop, [`fetch`] reads ranges ([`BlobFetcher`]) with help from
-//! [`ranges`] and [`multipart`], [`gate`] orders on-demand before background
+//! request loop (`http` has the response helpers both share), [`fetch`]
+//! reads ranges ([`BlobFetcher`]) with help from [`ranges`] and
+//! [`multipart`], [`priority_gate`] orders on-demand before background
 //! work, and [`push`]/[`manifest`] write and read images.
 //!
 //! Guarantees: never a whole-blob download by accident, credentials never in
@@ -15,30 +16,31 @@
 pub mod auth;
 pub mod client;
 pub mod credentials;
-pub mod digest;
 pub mod error;
 pub mod fetch;
-pub mod gate;
 mod hedge;
 pub mod hosts;
+pub(crate) mod http;
 pub mod labels;
 pub mod manifest;
 pub mod metrics;
 pub mod multipart;
+pub mod oci_digest;
+pub mod priority_gate;
 pub mod push;
 pub mod ranges;
 pub mod reference;
 pub mod retry;
 
+pub use crate::purpose::Purpose;
 pub use client::{Registry, RegistryConfig};
 pub use credentials::{Credential, CredentialStore, Secret};
-pub use digest::Digest;
 pub use error::{RegistryError, Result};
 pub use fetch::BlobFetcher;
-pub use gate::Purpose;
 pub use hosts::{Capabilities, HostsConfig, MirrorConfig, RegistryHost, Scheme};
 pub use labels::{LayerDescriptor, LayerSource, layer_source_from_labels};
 pub use manifest::FetchedManifest;
 pub use metrics::MetricsSnapshot;
+pub use oci_digest::OciDigest;
 pub use reference::Reference;
 pub use retry::Backoff;

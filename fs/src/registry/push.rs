@@ -5,12 +5,13 @@
 use bytes::Bytes;
 use reqwest::{StatusCode, Url};
 
-use super::client::{Registry, RequestSpec, header_str, push_scope, read_body_limited};
-use super::digest::Digest;
+use super::client::{Registry, RequestSpec, push_scope};
 use super::error::{RegistryError, Result, redact_path};
-use super::gate::Purpose;
 use super::hosts::RegistryHost;
+use super::http::{header_str, read_body_limited};
+use super::oci_digest::OciDigest;
 use super::reference::Reference;
+use crate::purpose::Purpose;
 
 impl Registry {
     /// The first endpoint of `reference` that accepts pushes.
@@ -26,7 +27,11 @@ impl Registry {
     }
 
     /// The blob's size if the registry has it (HEAD), None if not.
-    pub async fn blob_exists(&self, reference: &Reference, digest: &Digest) -> Result<Option<u64>> {
+    pub async fn blob_exists(
+        &self,
+        reference: &Reference,
+        digest: &OciDigest,
+    ) -> Result<Option<u64>> {
         let host = self.push_host(reference)?;
         let scope = push_scope(&reference.repository);
         let url = endpoint_url(&host, &format!("{}/blobs/{digest}", reference.repository))?;
@@ -46,8 +51,8 @@ impl Registry {
 
     /// Uploads `data` as a blob of `reference`'s repository (skipped when it
     /// already exists) and returns its sha256 digest.
-    pub async fn push_blob(&self, reference: &Reference, data: Bytes) -> Result<Digest> {
-        let digest = Digest::sha256_of(&data);
+    pub async fn push_blob(&self, reference: &Reference, data: Bytes) -> Result<OciDigest> {
+        let digest = OciDigest::sha256_of(&data);
         if self.blob_exists(reference, &digest).await?.is_some() {
             return Ok(digest);
         }
@@ -78,7 +83,7 @@ impl Registry {
     pub async fn push_blob_file(
         &self,
         reference: &Reference,
-        digest: &Digest,
+        digest: &OciDigest,
         size: u64,
         path: &std::path::Path,
     ) -> Result<bool> {
@@ -158,7 +163,7 @@ impl Registry {
         reference: &Reference,
         media_type: &str,
         body: Bytes,
-    ) -> Result<Digest> {
+    ) -> Result<OciDigest> {
         let host = self.push_host(reference)?;
         let scope = push_scope(&reference.repository);
         let url = endpoint_url(
@@ -186,7 +191,7 @@ impl Registry {
             }
             return Err(err);
         }
-        Ok(Digest::sha256_of(&body))
+        Ok(OciDigest::sha256_of(&body))
     }
 }
 

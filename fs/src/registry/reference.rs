@@ -5,8 +5,8 @@
 
 use std::fmt;
 
-use super::digest::Digest;
 use super::error::{RegistryError, Result};
+use super::oci_digest::OciDigest;
 
 /// The registry name docker uses when a reference has no host.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -23,7 +23,7 @@ pub struct Reference {
     /// Tag, if any.
     pub tag: Option<String>,
     /// Digest, if any.
-    pub digest: Option<Digest>,
+    pub digest: Option<OciDigest>,
 }
 
 impl Reference {
@@ -37,7 +37,10 @@ impl Reference {
             return Err(err("empty or too long"));
         }
         let (rest, digest) = match input.split_once('@') {
-            Some((rest, d)) => (rest, Some(Digest::parse(d).map_err(|_| err("bad digest"))?)),
+            Some((rest, d)) => (
+                rest,
+                Some(OciDigest::parse(d).map_err(|_| err("bad digest"))?),
+            ),
             None => (input, None),
         };
         let (registry, path) = match rest.split_once('/') {

@@ -11,7 +11,7 @@ pub mod registry;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::registry::{Backoff, Digest, Reference, Registry, RegistryConfig};
+use crate::registry::{Backoff, OciDigest, Reference, Registry, RegistryConfig};
 
 /// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate;
 /// distinct seeds give distinct bytes.
@@ -79,7 +79,7 @@ pub async fn push_anonymously(
     registry: &registry::TestRegistry,
     repo: &str,
     data: &[u8],
-) -> Digest {
+) -> OciDigest {
     let dir = tempfile::tempdir().unwrap();
     let client = Registry::new(test_config(&dir.path().join("none.json"))).unwrap();
     let reference = Reference::parse(&registry.reference(repo)).unwrap();
@@ -140,7 +140,7 @@ pub fn docker_config(dir: &Path, host: &str, user: &str, password: &str) -> std:
 
 /// Pushes `layers` with a config and an OCI manifest as `reference` (on an
 /// auth-less registry) and returns the layer digests, bottom first.
-pub async fn push_image(reference: &str, layers: &[TestLayer]) -> Vec<Digest> {
+pub async fn push_image(reference: &str, layers: &[TestLayer]) -> Vec<OciDigest> {
     let dir = tempfile::tempdir().unwrap();
     push_image_with(reference, layers, &dir.path().join("none.json")).await
 }
@@ -150,7 +150,7 @@ pub async fn push_image_with(
     reference: &str,
     layers: &[TestLayer],
     docker_config: &Path,
-) -> Vec<Digest> {
+) -> Vec<OciDigest> {
     let client = Registry::new(test_config(docker_config)).unwrap();
     push_image_via(&client, reference, layers).await
 }
@@ -161,7 +161,7 @@ pub async fn push_image_via(
     client: &Registry,
     reference: &str,
     layers: &[TestLayer],
-) -> Vec<Digest> {
+) -> Vec<OciDigest> {
     let reference = Reference::parse(reference).unwrap();
     let mut descriptors = Vec::new();
     let mut digests = Vec::new();

@@ -1,41 +1,18 @@
 //! Bounded concurrency per registry endpoint with priorities: a request may
 //! start only when a slot is free and no request of a more urgent
-//! [`Purpose`] is waiting, so on-demand reads overtake prefetch and
+//! [`Purpose`] (by [`Purpose::priority`]) is waiting, so on-demand reads overtake prefetch and
 //! background fetches. Cancel-safe: a dropped waiter unregisters itself.
 
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-/// Why a request is made; decides its priority.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Purpose {
-    /// A reader is blocked on this data (FUSE read).
-    OnDemand,
-    /// Prefetch of the layer's landmark region.
-    Prefetch,
-    /// Background fetch of the rest of the layer.
-    Background,
-}
-
-impl Purpose {
-    /// All purposes, most urgent first.
-    pub const ALL: [Purpose; 3] = [Purpose::OnDemand, Purpose::Prefetch, Purpose::Background];
-
-    /// Index into per-purpose arrays (0 = most urgent).
-    pub fn index(self) -> usize {
-        match self {
-            Self::OnDemand => 0,
-            Self::Prefetch => 1,
-            Self::Background => 2,
-        }
-    }
-}
+use crate::purpose::Purpose;
 
 #[derive(Debug, Default)]
 struct GateState {
     in_use: usize,
-    waiting: [usize; 3],
+    waiting: [usize; Purpose::PRIORITIES],
 }
 
 /// A priority-aware counting semaphore.
@@ -91,7 +68,7 @@ impl PriorityGate {
 
     /// Waits for a slot for a request of `purpose`.
     pub async fn acquire(self: &Arc<Self>, purpose: Purpose) -> GatePermit {
-        let level = purpose.index();
+        let level = purpose.priority();
         let mut guard = WaitingGuard {
             gate: self,
             level,

@@ -1,15 +1,23 @@
-//! OCI content digests (`algorithm:encoded`), validated on construction so
-//! that a digest can be pasted into a URL path without escaping.
+//! OCI content digests (`algorithm:encoded`) as they appear on the wire
+//! (labels, references, manifests, URLs), validated on construction so that
+//! a digest can be pasted into a URL path without escaping.
+//!
+//! Not the content digest of the core: chunks, TOCs, caches and the layer
+//! reader use the fixed-size sha256 [`crate::estargz::Digest`]. An
+//! [`OciDigest`] may name any algorithm; the registry's users convert at the
+//! edge (`From<estargz::Digest>` one way, `estargz::Digest::parse` of
+//! [`OciDigest::as_str`] the other).
 
 use std::fmt;
 
 use super::error::{RegistryError, Result};
+use crate::estargz::Digest;
 
 /// A validated OCI digest such as `sha256:<64 hex>`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest(String);
+pub struct OciDigest(String);
 
-impl Digest {
+impl OciDigest {
     /// Parses and validates a digest string.
     pub fn parse(s: &str) -> Result<Self> {
         let invalid = || RegistryError::InvalidDigest {
@@ -47,11 +55,7 @@ impl Digest {
 
     /// The sha256 digest of `data`.
     pub fn sha256_of(data: &[u8]) -> Self {
-        use sha2::Digest as _;
-        Self(format!(
-            "sha256:{}",
-            hex::encode(sha2::Sha256::digest(data))
-        ))
+        Self::from(Digest::of(data))
     }
 
     /// The full `algorithm:encoded` string.
@@ -60,15 +64,22 @@ impl Digest {
     }
 }
 
-impl fmt::Display for Digest {
+impl From<Digest> for OciDigest {
+    /// `sha256:<lowercase hex>`.
+    fn from(digest: Digest) -> Self {
+        Self(digest.to_string())
+    }
+}
+
+impl fmt::Display for OciDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl fmt::Debug for Digest {
+impl fmt::Debug for OciDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Digest({})", self.0)
+        write!(f, "OciDigest({})", self.0)
     }
 }
 
@@ -79,7 +90,10 @@ mod tests {
     #[test]
     fn accepts_sha256_and_rejects_junk() {
         let good = format!("sha256:{}", "a".repeat(64));
-        assert_eq!(Digest::parse(&good).map(|d| d.to_string()).ok(), Some(good));
+        assert_eq!(
+            OciDigest::parse(&good).map(|d| d.to_string()).ok(),
+            Some(good)
+        );
         for bad in [
             "",
             "sha256",
@@ -90,15 +104,24 @@ mod tests {
             "SHA256:00",
             "sha256:a b",
         ] {
-            assert!(Digest::parse(bad).is_err(), "{bad:?} accepted");
+            assert!(OciDigest::parse(bad).is_err(), "{bad:?} accepted");
         }
-        assert!(Digest::parse("blake3:abcdef").is_ok());
+        assert!(OciDigest::parse("blake3:abcdef").is_ok());
+    }
+
+    #[test]
+    fn converts_from_the_core_digest() {
+        let core = Digest::of(b"x");
+        let oci = OciDigest::from(core);
+        assert_eq!(oci.as_str(), core.to_string());
+        assert_eq!(OciDigest::parse(oci.as_str()).ok(), Some(oci.clone()));
+        assert_eq!(Digest::parse(oci.as_str()).ok(), Some(core));
     }
 
     #[test]
     fn sha256_of_matches_known_value() {
         assert_eq!(
-            Digest::sha256_of(b"").as_str(),
+            OciDigest::sha256_of(b"").as_str(),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
     }

@@ -5,7 +5,7 @@
 //! the table (open, release) and replies still waiting on data leave their
 //! request unanswered: it stays in the kernel's processing queue of the
 //! connection, and the successor asks the kernel to resend it
-//! (`FUSE_NOTIFY_RESEND`). [`Gate::freeze_and_wait`] returns once every
+//! (`FUSE_NOTIFY_RESEND`). [`FreezeGate::freeze_and_wait`] returns once every
 //! such handler that entered before the freeze is done.
 
 use std::sync::{Arc, Condvar, Mutex};
@@ -13,16 +13,16 @@ use std::time::{Duration, Instant};
 
 /// Counts handlers in flight and refuses new ones once frozen.
 #[derive(Debug)]
-pub struct Gate {
+pub struct FreezeGate {
     /// (frozen, handlers inside)
     state: Mutex<(bool, usize)>,
     idle: Condvar,
     frozen_tx: tokio::sync::watch::Sender<bool>,
 }
 
-impl Default for Gate {
+impl Default for FreezeGate {
     fn default() -> Self {
-        Gate {
+        FreezeGate {
             state: Mutex::new((false, 0)),
             idle: Condvar::new(),
             frozen_tx: tokio::sync::watch::Sender::new(false),
@@ -32,7 +32,7 @@ impl Default for Gate {
 
 /// Proof of being inside the gate; leaving on drop.
 #[derive(Debug)]
-pub struct Pass(Arc<Gate>);
+pub struct Pass(Arc<FreezeGate>);
 
 impl Drop for Pass {
     fn drop(&mut self) {
@@ -44,7 +44,7 @@ impl Drop for Pass {
     }
 }
 
-impl Gate {
+impl FreezeGate {
     fn lock(&self) -> std::sync::MutexGuard<'_, (bool, usize)> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -97,12 +97,12 @@ impl Gate {
 /// answers EIO for a dropped reply, which would reach the application.
 pub struct Held<R> {
     reply: Option<R>,
-    gate: Arc<Gate>,
+    gate: Arc<FreezeGate>,
 }
 
 impl<R> Held<R> {
     /// Wraps `reply`.
-    pub fn new(reply: R, gate: Arc<Gate>) -> Self {
+    pub fn new(reply: R, gate: Arc<FreezeGate>) -> Self {
         Held {
             reply: Some(reply),
             gate,
@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn freeze_waits_for_handlers_inside_and_refuses_new_ones() {
-        let gate = Arc::new(Gate::default());
+        let gate = Arc::new(FreezeGate::default());
         let pass = gate.enter().expect("open gate");
         assert!(!gate.freeze_and_wait(Duration::from_millis(10)));
         assert!(gate.enter().is_none());
@@ -149,7 +149,7 @@ mod tests {
                 self.0.store(true, std::sync::atomic::Ordering::SeqCst);
             }
         }
-        let gate = Arc::new(Gate::default());
+        let gate = Arc::new(FreezeGate::default());
         let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         drop(Held::new(Loud(dropped.clone()), gate.clone()));
         assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
