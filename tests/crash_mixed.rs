@@ -32,10 +32,10 @@ use std::time::Instant;
 use common::remote::*;
 use common::*;
 use rstargz_fs::registry::OciDigest;
-use rstargz_snapshotter::snapshot::REMOTE_LABEL;
 use rstargz_fs::registry::labels::STARGZ_DIGEST;
 use rstargz_fs::testutil::registry::TestRegistry;
 use rstargz_fs::testutil::{TestLayer, push_image, test_blob};
+use rstargz_snapshotter::snapshot::REMOTE_LABEL;
 
 const WORKERS: usize = 4;
 const READERS: usize = 2;

@@ -20,12 +20,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use rstargz_snapshotter::snapshot::REMOTE_LABEL;
 use rstargz_fs::estargz::WriterOptions;
 use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE, TOC_DIGEST};
 use rstargz_fs::testutil::proxy::{FaultMode, FaultPlan, FaultProxy, TokenAuth};
 use rstargz_fs::testutil::registry::TestRegistry;
 use rstargz_fs::testutil::{TestLayer, push_image, test_blob};
+use rstargz_snapshotter::snapshot::REMOTE_LABEL;
 use sha2::Digest as _;
 
 /// FUSE read timeout of the daemon under test.

@@ -14,11 +14,11 @@ use std::sync::Arc;
 use image_common::proxy::FaultProxy;
 use image_common::registry::TestRegistry;
 use image_common::{at, check_converted, client, fixture_layers};
+use rstargz_fs::estargz::{Compression, WriterOptions};
+use rstargz_fs::registry::Reference;
 use rstargz_image::build::{self, BuildOptions, LayerCompression, LayerInput};
 use rstargz_image::oci::{self, Descriptor};
 use rstargz_image::{self as image, ConvertOptions, ImageError, ImageRef, Quiet, Store};
-use rstargz_fs::estargz::{Compression, WriterOptions};
-use rstargz_fs::registry::Reference;
 
 /// Converts `src` to `dst` quietly with the tests' options.
 async fn convert(

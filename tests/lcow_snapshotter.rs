@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 
 use common::vhdx_check::{GIB, MIB, assert_valid_scratch, on_disk_bytes, qemu_info};
 use common::*;
+use rstargz_proto::types::Mount;
 use rstargz_snapshotter::lcow::{
     OWNER_KEY_LABEL, REUSE_SCRATCH_LABEL, ROOTFS_LOCATION_LABEL, ROOTFS_SIZE_LABEL,
 };
-use rstargz_proto::types::Mount;
 use tonic::Code;
 
 /// A parsed `lcow-layer` mount: (source, rw/ro, parentLayerPaths).

@@ -15,11 +15,11 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, DEFAULT_ADDRESS, DEFAULT_LOG_LEVEL, DEFAULT_ROOT, Fallback};
-use rstargz_snapshotter::grpc::SnapshotsService;
-use rstargz_snapshotter::lcow::LcowBackend;
+use rstargz_remote::StargzFs;
 use rstargz_remote::fd_holder::FdStore;
 use rstargz_remote::live::LiveMounts;
-use rstargz_remote::StargzFs;
+use rstargz_snapshotter::grpc::SnapshotsService;
+use rstargz_snapshotter::lcow::LcowBackend;
 use rstargz_snapshotter::remote_fs::{NoRemote, RemoteFs};
 use rstargz_snapshotter::snapshot::overlay::OverlayBackend;
 use rstargz_snapshotter::snapshot::{Options, Snapshotter};

@@ -11,20 +11,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rstargz_fs::layer::{BlobSource, Purpose};
-use rstargz_fs::registry::{self, BlobFetcher, LayerSource, Registry, RegistryError};
+use rstargz_fs::registry::{BlobFetcher, LayerSource, Registry, RegistryError};
 use tokio::sync::OnceCell;
 
 use super::prefetch::Activity;
-
-/// The registry's priority class of a layer read.
-pub fn registry_purpose(purpose: Purpose) -> registry::Purpose {
-    match purpose {
-        // Opening a layer blocks Prepare: as urgent as an application read.
-        Purpose::Metadata | Purpose::OnDemand => registry::Purpose::OnDemand,
-        Purpose::Prefetch => registry::Purpose::Prefetch,
-        Purpose::Background => registry::Purpose::Background,
-    }
-}
 
 /// A layer blob in a registry; on-demand reads are recorded in `activity`
 /// so that background fetching gives way.
@@ -118,11 +108,7 @@ impl RegistryBlob {
             Purpose::Metadata | Purpose::Prefetch => Some(self.activity.prefetching()),
             Purpose::Background => None,
         };
-        let parts = self
-            .fetcher()
-            .await?
-            .fetch_ranges(ranges, registry_purpose(purpose))
-            .await?;
+        let parts = self.fetcher().await?.fetch_ranges(ranges, purpose).await?;
         self.record_success();
         Ok(parts)
     }

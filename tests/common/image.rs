@@ -11,10 +11,10 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use rstargz_image::oci::{self, Descriptor};
-use rstargz_image::{ImageRef, Store};
 use rstargz_fs::estargz::{self, FileSource, Layer, OpenOptions};
 use rstargz_fs::registry::Registry;
+use rstargz_image::oci::{self, Descriptor};
+use rstargz_image::{ImageRef, Store};
 use sha2::Digest as _;
 
 /// A registry client without ambient credentials and with quick retries.

@@ -114,7 +114,9 @@ impl Daemon {
 
     /// A connected client.
     pub async fn client(&self) -> Client {
-        rstargz_snapshotter::client::connect(&self.socket).await.unwrap()
+        rstargz_snapshotter::client::connect(&self.socket)
+            .await
+            .unwrap()
     }
 
     /// Sends `signal` and waits (bounded) for the exit status.

@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use rstargz_snapshotter::snapshot::REMOTE_LABEL;
 use rstargz_fs::estargz::WriterOptions;
 use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE, TOC_DIGEST};
 use rstargz_fs::testutil::TestLayer;
 use rstargz_proto::types::Mount;
+use rstargz_snapshotter::snapshot::REMOTE_LABEL;
 
 use super::{Client, Daemon, prepare, stat};
 

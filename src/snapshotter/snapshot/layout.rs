@@ -71,7 +71,6 @@ pub fn mkdir_mode(path: &Path, mode: u32) -> Result<()> {
         .context(|| format!("create {}", path.display()))
 }
 
-
 /// A suffix no other directory name of this or an earlier process has.
 pub(super) fn unique_suffix() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
