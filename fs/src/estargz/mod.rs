@@ -26,7 +26,7 @@ pub use index::{
     BlobOrder, Chunk, Index, Ino, Limits, MAX_CHUNK_FETCH, Node, NodeKind, Prefetch, ROOT_INO,
     max_compressed_len,
 };
-pub use open::{OpenedToc, Opener, Step};
-pub use reader::{FileSource, Layer, OpenOptions, ReadAt, open_toc, read_footer, read_toc};
+pub use open::{OpenOptions, OpenedToc, Opener, Step};
+pub use reader::{FileSource, Layer, ReadAt, open_toc, read_footer, read_toc};
 pub use toc::{DecodedToc, Toc, TocEntry, decode_toc};
 pub use writer::{ConvertOutput, WriterOptions, convert, convert_file};

@@ -10,15 +10,40 @@
 use std::io;
 use std::ops::Range;
 
+use super::chunk::Verify;
 use super::digest::Digest;
 use super::error::{Error, Result};
 use super::footer::{Footer, MAX_FOOTER_SIZE, parse_footer};
-use super::reader::OpenOptions;
-use super::toc::{DecodedToc, decode_toc};
+use super::index::Limits;
+use super::toc::{DEFAULT_MAX_TOC_SIZE, DecodedToc, decode_toc};
 
 /// Compressed data is never larger than its JSON plus a small framing
 /// overhead, so a longer compressed TOC is refused before it is read.
 const COMPRESSED_TOC_SLACK: u64 = 1 << 20;
+
+/// Options of opening a layer ([`Opener`], `Layer::open`).
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Cap on the decompressed TOC.
+    pub max_toc_size: u64,
+    /// Index sanity limits.
+    pub limits: Limits,
+    /// Chunk verification (on by default).
+    pub verify: Verify,
+    /// When set, the TOC digest must equal it (the `toc.digest` annotation).
+    pub expected_toc_digest: Option<Digest>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            max_toc_size: DEFAULT_MAX_TOC_SIZE,
+            limits: Limits::default(),
+            verify: Verify::Enabled,
+            expected_toc_digest: None,
+        }
+    }
+}
 
 /// The footer and decoded TOC of an opened blob.
 #[derive(Debug, Clone)]

@@ -14,9 +14,9 @@ use super::chunk::{Verify, decode_chunk_into};
 use super::digest::Digest;
 use super::error::{Error, Result};
 use super::footer::Footer;
-use super::index::{Chunk, Index, Ino, Limits, NodeKind};
-use super::open::{OpenedToc, Opener, Step, check_toc_digest};
-use super::toc::{DEFAULT_MAX_TOC_SIZE, DecodedToc};
+use super::index::{Chunk, Index, Ino, NodeKind};
+use super::open::{OpenOptions, OpenedToc, Opener, Step, check_toc_digest};
+use super::toc::DecodedToc;
 
 /// A random-access byte source (local file, memory, later HTTP ranges).
 pub trait ReadAt {
@@ -126,30 +126,6 @@ impl<R: ReadAt + ?Sized> Read for RangeRead<'_, R> {
         let n = self.src.read_at(self.pos, &mut buf[..want])?;
         self.pos += n as u64;
         Ok(n)
-    }
-}
-
-/// Options of [`Layer::open`].
-#[derive(Debug, Clone)]
-pub struct OpenOptions {
-    /// Cap on the decompressed TOC.
-    pub max_toc_size: u64,
-    /// Index sanity limits.
-    pub limits: Limits,
-    /// Chunk verification (on by default).
-    pub verify: Verify,
-    /// When set, the TOC digest must equal it (the `toc.digest` annotation).
-    pub expected_toc_digest: Option<Digest>,
-}
-
-impl Default for OpenOptions {
-    fn default() -> Self {
-        OpenOptions {
-            max_toc_size: DEFAULT_MAX_TOC_SIZE,
-            limits: Limits::default(),
-            verify: Verify::Enabled,
-            expected_toc_digest: None,
-        }
     }
 }
 
@@ -312,6 +288,7 @@ impl<R: ReadAt> Layer<R> {
 mod tests {
     use super::*;
     use crate::estargz::footer::{FooterKind, estargz_footer};
+    use crate::estargz::toc::DEFAULT_MAX_TOC_SIZE;
 
     /// A blob of zeros ending in `tail`, `size` bytes long, held sparsely.
     struct Tail {
