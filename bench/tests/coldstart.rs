@@ -19,19 +19,21 @@ const LINKS: [&str; 2] = ["loopback", "20ms-100mbit"];
 fn quick_cold_start_produces_every_figure() {
     let tmp = tempfile::tempdir().unwrap();
     let (out, work) = (tmp.path().join("out"), tmp.path().join("work"));
-    let rstargz = Path::new(env!("CARGO_BIN_EXE_rstargz"));
-    let bench = rstargz.with_file_name("rstargz-bench");
+    let bench = Path::new(env!("CARGO_BIN_EXE_rstargz-bench"));
+    // The product binary is another package's: `cargo test --workspace`
+    // builds it beside this one (the root package's tests need it).
+    let rstargz = bench.with_file_name("rstargz");
     assert!(
-        bench.is_file(),
-        "{} not built: run `cargo build -p rstargz-bench` (cargo test --workspace builds it)",
-        bench.display()
+        rstargz.is_file(),
+        "{} not built: run `cargo build -p rstargz` first (cargo test --workspace builds it)",
+        rstargz.display()
     );
-    let run = Command::new(&bench)
+    let run = Command::new(bench)
         // Without background fetch the bytes counted are what pull and
         // workload asked for, which is what the laziness check below needs.
         .args(["cold-start", "--quick", "--no-background-fetch"])
         .arg("--rstargz")
-        .arg(rstargz)
+        .arg(&rstargz)
         .arg("--out")
         .arg(&out)
         .arg("--work")
