@@ -2,7 +2,8 @@
 //! gRPC API on a unix socket until SIGINT/SIGTERM, then stops accepting,
 //! lets in-flight requests finish and closes the store. With live restart
 //! (the default) SIGTERM leaves the remote layers mounted for the next
-//! daemon; SIGINT unmounts them.
+//! daemon; SIGINT unmounts them. Under systemd (`NOTIFY_SOCKET`) it sends
+//! READY=1 once the socket serves and restore is done, STOPPING=1 on a signal.
 
 use std::io::IsTerminal;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -159,6 +160,10 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
                 },
             ),
     );
+    // The socket serves (connections queue on the bound listener until the
+    // server task accepts them) and restore is done: tell systemd
+    // (Type=notify), which then starts containerd (ordered after us).
+    notify_systemd(sd_notify::NotifyState::Ready);
     // SIGTERM (systemd's stop and restart) keeps the layers mounted when
     // live restart is on; SIGINT always unmounts.
     let hand_over = tokio::select! {
@@ -171,6 +176,7 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
             false
         }
     };
+    notify_systemd(sd_notify::NotifyState::Stopping);
     let _ = stop_tx.send(());
     // Graceful shutdown waits for every client to acknowledge; a client that
     // never does must not keep the daemon alive.
@@ -198,6 +204,15 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
     snapshotter.close().await.context("close metadata store")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Sends `state` to systemd when started as a `Type=notify` service (does
+/// nothing without `NOTIFY_SOCKET`). A failure is logged, not fatal: systemd
+/// then times the start out and says so itself.
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "sd_notify to systemd failed");
+    }
 }
 
 /// Stops the metrics server when the daemon stops.
