@@ -22,6 +22,7 @@ packages=(
   openssl          # test CA and certificates for the registry TLS tests
   docker.io docker-compose  # the dev stack (docker-compose.yml), run by tests/compose.rs
   mmdebstrap       # its Debian base image, made offline from the apt sources
+  systemd          # systemd-analyze verify of deploy/rstargz.service (tests/systemd.rs)
 )
 apt_install "${packages[@]}"
 # Debian starts these services on install; our tests run their own instances
