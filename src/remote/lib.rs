@@ -9,6 +9,7 @@ pub mod fd_holder;
 pub mod live;
 pub mod memory;
 pub mod metrics;
+pub mod policy;
 pub mod prefetch;
 pub mod restore;
 pub mod source;
