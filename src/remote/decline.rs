@@ -133,3 +133,7 @@ fn open_options(
     }
     Ok(opts)
 }
+
+#[cfg(test)]
+#[path = "decline_tests.rs"]
+mod tests;

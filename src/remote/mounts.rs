@@ -281,3 +281,7 @@ pub fn abort_and_detach(path: &Path, dev: Option<u64>) {
         tracing::warn!(mountpoint = %path.display(), error = %e, "cannot detach mount");
     }
 }
+
+#[cfg(test)]
+#[path = "mounts_tests.rs"]
+mod tests;

@@ -177,3 +177,34 @@ pub async fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
     tokio::fs::rename(&tmp, path).await
 }
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn meta_round_trips_and_damage_reads_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LayerStore::new(dir.path().join("layers"));
+        let digest = OciDigest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap();
+        let state = store.state_dir(&digest);
+        assert_eq!(
+            state.file_name().unwrap().to_str().unwrap(),
+            format!("sha256-{}", "a".repeat(64))
+        );
+        assert_eq!(store.saved_meta(&state).await, None);
+        let meta = LayerMeta {
+            blob_size: 42,
+            reference: "r/i:t".into(),
+            digest: digest.to_string(),
+        };
+        store.record(&state, &meta).await;
+        assert_eq!(store.saved_meta(&state).await, Some(meta));
+        std::fs::write(state.join(META_FILE), b"{\"blob_size\":").unwrap();
+        assert_eq!(store.saved_meta(&state).await, None);
+        assert_eq!(store.saved_states().await, vec![state.clone()]);
+        store.remove(&state).await.unwrap();
+        store.remove(&state).await.unwrap();
+        assert!(store.saved_states().await.is_empty());
+    }
+}

@@ -192,3 +192,7 @@ pub async fn open_stack(
     let layer = LayerReader::open(buffered.clone(), cache, opts).await?;
     Ok((buffered, layer))
 }
+
+#[cfg(test)]
+#[path = "resolver_tests.rs"]
+mod tests;
