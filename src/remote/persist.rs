@@ -48,7 +48,6 @@ impl LayerStore {
 
     /// The state directory of the layer `digest`.
     pub fn state_dir(&self, digest: &OciDigest) -> PathBuf {
-        // ':' is legal in a file name, but not in an overlayfs option.
         self.dir.join(digest.as_str().replace(':', "-"))
     }
 
