@@ -5,15 +5,21 @@
 
 pub mod buffered;
 pub mod config;
+pub mod decline;
 pub mod fd_holder;
 pub mod live;
 pub mod memory;
 pub mod metrics;
+pub mod mounts;
+pub mod persist;
+pub mod policy;
 pub mod prefetch;
+pub mod resolver;
 pub mod restore;
 pub mod source;
 pub mod stargz;
 pub mod warm;
 
 pub use config::RemoteConfig;
-pub use stargz::{DeclineReason, StargzFs};
+pub use decline::DeclineReason;
+pub use stargz::StargzFs;

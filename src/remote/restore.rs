@@ -1,11 +1,20 @@
-//! Start-up clean-up of remote layers: FUSE mounts left under the root by a
+//! Start-up clean-up of remote layers. FUSE mounts left under the root by a
 //! daemon that died are aborted and detached, so the layers can be mounted
 //! again, unless an fd holder still keeps their connection: those are
-//! taken over live (see [`super::live`]) and left alone here.
+//! taken over live (see [`super::live`]) and left alone here. The layers
+//! themselves are then mounted again by the core's restore (through the
+//! [`LayerResolver`](super::resolver::LayerResolver), from their saved
+//! state), and only after that is the saved state of layers nobody uses
+//! pruned.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use rstargz_fs::fuse::mountinfo::{self, MountEntry};
+use rstargz_snapshotter::snapshot::Labels;
+
+use super::decline::source_of;
+use super::persist::LayerStore;
 
 /// The source (fsname) of our FUSE mounts; the type is `fuse`, or
 /// `fuse.rstargz` where the kernel records the subtype.
@@ -29,6 +38,44 @@ pub fn stale_mounts(table: Vec<MountEntry>, root: &Path) -> Vec<MountEntry> {
     found
 }
 
+/// The mounts of [`stale_mounts`] to detach: all but those in `keep`.
+pub fn to_detach(table: Vec<MountEntry>, root: &Path, keep: &[PathBuf]) -> Vec<MountEntry> {
+    stale_mounts(table, root)
+        .into_iter()
+        .filter(|m| !keep.contains(&m.mountpoint))
+        .collect()
+}
+
+/// The saved layer states to delete: those of no snapshot in `in_use` and
+/// of no mount (`mounted`: the mounts' state directories).
+pub fn states_to_prune(
+    store: &LayerStore,
+    saved: Vec<PathBuf>,
+    in_use: &[Labels],
+    mounted: Vec<PathBuf>,
+) -> Vec<PathBuf> {
+    let mut keep: HashSet<PathBuf> = in_use
+        .iter()
+        .filter_map(|labels| source_of(labels).ok())
+        .map(|source| store.state_dir(&source.layer.digest))
+        .collect();
+    keep.extend(mounted);
+    saved.into_iter().filter(|s| !keep.contains(s)).collect()
+}
+
+/// Deletes the saved state of every layer [`states_to_prune`] names.
+pub async fn prune_states(store: &LayerStore, in_use: &[Labels], mounted: Vec<PathBuf>) {
+    let saved = store.saved_states().await;
+    for path in states_to_prune(store, saved, in_use, mounted) {
+        match store.remove(&path).await {
+            Ok(()) => tracing::info!(dir = %path.display(), "deleted state of an unused layer"),
+            Err(e) => {
+                tracing::warn!(dir = %path.display(), error = %e, "cannot delete layer state")
+            }
+        }
+    }
+}
+
 /// Aborts and lazily detaches every rstargz FUSE mount under `root` except
 /// those in `keep` (held connections this daemon takes over); returns how
 /// many were detached. Aborting first matters: a killed daemon whose thread
@@ -44,11 +91,8 @@ pub fn detach_stale_mounts(root: &Path, keep: &[PathBuf]) -> usize {
         }
     };
     let mut detached = 0;
-    for m in stale_mounts(table, root) {
+    for m in to_detach(table, root, keep) {
         let path = &m.mountpoint;
-        if keep.contains(path) {
-            continue;
-        }
         if let Err(e) = mountinfo::abort_connection(m.dev) {
             tracing::warn!(mountpoint = %path.display(), error = %e, "cannot abort stale FUSE connection");
         }
@@ -66,41 +110,5 @@ pub fn detach_stale_mounts(root: &Path, keep: &[PathBuf]) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_only_our_fuse_mounts_under_root() {
-        let info = "\
-36 35 0:30 / /r/snapshots/1/fs rw - fuse rstargz ro
-37 35 0:31 / /r/snapshots/2/fs rw shared:5 - fuse.rstargz rstargz ro
-38 35 0:32 / /other/fs rw - fuse.rstargz rstargz ro
-39 35 0:33 / /r/snapshots/3/fs rw - overlay overlay rw
-41 35 0:35 / /r/snapshots/4/fs rw - fuse other ro
-40 35 0:34 / /r/with\\040space rw - fuse.rstargz rstargz ro
-";
-        let found = stale_mounts(mountinfo::parse(info), Path::new("/r"));
-        let mut names: Vec<_> = found
-            .iter()
-            .map(|m| (m.mountpoint.display().to_string(), m.dev))
-            .collect();
-        names.sort();
-        assert_eq!(
-            names,
-            [
-                ("/r/snapshots/1/fs".to_string(), 30),
-                ("/r/snapshots/2/fs".to_string(), 31),
-                ("/r/with space".to_string(), 34)
-            ]
-        );
-        let ours = our_mounts(mountinfo::parse(info), Path::new("/r/snapshots"));
-        let devs: Vec<_> = ours.into_iter().map(|m| (m.mountpoint, m.dev)).collect();
-        assert_eq!(
-            devs,
-            [
-                ("/r/snapshots/1/fs".into(), libc::makedev(0, 30)),
-                ("/r/snapshots/2/fs".into(), libc::makedev(0, 31)),
-            ]
-        );
-    }
-}
+#[path = "restore_tests.rs"]
+mod tests;

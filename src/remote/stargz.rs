@@ -1,142 +1,39 @@
 //! [`StargzFs`]: the [`RemoteFs`] of eStargz layers in registries.
 //!
-//! Mount: labels → layer source → registry blob → verified TOC → FUSE mount.
-//! Per layer, `<root>/layers/<layer digest>/` keeps the footer and TOC reads
-//! and `meta.json` (blob size), written atomically at first mount, so the
-//! same layer mounts again (restore) without reaching the registry; its
-//! chunks then come from the chunk cache or, once it is back, the registry.
-//! Every decline carries a plain-words reason (see [`DeclineReason`]).
+//! Mount: labels → [`plan`] (or a [`DeclineReason`]) → [`LayerResolver`]
+//! (or a warm layer opened ahead) → FUSE mount (or the live mount a
+//! previous daemon left) → prefetch and background fetch. What is mounted
+//! where is in the [`MountTable`]; each layer's saved state in
+//! [`persist`](super::persist).
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use rstargz_fs::cache::{ChunkCache, ChunkCacheConfig, DiskCache, FileStore};
-use rstargz_fs::estargz::{self, OpenOptions, Verify};
+use rstargz_fs::estargz;
 use rstargz_fs::fuse::{self, MountHandle, MountOptions};
-use rstargz_fs::layer::{BlobSource, LayerError, LayerReader};
-use rstargz_fs::registry::{LayerSource, Registry, RegistryError, layer_source_from_labels};
-use serde::{Deserialize, Serialize};
+use rstargz_fs::layer::LayerReader;
+use rstargz_fs::registry::{Registry, RegistryError};
 
 use rstargz_snapshotter::remote_fs::{BoxFuture, RemoteError, RemoteFs};
 use rstargz_snapshotter::snapshot::Labels;
 
 use super::buffered::BufferedSource;
 use super::config::RemoteConfig;
+pub use super::decline::DeclineReason;
+use super::decline::{Declined, plan};
 use super::live::LiveMounts;
+pub use super::mounts::MountedStats;
+use super::mounts::{
+    AbortOnDrop, MountTable, Mounted, UnmountError, UnmountRetry, abort_and_detach,
+    unmount_with_retry,
+};
+use super::persist::LayerStore;
+use super::policy::Policies;
 use super::prefetch::{self, Activity, BackgroundLimits};
-use super::source::{RegistryBlob, TocCachedSource, write_atomically};
-use super::warm::{Warm, WarmLayers};
-
-/// Why a layer was not mounted remotely (counted in metrics, logged).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DeclineReason {
-    /// Remote mounts are switched off in the config.
-    Disabled,
-    /// The labels name no registry source.
-    NoSource,
-    /// No `toc.digest` annotation and verification not waived.
-    NoTocDigest,
-    /// The blob is not eStargz (no footer or TOC).
-    NotEstargz,
-    /// The TOC does not match the annotation.
-    TocDigestMismatch,
-    /// The registry refused the credentials.
-    AuthRefused,
-    /// The registry could not be reached or failed.
-    RegistryUnreachable,
-    /// Mounting FUSE failed.
-    MountFailed,
-}
-
-impl DeclineReason {
-    /// Plain words for logs and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Disabled => "remote snapshots disabled",
-            Self::NoSource => "no registry source in labels",
-            Self::NoTocDigest => "no TOC digest annotation",
-            Self::NotEstargz => "not eStargz",
-            Self::TocDigestMismatch => "TOC digest mismatch",
-            Self::AuthRefused => "auth refused",
-            Self::RegistryUnreachable => "registry unreachable",
-            Self::MountFailed => "FUSE mount failed",
-        }
-    }
-
-    fn decline(self, detail: impl std::fmt::Display) -> Declined {
-        Declined(self, detail.to_string())
-    }
-}
-
-/// A decline with its reason and details.
-#[derive(Debug)]
-struct Declined(DeclineReason, String);
-
-fn registry_reason(e: &RegistryError) -> DeclineReason {
-    match e {
-        RegistryError::Unauthorized { .. }
-        | RegistryError::Forbidden { .. }
-        | RegistryError::Credentials { .. } => DeclineReason::AuthRefused,
-        _ => DeclineReason::RegistryUnreachable,
-    }
-}
-
-fn layer_reason(e: &LayerError) -> DeclineReason {
-    match e {
-        LayerError::Source { .. } => DeclineReason::RegistryUnreachable,
-        LayerError::Format(estargz::Error::TocDigestMismatch { .. }) => {
-            DeclineReason::TocDigestMismatch
-        }
-        _ => DeclineReason::NotEstargz,
-    }
-}
-
-/// The registry source named by a snapshot's labels.
-fn source_of(labels: &Labels) -> Result<LayerSource, RegistryError> {
-    let labels: HashMap<String, String> =
-        labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    layer_source_from_labels(&labels)
-}
-
-/// What `meta.json` of a layer's state directory records.
-#[derive(Debug, Serialize, Deserialize)]
-struct LayerMeta {
-    blob_size: u64,
-    reference: String,
-    digest: String,
-}
-
-/// A mounted layer.
-struct Mounted {
-    handle: MountHandle,
-    blob: Arc<RegistryBlob>,
-    layer: Arc<LayerReader>,
-    /// Prefetch and background fetch; stopped with the mount.
-    fetcher: Option<AbortOnDrop>,
-    /// The layer's state directory (TOC copies).
-    state: PathBuf,
-    /// Device number of the mount (finds it after its directory moved).
-    dev: Option<u64>,
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// The counters of one mounted layer.
-pub struct MountedStats {
-    /// The layer (fetch and verification counters).
-    pub layer: Arc<LayerReader>,
-    /// Its FUSE operation counters.
-    pub fuse: Arc<rstargz_fs::fuse::FuseStats>,
-}
+use super::resolver::{Connect, LayerResolver};
+use super::warm::WarmLayers;
 
 /// Counters of remote mounts.
 #[derive(Debug, Default)]
@@ -149,15 +46,14 @@ pub struct RemoteMetrics {
 
 /// eStargz layers from registries, mounted with FUSE.
 pub struct StargzFs {
-    registry: Registry,
-    cache: Arc<ChunkCache>,
+    resolver: LayerResolver,
+    policies: Policies,
+    /// Kernel passthrough files, when enabled.
     files: Option<Arc<FileStore>>,
-    layers_dir: PathBuf,
-    config: RemoteConfig,
-    mounts: Mutex<HashMap<PathBuf, Mounted>>,
+    mounts: MountTable,
     metrics: RemoteMetrics,
     background: Arc<BackgroundLimits>,
-    activity: Arc<Activity>,
+    /// One remount at a time: two at once would stack two mounts.
     remount: tokio::sync::Mutex<()>,
     /// Counters of layers already unmounted, so the totals exported as
     /// Prometheus counters never decrease.
@@ -182,7 +78,7 @@ pub struct Retired {
 impl std::fmt::Debug for StargzFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StargzFs")
-            .field("layers_dir", &self.layers_dir)
+            .field("layers_dir", &self.resolver.store().dir())
             .finish_non_exhaustive()
     }
 }
@@ -201,48 +97,51 @@ pub enum SetupError {
 impl StargzFs {
     /// Sets up caches under `root` (unless the config names a directory).
     pub fn new(root: &Path, config: RemoteConfig) -> Result<StargzFs, SetupError> {
+        let policies = Policies::new(&config, root);
         let registry = Registry::new(config.registry_config())?;
-        let cache_dir = config
-            .directory_cache
-            .dir
-            .clone()
-            .unwrap_or_else(|| root.join("cache"));
-        let disk = DiskCache::open(cache_dir.join("chunks"), config.directory_cache.max_bytes)?;
-        let files = if config.fuse.passthrough {
+        let cache = &policies.cache;
+        let disk = DiskCache::open(cache.dir.join("chunks"), cache.max_bytes)?;
+        let files = if policies.mount.passthrough {
             Some(Arc::new(FileStore::open(
-                cache_dir.join("files"),
-                config.directory_cache.max_bytes,
+                cache.dir.join("files"),
+                cache.max_bytes,
             )?))
         } else {
             None
         };
-        let cache = ChunkCache::new(
+        let chunks = ChunkCache::new(
             &ChunkCacheConfig {
-                memory_bytes: config.directory_cache.memory_bytes,
+                memory_bytes: cache.memory_bytes,
             },
             Some(Arc::new(disk)),
         );
         let activity = Arc::new(Activity::default());
-        Ok(StargzFs {
+        let bg = &policies.background;
+        let background = Arc::new(BackgroundLimits::new(
+            bg.max_concurrency,
+            bg.max_bytes_per_sec,
+            bg.silence,
+            activity.clone(),
+        ));
+        let resolver = LayerResolver::new(
             registry,
-            cache: Arc::new(cache),
-            files,
-            layers_dir: root.join("layers"),
-            mounts: Mutex::new(HashMap::new()),
-            metrics: RemoteMetrics::default(),
-            background: Arc::new(BackgroundLimits::new(
-                config.max_concurrency,
-                config.background_fetch.max_bytes_per_sec,
-                Duration::from_millis(config.background_fetch.silence_period_msec),
-                activity.clone(),
-            )),
+            Arc::new(chunks),
+            LayerStore::new(root.join("layers")),
             activity,
+            policies.prefetch.wait,
+        );
+        Ok(StargzFs {
+            resolver,
+            files,
+            mounts: MountTable::default(),
+            metrics: RemoteMetrics::default(),
+            background,
             remount: tokio::sync::Mutex::new(()),
             retired: Retired::default(),
             access_log: None,
             live: None,
             warm: WarmLayers::default(),
-            config,
+            policies,
         })
     }
 
@@ -257,21 +156,12 @@ impl StargzFs {
         self.live.as_ref()
     }
 
-    /// Every mount, removed from the table (at shutdown).
-    fn take_all_mounts(&self) -> Vec<(PathBuf, Mounted)> {
-        self.mounts
-            .lock()
-            .map(|mut m| m.drain().collect())
-            .unwrap_or_default()
-    }
-
     /// Leaves every mount to the next daemon (SIGTERM with live restart);
     /// returns how many were handed over. Mounts that cannot be are
     /// unmounted.
     pub fn hand_over_all(&self) -> usize {
-        let mounts = self.take_all_mounts();
         let mut handed = 0;
-        for (path, mounted) in mounts {
+        for (path, mounted) in self.mounts.take_all() {
             let Mounted {
                 handle, fetcher, ..
             } = mounted;
@@ -292,9 +182,8 @@ impl StargzFs {
     /// of every connection: a stopped daemon leaves no mount that waits
     /// forever for a server.
     pub fn unmount_all(&self) -> usize {
-        let mounts = self.take_all_mounts();
         let mut clean = 0;
-        for (path, mounted) in mounts {
+        for (path, mounted) in self.mounts.take_all() {
             let Mounted {
                 mut handle,
                 fetcher,
@@ -306,14 +195,7 @@ impl StargzFs {
                 Ok(()) => clean += 1,
                 Err(e) => {
                     tracing::warn!(mountpoint = %path.display(), error = %e, "layer busy at stop; aborting its connection");
-                    if let Some(dev) = dev
-                        && let Err(e) = fuse::mountinfo::abort_connection(dev)
-                    {
-                        tracing::warn!(mountpoint = %path.display(), error = %e, "cannot abort FUSE connection");
-                    }
-                    if let Err(e) = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
-                        tracing::warn!(mountpoint = %path.display(), error = %e, "cannot detach mount");
-                    }
+                    abort_and_detach(&path, dev);
                 }
             }
             if let Some(live) = &self.live {
@@ -332,12 +214,12 @@ impl StargzFs {
 
     /// The registry client (its fetch metrics).
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        self.resolver.registry()
     }
 
     /// The shared chunk cache.
     pub fn cache(&self) -> &Arc<ChunkCache> {
-        &self.cache
+        self.resolver.cache()
     }
 
     fn count_decline(&self, reason: DeclineReason) {
@@ -346,63 +228,26 @@ impl StargzFs {
         }
     }
 
-    fn open_options(&self, source: &LayerSource) -> Result<OpenOptions, Declined> {
-        let mut opts = OpenOptions::default();
-        if self.config.disable_verification {
-            opts.verify = Verify::Disabled;
-            return Ok(opts);
-        }
-        match &source.toc_digest {
-            Some(d) => {
-                opts.expected_toc_digest = Some(
-                    estargz::Digest::parse(d.as_str())
-                        .map_err(|e| DeclineReason::NoTocDigest.decline(e))?,
-                );
-            }
-            None if source.skip_verify_requested && self.config.allow_no_verification => {
-                tracing::warn!(layer = %source.layer.digest, "mounting without verification (skipverify label)");
-                opts.verify = Verify::Disabled;
-            }
-            None => return Err(DeclineReason::NoTocDigest.decline(&source.layer.digest)),
-        }
-        Ok(opts)
-    }
-
     async fn mount_layer(&self, mountpoint: &Path, labels: &Labels) -> Result<(), Declined> {
-        if self.config.disable_remote {
-            return Err(DeclineReason::Disabled.decline("disable_remote = true"));
-        }
-        let source = source_of(labels).map_err(|e| DeclineReason::NoSource.decline(e))?;
-        let opts = self.open_options(&source)?;
-        self.warm_neighbours(&source);
-        let state = self.layer_state(&source.layer.digest);
-        let meta_path = state.join("meta.json");
+        let p = &self.policies;
+        let (source, opts) = plan(p.remote_enabled, p.verification, labels)?;
+        self.warm
+            .warm_neighbours(&self.resolver, &source, p.verification, p.prefetch);
         let warm = self
             .warm
-            .take(source.layer.digest.as_str())
-            .await
-            .filter(|w| {
-                w.verify == opts.verify
-                    && opts
-                        .expected_toc_digest
-                        .is_none_or(|d| d == w.layer.toc_digest())
-            });
-        let (blob, buffered, layer) = match warm {
-            Some(w) => (w.blob, w.buffered, w.layer),
-            None => self.open_layer(&source, &state, &opts).await?,
+            .take_matching(source.layer.digest.as_str(), &opts)
+            .await;
+        let resolved = match warm {
+            Some(w) => w,
+            None => {
+                self.resolver
+                    .resolve(&source, &opts, Connect::Lazily)
+                    .await?
+            }
         };
-        let meta = LayerMeta {
-            blob_size: layer.blob_size(),
-            reference: source.reference.to_string(),
-            digest: source.layer.digest.to_string(),
-        };
-        if let Ok(json) = serde_json::to_vec_pretty(&meta)
-            && let Err(e) = write_atomically(&meta_path, &json).await
-        {
-            tracing::warn!(path = %meta_path.display(), error = %e, "cannot record layer metadata");
-        }
-        let mut layer = layer;
-        layer.set_read_amplification(self.config.blob.read_amplify_bytes);
+        let (blob, buffered, mut layer) = (resolved.blob, resolved.buffered, resolved.layer);
+        self.resolver.remember(&source, &layer).await;
+        layer.set_read_amplification(p.read_amplify_bytes);
         let layer = Arc::new(layer);
         let (handle, fresh) = match self.resume_fuse(mountpoint, layer.clone()).await {
             Some(handle) => (handle, false),
@@ -412,26 +257,22 @@ impl StargzFs {
         if let Some(live) = &self.live {
             live.register(mountpoint, &handle, dev, fresh);
         }
-        let default_prefetch = source.prefetch_size.unwrap_or(self.config.prefetch_size);
-        let fetcher = self
-            .start_fetching(layer.clone(), buffered, default_prefetch)
-            .await;
+        let end = p.prefetch.end(&layer, source.prefetch_size);
+        let fetcher = self.start_fetching(layer.clone(), buffered, end);
         self.metrics
             .mounted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut m) = self.mounts.lock() {
-            m.insert(
-                mountpoint.to_path_buf(),
-                Mounted {
-                    handle,
-                    blob,
-                    layer,
-                    fetcher,
-                    state,
-                    dev,
-                },
-            );
-        }
+        self.mounts.insert(
+            mountpoint.to_path_buf(),
+            Mounted {
+                handle,
+                blob,
+                layer,
+                fetcher,
+                state: self.resolver.store().state_dir(&source.layer.digest),
+                dev,
+            },
+        );
         // Opening the layer left the parsed TOC's many small objects freed
         // in the arenas (of whichever threads ran it); now that the mount is
         // complete nothing of it is still being dropped.
@@ -439,135 +280,27 @@ impl StargzFs {
         Ok(())
     }
 
-    /// How long a read inside a layer's prioritized prefix waits for the
-    /// prefix before asking the registry itself.
-    fn prefetch_wait(&self) -> Duration {
-        Duration::from_secs(self.config.prefetch_timeout_sec)
-    }
-
-    /// `<root>/layers/<layer digest>`: the layer's footer and TOC copies.
-    fn layer_state(&self, digest: &rstargz_fs::registry::OciDigest) -> PathBuf {
-        self.layers_dir.join(digest.as_str().replace(':', "-"))
-    }
-
-    /// Connects to the layer's blob (lazily when its size is known from an
-    /// earlier mount) and reads its TOC.
-    async fn open_layer(
-        &self,
-        source: &rstargz_fs::registry::LayerSource,
-        state: &Path,
-        opts: &OpenOptions,
-    ) -> Result<(Arc<RegistryBlob>, Arc<BufferedSource>, LayerReader), Declined> {
-        let meta_path = state.join("meta.json");
-        let known = tokio::fs::read(&meta_path)
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice::<LayerMeta>(&b).ok());
-        let blob = match known {
-            Some(meta) => RegistryBlob::lazy(
-                self.registry.clone(),
-                source.clone(),
-                meta.blob_size,
-                self.activity.clone(),
-            ),
-            None => {
-                RegistryBlob::connect(self.registry.clone(), source.clone(), self.activity.clone())
-                    .await
-                    .map_err(|e| registry_reason(&e).decline(e))?
-            }
-        };
-        let blob = Arc::new(blob);
-        let cached: Arc<dyn BlobSource> = Arc::new(TocCachedSource::new(
-            blob.clone() as Arc<dyn BlobSource>,
-            state.to_path_buf(),
-        ));
-        let buffered = Arc::new(BufferedSource::new(cached, self.prefetch_wait()));
-        let layer = LayerReader::open(buffered.clone(), self.cache.clone(), opts)
-            .await
-            .map_err(|e| layer_reason(&e).decline(e))?;
-        Ok((blob, buffered, layer))
-    }
-
-    /// Starts opening the image's following layers (connect, TOC, raw
-    /// prioritized prefix) in the background.
-    fn warm_neighbours(&self, source: &rstargz_fs::registry::LayerSource) {
-        let verify = if self.config.disable_verification {
-            Verify::Disabled
-        } else {
-            Verify::Enabled
-        };
-        for n in &source.neighbours {
-            let mut next = source.clone();
-            next.layer = n.clone();
-            next.toc_digest = None;
-            next.neighbours = Vec::new();
-            let (registry, activity) = (self.registry.clone(), self.activity.clone());
-            let (state, cache) = (self.layer_state(&n.digest), self.cache.clone());
-            let default_prefetch = source.prefetch_size.unwrap_or(self.config.prefetch_size);
-            let noprefetch = self.config.noprefetch;
-            let prefetch_wait = self.prefetch_wait();
-            self.warm.start(n.digest.as_str(), async move {
-                let blob = RegistryBlob::connect(registry, next, activity)
-                    .await
-                    .map_err(|e| tracing::debug!(error = %e, "warming a layer: connect failed"))
-                    .ok()?;
-                let blob = Arc::new(blob);
-                let cached: Arc<dyn BlobSource> = Arc::new(TocCachedSource::new(
-                    blob.clone() as Arc<dyn BlobSource>,
-                    state,
-                ));
-                let buffered = Arc::new(BufferedSource::new(cached, prefetch_wait));
-                let opts = OpenOptions {
-                    verify,
-                    ..OpenOptions::default()
-                };
-                let layer = LayerReader::open(buffered.clone(), cache, &opts)
-                    .await
-                    .map_err(|e| tracing::debug!(error = %e, "warming a layer: not eStargz"))
-                    .ok()?;
-                let end = if noprefetch {
-                    0
-                } else {
-                    prefetch::prefetch_end(&layer, default_prefetch)
-                };
-                // Raw: the mount decodes and verifies it once the TOC
-                // digest from the layer's own labels has been checked.
-                buffered.fill_in_background(0..end, rstargz_fs::layer::Purpose::Prefetch);
-                Some(Warm {
-                    blob,
-                    buffered,
-                    layer,
-                    verify,
-                })
-            });
-        }
-    }
-
-    /// Starts prefetch then background fetch (as configured). Prepare
-    /// does not wait for the prefetch: the container is created while the
-    /// prefix arrives, and reads inside it wait for it (up to
-    /// `prefetch_timeout_sec`) instead of fetching it again.
-    async fn start_fetching(
+    /// Starts prefetch of the prefix up to `end`, then background fetch
+    /// (as configured). Prepare does not wait for the prefetch: the
+    /// container is created while the prefix arrives, and reads inside it
+    /// wait for it (up to `prefetch_timeout_sec`) instead of fetching it
+    /// again.
+    fn start_fetching(
         &self,
         layer: Arc<LayerReader>,
         buffered: Arc<BufferedSource>,
-        default_prefetch: u64,
+        end: u64,
     ) -> Option<AbortOnDrop> {
-        let end = if self.config.noprefetch {
-            0
-        } else {
-            prefetch::prefetch_end(&layer, default_prefetch)
-        };
-        let background = !self.config.no_background_fetch;
+        let policy = self.policies.background;
+        let background = policy.enabled;
         let prefetching = prefetch::start_prefetch(&layer, &buffered, end);
         if prefetching.is_none() && !background {
             return None;
         }
         let limit = self.background.clone();
-        let section = &self.config.background_fetch;
         let stream =
-            background && prefetch::streams(end, layer.blob_size(), section.stream_layer_max_bytes);
-        let window = section.stream_window_bytes;
+            background && prefetch::streams(end, layer.blob_size(), policy.stream_layer_max_bytes);
+        let window = policy.stream_window_bytes;
         let task = tokio::spawn(async move {
             if let Some(prefetching) = prefetching {
                 match prefetch::prefetch(&layer, &buffered, prefetching).await {
@@ -620,15 +353,7 @@ impl StargzFs {
             access_log: self.access_log.clone(),
             ..MountOptions::default()
         };
-        if let Some(s) = self.config.fuse.attr_timeout {
-            opts.attr_ttl = Duration::from_secs(s);
-        }
-        if let Some(s) = self.config.fuse.entry_timeout {
-            opts.entry_ttl = Duration::from_secs(s);
-        }
-        if let Some(s) = self.config.fuse.read_timeout_sec {
-            opts.read_timeout = Duration::from_secs(s);
-        }
+        self.policies.mount.apply(&mut opts);
         opts
     }
 
@@ -652,26 +377,12 @@ impl StargzFs {
 
     /// The layer mounted at `mountpoint`, if any.
     pub fn layer_at(&self, mountpoint: &Path) -> Option<Arc<LayerReader>> {
-        self.mounts
-            .lock()
-            .ok()?
-            .get(mountpoint)
-            .map(|m| m.layer.clone())
+        self.mounts.layer_at(mountpoint)
     }
 
     /// Counters of every mounted layer.
     pub fn mounted(&self) -> Vec<MountedStats> {
-        self.mounts.lock().map_or_else(
-            |_| Vec::new(),
-            |m| {
-                m.values()
-                    .map(|m| MountedStats {
-                        layer: m.layer.clone(),
-                        fuse: m.handle.stats().clone(),
-                    })
-                    .collect()
-            },
-        )
+        self.mounts.stats()
     }
 
     /// Counts of layers no longer mounted (add them to [`Self::mounted`]'s).
@@ -694,162 +405,72 @@ impl StargzFs {
         )
     }
 
-    fn mounted_blob(&self, mountpoint: &Path) -> Option<Arc<RegistryBlob>> {
-        self.mounts
-            .lock()
-            .ok()?
-            .get(mountpoint)
-            .map(|m| m.blob.clone())
-    }
-
     /// Checks the layer; a layer that is not mounted (its restore failed)
     /// is mounted now if possible, so it heals once its registry is back.
     async fn check_layer(&self, mountpoint: &Path, labels: &Labels) -> Result<(), RemoteError> {
-        let blob = match self.mounted_blob(mountpoint) {
+        let blob = match self.mounts.blob_at(mountpoint) {
             Some(blob) => blob,
             None => {
-                // One remount at a time: two at once would stack two mounts.
                 let _guard = self.remount.lock().await;
-                if self.mounted_blob(mountpoint).is_none() {
-                    self.mount_layer(mountpoint, labels).await.map_err(
-                        |Declined(reason, detail)| {
-                            RemoteError::Unavailable(format!(
-                                "layer not mounted ({}: {detail})",
-                                reason.as_str()
-                            ))
-                        },
-                    )?;
+                if self.mounts.blob_at(mountpoint).is_none() {
+                    self.mount_layer(mountpoint, labels).await.map_err(|d| {
+                        RemoteError::Unavailable(format!("layer not mounted ({d})"))
+                    })?;
                     tracing::info!(mountpoint = %mountpoint.display(), "remote layer mounted again");
                     return Ok(());
                 }
-                self.mounted_blob(mountpoint).ok_or_else(|| {
+                self.mounts.blob_at(mountpoint).ok_or_else(|| {
                     RemoteError::Unavailable(format!("no layer at {}", mountpoint.display()))
                 })?
             }
         };
-        blob.check(self.config.check_validity())
+        blob.check(self.policies.check_validity)
             .await
             .map_err(|e| RemoteError::Unavailable(e.to_string()))
     }
 
-    /// Deletes the state directories of layers that neither a snapshot in
-    /// `in_use` nor a mount uses.
-    async fn forget_unused_states(&self, in_use: &[Labels]) {
-        let mut keep: std::collections::HashSet<PathBuf> = in_use
-            .iter()
-            .filter_map(|labels| source_of(labels).ok())
-            .map(|source| self.layer_state(&source.layer.digest))
-            .collect();
-        if let Ok(m) = self.mounts.lock() {
-            keep.extend(m.values().map(|m| m.state.clone()));
-        }
-        let Ok(mut entries) = tokio::fs::read_dir(&self.layers_dir).await else {
-            return;
-        };
-        while let Ok(Some(entry)) = entries.next_entry().await {
-            let path = entry.path();
-            if keep.contains(&path) {
-                continue;
-            }
-            match tokio::fs::remove_dir_all(&path).await {
-                Ok(()) => tracing::info!(dir = %path.display(), "deleted state of an unused layer"),
-                Err(e) => {
-                    tracing::warn!(dir = %path.display(), error = %e, "cannot delete layer state")
-                }
-            }
-        }
-    }
-
-    /// Deletes a layer's TOC copies once no mounted snapshot uses the layer
-    /// (snapshots of the same layer in other chains share them).
+    /// Deletes a layer's saved state once no mounted snapshot uses the
+    /// layer (snapshots of the same layer in other chains share it).
     async fn forget_state(&self, state: &Path) {
-        let shared = self
-            .mounts
-            .lock()
-            .map_or(true, |m| m.values().any(|m| m.state == state));
-        if shared {
+        if self.mounts.uses_state(state) {
             return;
         }
-        if let Err(e) = tokio::fs::remove_dir_all(state).await
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
+        if let Err(e) = self.resolver.store().remove(state).await {
             tracing::warn!(dir = %state.display(), error = %e, "cannot delete layer state");
         }
     }
 
-    /// Takes the layer mounted at `mountpoint` out of the map. The core may
-    /// have renamed the snapshot directory since the mount (Remove moves it
-    /// aside before deleting), so a path not in the map is matched by the
-    /// device of the mount found there.
-    fn take_mounted(&self, mountpoint: &Path) -> Option<(PathBuf, Mounted)> {
-        let mut mounts = self.mounts.lock().ok()?;
-        if let Some(m) = mounts.remove(mountpoint) {
-            return Some((mountpoint.to_path_buf(), m));
-        }
-        // From the mount table: a stat on our own mount could hang a kill.
-        let dev = fuse::mountinfo::device_of(mountpoint)?;
-        let key = mounts
-            .iter()
-            .find(|(_, m)| m.dev == Some(dev))
-            .map(|(k, _)| k.clone())?;
-        mounts.remove(&key).map(|m| (key, m))
-    }
-
     async fn unmount_layer(&self, mountpoint: &Path) -> Result<(), RemoteError> {
-        let Some((key, mut mounted)) = self.take_mounted(mountpoint) else {
+        // From the mount table: a stat on our own mount could hang a kill.
+        let taken = self.mounts.take(mountpoint, fuse::mountinfo::device_of);
+        let Some((key, mut mounted)) = taken else {
             return Ok(());
         };
         // No more fetching for a layer on its way out.
         drop(mounted.fetcher.take());
-        // A mount still busy with the last reads of a removed container
-        // usually frees up within moments.
-        let mut delay = Duration::from_millis(20);
-        let mut last_error = String::new();
-        for attempt in 0..7 {
-            if attempt > 0 {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+        match unmount_with_retry(mounted, mountpoint, UnmountRetry::default()).await {
+            Ok(mounted) => {
+                if let Some(live) = &self.live {
+                    live.forget(&key);
+                }
+                self.retire(&mounted);
+                self.forget_state(&mounted.state).await;
+                Ok(())
             }
-            let at = mountpoint.to_path_buf();
-            let (result, back) = tokio::task::spawn_blocking(move || {
-                // Unmount where the mount is now; the handle then only
-                // waits for its workers (its own path may be stale).
-                let r = match nix::mount::umount(&at) {
-                    Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {
-                        mounted.handle.unmount().map_err(|e| e.to_string())
-                    }
-                    Err(e) => Err(e.to_string()),
+            Err(failure) => {
+                let context = match &failure.error {
+                    UnmountError::Busy { .. } => format!("unmount {}", mountpoint.display()),
+                    UnmountError::Task(_) => "unmount task".into(),
                 };
-                (r, mounted)
-            })
-            .await
-            .map_err(|e| RemoteError::Failed {
-                context: "unmount task".into(),
-                source: e.into(),
-            })?;
-            mounted = back;
-            match result {
-                Ok(()) => {
-                    if let Some(live) = &self.live {
-                        live.forget(&key);
-                    }
-                    self.retire(&mounted);
-                    self.forget_state(&mounted.state).await;
-                    return Ok(());
+                if let Some(mounted) = failure.target {
+                    self.mounts.insert(key, mounted);
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "unmount busy; retrying");
-                    last_error = e;
-                }
+                Err(RemoteError::Failed {
+                    context,
+                    source: failure.error.into(),
+                })
             }
         }
-        if let Ok(mut m) = self.mounts.lock() {
-            m.insert(key, mounted);
-        }
-        Err(RemoteError::Failed {
-            context: format!("unmount {}", mountpoint.display()),
-            source: last_error.into(),
-        })
     }
 }
 
@@ -860,12 +481,10 @@ impl RemoteFs for StargzFs {
         labels: &'a Labels,
     ) -> BoxFuture<'a, Result<(), RemoteError>> {
         Box::pin(async move {
-            self.mount_layer(mountpoint, labels)
-                .await
-                .map_err(|Declined(reason, detail)| {
-                    self.count_decline(reason);
-                    RemoteError::Declined(format!("{}: {detail}", reason.as_str()))
-                })
+            self.mount_layer(mountpoint, labels).await.map_err(|d| {
+                self.count_decline(d.reason);
+                RemoteError::Declined(d.to_string())
+            })
         })
     }
 
@@ -882,7 +501,11 @@ impl RemoteFs for StargzFs {
     }
 
     fn forget_unused<'a>(&'a self, in_use: &'a [Labels]) -> BoxFuture<'a, ()> {
-        Box::pin(self.forget_unused_states(in_use))
+        Box::pin(super::restore::prune_states(
+            self.resolver.store(),
+            in_use,
+            self.mounts.states(),
+        ))
     }
 
     fn root_owner(&self, mountpoint: &Path) -> Option<(u32, u32)> {

@@ -10,23 +10,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rstargz_fs::estargz::Verify;
-use rstargz_fs::layer::LayerReader;
+use rstargz_fs::estargz::{OpenOptions, Verify};
+use rstargz_fs::layer::Purpose;
+use rstargz_fs::registry::LayerSource;
 
-use super::buffered::BufferedSource;
-use super::source::RegistryBlob;
+use super::policy::{PrefetchPolicy, VerificationPolicy};
+use super::resolver::{Connect, LayerResolver, Resolved};
 
 /// How long an unclaimed warm layer is kept (its prefix is in memory).
 const KEEP: Duration = Duration::from_secs(120);
 
 /// A layer opened ahead of its mount.
 pub struct Warm {
-    /// The connected blob.
-    pub blob: Arc<RegistryBlob>,
-    /// The source stack the reader reads through.
-    pub buffered: Arc<BufferedSource>,
-    /// The reader (TOC digest not yet checked against the labels).
-    pub layer: LayerReader,
+    /// The layer (TOC digest not yet checked against the labels).
+    pub resolved: Resolved,
     /// Chunk verification the reader was opened with.
     pub verify: Verify,
 }
@@ -77,5 +74,62 @@ impl WarmLayers {
     pub async fn take(&self, digest: &str) -> Option<Warm> {
         let slot = self.slots.lock().ok()?.remove(digest)?;
         slot.lock().await.take()
+    }
+
+    /// Takes the warm layer `digest` if it was opened as `opts` asks (same
+    /// verification, and the TOC digest the labels name, if any).
+    pub async fn take_matching(&self, digest: &str, opts: &OpenOptions) -> Option<Resolved> {
+        let w = self.take(digest).await?;
+        let matches = w.verify == opts.verify
+            && opts
+                .expected_toc_digest
+                .is_none_or(|d| d == w.resolved.layer.toc_digest());
+        matches.then_some(w.resolved)
+    }
+
+    /// Starts opening the image's following layers (connect, TOC, raw
+    /// prioritized prefix) in the background. `source` is the layer being
+    /// mounted: its prefetch label sizes its neighbours' prefixes too.
+    pub fn warm_neighbours(
+        &self,
+        resolver: &LayerResolver,
+        source: &LayerSource,
+        verification: VerificationPolicy,
+        prefetch: PrefetchPolicy,
+    ) {
+        let verify = verification.verify();
+        for n in &source.neighbours {
+            let mut next = source.clone();
+            next.layer = n.clone();
+            next.toc_digest = None;
+            next.neighbours = Vec::new();
+            let resolver = resolver.clone();
+            let label_size = source.prefetch_size;
+            self.start(n.digest.as_str(), async move {
+                let opts = OpenOptions {
+                    verify,
+                    ..OpenOptions::default()
+                };
+                let resolved = resolver
+                    .resolve(&next, &opts, Connect::Now)
+                    .await
+                    .map_err(|e| match e {
+                        super::resolver::ResolveError::Connect(e) => {
+                            tracing::debug!(error = %e, "warming a layer: connect failed")
+                        }
+                        super::resolver::ResolveError::Open(e) => {
+                            tracing::debug!(error = %e, "warming a layer: not eStargz")
+                        }
+                    })
+                    .ok()?;
+                let end = prefetch.end(&resolved.layer, label_size);
+                // Raw: the mount decodes and verifies it once the TOC
+                // digest from the layer's own labels has been checked.
+                resolved
+                    .buffered
+                    .fill_in_background(0..end, Purpose::Prefetch);
+                Some(Warm { resolved, verify })
+            });
+        }
     }
 }

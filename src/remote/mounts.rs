@@ -1,0 +1,287 @@
+//! The mount table: which layer is mounted where, and taking mounts down.
+//! Unmounting retries a busy mount for a while (the last reads of a
+//! removed container usually end within moments) before giving up and
+//! putting it back in the table.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rstargz_fs::fuse::{self, MountHandle};
+use rstargz_fs::layer::LayerReader;
+
+use super::source::RegistryBlob;
+
+/// Aborts a task when dropped.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A mounted layer.
+pub struct Mounted {
+    /// The FUSE mount.
+    pub handle: MountHandle,
+    /// The registry blob (Check probes it).
+    pub blob: Arc<RegistryBlob>,
+    /// The layer served.
+    pub layer: Arc<LayerReader>,
+    /// Prefetch and background fetch; stopped with the mount.
+    pub fetcher: Option<AbortOnDrop>,
+    /// The layer's state directory (shared by snapshots of the same layer).
+    pub state: PathBuf,
+    /// Device number of the mount (finds it after its directory moved).
+    pub dev: Option<u64>,
+}
+
+/// The counters of one mounted layer.
+pub struct MountedStats {
+    /// The layer (fetch and verification counters).
+    pub layer: Arc<LayerReader>,
+    /// Its FUSE operation counters.
+    pub fuse: Arc<fuse::FuseStats>,
+}
+
+/// What the table needs to know of an entry.
+pub trait Entry {
+    /// Device number of the mount, when known.
+    fn dev(&self) -> Option<u64>;
+    /// The layer's state directory.
+    fn state(&self) -> &Path;
+}
+
+impl Entry for Mounted {
+    fn dev(&self) -> Option<u64> {
+        self.dev
+    }
+
+    fn state(&self) -> &Path {
+        &self.state
+    }
+}
+
+/// Mounts by mountpoint.
+pub struct MountTable<T = Mounted> {
+    mounts: Mutex<HashMap<PathBuf, T>>,
+}
+
+impl<T> Default for MountTable<T> {
+    fn default() -> Self {
+        MountTable {
+            mounts: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T: Entry> MountTable<T> {
+    /// Records `entry` as mounted at `mountpoint`.
+    pub fn insert(&self, mountpoint: PathBuf, entry: T) {
+        if let Ok(mut m) = self.mounts.lock() {
+            m.insert(mountpoint, entry);
+        }
+    }
+
+    /// Every mount, removed from the table (at shutdown).
+    pub fn take_all(&self) -> Vec<(PathBuf, T)> {
+        self.mounts
+            .lock()
+            .map(|mut m| m.drain().collect())
+            .unwrap_or_default()
+    }
+
+    /// Takes the mount at `mountpoint` out of the table. The core may have
+    /// renamed the snapshot directory since the mount (Remove moves it
+    /// aside before deleting), so a path not in the table is matched by
+    /// the device `device_of` finds mounted there.
+    pub fn take(
+        &self,
+        mountpoint: &Path,
+        device_of: impl FnOnce(&Path) -> Option<u64>,
+    ) -> Option<(PathBuf, T)> {
+        let mut mounts = self.mounts.lock().ok()?;
+        if let Some(m) = mounts.remove(mountpoint) {
+            return Some((mountpoint.to_path_buf(), m));
+        }
+        let dev = device_of(mountpoint)?;
+        let key = mounts
+            .iter()
+            .find(|(_, m)| m.dev() == Some(dev))
+            .map(|(k, _)| k.clone())?;
+        mounts.remove(&key).map(|m| (key, m))
+    }
+
+    /// Whether a mount uses the state directory `state` (yes when the
+    /// table is unreadable: state is deleted only when surely unused).
+    pub fn uses_state(&self, state: &Path) -> bool {
+        self.mounts
+            .lock()
+            .map_or(true, |m| m.values().any(|m| m.state() == state))
+    }
+
+    /// The state directories of every mount.
+    pub fn states(&self) -> Vec<PathBuf> {
+        self.mounts.lock().map_or_else(
+            |_| Vec::new(),
+            |m| m.values().map(|m| m.state().to_path_buf()).collect(),
+        )
+    }
+
+    /// What `f` makes of the mount at `mountpoint`.
+    fn with<R>(&self, mountpoint: &Path, f: impl FnOnce(&T) -> R) -> Option<R> {
+        self.mounts.lock().ok()?.get(mountpoint).map(f)
+    }
+}
+
+impl MountTable<Mounted> {
+    /// The layer mounted at `mountpoint`.
+    pub fn layer_at(&self, mountpoint: &Path) -> Option<Arc<LayerReader>> {
+        self.with(mountpoint, |m| m.layer.clone())
+    }
+
+    /// The blob of the layer mounted at `mountpoint`.
+    pub fn blob_at(&self, mountpoint: &Path) -> Option<Arc<RegistryBlob>> {
+        self.with(mountpoint, |m| m.blob.clone())
+    }
+
+    /// Counters of every mounted layer.
+    pub fn stats(&self) -> Vec<MountedStats> {
+        self.mounts.lock().map_or_else(
+            |_| Vec::new(),
+            |m| {
+                m.values()
+                    .map(|m| MountedStats {
+                        layer: m.layer.clone(),
+                        fuse: m.handle.stats().clone(),
+                    })
+                    .collect()
+            },
+        )
+    }
+}
+
+/// Something that can be unmounted, perhaps only after a few tries.
+pub trait Unmount: Send + 'static {
+    /// One attempt at unmounting what is mounted at `at`.
+    fn try_unmount(&mut self, at: &Path) -> Result<(), String>;
+}
+
+impl Unmount for Mounted {
+    fn try_unmount(&mut self, at: &Path) -> Result<(), String> {
+        // Unmount where the mount is now; the handle then only waits for
+        // its workers (its own path may be stale).
+        match nix::mount::umount(at) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {
+                self.handle.unmount().map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// How long a busy mount is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnmountRetry {
+    /// Attempts in all.
+    pub attempts: u32,
+    /// Wait before the second attempt; each later wait doubles it.
+    pub first_delay: Duration,
+}
+
+impl Default for UnmountRetry {
+    fn default() -> Self {
+        // 20 ms doubling over 7 attempts: about 1.3 s in all.
+        UnmountRetry {
+            attempts: 7,
+            first_delay: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Why an unmount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UnmountError {
+    /// Still busy after every attempt.
+    #[error("still busy after {attempts} attempts: {last}")]
+    Busy {
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        last: String,
+    },
+    /// The blocking task of an attempt failed (the mount went with it).
+    #[error("unmount task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A failed unmount, with the target back when it survived.
+#[derive(Debug)]
+pub struct UnmountFailure<U> {
+    /// The target, to put back in the table.
+    pub target: Option<U>,
+    /// What went wrong.
+    pub error: UnmountError,
+}
+
+/// Unmounts `target` at `at`, retrying while it is busy as `retry` says;
+/// attempts run on blocking threads (an unmount can wait on the kernel).
+pub async fn unmount_with_retry<U: Unmount>(
+    mut target: U,
+    at: &Path,
+    retry: UnmountRetry,
+) -> Result<U, UnmountFailure<U>> {
+    let mut delay = retry.first_delay;
+    let mut last = String::new();
+    for attempt in 0..retry.attempts {
+        if attempt > 0 {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        let path = at.to_path_buf();
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = target.try_unmount(&path);
+            (r, target)
+        })
+        .await;
+        let (result, back) = joined.map_err(|e| UnmountFailure {
+            target: None,
+            error: e.into(),
+        })?;
+        target = back;
+        match result {
+            Ok(()) => return Ok(target),
+            Err(e) => {
+                tracing::debug!(error = %e, "unmount busy; retrying");
+                last = e;
+            }
+        }
+    }
+    Err(UnmountFailure {
+        target: Some(target),
+        error: UnmountError::Busy {
+            attempts: retry.attempts,
+            last,
+        },
+    })
+}
+
+/// Aborts the FUSE connection of a mount that could not be unmounted
+/// (its readers get ENOTCONN instead of waiting for a server that is
+/// going away) and detaches it.
+pub fn abort_and_detach(path: &Path, dev: Option<u64>) {
+    if let Some(dev) = dev
+        && let Err(e) = fuse::mountinfo::abort_connection(dev)
+    {
+        tracing::warn!(mountpoint = %path.display(), error = %e, "cannot abort FUSE connection");
+    }
+    if let Err(e) = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        tracing::warn!(mountpoint = %path.display(), error = %e, "cannot detach mount");
+    }
+}
+
+#[cfg(test)]
+#[path = "mounts_tests.rs"]
+mod tests;
