@@ -48,6 +48,8 @@ pub struct Config {
     pub address: Option<PathBuf>,
     /// Log level (`--log-level` overrides).
     pub log_level: Option<String>,
+    /// Log output (`--log-format` overrides).
+    pub log_format: Option<LogFormat>,
     /// Snapshotter behaviour.
     pub snapshotter: SnapshotterConfig,
     /// Remote layers (top-level keys and sections, as the Go reference);
@@ -81,6 +83,18 @@ pub enum Fallback {
     /// `lcow-layer` mounts with VHDX scratch disks, as containerd's
     /// `windows-lcow` snapshotter hands to hcsshim.
     Lcow,
+}
+
+/// How the daemon writes its log lines (stderr).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `tracing`'s human-readable lines (`key=value` fields).
+    #[default]
+    Text,
+    /// One JSON object a line, shaped like the Go stargz-snapshotter's
+    /// (logrus): `level`, `msg`, `time` and the fields at the top level.
+    Json,
 }
 
 impl Config {
@@ -196,10 +210,12 @@ mod tests {
     fn empty_and_full_configs() {
         assert_eq!(Config::parse("").ok(), Some(Config::default()));
         let c = Config::parse(
-            "root = \"/r\"\naddress = \"/s.sock\"\nlog_level = \"debug\"\n[snapshotter]\nasync_remove = true\n",
+            "root = \"/r\"\naddress = \"/s.sock\"\nlog_level = \"debug\"\nlog_format = \"json\"\n[snapshotter]\nasync_remove = true\n",
         );
         let Ok(c) = c else { panic!("parse: {c:?}") };
         assert_eq!(c.root.as_deref(), Some(Path::new("/r")));
+        assert_eq!(c.log_format, Some(LogFormat::Json));
+        assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
         assert!(c.snapshotter.async_remove);
         assert_eq!(c.snapshotter.fallback, Fallback::Overlay);
         let lcow = Config::parse("[snapshotter]\nfallback = \"lcow\"\n");
@@ -209,6 +225,7 @@ mod tests {
         );
         assert!(Config::parse("[snapshotter]\nfallback = \"zfs\"").is_err());
         assert!(Config::parse("[snapshotter]\nasync_remove = \"yes\"").is_err());
+        assert!(Config::parse("log_format = \"logfmt\"").is_err());
     }
 
     #[test]

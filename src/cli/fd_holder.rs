@@ -1,8 +1,9 @@
 //! `rstargz fd-holder` (hidden): keeps the FUSE connections of `rstargz
 //! serve` open across its restarts; started by `serve` itself.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
+
+use crate::config::LogFormat;
 
 /// Arguments of `rstargz fd-holder`.
 #[derive(Debug, clap::Args)]
@@ -13,15 +14,15 @@ pub struct FdHolderArgs {
     /// How long to keep connections while no daemon is connected.
     #[arg(long, default_value_t = rstargz_remote::config::DEFAULT_LIVE_RESTART_TIMEOUT_SEC)]
     pub orphan_timeout_sec: u64,
+    /// Log output; `serve` passes its own through the environment, since
+    /// both write to the same stderr.
+    #[arg(long, value_enum, env = crate::logging::LOG_FORMAT_ENV, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 /// Holds connections until none is left and no daemon is connected.
 pub fn run(args: FdHolderArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    crate::logging::init(tracing_subscriber::EnvFilter::new("info"), args.log_format);
     // The daemon's Ctrl-C or SIGTERM is not ours to obey: we outlive it.
     for sig in [
         nix::sys::signal::Signal::SIGINT,

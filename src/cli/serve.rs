@@ -5,7 +5,6 @@
 //! daemon; SIGINT unmounts them. Under systemd (`NOTIFY_SOCKET`) it sends
 //! READY=1 once the socket serves and restore is done, STOPPING=1 on a signal.
 
-use std::io::IsTerminal;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +14,10 @@ use anyhow::{Context, bail};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::config::{Config, DEFAULT_ADDRESS, DEFAULT_LOG_LEVEL, DEFAULT_ROOT, Fallback};
+use crate::config::{
+    Config, DEFAULT_ADDRESS, DEFAULT_LOG_LEVEL, DEFAULT_ROOT, Fallback, LogFormat,
+};
+use crate::logging;
 use rstargz_remote::StargzFs;
 use rstargz_remote::fd_holder::FdStore;
 use rstargz_remote::live::LiveMounts;
@@ -43,15 +45,35 @@ pub struct ServeArgs {
     /// Log level or tracing filter (trace, debug, info, warn, error).
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Log output: `text`, or `json` lines as the Go stargz-snapshotter writes
+    /// them [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Local fallback for layers that are not remote [default: overlay].
     #[arg(long, value_enum)]
     pub fallback: Option<Fallback>,
 }
 
-/// Runs the daemon until SIGINT/SIGTERM.
+/// Runs the daemon until SIGINT/SIGTERM. With JSON logs an error that ends
+/// it is logged as a `fatal` line (as the Go daemon does) rather than printed
+/// as text.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     rstargz_remote::memory::tune_allocator();
+    let mut format = args.log_format.unwrap_or_default();
+    match start(args, &mut format) {
+        Err(e) if format == LogFormat::Json => {
+            logging::fatal("rstargz serve failed", &e);
+            std::process::exit(1);
+        }
+        result => result,
+    }
+}
+
+/// Reads the configuration, sets up logging (updating `format` to the one
+/// chosen) and serves.
+fn start(args: ServeArgs, format: &mut LogFormat) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref())?;
+    *format = args.log_format.or(config.log_format).unwrap_or_default();
     let root = args
         .root
         .or(config.root.clone())
@@ -67,14 +89,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(fallback) = args.fallback {
         config.snapshotter.fallback = fallback;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&level)
-                .with_context(|| format!("bad --log-level {level:?}"))?,
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
+        .with_context(|| format!("bad --log-level {level:?}"))?;
+    // The fd holder started below inherits our stderr: same format.
+    let name = match *format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    // SAFETY: no other thread exists yet (the runtime is built below and
+    // nothing before this spawns one), so nothing reads the environment
+    // concurrently.
+    unsafe { std::env::set_var(logging::LOG_FORMAT_ENV, name) };
+    logging::init(filter, *format);
     for key in &config.unknown_keys {
         tracing::warn!(key = %key, "unknown config key ignored");
     }
