@@ -11,7 +11,7 @@ cargo test --workspace --all-targets 2>&1
 echo "== bounded fuzz run, the outside-input targets (fuzz/run.sh)"
 # 30 s per target, two at a time: about 1.5 min of fuzzing after the build.
 # `config` is left out here (it doubles the cold instrumented build); its
-# seeds and saved inputs are still replayed by tests/fuzz_regressions.rs.
+# seeds and saved inputs are still replayed by tests/it/fuzz_regressions.rs.
 bash fuzz/run.sh "${FUZZ_SECONDS:-30}"
 
 echo "== containerd snapshotter conformance suite"

@@ -2,7 +2,7 @@
 //! verified reader, and never outside the destination.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;

@@ -3,8 +3,8 @@
 //! and overlayfs mounted on top applies whiteouts and opaque directories.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod fuse_common;
+use crate::common;
+use crate::fuse_common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

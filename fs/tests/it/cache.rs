@@ -3,8 +3,8 @@
 //! (a hostile TOC giving one digest two sizes) is an error, never a panic.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod fuse_common;
+use crate::common;
+use crate::fuse_common;
 
 use std::sync::Arc;
 

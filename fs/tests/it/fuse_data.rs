@@ -3,8 +3,8 @@
 //! corruption and cross-layer chunk sharing.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod fuse_common;
+use crate::common;
+use crate::fuse_common;
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;

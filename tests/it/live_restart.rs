@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;

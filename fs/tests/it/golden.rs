@@ -2,7 +2,7 @@
 //! indexed and compared field by field with its expected JSON.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use rstargz_fs::estargz::{

@@ -4,6 +4,8 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod containerd;
+pub mod docker;
+pub mod image;
 pub mod remote;
 pub mod vhdx_check;
 pub mod workload;

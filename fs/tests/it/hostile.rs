@@ -2,7 +2,7 @@
 //! ever returns wrong bytes.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use rstargz_fs::estargz::chunk::Verify;
 use rstargz_fs::estargz::{

@@ -4,8 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "common/image.rs"]
-mod image_common;
+use crate::common::image as image_common;
 
 use std::path::Path;
 use std::process::Command;

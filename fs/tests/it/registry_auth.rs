@@ -3,7 +3,7 @@
 //! server in the fault proxy. Secrets must never show up in errors.
 #![allow(clippy::unwrap_used, clippy::single_range_in_vec_init)]
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use bytes::Bytes;

@@ -2,11 +2,11 @@
 //! `lcow-layer` mounts, sandbox scratch disks (copied, sized, relocated,
 //! shared), the cached scratch under concurrency, Remove/Usage/Commit,
 //! start-up cleanup and the local fallback for remote layers. The disks are
-//! checked with qemu-img and e2fsck (tests/common/vhdx_check.rs).
+//! checked with qemu-img and e2fsck (tests/it/common/vhdx_check.rs).
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

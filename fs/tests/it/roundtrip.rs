@@ -3,7 +3,7 @@
 //! output must also satisfy `gzip -t`/`zstd -t` and `tar -t`.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

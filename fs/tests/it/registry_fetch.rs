@@ -3,7 +3,7 @@
 //! fallbacks, the never-download-a-whole-blob rule, and redirects.
 #![allow(clippy::unwrap_used, clippy::single_range_in_vec_init)]
 
-mod common;
+use crate::common;
 
 use std::ops::Range;
 use std::time::Duration;

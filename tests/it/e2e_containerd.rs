@@ -10,9 +10,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-#[path = "common/image.rs"]
-mod image_common;
+use crate::common;
+use crate::common::image as image_common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

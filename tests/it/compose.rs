@@ -10,9 +10,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-#[path = "common/docker.rs"]
-mod docker;
+use crate::common;
+use crate::common::docker;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

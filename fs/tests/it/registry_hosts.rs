@@ -2,7 +2,7 @@
 //! a dead mirror is skipped for the next one, and finally the origin.
 #![allow(clippy::unwrap_used, clippy::single_range_in_vec_init)]
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::proxy::FaultProxy;

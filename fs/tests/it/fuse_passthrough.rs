@@ -3,8 +3,8 @@
 //! a damaged assembled file is never passed through.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod fuse_common;
+use crate::common;
+use crate::fuse_common;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -6,7 +6,7 @@ use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::{Arc, Barrier};
 
-mod common;
+use crate::common;
 
 use common::vhdx_check::{GIB, MIB, assert_valid_scratch, on_disk_bytes, run};
 use rstargz_snapshotter::lcow::{self, vhdx};
