@@ -12,4 +12,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CRASH_ROUNDS="${1:-200}"
 if [[ -n "${2:-}" ]]; then export CRASH_SEED="$2"; fi
-exec cargo test -p rstargz --test it crash_mixed:: -- --nocapture
+exec cargo test -p rstargz --features system --test it crash_mixed:: -- --nocapture

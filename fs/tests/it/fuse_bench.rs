@@ -1,7 +1,7 @@
 //! Read throughput of a mounted layer against the same file on local disk,
 //! measured in one run. Prints figures; asserts only correctness.
 //!
-//! Run: `cargo test -p rstargz-fs --test it fuse_bench:: -- --ignored --nocapture`
+//! Run: `cargo test -p rstargz-fs --features system --test it fuse_bench:: -- --ignored --nocapture`
 //! (`BENCH_MIB=512` to change the file size).
 #![allow(clippy::unwrap_used)]
 

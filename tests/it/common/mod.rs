@@ -3,11 +3,18 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+// Helpers of the system tier only (see main.rs).
+#[cfg(feature = "system")]
 pub mod containerd;
+#[cfg(feature = "system")]
 pub mod docker;
+#[cfg(feature = "system")]
 pub mod image;
+#[cfg(feature = "system")]
 pub mod remote;
+#[cfg(feature = "system")]
 pub mod vhdx_check;
+#[cfg(feature = "system")]
 pub mod workload;
 
 use std::collections::HashMap;
