@@ -17,8 +17,8 @@ use rstargz_bench::io::Access;
 use rstargz_bench::read_path::{self, Options, RunReport, State, Target};
 use rstargz_bench::resources;
 use rstargz_fs::estargz::WriterOptions;
-use rstargz_fs::testutil::registry::TestRegistry;
-use rstargz_fs::testutil::{TestLayer, push_image, test_blob};
+use rstargz_test_support::registry::TestRegistry;
+use rstargz_test_support::{TestLayer, push_image, test_blob};
 
 const FILE_LEN: usize = 3 << 20;
 const TREE_FILES: usize = 50;

@@ -83,7 +83,7 @@ fn dev_stack_lazy_pulls_and_runs() {
     lap("dockerd up, base imported");
 
     // A free port, so concurrent runs (and a registry on 5000) never clash.
-    let port = rstargz_fs::testutil::closed_port().to_string();
+    let port = rstargz_test_support::closed_port().to_string();
     let registry = format!("127.0.0.1:{port}");
     let compose = Compose::new(
         &dockerd,

@@ -33,9 +33,9 @@ use common::remote::*;
 use common::*;
 use rstargz_fs::registry::OciDigest;
 use rstargz_fs::registry::labels::STARGZ_DIGEST;
-use rstargz_fs::testutil::registry::TestRegistry;
-use rstargz_fs::testutil::{TestLayer, push_image, test_blob};
 use rstargz_snapshotter::snapshot::REMOTE_LABEL;
+use rstargz_test_support::registry::TestRegistry;
+use rstargz_test_support::{TestLayer, push_image, test_blob};
 
 const WORKERS: usize = 4;
 const READERS: usize = 2;

@@ -1,6 +1,6 @@
 //! Transient registry faults under parallel readers: eStargz images are
 //! pushed to a real `docker-registry`, a fault proxy in front of it
-//! (`rstargz_fs::testutil::proxy`) resets connections, answers 5xx/429/401,
+//! (`rstargz_test_support::proxy`) resets connections, answers 5xx/429/401,
 //! stalls, hangs, cuts and corrupts bodies and redirects, at random per blob
 //! request, while the real daemon mounts the layers lazily through FUSE and
 //! parallel readers check the sha256 of every file. A read may fail with EIO
@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use rstargz_fs::estargz::WriterOptions;
 use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE, TOC_DIGEST};
-use rstargz_fs::testutil::proxy::{FaultMode, FaultPlan, FaultProxy, TokenAuth};
-use rstargz_fs::testutil::registry::TestRegistry;
-use rstargz_fs::testutil::{TestLayer, push_image, test_blob};
 use rstargz_snapshotter::snapshot::REMOTE_LABEL;
+use rstargz_test_support::proxy::{FaultMode, FaultPlan, FaultProxy, TokenAuth};
+use rstargz_test_support::registry::TestRegistry;
+use rstargz_test_support::{TestLayer, push_image, test_blob};
 use sha2::Digest as _;
 
 /// FUSE read timeout of the daemon under test.

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use rstargz_fs::estargz::WriterOptions;
 use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE, TOC_DIGEST};
-use rstargz_fs::testutil::registry::TestRegistry;
-use rstargz_fs::testutil::{TestLayer, push_image, test_blob};
+use rstargz_test_support::registry::TestRegistry;
+use rstargz_test_support::{TestLayer, push_image, test_blob};
 use sha2::Digest as _;
 
 const RESTARTS: usize = 10;

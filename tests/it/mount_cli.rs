@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rstargz_fs::testutil::golden::check_tree;
-use rstargz_fs::testutil::registry::TestRegistry;
-use rstargz_fs::testutil::{TestLayer, push_image};
+use rstargz_test_support::golden::check_tree;
+use rstargz_test_support::registry::TestRegistry;
+use rstargz_test_support::{TestLayer, push_image};
 
 fn mounts_under(prefix: &Path) -> usize {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

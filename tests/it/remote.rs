@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use common::remote::*;
 use common::*;
 use rstargz_fs::estargz::WriterOptions;
-use rstargz_fs::testutil::golden::check_tree;
-use rstargz_fs::testutil::proxy::FaultProxy;
-use rstargz_fs::testutil::registry::TestRegistry;
-use rstargz_fs::testutil::{TestLayer, docker_config, push_image, push_image_with, test_blob};
 use rstargz_proto::types::Mount;
+use rstargz_test_support::golden::check_tree;
+use rstargz_test_support::proxy::FaultProxy;
+use rstargz_test_support::registry::TestRegistry;
+use rstargz_test_support::{TestLayer, docker_config, push_image, push_image_with, test_blob};
 
 const BIG: usize = 8 << 20;
 
@@ -68,7 +68,7 @@ async fn prepare_remote_chain(
 
 /// A daemon serving metrics on a free port, and that port's address.
 fn start_daemon_with_metrics(dir: &Path) -> (Daemon, String) {
-    let addr = format!("127.0.0.1:{}", rstargz_fs::testutil::closed_port());
+    let addr = format!("127.0.0.1:{}", rstargz_test_support::closed_port());
     let top = format!("no_background_fetch = true\nmetrics_address = \"{addr}\"\n");
     (start_daemon_with(dir, &top), addr)
 }
@@ -541,7 +541,7 @@ async fn every_golden_layer_matches_through_fuse() {
     let reference = registry.reference("remote/golden");
     let mut names = Vec::new();
     let mut layers = Vec::new();
-    for case in rstargz_fs::testutil::golden::cases() {
+    for case in rstargz_test_support::golden::cases() {
         for comp in ["gzip", "zstd"] {
             names.push(case.case.clone());
             layers.push(TestLayer::golden(&case.case, comp));

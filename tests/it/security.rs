@@ -14,9 +14,9 @@ use base64::Engine as _;
 use common::remote::*;
 use common::*;
 use rstargz_fs::registry::{OciDigest, Registry};
-use rstargz_fs::testutil::proxy::{FaultProxy, TokenAuth};
-use rstargz_fs::testutil::registry::TestRegistry;
-use rstargz_fs::testutil::{TestLayer, push_image, push_image_via, push_image_with, test_blob};
+use rstargz_test_support::proxy::{FaultProxy, TokenAuth};
+use rstargz_test_support::registry::TestRegistry;
+use rstargz_test_support::{TestLayer, push_image, push_image_via, push_image_with, test_blob};
 
 const NO_BACKGROUND: &str = "no_background_fetch = true\n";
 
@@ -246,7 +246,7 @@ async fn tls_is_verified_unless_a_host_says_otherwise() {
             &format!("ca = \"{}\"\n", r.ca_path().display()),
         );
     }
-    let mut config = rstargz_fs::testutil::test_config(&dir.path().join("none.json"));
+    let mut config = rstargz_test_support::test_config(&dir.path().join("none.json"));
     config.hosts.certs_dir = Some(push_certs);
     let pusher = Registry::new(config).unwrap();
     // A layer each: one known locally would mount from its TOC copy

@@ -1,11 +1,11 @@
 //! Helpers of the image tests: the fs crate's registry harness and fault
-//! proxy (`rstargz_fs::testutil`), a registry client for tests, a fixture
+//! proxy (`rstargz_test_support`), a registry client for tests, a fixture
 //! image tree and a checker that opens every converted layer with our
 //! eStargz reader and compares it with the source files.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-pub use rstargz_fs::testutil::{proxy, registry};
+pub use rstargz_test_support::{proxy, registry};
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -19,14 +19,14 @@ use sha2::Digest as _;
 
 /// A registry client without ambient credentials and with quick retries.
 pub fn client(scratch: &Path) -> Registry {
-    Registry::new(rstargz_fs::testutil::test_config(
+    Registry::new(rstargz_test_support::test_config(
         &scratch.join("no-docker-config.json"),
     ))
     .unwrap()
 }
 
 /// Deterministic pseudo-random bytes (xorshift).
-pub use rstargz_fs::testutil::test_blob as pseudo_random;
+pub use rstargz_test_support::test_blob as pseudo_random;
 
 /// Two layer trees under `dir`: the first with small files, a file larger
 /// than the 1 MiB chunk size the tests use, a symlink and a hardlink; the

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use rstargz_fs::estargz::WriterOptions;
 use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE, TOC_DIGEST};
-use rstargz_fs::testutil::TestLayer;
 use rstargz_proto::types::Mount;
 use rstargz_snapshotter::snapshot::REMOTE_LABEL;
+use rstargz_test_support::TestLayer;
 
 use super::{Client, Daemon, prepare, stat};
 

@@ -3,12 +3,10 @@
 //! snapshotter, and `ctr`/`ctr-remote` against it. A missing binary fails
 //! the test (scripts/setup.sh installs containerd and stargz-snapshotter).
 
-#![allow(dead_code, clippy::unwrap_used)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use super::wait_for;
+use crate::daemon::{DEADLINE, wait_for};
 
 /// A running containerd; SIGTERMed (then killed) on drop.
 pub struct Containerd {
@@ -153,7 +151,7 @@ impl Drop for Containerd {
         self.kill_tasks();
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = std::time::Instant::now() + super::DEADLINE;
+        let deadline = std::time::Instant::now() + DEADLINE;
         while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }

@@ -1,17 +1,24 @@
-//! Test support shared by this crate's and the root crate's integration
-//! tests (feature `testutil`): a real `docker-registry` per test
-//! ([`registry`]), a fault proxy with counters in front of it ([`proxy`])
-//! the golden eStargz cases with checkers ([`golden`]) and small helpers. Test code: it panics on any setup failure.
+//! Test support shared by the workspace's tests (`publish = false`): a real
+//! `docker-registry` per test ([`registry`]), a fault proxy with counters in
+//! front of it ([`proxy`]), the golden eStargz cases with checkers
+//! ([`golden`]), process guards for the daemon ([`daemon`]), a scratch
+//! containerd ([`containerd`]) and a scratch dockerd ([`docker`]), host
+//! checks ([`host`]) and small helpers. Test code: it panics on any setup
+//! failure, and a missing prerequisite fails, never skips.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod containerd;
+pub mod daemon;
+pub mod docker;
 pub mod golden;
+pub mod host;
 pub mod proxy;
 pub mod registry;
 
 use std::path::Path;
 use std::time::Duration;
 
-use crate::registry::{Backoff, OciDigest, Reference, Registry, RegistryConfig};
+use rstargz_fs::registry::{Backoff, OciDigest, Reference, Registry, RegistryConfig};
 
 /// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate;
 /// distinct seeds give distinct bytes.
@@ -103,9 +110,10 @@ pub struct TestLayer {
 impl TestLayer {
     /// The eStargz layer `opts` makes of the uncompressed `tar`, with its
     /// TOC digest annotation.
-    pub fn estargz(tar: &[u8], opts: &crate::estargz::WriterOptions) -> TestLayer {
+    pub fn estargz(tar: &[u8], opts: &rstargz_fs::estargz::WriterOptions) -> TestLayer {
         let mut blob = Vec::new();
-        let made = crate::estargz::convert(tar, &mut blob, opts).expect("convert the test layer");
+        let made =
+            rstargz_fs::estargz::convert(tar, &mut blob, opts).expect("convert the test layer");
         TestLayer {
             blob,
             diff_id: made.diff_id.to_string(),
@@ -173,7 +181,7 @@ pub async fn push_image_via(
         let mut annotations = serde_json::Map::new();
         if let Some(toc) = &layer.toc_digest {
             annotations.insert(
-                crate::registry::labels::TOC_DIGEST.into(),
+                rstargz_fs::registry::labels::TOC_DIGEST.into(),
                 toc.clone().into(),
             );
         }

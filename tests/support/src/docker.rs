@@ -6,8 +6,6 @@
 //! torn down on drop, also when the test fails. A missing tool fails the
 //! test (scripts/setup.sh installs docker.io, docker-compose and mmdebstrap).
 
-#![allow(dead_code, clippy::unwrap_used)]
-
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -15,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 
-use crate::common::containerd::Containerd;
-use crate::common::workload::{cgroup_dirs, unmount_all_under};
+use crate::containerd::Containerd;
+use crate::host::{cgroup_dirs, unmount_all_under};
 
 /// Limit of ordinary docker commands.
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(120);
@@ -205,7 +203,9 @@ pub struct Dockerd {
     pub client_config: PathBuf,
     /// Cgroup parent of its containers (removed on drop).
     cgroup_parent: String,
-    // Dropped after dockerd has stopped (fields drop after `drop`).
+    // Dropped after dockerd has stopped (fields drop after `drop`); held
+    // only for that.
+    #[allow(dead_code)]
     containerd: Containerd,
 }
 
@@ -383,7 +383,7 @@ impl<'a> Compose<'a> {
 
     /// A compose command with the project's file, name and environment.
     pub fn command(&self, args: &[&str]) -> Command {
-        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml");
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docker-compose.yml");
         let mut c = Command::new(&self.program[0]);
         c.args(&self.program[1..])
             .arg("--file")

@@ -5,14 +5,14 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 
-use crate::estargz::{Index, Layer, NodeKind, ROOT_INO, ReadAt, Toc};
 use base64::Engine as _;
+use rstargz_fs::estargz::{Index, Layer, NodeKind, ROOT_INO, ReadAt, Toc};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 /// `testdata/estargz` of the repository.
 pub fn testdata() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/estargz")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/estargz")
 }
 
 /// One case of `cases.json`.
