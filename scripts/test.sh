@@ -11,6 +11,11 @@ cd "$(dirname "$0")/.."
 # prerequisite fails them, never skips them.
 features=rstargz/system,rstargz-fs/system,rstargz-snapshotter/system
 
+# tests/it/bench_coldstart.rs runs target/<profile>/rstargz-bench, and
+# `cargo test` builds only the binaries of the packages whose integration
+# tests it runs (rstargz's, not rstargz-bench's).
+cargo build --workspace --bins --features "$features" 2>&1
+
 echo "== unit and integration tests (cargo test, system tier on)"
 cargo test --workspace --all-targets --features "$features" 2>&1
 
