@@ -78,10 +78,19 @@ impl Daemon {
     pub fn start_bin(bin: &Path, dir: &Path, extra: &[&str]) -> Daemon {
         let root = dir.join("root");
         let socket = dir.join("rstargz.sock");
-        // One log per start (restarts keep the earlier ones).
-        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = dir.join(format!("serve-{n}.log"));
+        // One log per start in `dir`, numbered from 0 (restarts keep the
+        // earlier ones): `serve-<n>.log` is this directory's n-th daemon,
+        // whatever other tests in the same process start.
+        let (log, log_file) = (0..)
+            .find_map(|n| {
+                let log = dir.join(format!("serve-{n}.log"));
+                match std::fs::File::create_new(&log) {
+                    Ok(f) => Some((log, f)),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+                    Err(e) => panic!("create {}: {e}", log.display()),
+                }
+            })
+            .unwrap();
         let child = Command::new(bin)
             .arg("serve")
             .arg("--root")
@@ -92,7 +101,7 @@ impl Daemon {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(log_file)
             .spawn()
             .unwrap();
         let mut d = Daemon {
