@@ -5,7 +5,7 @@
 # named: it builds the whole daemon crate instrumented, which more than
 # doubles the build (see README, Reliability). Seeds come from testdata/estargz
 # and fuzz/seeds/<target>/; a crash input is copied to fuzz/regressions/<target>/
-# (replayed by tests/fuzz_regressions.rs under `cargo test`) and fails the run.
+# (replayed by tests/it/fuzz_regressions.rs under `cargo test`) and fails the run.
 # Uses `cargo +nightly` when rustup has it, else the stable toolchain with
 # RUSTC_BOOTSTRAP=1 (the sanitizer flags need it). cargo-fuzz is installed
 # pinned into ~/.cargo/bin once; the build is cached in $FUZZ_TARGET_DIR.

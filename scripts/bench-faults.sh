@@ -15,5 +15,5 @@ go_daemon=/usr/local/bin/containerd-stargz-grpc
 [ -x "$go_daemon" ] || bash scripts/setup-bench.sh  # builds the Go reference
 
 echo "machine: $(nproc) cores, kernel $(uname -r)" >&2
-FAULT_BENCH_DIRS=${1:-16} cargo test -q --release -p rstargz --test faults bench_full_read_under_faults \
+FAULT_BENCH_DIRS=${1:-16} cargo test -q --release -p rstargz --features system --test it faults::bench_full_read_under_faults \
   -- --ignored --nocapture 2>&1 | grep -v '^running\|^test \|^\.\?$'

@@ -4,7 +4,7 @@
 # Python image and the scripts' tables, and the Go reference snapshotter
 # containerd-stargz-grpc (the side-by-side baseline), built from Debian's Go
 # packages with the Go reference kit. Called by scripts/bench-*.sh and CI
-# (.ci/run: tests/bench_coldstart.rs runs the Go reference). Idempotent.
+# (.ci/run: tests/it/bench_coldstart.rs runs the Go reference). Idempotent.
 #
 # The kit (build.sh + main.go) is not part of this repository: it is the
 # project's shared bench kit, shared/bench/go-reference, which CI checks out

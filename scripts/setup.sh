@@ -2,7 +2,7 @@
 # Installs what building, running and testing rstargz needs on a fresh
 # Debian/Ubuntu machine (run as root). Idempotent: packages already present
 # are skipped. Needs nothing outside the repository; the benchmarks (and
-# tests/bench_coldstart.rs, their smoke test in CI) also need
+# tests/it/bench_coldstart.rs, their smoke test in CI) also need
 # scripts/setup-bench.sh (the Go reference snapshotter, plot fonts, Python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ packages=(
   zstd gzip tar    # format round-trip checks with the standard tools
   jq curl
   openssl          # test CA and certificates for the registry TLS tests
-  docker.io docker-compose  # the dev stack (docker-compose.yml), run by tests/compose.rs
+  docker.io docker-compose  # the dev stack (docker-compose.yml), run by tests/it/compose.rs
   mmdebstrap       # its Debian base image, made offline from the apt sources
   systemd          # systemd-analyze verify of deploy/rstargz.service (tests/systemd.rs)
 )

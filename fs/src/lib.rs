@@ -15,5 +15,3 @@ pub mod fuzzing;
 pub mod layer;
 pub mod purpose;
 pub mod registry;
-#[cfg(feature = "testutil")]
-pub mod testutil;

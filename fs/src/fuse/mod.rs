@@ -257,7 +257,7 @@ pub fn mount(
         MountOption::RO,
         MountOption::NoDev,
         // Setuid binaries of a layer still work in containers: the overlay
-        // mount on top, not this lower layer, decides (tests/security.rs).
+        // mount on top, not this lower layer, decides (tests/it/security.rs).
         MountOption::NoSuid,
         MountOption::DefaultPermissions,
     ];

@@ -20,6 +20,7 @@ pub use types::{
     Info, Kind, Labels, MAX_KEY_BYTES, MAX_LABEL_BYTES, Mount, Usage, validate_key, validate_labels,
 };
 
-#[cfg(test)]
+// Needs root (it bind-mounts): feature `system`, as in the integration tests.
+#[cfg(all(test, feature = "system"))]
 #[allow(clippy::unwrap_used)]
 mod remote_tests;

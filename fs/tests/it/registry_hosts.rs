@@ -1,0 +1,175 @@
+//! Endpoint selection with containerd's hosts.toml and our mirror config:
+//! a dead mirror is skipped for the next one, and finally the origin.
+#![allow(clippy::unwrap_used, clippy::single_range_in_vec_init)]
+
+use crate::common;
+
+use bytes::Bytes;
+use common::proxy::FaultProxy;
+use common::registry::TestRegistry;
+use common::{closed_port, push_anonymously, test_blob, test_config};
+use rstargz_fs::registry::{MirrorConfig, Purpose, Reference, Registry};
+
+#[tokio::test]
+async fn hosts_toml_dead_mirror_falls_back_to_next_mirror() {
+    let reg = TestRegistry::start().await;
+    let proxy = FaultProxy::start(reg.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let blob = test_blob(70_000, 11);
+    let reference = Reference::parse(&reg.reference("mirrored/blob")).unwrap();
+    let digest = push_anonymously(&reg, "mirrored/blob", &blob).await;
+
+    // The registry name is the origin; its hosts.toml lists a dead mirror,
+    // then the proxy as a working mirror, then the origin as server.
+    let certs = dir.path().join("certs.d");
+    let host_dir = certs.join(reg.host().replace(':', "_") + "_");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!(
+            "server = \"http://{origin}\"\n\n[host.\"http://127.0.0.1:{dead}\"]\n  capabilities = [\"pull\", \"resolve\"]\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\"]\n",
+            origin = reg.host(),
+            dead = closed_port(),
+            mirror = proxy.host()
+        ),
+    )
+    .unwrap();
+    let mut config = test_config(&dir.path().join("none.json"));
+    config.hosts.certs_dir = Some(certs);
+    let registry = Registry::new(config).unwrap();
+    let fetcher = registry.open_blob(&reference, &digest, None).await.unwrap();
+    assert_eq!(fetcher.current_host().unwrap().host, proxy.host());
+    let got = fetcher
+        .fetch_ranges(&[1..11], Purpose::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(&got[0].1[..], &blob[1..11]);
+    let seen = proxy.seen();
+    assert!(!seen.is_empty());
+    let ns = format!("?ns={}", reg.host());
+    assert!(
+        seen.iter().all(|s| s.path.ends_with(&ns)),
+        "mirror requests carry ?ns=: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn dead_configured_mirror_falls_back_to_origin() {
+    let reg = TestRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&dir.path().join("none.json"));
+    config.hosts.mirrors.insert(
+        reg.host(),
+        vec![MirrorConfig {
+            host: format!("127.0.0.1:{}", closed_port()),
+            insecure: true,
+        }],
+    );
+    let registry = Registry::new(config).unwrap();
+    let reference = Reference::parse(&reg.reference("origin/blob")).unwrap();
+    let blob = test_blob(5000, 5);
+    let digest = registry
+        .push_blob(&reference, Bytes::from(blob.clone()))
+        .await
+        .unwrap();
+    let fetcher = registry
+        .open_blob(&reference, &digest, Some(5000))
+        .await
+        .unwrap();
+    assert_eq!(fetcher.current_host().unwrap().host, reg.host());
+    assert!(!fetcher.current_host().unwrap().is_mirror);
+    let got = fetcher
+        .fetch_ranges(&[4000..5000], Purpose::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(&got[0].1[..], &blob[4000..5000]);
+
+    // With only dead endpoints the error names the failure, typed.
+    let dead_origin = format!("127.0.0.1:{}", closed_port());
+    let mut config = test_config(&dir.path().join("none.json"));
+    config.hosts.mirrors.insert(
+        dead_origin.clone(),
+        vec![MirrorConfig {
+            host: format!("127.0.0.1:{}", closed_port()),
+            insecure: true,
+        }],
+    );
+    let registry = Registry::new(config).unwrap();
+    let reference = Reference::parse(&format!("{dead_origin}/x/y")).unwrap();
+    let err = registry
+        .open_blob(&reference, &digest, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            rstargz_fs::registry::RegistryError::AllHostsFailed { tried: 2, .. }
+        ),
+        "{err}"
+    );
+}
+
+fn write_hosts_toml(certs: &std::path::Path, registry: &str, body: &str) {
+    let dir = certs.join(registry);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hosts.toml"), body).unwrap();
+}
+
+#[tokio::test]
+async fn tls_is_verified_and_hosts_toml_ca_or_skip_verify_opt_in() {
+    let reg = TestRegistry::start_tls().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs.d");
+    let none = dir.path().join("none.json");
+    let with_hosts = |body: String| {
+        write_hosts_toml(&certs, &reg.host(), &body);
+        let mut config = test_config(&none);
+        config.hosts.certs_dir = Some(certs.clone());
+        Registry::new(config).unwrap()
+    };
+    let reference = Reference::parse(&reg.reference("tls/blob")).unwrap();
+    let blob = test_blob(3000, 9);
+
+    // A CA from hosts.toml makes the registry trusted.
+    let trusted = with_hosts(format!(
+        "server = \"https://{}\"\nca = \"{}\"\n",
+        reg.host(),
+        reg.ca_path().display()
+    ));
+    let digest = trusted
+        .push_blob(&reference, Bytes::from(blob.clone()))
+        .await
+        .unwrap();
+    let fetcher = trusted.open_blob(&reference, &digest, None).await.unwrap();
+    let got = fetcher
+        .fetch_ranges(&[100..200], Purpose::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(&got[0].1[..], &blob[100..200]);
+
+    // Without it, verification fails: no silent downgrade.
+    let untrusted = with_hosts(format!("server = \"https://{}\"\n", reg.host()));
+    let err = untrusted
+        .open_blob(&reference, &digest, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, rstargz_fs::registry::RegistryError::Unreachable { .. }),
+        "{err}"
+    );
+
+    // skip_verify is an explicit opt-out.
+    let skipping = with_hosts(format!(
+        "server = \"https://{}\"\nskip_verify = true\n",
+        reg.host()
+    ));
+    let fetcher = skipping
+        .open_blob(&reference, &digest, Some(3000))
+        .await
+        .unwrap();
+    let got = fetcher
+        .fetch_ranges(&[0..3000], Purpose::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(&got[0].1[..], &blob[..]);
+}

@@ -1,0 +1,85 @@
+//! CI smoke test of the cold-start benchmark: `rstargz-bench cold-start
+//! --quick` end to end (tiny image, one run, loopback and the shaped link)
+//! must produce a figure for every mode, including the Go reference, plus
+//! the markdown report and the PNG plots. Checks that the lazy modes fetch
+//! less than the full pull, not how fast anything is. Needs root,
+//! containerd, runc, ctr-remote, docker-registry, busybox-static (from
+//! scripts/setup.sh), DejaVu fonts and the Go reference daemon (from
+//! scripts/setup-bench.sh); a missing one fails the test. Takes about 40 s.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+const MODES: [&str; 5] = ["overlayfs", "rstargz", "rstargz-prio", "go", "go-prio"];
+const LINKS: [&str; 2] = ["loopback", "20ms-100mbit"];
+
+#[test]
+fn quick_cold_start_produces_every_figure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, work) = (tmp.path().join("out"), tmp.path().join("work"));
+    let rstargz = Path::new(env!("CARGO_BIN_EXE_rstargz"));
+    let bench = rstargz.with_file_name("rstargz-bench");
+    assert!(
+        bench.is_file(),
+        "{} not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        bench.display()
+    );
+    let run = Command::new(&bench)
+        // Without background fetch the bytes counted are what pull and
+        // workload asked for, which is what the laziness check below needs.
+        .args(["cold-start", "--quick", "--no-background-fetch"])
+        .arg("--rstargz")
+        .arg(rstargz)
+        .arg("--out")
+        .arg(&out)
+        .arg("--work")
+        .arg(&work)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let image = &report["images"][0];
+    let (plain, needed) = (
+        image["plain_bytes"].as_u64().unwrap(),
+        image["needs"]["needed_bytes"].as_u64().unwrap(),
+    );
+    assert!(image["prioritized_files"].as_u64().unwrap() > 0, "{image}");
+    assert!(needed > 0 && needed * 2 < plain, "{image}");
+    let samples = report["samples"].as_array().unwrap();
+    for link in LINKS {
+        for mode in MODES {
+            let s = samples
+                .iter()
+                .find(|s| s["link"] == link && s["mode"] == mode)
+                .unwrap_or_else(|| panic!("no figure for {mode} over {link}"));
+            let (total, bytes) = (s["total_s"].as_f64().unwrap(), s["bytes"].as_u64().unwrap());
+            assert!(total > 0.0 && s["requests"].as_u64().unwrap() > 0, "{s}");
+            if mode == "overlayfs" {
+                assert!(bytes >= plain, "the full pull fetched {bytes} of {plain}");
+                assert!(s["local_run_s"].as_f64().unwrap() > 0.0, "{s}");
+            } else {
+                // Lazy: about what the workload needs, far below the image.
+                assert!(bytes >= needed / 2 && bytes * 2 < plain, "{mode}: {s}");
+            }
+        }
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("Go stargz + prio") && md.contains("### Targets"),
+        "{md}"
+    );
+    for link in LINKS {
+        let png = std::fs::read(out.join(format!("cold-start-{link}.png"))).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{link}");
+    }
+    // The snapshotter logs of every run are kept for inspection.
+    assert!(out.join("logs").read_dir().unwrap().count() >= 2 * MODES.len());
+}

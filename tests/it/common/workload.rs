@@ -1,0 +1,70 @@
+//! The end-to-end tests' workload: an image of busybox-static, a few MB of
+//! incompressible data and many small files, the checksum command a
+//! container runs over it and the expected output, plus host-side checks
+//! of what containers leave behind (cgroups, mounts).
+
+use std::path::{Path, PathBuf};
+
+pub use rstargz_test_support::host::{cgroup_dirs, unmount_all_under};
+use rstargz_test_support::test_blob;
+use sha2::Digest as _;
+
+/// busybox-static on the host: the image's only executable.
+pub const BUSYBOX: &str = "/bin/busybox";
+/// Files the container checksums (paths inside the image).
+pub const CHECKED: &[&str] = &["/data/a.bin", "/data/b.bin", "/tree/d07/f013.txt"];
+
+/// Three layer trees under `dir`: busybox, a few MB of incompressible data,
+/// and many small files.
+pub fn image_layers(dir: &Path) -> Vec<PathBuf> {
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "{BUSYBOX} is missing: install busybox-static (scripts/setup.sh)"
+    );
+    let base = dir.join("l-base");
+    std::fs::create_dir_all(base.join("bin")).unwrap();
+    std::fs::copy(BUSYBOX, base.join("bin/busybox")).unwrap();
+    for d in ["proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(base.join(d)).unwrap();
+    }
+    let data = dir.join("l-data");
+    std::fs::create_dir_all(data.join("data")).unwrap();
+    std::fs::write(data.join("data/a.bin"), test_blob(3 << 20, 11)).unwrap();
+    std::fs::write(data.join("data/b.bin"), test_blob((2 << 20) + 4321, 12)).unwrap();
+    let tree = dir.join("l-tree");
+    for d in 0..20 {
+        let sub = tree.join(format!("tree/d{d:02}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..25 {
+            std::fs::write(
+                sub.join(format!("f{f:03}.txt")),
+                format!("file {d}/{f}\n").repeat(f + 1),
+            )
+            .unwrap();
+        }
+    }
+    vec![base, data, tree]
+}
+
+/// The shell command a container of the image runs: `sha256sum` of
+/// [`CHECKED`].
+pub fn sums_script() -> String {
+    format!("cd / && /bin/busybox sha256sum {}", CHECKED.join(" "))
+}
+
+/// What [`sums_script`] prints for the image made of `layers`.
+pub fn expected_sums(layers: &[PathBuf]) -> String {
+    CHECKED
+        .iter()
+        .map(|p| {
+            let host = layers
+                .iter()
+                .map(|l| l.join(&p[1..]))
+                .find(|f| f.exists())
+                .unwrap();
+            let sum = sha2::Sha256::digest(std::fs::read(host).unwrap());
+            let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{hex}  {p}\n")
+        })
+        .collect()
+}
