@@ -13,8 +13,8 @@ use rstargz_fs::cache::ChunkCacheConfig;
 use rstargz_fs::estargz::{self, Verify};
 use rstargz_fs::layer::Purpose;
 use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE};
-use rstargz_fs::testutil::{TestLayer, closed_port, test_config};
 use rstargz_snapshotter::snapshot::Labels;
+use rstargz_test_support::{TestLayer, closed_port, test_config};
 
 use super::*;
 use crate::decline::source_of;
