@@ -28,7 +28,7 @@ use rstargz_fs::estargz::WriterOptions;
 use rstargz_fs::registry::{Registry, RegistryConfig};
 
 use self::images::{Kind, LargeShape, Workload};
-use self::procs::{Binaries, Containerd, Guard, Snapshotter};
+use self::procs::{Binaries, Containerd, Snapshotter};
 use crate::shaper::{Link, Shaper};
 use rstargz_image::build::{self, BuildOptions};
 use rstargz_image::{self as image, ConvertOptions, ImageRef, Quiet};
@@ -282,7 +282,7 @@ fn record(w: &Workload, reference: &str, opts: &Options) -> anyhow::Result<Vec<S
         .arg(&config)
         .arg("--record")
         .arg(&list);
-    let mut mount = Guard::spawn("rstargz mount", cmd, &dir.join("mount.log"))?;
+    let mut mount = procs::spawn("rstargz mount", cmd, &dir.join("mount.log"))?;
     mount.wait_until(|| procs::is_mountpoint(&rootfs))?;
     // The workloads redirect to /dev/null: lend the host's /dev.
     let dev = rootfs.join("dev");

@@ -4,106 +4,17 @@
 //! SIGKILL after a bounded wait) when its guard drops.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-/// How long a daemon may take to come up or go down.
-const DEADLINE: Duration = Duration::from_secs(30);
+pub use rstargz_test_support::process::ProcessGuard as Guard;
 
-/// A child process stopped on drop.
-#[derive(Debug)]
-pub struct Guard {
-    child: Child,
-    name: &'static str,
-    log: PathBuf,
-}
-
-impl Guard {
-    /// Spawns `cmd` with stdout and stderr into `log`.
-    pub fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> anyhow::Result<Guard> {
-        let out =
-            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
-        // Daemons die with the benchmark, however it ends.
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("start {name} ({:?})", cmd.get_program()))?;
-        Ok(Guard {
-            child,
-            name,
-            log: log.to_path_buf(),
-        })
-    }
-
-    /// Polls `ready` until it holds, failing if the process exits or the
-    /// deadline passes.
-    pub fn wait_until(&mut self, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
-        let start = Instant::now();
-        while !ready() {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited ({status}): {}", self.name, self.log_tail());
-            }
-            if start.elapsed() > DEADLINE {
-                bail!(
-                    "{} not ready after {DEADLINE:?}: {}",
-                    self.name,
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let start = text.len().saturating_sub(2000);
-        text.get(start..).unwrap_or_default().to_string()
-    }
-
-    /// SIGTERM, a bounded wait, then SIGKILL.
-    pub fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let start = Instant::now();
-        while matches!(self.child.try_wait(), Ok(None)) && start.elapsed() < DEADLINE {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// The process id.
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// Starts `cmd` under a [`Guard`], logging into `log`; the process dies
+/// with the benchmark, however the benchmark ends.
+pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> std::io::Result<Guard> {
+    rstargz_test_support::process::die_with_spawning_thread(&mut cmd);
+    Guard::spawn(name, cmd, log)
 }
 
 fn socket_up(path: &Path) -> bool {
@@ -123,7 +34,7 @@ pub fn start_registry(dir: &Path, addr: std::net::SocketAddr) -> anyhow::Result<
     )?;
     let mut cmd = Command::new("docker-registry");
     cmd.arg("serve").arg(&config);
-    let mut g = Guard::spawn("docker-registry", cmd, &dir.join("registry.log"))?;
+    let mut g = spawn("docker-registry", cmd, &dir.join("registry.log"))?;
     g.wait_until(|| std::net::TcpStream::connect(addr).is_ok())?;
     Ok(g)
 }
@@ -211,7 +122,7 @@ pub fn start_snapshotter(
         }
     };
     let log = dir.join(format!("{}.log", which.plugin()));
-    let mut g = Guard::spawn(which.plugin(), cmd, &log)?;
+    let mut g = spawn(which.plugin(), cmd, &log)?;
     g.wait_until(|| socket_up(&socket))?;
     Ok((g, socket))
 }
@@ -253,7 +164,7 @@ impl Containerd {
         std::fs::write(&path, config)?;
         let mut cmd = Command::new("containerd");
         cmd.arg("--config").arg(&path);
-        let mut guard = Guard::spawn("containerd", cmd, &dir.join("containerd.log"))?;
+        let mut guard = spawn("containerd", cmd, &dir.join("containerd.log"))?;
         let probe = socket.clone();
         guard.wait_until(|| {
             Command::new("ctr")

@@ -4,13 +4,17 @@
 //! the test (scripts/setup.sh installs containerd and stargz-snapshotter).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use crate::daemon::{DEADLINE, wait_for};
+use crate::process::ProcessGuard;
 
 /// A running containerd; SIGTERMed (then killed) on drop.
 pub struct Containerd {
-    child: Child,
+    // Held to stop containerd when dropped, after `drop` has deleted the
+    // tasks (fields drop afterwards).
+    #[allow(dead_code)]
+    process: ProcessGuard,
     /// The gRPC socket.
     pub socket: PathBuf,
     /// The directory holding its config, root, state, sockets and log.
@@ -46,24 +50,18 @@ impl Containerd {
             ),
         )
         .unwrap();
-        let mut child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("containerd.log")).unwrap())
-            .spawn()
-            .expect("containerd is installed (scripts/setup.sh)");
-        wait_for("containerd socket", || {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "containerd exited: {}",
-                std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
-            );
-            std::os::unix::net::UnixStream::connect(&socket).is_ok()
-        });
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config").arg(&config);
+        let mut process = ProcessGuard::spawn("containerd", cmd, &dir.join("containerd.log"))
+            .unwrap_or_else(|e| panic!("containerd is installed (scripts/setup.sh): {e}"))
+            .with_deadline(DEADLINE);
+        if let Err(e) =
+            process.wait_until(|| std::os::unix::net::UnixStream::connect(&socket).is_ok())
+        {
+            panic!("containerd socket: {e}");
+        }
         Containerd {
-            child,
+            process,
             socket,
             dir: dir.to_path_buf(),
         }
@@ -148,15 +146,8 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // Then `process` stops containerd itself.
         self.kill_tasks();
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = std::time::Instant::now() + DEADLINE;
-        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -8,13 +8,14 @@
 
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 
 use crate::containerd::Containerd;
 use crate::host::{cgroup_dirs, unmount_all_under};
+use crate::process::ProcessGuard;
 
 /// Limit of ordinary docker commands.
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(120);
@@ -195,7 +196,7 @@ pub fn base_rootfs() -> PathBuf {
 /// A scratch `dockerd` on its own socket, with its own containerd; SIGTERMed
 /// (then killed) on drop, its leftover mounts detached.
 pub struct Dockerd {
-    child: Child,
+    process: ProcessGuard,
     dir: PathBuf,
     /// `unix://` address for `DOCKER_HOST`.
     pub host: String,
@@ -238,8 +239,8 @@ impl Dockerd {
         let log = dir.join("dockerd.log");
         // Not the default `docker`: that one may be another dockerd's.
         let cgroup_parent = format!("rstargz-dockerd-{}", std::process::id());
-        let child = Command::new("dockerd")
-            .arg("--config-file")
+        let mut cmd = Command::new("dockerd");
+        cmd.arg("--config-file")
             .arg(&daemon_json)
             .arg("--data-root")
             .arg(&data_root)
@@ -260,20 +261,16 @@ impl Dockerd {
                 "--ip-forward=false",
                 "--ip-masq=false",
                 "--userland-proxy=false",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn();
-        let child = match child {
-            Ok(c) => c,
+            ]);
+        let process = match ProcessGuard::spawn("dockerd", cmd, &log) {
+            Ok(p) => p.with_deadline(Duration::from_secs(30)),
             Err(e) => {
                 let _ = nix::mount::umount2(&data_root, nix::mount::MntFlags::MNT_DETACH);
                 panic!("dockerd (install docker.io: scripts/setup.sh): {e}");
             }
         };
         let mut d = Dockerd {
-            child,
+            process,
             host: format!("unix://{}", socket.display()),
             client_config,
             cgroup_parent,
@@ -287,7 +284,7 @@ impl Dockerd {
             Duration::from_millis(100),
             || {
                 assert!(
-                    d.child.try_wait().unwrap().is_none(),
+                    d.process.exited().is_none(),
                     "dockerd exited: {}",
                     log_text()
                 );
@@ -334,14 +331,8 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Its mounts and cgroups go only once it has stopped.
+        self.process.stop();
         unmount_all_under(&self.dir);
         for d in cgroup_dirs(&self.cgroup_parent) {
             let _ = std::fs::remove_dir(d);

@@ -2,7 +2,8 @@
 //! `docker-registry` per test ([`registry`]), a fault proxy with counters in
 //! front of it ([`proxy`]), the golden eStargz cases with checkers
 //! ([`golden`]), process guards for the daemon ([`daemon`]), a scratch
-//! containerd ([`containerd`]) and a scratch dockerd ([`docker`]), host
+//! containerd ([`containerd`]) and a scratch dockerd ([`docker`]) over one
+//! process guard ([`process`]), host
 //! checks ([`host`]) and small helpers. Test code: it panics on any setup
 //! failure, and a missing prerequisite fails, never skips.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -12,6 +13,7 @@ pub mod daemon;
 pub mod docker;
 pub mod golden;
 pub mod host;
+pub mod process;
 pub mod proxy;
 pub mod registry;
 
