@@ -1,7 +1,8 @@
 //! A scratch containerd for integration tests: its own root, state, sockets
-//! and config (CRI off), with rstargz registered as a `proxy_plugins`
-//! snapshotter, and `ctr`/`ctr-remote` against it. A missing binary fails
-//! the test (scripts/setup.sh installs containerd and stargz-snapshotter).
+//! and config (CRI off, or on with [`Containerd::start_cri`]), with rstargz
+//! registered as a `proxy_plugins` snapshotter, and `ctr`/`ctr-remote`
+//! against it. A missing binary fails the test (scripts/setup.sh installs
+//! containerd and stargz-snapshotter).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -11,6 +12,9 @@ use crate::daemon::{DEADLINE, wait_for};
 /// A running containerd; SIGTERMed (then killed) on drop.
 pub struct Containerd {
     child: Child,
+    /// Whether the CRI plugin is on (drop then also detaches what CRI
+    /// mounted under the state and root directories, e.g. sandbox shm).
+    cri: bool,
     /// The gRPC socket.
     pub socket: PathBuf,
     /// The directory holding its config, root, state, sockets and log.
@@ -31,13 +35,67 @@ impl Containerd {
 
     /// Starts containerd under `dir` with `extra` appended to its config.
     pub fn start_with(dir: &Path, extra: &str) -> Containerd {
+        Containerd::start_config(dir, false, extra)
+    }
+
+    /// Starts containerd under `dir` with its CRI plugin on, as kubelet
+    /// uses it: images pulled into and containers run on the snapshotter
+    /// at `snapshotter_socket` (registered as `plugin`) with the CRI
+    /// snapshot labels on, `cri.sandbox_image` as the pause image, the
+    /// registry at `cri.plain_http_registry` spoken to over plain HTTP, and
+    /// CNI pointed at empty directories under `dir` (pods must use the host
+    /// network). The CRI service is served on [`Containerd::socket`].
+    pub fn start_cri(
+        dir: &Path,
+        snapshotter_socket: &Path,
+        plugin: &str,
+        cri: &CriConfig,
+    ) -> Containerd {
+        let certs = dir.join("certs.d");
+        let host = &cri.plain_http_registry;
+        std::fs::create_dir_all(certs.join(host)).unwrap();
+        std::fs::write(
+            certs.join(host).join("hosts.toml"),
+            format!(
+                "server = \"http://{host}\"\n[host.\"http://{host}\"]\n  \
+                 capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        )
+        .unwrap();
+        let (cni_bin, cni_conf) = (dir.join("cni-bin"), dir.join("cni-conf"));
+        std::fs::create_dir_all(&cni_bin).unwrap();
+        std::fs::create_dir_all(&cni_conf).unwrap();
+        let cri_plugin = "plugins.\"io.containerd.grpc.v1.cri\"";
+        Containerd::start_config(
+            dir,
+            true,
+            &format!(
+                "[proxy_plugins.{plugin}]\n  type = \"snapshot\"\n  \
+                 address = {snapshotter_socket:?}\n\
+                 [{cri_plugin}]\n  sandbox_image = {sandbox:?}\n  \
+                 restrict_oom_score_adj = true\n  disable_apparmor = true\n  \
+                 enable_selinux = false\n\
+                 [{cri_plugin}.containerd]\n  snapshotter = {plugin:?}\n  \
+                 disable_snapshot_annotations = false\n\
+                 [{cri_plugin}.cni]\n  bin_dir = {cni_bin:?}\n  conf_dir = {cni_conf:?}\n\
+                 [{cri_plugin}.registry]\n  config_path = {certs:?}\n",
+                sandbox = cri.sandbox_image,
+            ),
+        )
+    }
+
+    fn start_config(dir: &Path, cri: bool, extra: &str) -> Containerd {
         let socket = dir.join("containerd.sock");
         let config = dir.join("containerd.toml");
+        let disabled = if cri {
+            ""
+        } else {
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
+        };
         std::fs::write(
             &config,
             format!(
-                "version = 2\nroot = {root:?}\nstate = {state:?}\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                "version = 2\nroot = {root:?}\nstate = {state:?}\n{disabled}\
                  [grpc]\n  address = {socket:?}\n\
                  [ttrpc]\n  address = {ttrpc:?}\n{extra}",
                 root = dir.join("croot"),
@@ -64,6 +122,7 @@ impl Containerd {
         });
         Containerd {
             child,
+            cri,
             socket,
             dir: dir.to_path_buf(),
         }
@@ -157,7 +216,23 @@ impl Drop for Containerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.cri {
+            // Sandbox shm and anything else CRI left mounted (a test that
+            // failed before RemovePodSandbox).
+            for d in ["cstate", "croot"] {
+                crate::host::unmount_all_under(&self.dir.join(d));
+            }
+        }
     }
+}
+
+/// What [`Containerd::start_cri`] configures in the CRI plugin.
+#[derive(Debug, Clone)]
+pub struct CriConfig {
+    /// The pause image (its entrypoint must keep running).
+    pub sandbox_image: String,
+    /// `host:port` of a registry to reach over plain HTTP.
+    pub plain_http_registry: String,
 }
 
 /// containerd 1.6 puts shim sockets under `/run/containerd/s` whatever its
