@@ -236,7 +236,8 @@ pub struct CriConfig {
 }
 
 /// containerd 1.6 puts shim sockets under `/run/containerd/s` whatever its
-/// `state` says; removes those directories on drop if they were not there
+/// `state` says (and CRI's runc root under `/run/containerd/runc`); removes
+/// those directories on drop if they were not there
 /// before (only when empty: another containerd may be using them).
 pub struct RunDirGuard {
     existed: bool,
@@ -262,7 +263,8 @@ impl Default for RunDirGuard {
 impl Drop for RunDirGuard {
     fn drop(&mut self) {
         if !self.existed {
-            for d in ["s", "runc", ""] {
+            // `runc/k8s.io`: runc's root for CRI's namespace.
+            for d in ["s", "runc/k8s.io", "runc", ""] {
                 let _ = std::fs::remove_dir(Path::new(RUN_DIR).join(d));
             }
         }
