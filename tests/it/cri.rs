@@ -430,16 +430,8 @@ async fn cri_pull_and_run_through_containerd() {
         "one FUSE mount per layer"
     );
 
-    let sandbox_id = cri
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd.log_text()))
-        .into_inner()
-        .pod_sandbox_id;
+    let mut pod = Pod::run(&mut cri, &ctrd, &sandbox).await;
+    let sandbox_id = pod.id.clone().unwrap();
     let want = expected_sums(&layers);
     assert_eq!(
         cri.run_sums(&sandbox_id, &sandbox, &esgz_ref, "esgz").await,
@@ -475,18 +467,7 @@ async fn cri_pull_and_run_through_containerd() {
     );
 
     // Tear the pod down as kubelet does; nothing of it stays mounted.
-    cri.runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: sandbox_id.clone(),
-        })
-        .await
-        .unwrap();
-    cri.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: sandbox_id,
-        })
-        .await
-        .unwrap();
+    pod.remove(&mut cri).await;
     for d in ["cstate", "croot"] {
         let left = mounts_under(&dir.join(d));
         assert!(
@@ -500,6 +481,79 @@ async fn cri_pull_and_run_through_containerd() {
     let left = unmount_all_under(dir);
     assert!(left.is_empty(), "mounts left under the temp dir: {left:?}");
     eprintln!("CRI end to end in {:?}", started.elapsed());
+}
+
+/// A running pod sandbox; stopped and removed over CRI on drop too (a
+/// failed test), before the containerd guard kills what is left.
+struct Pod {
+    socket: PathBuf,
+    id: Option<String>,
+}
+
+impl Pod {
+    /// RunPodSandbox.
+    async fn run(cri: &mut Cri, ctrd: &Containerd, config: &cri::PodSandboxConfig) -> Pod {
+        let id = cri
+            .runtime
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd.log_text()))
+            .into_inner()
+            .pod_sandbox_id;
+        Pod {
+            socket: ctrd.socket.clone(),
+            id: Some(id),
+        }
+    }
+
+    /// StopPodSandbox and RemovePodSandbox, as kubelet tears a pod down.
+    async fn remove(&mut self, cri: &mut Cri) {
+        let id = self.id.take().unwrap();
+        stop_and_remove(&mut cri.runtime, &id).await.unwrap();
+    }
+}
+
+async fn stop_and_remove(
+    runtime: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+) -> Result<(), tonic::Status> {
+    runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await?;
+    runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await?;
+    Ok(())
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        let socket = self.socket.clone();
+        // Drop may run on the test's runtime: a thread of its own blocks.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let Ok(channel) = rstargz_snapshotter::client::channel(&socket).await else {
+                    return;
+                };
+                let mut runtime = RuntimeServiceClient::new(channel);
+                let res = tokio::time::timeout(DEADLINE, stop_and_remove(&mut runtime, &id)).await;
+                eprintln!("pod {id} torn down after a failure: {res:?}");
+            });
+        })
+        .join();
+    }
 }
 
 /// The pod's cgroup parent: runc removes the containers' cgroups below it,
