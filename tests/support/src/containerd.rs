@@ -62,6 +62,9 @@ impl Containerd {
             ),
         )
         .unwrap();
+        // containerd 1.6's CRI creates `conf_dir` if missing (to watch it;
+        // the default is the host's /etc/cni/net.d) and reads `bin_dir` only
+        // to set up a pod network, which host-network pods skip.
         let (cni_bin, cni_conf) = (dir.join("cni-bin"), dir.join("cni-conf"));
         std::fs::create_dir_all(&cni_bin).unwrap();
         std::fs::create_dir_all(&cni_conf).unwrap();
