@@ -1,4 +1,4 @@
-//! Compiles the vendored containerd protos with protox (no system `protoc`)
+//! Compiles the vendored containerd and cri-api protos with protox (no system `protoc`)
 //! and generates prost messages plus tonic client and server code.
 
 use std::path::PathBuf;
@@ -6,6 +6,7 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "containerd/api/types/mount.proto",
     "containerd/api/services/snapshots/v1/snapshots.proto",
+    "k8s/cri-api/runtime/v1/api.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,5 +1,6 @@
 //! Generated containerd protos: the Snapshots service (v1) and the Mount type,
-//! as served by rstargz. See `SOURCES` for the upstream tag. The module tree
+//! as served by rstargz; and Kubernetes' CRI (`runtime.v1`), as kubelet
+//! speaks it to containerd's CRI plugin. See `SOURCES` for the upstream tag. The module tree
 //! mirrors the proto packages because prost's generated code refers to
 //! sibling packages with relative `super::` paths.
 
@@ -24,8 +25,17 @@ pub mod containerd {
     }
 }
 
+/// Proto package root `runtime`.
+pub mod runtime {
+    /// `runtime.v1`: the CRI RuntimeService and ImageService (cri-api).
+    pub mod v1 {
+        tonic::include_proto!("runtime.v1");
+    }
+}
+
 pub use containerd::services::snapshots::v1 as snapshots;
 pub use containerd::types;
 pub use prost;
 pub use prost_types;
+pub use runtime::v1 as cri;
 pub use tonic;

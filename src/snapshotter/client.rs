@@ -12,9 +12,15 @@ pub type Client = SnapshotsClient<Channel>;
 
 /// Connects to a Snapshots service listening on the unix socket `socket`.
 pub async fn connect(socket: &Path) -> Result<Client, tonic::transport::Error> {
+    Ok(SnapshotsClient::new(channel(socket).await?))
+}
+
+/// A gRPC channel to the unix socket `socket`, for any generated client
+/// (the tests also speak CRI to containerd over it).
+pub async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
     let socket: PathBuf = socket.to_path_buf();
     // The URI is required by tonic but unused: the connector dials the socket.
-    let channel = Endpoint::from_static("http://[::]:0")
+    Endpoint::from_static("http://[::]:0")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
             async move {
@@ -23,6 +29,5 @@ pub async fn connect(socket: &Path) -> Result<Client, tonic::transport::Error> {
                 ))
             }
         }))
-        .await?;
-    Ok(SnapshotsClient::new(channel))
+        .await
 }

@@ -31,6 +31,8 @@ mod containerd; // root: containerd
 #[cfg(feature = "system")]
 mod crash_mixed; // root: FUSE; registry
 #[cfg(feature = "system")]
+mod cri; // root: containerd's CRI plugin, runc; registry
+#[cfg(feature = "system")]
 mod e2e_containerd; // root: containerd, runc, ctr-remote; registry
 #[cfg(feature = "system")]
 mod faults; // root: FUSE; registry behind the fault proxy

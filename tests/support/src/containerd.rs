@@ -1,7 +1,8 @@
 //! A scratch containerd for integration tests: its own root, state, sockets
-//! and config (CRI off), with rstargz registered as a `proxy_plugins`
-//! snapshotter, and `ctr`/`ctr-remote` against it. A missing binary fails
-//! the test (scripts/setup.sh installs containerd and stargz-snapshotter).
+//! and config (CRI off, or on with [`Containerd::start_cri`]), with rstargz
+//! registered as a `proxy_plugins` snapshotter, and `ctr`/`ctr-remote`
+//! against it. A missing binary fails the test (scripts/setup.sh installs
+//! containerd and stargz-snapshotter).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -11,10 +12,11 @@ use crate::process::ProcessGuard;
 
 /// A running containerd; SIGTERMed (then killed) on drop.
 pub struct Containerd {
-    // Held to stop containerd when dropped, after `drop` has deleted the
-    // tasks (fields drop afterwards).
-    #[allow(dead_code)]
+    // Stopped when dropped, after `drop` has deleted the tasks.
     process: ProcessGuard,
+    /// Whether the CRI plugin is on (drop then also detaches what CRI
+    /// mounted under the state and root directories, e.g. sandbox shm).
+    cri: bool,
     /// The gRPC socket.
     pub socket: PathBuf,
     /// The directory holding its config, root, state, sockets and log.
@@ -35,13 +37,70 @@ impl Containerd {
 
     /// Starts containerd under `dir` with `extra` appended to its config.
     pub fn start_with(dir: &Path, extra: &str) -> Containerd {
+        Containerd::start_config(dir, false, extra)
+    }
+
+    /// Starts containerd under `dir` with its CRI plugin on, as kubelet
+    /// uses it: images pulled into and containers run on the snapshotter
+    /// at `snapshotter_socket` (registered as `plugin`) with the CRI
+    /// snapshot labels on, `cri.sandbox_image` as the pause image, the
+    /// registry at `cri.plain_http_registry` spoken to over plain HTTP, and
+    /// CNI pointed at empty directories under `dir` (pods must use the host
+    /// network). The CRI service is served on [`Containerd::socket`].
+    pub fn start_cri(
+        dir: &Path,
+        snapshotter_socket: &Path,
+        plugin: &str,
+        cri: &CriConfig,
+    ) -> Containerd {
+        let certs = dir.join("certs.d");
+        let host = &cri.plain_http_registry;
+        std::fs::create_dir_all(certs.join(host)).unwrap();
+        std::fs::write(
+            certs.join(host).join("hosts.toml"),
+            format!(
+                "server = \"http://{host}\"\n[host.\"http://{host}\"]\n  \
+                 capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        )
+        .unwrap();
+        // containerd 1.6's CRI creates `conf_dir` if missing (to watch it;
+        // the default is the host's /etc/cni/net.d) and reads `bin_dir` only
+        // to set up a pod network, which host-network pods skip.
+        let (cni_bin, cni_conf) = (dir.join("cni-bin"), dir.join("cni-conf"));
+        std::fs::create_dir_all(&cni_bin).unwrap();
+        std::fs::create_dir_all(&cni_conf).unwrap();
+        let cri_plugin = "plugins.\"io.containerd.grpc.v1.cri\"";
+        Containerd::start_config(
+            dir,
+            true,
+            &format!(
+                "[proxy_plugins.{plugin}]\n  type = \"snapshot\"\n  \
+                 address = {snapshotter_socket:?}\n\
+                 [{cri_plugin}]\n  sandbox_image = {sandbox:?}\n  \
+                 restrict_oom_score_adj = true\n  disable_apparmor = true\n  \
+                 enable_selinux = false\n\
+                 [{cri_plugin}.containerd]\n  snapshotter = {plugin:?}\n  \
+                 disable_snapshot_annotations = false\n\
+                 [{cri_plugin}.cni]\n  bin_dir = {cni_bin:?}\n  conf_dir = {cni_conf:?}\n\
+                 [{cri_plugin}.registry]\n  config_path = {certs:?}\n",
+                sandbox = cri.sandbox_image,
+            ),
+        )
+    }
+
+    fn start_config(dir: &Path, cri: bool, extra: &str) -> Containerd {
         let socket = dir.join("containerd.sock");
         let config = dir.join("containerd.toml");
+        let disabled = if cri {
+            ""
+        } else {
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
+        };
         std::fs::write(
             &config,
             format!(
-                "version = 2\nroot = {root:?}\nstate = {state:?}\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                "version = 2\nroot = {root:?}\nstate = {state:?}\n{disabled}\
                  [grpc]\n  address = {socket:?}\n\
                  [ttrpc]\n  address = {ttrpc:?}\n{extra}",
                 root = dir.join("croot"),
@@ -62,6 +121,7 @@ impl Containerd {
         }
         Containerd {
             process,
+            cri,
             socket,
             dir: dir.to_path_buf(),
         }
@@ -146,13 +206,30 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // Then `process` stops containerd itself.
         self.kill_tasks();
+        self.process.stop();
+        if self.cri {
+            // Sandbox shm and anything else CRI left mounted (a test that
+            // failed before RemovePodSandbox).
+            for d in ["cstate", "croot"] {
+                crate::host::unmount_all_under(&self.dir.join(d));
+            }
+        }
     }
 }
 
+/// What [`Containerd::start_cri`] configures in the CRI plugin.
+#[derive(Debug, Clone)]
+pub struct CriConfig {
+    /// The pause image (its entrypoint must keep running).
+    pub sandbox_image: String,
+    /// `host:port` of a registry to reach over plain HTTP.
+    pub plain_http_registry: String,
+}
+
 /// containerd 1.6 puts shim sockets under `/run/containerd/s` whatever its
-/// `state` says; removes those directories on drop if they were not there
+/// `state` says (and CRI's runc root under `/run/containerd/runc`); removes
+/// those directories on drop if they were not there
 /// before (only when empty: another containerd may be using them).
 pub struct RunDirGuard {
     existed: bool,
@@ -178,7 +255,8 @@ impl Default for RunDirGuard {
 impl Drop for RunDirGuard {
     fn drop(&mut self) {
         if !self.existed {
-            for d in ["s", "runc", ""] {
+            // `runc/k8s.io`: runc's root for CRI's namespace.
+            for d in ["s", "runc/k8s.io", "runc", ""] {
                 let _ = std::fs::remove_dir(Path::new(RUN_DIR).join(d));
             }
         }
