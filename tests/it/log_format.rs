@@ -82,20 +82,15 @@ impl Serve {
 
     /// SIGINT, then waits (bounded) for the exit.
     fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if start.elapsed() > DEADLINE {
+        let child = self.child.take().unwrap();
+        match rstargz_test_support::daemon::signal_and_wait(child, nix::sys::signal::Signal::SIGINT)
+        {
+            Ok(status) => status,
+            Err(mut child) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!("serve did not exit on SIGINT: {}", self.log_text());
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

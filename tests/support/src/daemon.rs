@@ -152,22 +152,16 @@ impl Daemon {
 
     /// Sends `signal` and waits (bounded) for the exit status.
     pub fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-        nix::sys::signal::kill(pid, signal).unwrap();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if start.elapsed() > DEADLINE {
+        let child = self.child.take().unwrap();
+        match signal_and_wait(child, signal) {
+            Ok(status) => status,
+            Err(mut child) => {
                 let states = thread_states(child.id());
                 // Abort its mounts so the stuck process can go.
                 rstargz_remote::restore::detach_stale_mounts(&self.root, &[]);
                 let _ = child.wait();
                 panic!("daemon did not exit on {signal}; its threads:\n{states}");
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -208,6 +202,26 @@ impl Drop for Daemon {
             rstargz_remote::restore::detach_stale_mounts(&self.root, &[]);
             let _ = child.wait();
         }
+    }
+}
+
+/// Sends `signal` to `child` and waits up to [`DEADLINE`] for its exit
+/// status; the child comes back, still running, if it does not exit.
+pub fn signal_and_wait(
+    mut child: Child,
+    signal: nix::sys::signal::Signal,
+) -> Result<ExitStatus, Child> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, signal).unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Ok(status);
+        }
+        if start.elapsed() > DEADLINE {
+            return Err(child);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
