@@ -8,6 +8,15 @@ use std::time::Duration;
 
 const BINARY: &str = "/usr/bin/docker-registry";
 
+/// docker-registry's config: storing under `data`, serving plain HTTP on
+/// `addr`, deletes allowed; auth and TLS sections may follow (`http:` is last).
+pub fn config_yml(data: &std::path::Path, addr: SocketAddr) -> String {
+    format!(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+        data.display()
+    )
+}
+
 /// A running registry.
 pub struct TestRegistry {
     child: Child,
@@ -52,10 +61,7 @@ impl TestRegistry {
         let dir = tempfile::tempdir().unwrap();
         let port = super::closed_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-            dir.path().join("data").display()
-        );
+        let mut config = config_yml(&dir.path().join("data"), addr);
         if let Some(line) = htpasswd {
             let path = dir.path().join("htpasswd");
             std::fs::write(&path, line).unwrap();

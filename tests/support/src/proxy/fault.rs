@@ -1,4 +1,4 @@
-//! A small HTTP/1.1 fault proxy in front of a real registry, one request per
+//! The fault policy: a small HTTP/1.1 proxy in front of a real registry, one request per
 //! connection. It records every request, can misbehave on purpose (ignore
 //! Range, redirect blob reads to an expiring location, demand bearer tokens),
 //! injects transient faults at random per request ([`FaultPlan`]: resets,
