@@ -1,14 +1,32 @@
 //! Configuration of remote layers. Flattened into the daemon's config file,
 //! with the Go reference's key names where the concept is the same
 //! (`noprefetch`, `prefetch_timeout_sec`, `[blob] fetching_timeout_sec`,
-//! `[fuse] attr_timeout`, `resolver.host."<h>".mirrors`, …).
+//! `[fuse] attr_timeout`, `resolver.host."<h>".mirrors`, …). Every key of
+//! the Go reference's file is accepted: those with a meaning here are
+//! applied (see [`super::policy`]), the others (its own cache and metadata
+//! designs) are read and have no effect, so a Go node's `config.toml`
+//! works unchanged. The README's table says which is which.
 
-use std::collections::HashMap;
+mod sections;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rstargz_fs::registry::{Backoff, HostsConfig, MirrorConfig, RegistryConfig};
+use rstargz_fs::registry::{Backoff, HostsConfig, RegistryConfig};
 use serde::Deserialize;
+
+pub use sections::{
+    BackgroundSection, BlobSection, CacheSection, DEFAULT_LIVE_RESTART_TIMEOUT_SEC,
+    DEFAULT_READ_AMPLIFY_BYTES, DEFAULT_STREAM_WINDOW_BYTES, FuseManagerSection, FuseSection,
+    ResolverHost, ResolverSection,
+};
+
+/// Default of `metrics_max_layer_labels`.
+pub const DEFAULT_MAX_LAYER_LABELS: usize = 100;
+
+/// Smallest registry request body `[blob] prefetch_chunk_size` may ask for:
+/// tinier requests would cost a round trip per few bytes.
+pub const MIN_REQUEST_BYTES: u64 = 4096;
 
 /// Top-level remote keys and their sections.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -18,6 +36,16 @@ pub struct RemoteConfig {
     pub disable_remote: bool,
     /// TCP `host:port` serving Prometheus `/metrics` (off when unset).
     pub metrics_address: Option<String>,
+    /// No metrics listener even with `metrics_address` (Go's key).
+    pub no_prometheus: bool,
+    /// Unix socket serving `/debug/vars` (and `/metrics` unless
+    /// `no_prometheus`), as the Go reference's `debug_address`.
+    pub debug_address: Option<PathBuf>,
+    /// Distinct `layer` label values in the Go-named per-layer metrics
+    /// (our key); layers mounted beyond it are summed as `layer="overflow"`.
+    pub metrics_max_layer_labels: usize,
+    /// A debug log line at the first open of each file of a layer (Go's key).
+    pub log_file_access: bool,
     /// Prefetch size (compressed bytes) of layers without a landmark; the
     /// `stargz.prefetch` label overrides it.
     pub prefetch_size: u64,
@@ -34,12 +62,34 @@ pub struct RemoteConfig {
     pub disable_verification: bool,
     /// Concurrent background fetches over all layers.
     pub max_concurrency: usize,
+    /// Go's go-fuse debug log; no effect (`log_level` says what is logged).
+    pub debug: bool,
+    /// Go's lazy pulling from IPFS; not supported (a warning when on).
+    pub ipfs: bool,
+    /// Go's TOC store (`memory`, `db`); no effect (TOCs are indexed in
+    /// memory and their copies kept under `<root>/layers`).
+    pub metadata_store: Option<String>,
+    /// Go's cache of compressed blob ranges; no effect.
+    pub http_cache_type: Option<String>,
+    /// Go's cache of file contents; no effect (`[directory_cache]` sizes ours).
+    pub filesystem_cache_type: Option<String>,
+    /// Go's cache of resolved layers; no effect (a layer is resolved once
+    /// per mount, and the following layers of an image are warmed).
+    pub resolve_result_entry_ttl_sec: Option<i64>,
+    /// Go's deprecated form of the key above; no effect.
+    pub resolve_result_entry: Option<i64>,
+    /// Go's threshold for not waiting on prefetch; no effect (Prepare never
+    /// waits for the prefetch here).
+    pub prefetch_async_size: Option<i64>,
     /// `[background_fetch]`: bandwidth and pausing (our own keys).
     pub background_fetch: BackgroundSection,
     /// `[blob]`: registry reads.
     pub blob: BlobSection,
     /// `[fuse]`: mounts.
     pub fuse: FuseSection,
+    /// `[fuse_manager]`: Go's separate FUSE process; no effect (the fd
+    /// holder keeps mounts across restarts, see `[fuse] live_restart`).
+    pub fuse_manager: FuseManagerSection,
     /// `[directory_cache]`: chunk caches.
     pub directory_cache: CacheSection,
     /// `[resolver]`: endpoints and credentials.
@@ -51,6 +101,10 @@ impl Default for RemoteConfig {
         RemoteConfig {
             disable_remote: false,
             metrics_address: None,
+            no_prometheus: false,
+            debug_address: None,
+            metrics_max_layer_labels: DEFAULT_MAX_LAYER_LABELS,
+            log_file_access: false,
             prefetch_size: 0,
             prefetch_timeout_sec: 10,
             noprefetch: false,
@@ -58,187 +112,22 @@ impl Default for RemoteConfig {
             allow_no_verification: false,
             disable_verification: false,
             max_concurrency: 2,
+            debug: false,
+            ipfs: false,
+            metadata_store: None,
+            http_cache_type: None,
+            filesystem_cache_type: None,
+            resolve_result_entry_ttl_sec: None,
+            resolve_result_entry: None,
+            prefetch_async_size: None,
             background_fetch: BackgroundSection::default(),
             blob: BlobSection::default(),
             fuse: FuseSection::default(),
+            fuse_manager: FuseManagerSection::default(),
             directory_cache: CacheSection::default(),
             resolver: ResolverSection::default(),
         }
     }
-}
-
-/// `[background_fetch]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct BackgroundSection {
-    /// Bandwidth of background fetching over all layers (0: unbounded).
-    pub max_bytes_per_sec: u64,
-    /// Background fetching waits until no on-demand read has gone to a
-    /// registry for this long (ms). Long enough to cover the gap between a
-    /// pull and its container's first reads: a shorter wait lets the
-    /// background fetch take the link the workload is about to need.
-    pub silence_period_msec: u64,
-    /// A layer without a prioritized region and at most this many
-    /// compressed bytes is streamed whole right after its mount, without
-    /// waiting for silence (0: never).
-    pub stream_layer_max_bytes: u64,
-    /// Compressed bytes per request when a layer is streamed.
-    pub stream_window_bytes: u64,
-}
-
-impl Default for BackgroundSection {
-    fn default() -> Self {
-        BackgroundSection {
-            max_bytes_per_sec: 0,
-            silence_period_msec: 3000,
-            stream_layer_max_bytes: 64 << 20,
-            stream_window_bytes: 1 << 20,
-        }
-    }
-}
-
-/// `[blob]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct BlobSection {
-    /// Timeout of one range request (s).
-    pub fetching_timeout_sec: u64,
-    /// Retries of a failed request.
-    pub max_retries: u32,
-    /// Smallest retry backoff (ms).
-    pub min_wait_msec: u64,
-    /// Largest retry backoff (ms).
-    pub max_wait_msec: u64,
-    /// Never send multi-range requests.
-    pub force_single_range_mode: bool,
-    /// Check skips the registry probe for a layer read successfully within
-    /// this many seconds.
-    pub valid_interval: u64,
-    /// Always probe in Check (`valid_interval = 0`).
-    pub check_always: bool,
-    /// An on-demand request not answered within four times the usual
-    /// latency and at least this many ms is sent again, first answer wins
-    /// (our key; 0: never).
-    pub hedge_after_msec: u64,
-    /// Compressed bytes an on-demand read may fetch beyond its chunk, to
-    /// cache the following files of the layer with the same request (our
-    /// own key; 0 turns it off).
-    pub read_amplify_bytes: u64,
-}
-
-impl Default for BlobSection {
-    fn default() -> Self {
-        BlobSection {
-            fetching_timeout_sec: 300,
-            max_retries: 5,
-            min_wait_msec: 30,
-            max_wait_msec: 300_000,
-            force_single_range_mode: false,
-            valid_interval: 60,
-            check_always: false,
-            hedge_after_msec: 200,
-            read_amplify_bytes: 256 << 10,
-        }
-    }
-}
-
-/// `[fuse]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct FuseSection {
-    /// Attribute TTL (s); layers are immutable, so the default is long.
-    pub attr_timeout: Option<u64>,
-    /// Entry TTL (s).
-    pub entry_timeout: Option<u64>,
-    /// A read not answered within this many seconds fails with EIO (our
-    /// key; default 30).
-    pub read_timeout_sec: Option<u64>,
-    /// Kernel FUSE passthrough for fully cached large files. On by default:
-    /// a mount whose kernel refuses it falls back to normal reads by itself.
-    pub passthrough: bool,
-    /// Keep the FUSE connections open across a SIGTERM restart (through
-    /// `rstargz fd-holder`), so running containers never lose their layers.
-    pub live_restart: bool,
-    /// How long the fd holder keeps the connections of a daemon that died
-    /// for the next one (our key); then it lets go, and reads on those
-    /// mounts fail with ENOTCONN instead of waiting.
-    pub live_restart_timeout_sec: u64,
-}
-
-/// Default of `[fuse] live_restart_timeout_sec`: long enough for a service
-/// manager to restart a crashed daemon.
-pub const DEFAULT_LIVE_RESTART_TIMEOUT_SEC: u64 = 300;
-
-impl Default for FuseSection {
-    fn default() -> Self {
-        FuseSection {
-            attr_timeout: None,
-            entry_timeout: None,
-            read_timeout_sec: None,
-            passthrough: true,
-            live_restart: true,
-            live_restart_timeout_sec: DEFAULT_LIVE_RESTART_TIMEOUT_SEC,
-        }
-    }
-}
-
-/// `[directory_cache]` (our own keys: the Go reference's are specific to
-/// its cache design).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct CacheSection {
-    /// Directory of the disk chunk cache (default `<root>/cache`).
-    pub dir: Option<PathBuf>,
-    /// Bound of the disk chunk cache in bytes.
-    pub max_bytes: u64,
-    /// Bound of the in-memory chunk cache in bytes.
-    pub memory_bytes: u64,
-}
-
-impl Default for CacheSection {
-    fn default() -> Self {
-        CacheSection {
-            dir: None,
-            max_bytes: 10 << 30,
-            memory_bytes: 256 << 20,
-        }
-    }
-}
-
-/// `[resolver]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct ResolverSection {
-    /// Timeout of one small request (s).
-    pub request_timeout_sec: u64,
-    /// Mirrors per registry host (`[[resolver.host."docker.io".mirrors]]`).
-    pub host: HashMap<String, ResolverHost>,
-    /// Hosts reached over plain HTTP (loopback always is).
-    pub insecure_hosts: Vec<String>,
-    /// containerd's `certs.d` directory.
-    pub config_path: Option<PathBuf>,
-    /// docker `config.json` with credentials.
-    pub docker_config: Option<PathBuf>,
-}
-
-impl Default for ResolverSection {
-    fn default() -> Self {
-        ResolverSection {
-            request_timeout_sec: 30,
-            host: HashMap::new(),
-            insecure_hosts: Vec::new(),
-            config_path: None,
-            docker_config: None,
-        }
-    }
-}
-
-/// `resolver.host."<h>"`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct ResolverHost {
-    /// Tried in order before the host itself.
-    pub mirrors: Vec<MirrorConfig>,
 }
 
 impl RemoteConfig {
@@ -251,8 +140,25 @@ impl RemoteConfig {
         }
     }
 
+    /// Settings that ask for something rstargz does not do, as warnings
+    /// to log at start-up.
+    pub fn unsupported_settings(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.ipfs {
+            out.push("ipfs = true: lazy pulling from IPFS is not supported; such layers are pulled whole");
+        }
+        out
+    }
+
     /// The registry client's settings.
     pub fn registry_config(&self) -> RegistryConfig {
+        let defaults = RegistryConfig::default();
+        // Go splits a prefetch into requests of `prefetch_chunk_size`; here
+        // every long read is split at the largest request body.
+        let max_request_bytes = match u64::try_from(self.blob.prefetch_chunk_size) {
+            Ok(n) if n > 0 => n.max(MIN_REQUEST_BYTES),
+            _ => defaults.max_request_bytes,
+        };
         RegistryConfig {
             hosts: HostsConfig {
                 certs_dir: self.resolver.config_path.clone(),
@@ -272,10 +178,11 @@ impl RemoteConfig {
                 max: Duration::from_millis(self.blob.max_wait_msec),
                 max_retries: self.blob.max_retries,
             },
+            max_request_bytes,
             force_single_range: self.blob.force_single_range_mode,
             hedge_after_min: (self.blob.hedge_after_msec > 0)
                 .then(|| Duration::from_millis(self.blob.hedge_after_msec)),
-            ..RegistryConfig::default()
+            ..defaults
         }
     }
 }
@@ -284,6 +191,7 @@ impl RemoteConfig {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use rstargz_fs::registry::StringOrList;
 
     #[test]
     fn go_reference_keys_parse() {
@@ -299,6 +207,8 @@ attr_timeout = 1
 [[resolver.host."docker.io".mirrors]]
 host = "mirror.example:5000"
 insecure = true
+request_timeout_sec = 9
+header = { x-mirror-token = "t", x-list = ["a", "b"] }
 "#,
         )
         .unwrap();
@@ -307,9 +217,42 @@ insecure = true
         assert_eq!(c.fuse.attr_timeout, Some(1));
         let r = c.registry_config();
         assert_eq!(r.fetch_timeout, Duration::from_secs(7));
-        assert_eq!(r.hosts.mirrors["docker.io"][0].host, "mirror.example:5000");
+        let mirror = &r.hosts.mirrors["docker.io"][0];
+        assert_eq!(mirror.host, "mirror.example:5000");
+        assert_eq!(mirror.request_timeout_sec, 9);
+        assert_eq!(
+            mirror.header.get("x-mirror-token"),
+            Some(&StringOrList::One("t".into()))
+        );
         assert!(toml::from_str::<RemoteConfig>("noprefetch = 3").is_err());
         assert_eq!(c.background_fetch, BackgroundSection::default());
+    }
+
+    #[test]
+    fn prefetch_chunk_size_bounds_each_request() {
+        let d = RegistryConfig::default().max_request_bytes;
+        let size = |toml: &str| {
+            toml::from_str::<RemoteConfig>(toml)
+                .unwrap()
+                .registry_config()
+                .max_request_bytes
+        };
+        assert_eq!(size(""), d);
+        assert_eq!(size("[blob]\nprefetch_chunk_size = 0\n"), d);
+        assert_eq!(size("[blob]\nprefetch_chunk_size = -1\n"), d);
+        assert_eq!(size("[blob]\nprefetch_chunk_size = 1048576\n"), 1 << 20);
+        assert_eq!(
+            size("[blob]\nprefetch_chunk_size = 10\n"),
+            MIN_REQUEST_BYTES
+        );
+    }
+
+    #[test]
+    fn only_ipfs_is_reported_unsupported() {
+        let c: RemoteConfig =
+            toml::from_str("ipfs = true\nmetadata_store = \"db\"\ndebug = true\n").unwrap();
+        assert_eq!(c.unsupported_settings().len(), 1);
+        assert!(RemoteConfig::default().unsupported_settings().is_empty());
     }
 
     #[test]
@@ -319,12 +262,12 @@ insecure = true
         )
         .unwrap();
         assert_eq!(c.background_fetch.stream_layer_max_bytes, 0);
-        assert_eq!(c.background_fetch.stream_window_bytes, 4096);
+        assert_eq!(c.background_fetch.stream_window_bytes, Some(4096));
         assert_eq!(c.background_fetch.silence_period_msec, 3000);
         let d = BackgroundSection::default();
         assert_eq!(
             (d.stream_layer_max_bytes, d.stream_window_bytes),
-            (64 << 20, 1 << 20)
+            (64 << 20, None)
         );
         let bad = "[background_fetch]\nstream_layer_max_bytes = \"big\"\n";
         assert!(toml::from_str::<RemoteConfig>(bad).is_err());

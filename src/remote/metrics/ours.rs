@@ -1,26 +1,20 @@
-//! Prometheus text exposition of the remote-layer counters, served on an
-//! optional TCP address (`metrics_address`) at `GET /metrics`.
+//! Our own metric families (`rstargz_*`).
 //!
 //! Counters of one layer (FUSE operations, verification failures) are
-//! summed over the layers mounted now, so they drop when a layer is
-//! unmounted; Prometheus treats such a drop as a counter reset.
+//! summed over the layers mounted now plus those already unmounted, so
+//! they never go backwards.
 
-use std::fmt::Write as _;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use rstargz_fs::fuse::READ_LATENCY_BUCKETS;
+use rstargz_fs::fuse::FuseStats;
 use rstargz_fs::registry::Purpose;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
-use super::stargz::StargzFs;
+use super::text::Exposition;
+use crate::stargz::{MountedStats, StargzFs};
 
 /// Reads one FUSE counter.
-type FuseCounter = fn(&rstargz_fs::fuse::FuseStats) -> u64;
-
-/// Largest request head read before answering.
-const MAX_REQUEST: usize = 8 << 10;
+type FuseCounter = fn(&FuseStats) -> u64;
 
 fn purpose_name(p: Purpose) -> &'static str {
     match p {
@@ -30,115 +24,99 @@ fn purpose_name(p: Purpose) -> &'static str {
     }
 }
 
-/// Appends one metric family with its samples (`labels` without braces).
-fn family<L: AsRef<str>>(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    samples: &[(L, u64)],
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        let labels = labels.as_ref();
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
+/// One family of plain samples.
+fn family(out: &mut Exposition, name: &str, kind: &str, help: &str, samples: &[(&str, &str, u64)]) {
+    out.family(name, kind, help);
+    for (label, value, n) in samples {
+        if label.is_empty() {
+            out.sample(name, &[], n);
         } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            out.sample(name, &[(label, value)], n);
         }
     }
 }
 
-/// The current metrics in the Prometheus text format (version 0.0.4).
-pub fn render(fs: &StargzFs) -> String {
-    let mut out = String::new();
+/// Writes our families.
+pub fn render(fs: &StargzFs, layers: &[MountedStats], out: &mut Exposition) {
     let reg = fs.registry().metrics();
-    let by_purpose = |values: &[u64; 3]| -> Vec<(String, u64)> {
+    let by_purpose = |values: &[u64; 3]| -> Vec<(&str, &str, u64)> {
         Purpose::BY_PRIORITY
             .iter()
-            .map(|p| {
-                (
-                    format!("purpose=\"{}\"", purpose_name(*p)),
-                    values[p.priority()],
-                )
-            })
+            .map(|p| ("purpose", purpose_name(*p), values[p.priority()]))
             .collect()
     };
-    let requests = by_purpose(&reg.requests);
     family(
-        &mut out,
+        out,
         "rstargz_fetch_requests_total",
         "counter",
         "Registry range requests by purpose.",
-        &requests,
+        &by_purpose(&reg.requests),
     );
-    let bytes = by_purpose(&reg.bytes);
     family(
-        &mut out,
+        out,
         "rstargz_fetch_bytes_total",
         "counter",
         "Bytes fetched from registries by purpose.",
-        &bytes,
+        &by_purpose(&reg.bytes),
     );
     family(
-        &mut out,
+        out,
         "rstargz_fetch_retries_total",
         "counter",
         "Retried registry requests.",
-        &[("", reg.retries)],
+        &[("", "", reg.retries)],
     );
     family(
-        &mut out,
+        out,
         "rstargz_fetch_hedged_total",
         "counter",
         "On-demand registry requests sent a second time because the first was slow to answer.",
-        &[("", reg.hedges)],
+        &[("", "", reg.hedges)],
     );
     let cache = fs.cache().stats();
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     family(
-        &mut out,
+        out,
         "rstargz_cache_hits_total",
         "counter",
         "Chunk cache hits by tier.",
         &[
-            ("tier=\"memory\"", load(&cache.memory_hits)),
-            ("tier=\"disk\"", load(&cache.disk_hits)),
+            ("tier", "memory", load(&cache.memory_hits)),
+            ("tier", "disk", load(&cache.disk_hits)),
         ],
     );
     family(
-        &mut out,
+        out,
         "rstargz_cache_misses_total",
         "counter",
         "Chunks fetched because no cache had them.",
-        &[("", load(&cache.fetches))],
+        &[("", "", load(&cache.fetches))],
     );
     family(
-        &mut out,
+        out,
         "rstargz_remote_mounts_total",
         "counter",
         "Layers mounted remotely (Prepare, restore, remount).",
-        &[("", load(&fs.metrics().mounted))],
+        &[("", "", load(&fs.metrics().mounted))],
     );
-    let layers = fs.mounted();
     family(
-        &mut out,
+        out,
         "rstargz_mounted_layers",
         "gauge",
         "Layers mounted now.",
-        &[("", layers.len() as u64)],
+        &[("", "", layers.len() as u64)],
     );
     let retired = fs.retired();
-    let sum = |f: &dyn Fn(&super::stargz::MountedStats) -> u64| layers.iter().map(f).sum::<u64>();
+    let sum = |f: &dyn Fn(&MountedStats) -> u64| layers.iter().map(f).sum::<u64>();
     // FUSE totals: mounted layers plus those already unmounted.
-    let fuse_sum =
-        |f: &dyn Fn(&rstargz_fs::fuse::FuseStats) -> u64| sum(&|m| f(&m.fuse)) + f(&retired.fuse);
+    let fuse_sum = |f: &dyn Fn(&FuseStats) -> u64| sum(&|m| f(&m.fuse)) + f(&retired.fuse);
     family(
-        &mut out,
+        out,
         "rstargz_verification_failures_total",
         "counter",
         "Chunks that failed to decode or verify.",
         &[(
+            "",
             "",
             sum(&|m| load(&m.layer.stats().bad_chunks)) + load(&retired.bad_chunks),
         )],
@@ -148,79 +126,41 @@ pub fn render(fs: &StargzFs) -> String {
         ("getattr", |s| s.getattrs.load(Ordering::Relaxed)),
         ("readdir", |s| s.readdirs.load(Ordering::Relaxed)),
         ("open", |s| s.opens.load(Ordering::Relaxed)),
-        ("read", |s| {
-            s.reads_inline.load(Ordering::Relaxed) + s.reads_async.load(Ordering::Relaxed)
-        }),
+        ("read", FuseStats::reads),
         ("read_error", |s| s.read_errors.load(Ordering::Relaxed)),
     ];
-    let op_samples: Vec<(String, u64)> = ops
+    let op_samples: Vec<(&str, &str, u64)> = ops
         .iter()
-        .map(|(name, get)| (format!("op=\"{name}\""), fuse_sum(get)))
+        .map(|(name, get)| ("op", *name, fuse_sum(get)))
         .collect();
     family(
-        &mut out,
+        out,
         "rstargz_fuse_operations_total",
         "counter",
         "FUSE operations.",
         &op_samples,
     );
-    let nanos = fuse_sum(&|f| load(&f.async_read_nanos));
-    let name = "rstargz_fuse_async_read_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Latency of FUSE reads that waited for a fetch or decode.\n# TYPE {name} histogram"
-    );
-    let mut cumulative = 0;
-    for (i, bound) in READ_LATENCY_BUCKETS.iter().enumerate() {
-        cumulative += fuse_sum(&|f| load(&f.async_read_buckets[i]));
-        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    let mut async_reads = retired.fuse.async_read_latency.snapshot();
+    for m in layers {
+        async_reads.merge(&m.fuse.async_read_latency.snapshot());
     }
-    cumulative += fuse_sum(&|f| load(&f.async_read_buckets[READ_LATENCY_BUCKETS.len()]));
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-    let _ = writeln!(out, "{name}_sum {}", nanos as f64 / 1e9);
-    let _ = writeln!(out, "{name}_count {cumulative}");
-    let declined: Vec<(String, u64)> = fs
-        .declines()
-        .into_iter()
-        .map(|(reason, n)| (format!("reason=\"{reason}\""), n))
+    let name = "rstargz_fuse_async_read_seconds";
+    out.family(
+        name,
+        "histogram",
+        "Latency of FUSE reads that waited for a fetch or decode.",
+    );
+    out.histogram(name, &[], &async_reads, Duration::from_secs(1));
+    let declined = fs.declines();
+    let declined: Vec<(&str, &str, u64)> = declined
+        .iter()
+        .map(|(reason, n)| ("reason", *reason, *n))
         .collect();
     family(
-        &mut out,
+        out,
         "rstargz_remote_declined_total",
         "counter",
         "Prepares that fell back to a local snapshot, by reason.",
         &declined,
     );
-    out
-}
-
-/// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, fs: Arc<StargzFs>) {
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            continue;
-        };
-        let fs = fs.clone();
-        tokio::spawn(async move {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
-                match conn.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let response = if head.starts_with(b"GET /metrics ") {
-                let body = render(&fs);
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
-            };
-            let _ = conn.write_all(response.as_bytes()).await;
-            let _ = conn.shutdown().await;
-        });
-    }
 }
