@@ -121,11 +121,11 @@ async fn a_go_nodes_config_and_dashboards_work_unchanged() {
             "{family}: {text}"
         );
     }
+    // The first layer's value of `family` for `operation`.
+    let of =
+        |family: &str, operation: &str| sample(&text, &format!("{family}{}", op(d0, operation)));
     let ms = "stargz_fs_operation_duration_milliseconds";
-    assert_eq!(
-        sample(&text, &format!("{ms}_count{}", op(d0, "mount"))),
-        1.0
-    );
+    assert_eq!(of(&format!("{ms}_count"), "mount"), 1.0);
     // Go's millisecond buckets, up to 16384.
     let top_bucket = format!("{ms}_bucket{{layer=\"{d0}\",operation_type=\"mount\",le=\"16384\"}}");
     assert_eq!(sample(&text, &top_bucket), 1.0, "{text}");
@@ -136,8 +136,10 @@ async fn a_go_nodes_config_and_dashboards_work_unchanged() {
         "stargz_toc_json_deserialize",
         "remote_registry_get",
     ] {
-        let series = format!("{ms}_count{}", op(d0, operation));
-        assert!(sample(&text, &series) >= 1.0, "{series}: {text}");
+        assert!(
+            of(&format!("{ms}_count"), operation) >= 1.0,
+            "{operation}: {text}"
+        );
     }
     let checks = format!(
         "{ms}_count{}",
@@ -148,40 +150,19 @@ async fn a_go_nodes_config_and_dashboards_work_unchanged() {
     );
     assert!(sample(&text, &checks) >= 2.0, "a Check per layer: {text}");
 
-    let reads = sample(
-        &text,
-        &format!(
-            "stargz_fs_operation_count{}",
-            op(d0, "on_demand_read_access_count")
-        ),
-    );
+    let reads = of("stargz_fs_operation_count", "on_demand_read_access_count");
     assert!(reads >= 1.0, "{text}");
     let us = "stargz_fs_operation_duration_microseconds";
-    assert_eq!(
-        sample(&text, &format!("{us}_count{}", op(d0, "read_on_demand"))),
-        reads
-    );
-    assert!(sample(&text, &format!("{us}_count{}", op(d0, "node_readdir"))) >= 1.0);
-    let served = sample(
-        &text,
-        &format!("stargz_fs_bytes_served{}", op(d0, "on_demand_bytes_served")),
-    );
+    assert_eq!(of(&format!("{us}_count"), "read_on_demand"), reads);
+    assert!(of(&format!("{us}_count"), "node_readdir") >= 1.0);
+    let served = of("stargz_fs_bytes_served", "on_demand_bytes_served");
     assert!(served >= DATA as f64, "{served} served of {DATA} read");
-    let fetches = sample(
-        &text,
-        &format!(
-            "stargz_fs_operation_count{}",
-            op(d0, "on_demand_remote_registry_fetch_count")
-        ),
+    let fetches = of(
+        "stargz_fs_operation_count",
+        "on_demand_remote_registry_fetch_count",
     );
     assert!(fetches >= 1.0, "{text}");
-    let fetched = sample(
-        &text,
-        &format!(
-            "stargz_fs_bytes_served{}",
-            op(d0, "on_demand_bytes_fetched")
-        ),
-    );
+    let fetched = of("stargz_fs_bytes_served", "on_demand_bytes_fetched");
     assert!(fetched > 0.0, "{text}");
 
     let at = format!("{{digest=\"{d0}\",mountpoint=\"{}\"}}", app.display());
@@ -251,22 +232,20 @@ async fn per_layer_series_are_bounded_and_go_with_their_layer() {
             b"listen = 8080\n"
         );
     }
-    let ms = "stargz_fs_operation_duration_milliseconds";
     let reads = |layer| {
         format!(
             "stargz_fs_operation_count{}",
             op(layer, "on_demand_read_access_count")
         )
     };
+    // Mounts counted under `layer` in `text`.
+    let mounts_of = |text: &str, layer| {
+        let ms = "stargz_fs_operation_duration_milliseconds";
+        sample(text, &format!("{ms}_count{}", op(layer, "mount")))
+    };
     let text = scrape(&metrics);
-    assert_eq!(
-        sample(&text, &format!("{ms}_count{}", op(d0, "mount"))),
-        1.0
-    );
-    assert_eq!(
-        sample(&text, &format!("{ms}_count{}", op("overflow", "mount"))),
-        1.0
-    );
+    assert_eq!(mounts_of(&text, d0), 1.0);
+    assert_eq!(mounts_of(&text, "overflow"), 1.0);
     assert!(!text.contains(d1), "the second layer is not named: {text}");
     assert!(text.contains(&format!("stargz_fs_layer_size_bytes{{digest=\"{d0}\"")));
     let overflow_reads = sample(&text, &reads("overflow"));
@@ -288,14 +267,8 @@ async fn per_layer_series_are_bounded_and_go_with_their_layer() {
     // top of what the overflow series kept.
     prepare_remote_chain_as(&mut c, "", &reference, &layers, &digests).await;
     let text = scrape(&metrics);
-    assert_eq!(
-        sample(&text, &format!("{ms}_count{}", op(d0, "mount"))),
-        1.0
-    );
-    assert_eq!(
-        sample(&text, &format!("{ms}_count{}", op("overflow", "mount"))),
-        2.0
-    );
+    assert_eq!(mounts_of(&text, d0), 1.0);
+    assert_eq!(mounts_of(&text, "overflow"), 2.0);
     daemon.stop();
 }
 

@@ -138,54 +138,47 @@ pub fn render(fs: &StargzFs, layers: &[MountedStats], out: &mut Exposition) {
         by_layer.entry(OVERFLOW_LAYER).or_default().merge(&retired);
     }
 
-    out.family(
-        MILLIS,
-        "histogram",
-        "Latency in milliseconds of stargz snapshotter operations, by operation type and layer.",
-    );
-    let ms = Duration::from_millis(1);
-    let checks = series.check_latency();
-    if checks.count() > 0 {
-        out.histogram(
-            MILLIS,
-            &labels(NO_LAYER, "all_prefetches_completed"),
-            &checks,
-            ms,
+    type Histograms = fn(&LayerSample) -> &BTreeMap<&'static str, HistogramSnapshot>;
+    let histograms: [(&str, &str, Duration, Histograms); 2] = [
+        (MILLIS, "milliseconds", Duration::from_millis(1), |s| {
+            &s.millis
+        }),
+        (MICROS, "microseconds", Duration::from_micros(1), |s| {
+            &s.micros
+        }),
+    ];
+    for (name, unit_name, unit, pick) in histograms {
+        out.family(
+            name,
+            "histogram",
+            &format!("Latency in {unit_name} of stargz snapshotter operations, by operation type and layer."),
         );
-    }
-    for (layer, sample) in &by_layer {
-        for (op, h) in sample.millis.iter().filter(|(_, h)| h.count() > 0) {
-            out.histogram(MILLIS, &labels(layer, op), h, ms);
+        let checks = series.check_latency();
+        if name == MILLIS && checks.count() > 0 {
+            let no_layer = labels(NO_LAYER, "all_prefetches_completed");
+            out.histogram(name, &no_layer, &checks, unit);
+        }
+        for (layer, sample) in &by_layer {
+            for (op, h) in pick(sample).iter().filter(|(_, h)| h.count() > 0) {
+                out.histogram(name, &labels(layer, op), h, unit);
+            }
         }
     }
-    out.family(
-        MICROS,
-        "histogram",
-        "Latency in microseconds of stargz snapshotter operations, by operation type and layer.",
-    );
-    for (layer, sample) in &by_layer {
-        for (op, h) in sample.micros.iter().filter(|(_, h)| h.count() > 0) {
-            out.histogram(MICROS, &labels(layer, op), h, Duration::from_micros(1));
-        }
-    }
-    out.family(
-        COUNT,
-        "counter",
-        "Count of stargz snapshotter operations, by operation type and layer.",
-    );
-    for (layer, sample) in &by_layer {
-        for (op, n) in sample.counts.iter().filter(|(_, n)| **n > 0) {
-            out.sample(COUNT, &labels(layer, op), n);
-        }
-    }
-    out.family(
-        BYTES,
-        "gauge",
-        "Bytes served by stargz snapshotter operations, by operation type and layer.",
-    );
-    for (layer, sample) in &by_layer {
-        for (op, n) in sample.bytes.iter().filter(|(_, n)| **n > 0) {
-            out.sample(BYTES, &labels(layer, op), n);
+    type Values = fn(&LayerSample) -> &BTreeMap<&'static str, u64>;
+    let values: [(&str, &str, &str, Values); 2] = [
+        (COUNT, "counter", "Count", |s| &s.counts),
+        (BYTES, "gauge", "Bytes served", |s| &s.bytes),
+    ];
+    for (name, kind, what, pick) in values {
+        out.family(
+            name,
+            kind,
+            &format!("{what} of stargz snapshotter operations, by operation type and layer."),
+        );
+        for (layer, sample) in &by_layer {
+            for (op, n) in pick(sample).iter().filter(|(_, n)| **n > 0) {
+                out.sample(name, &labels(layer, op), n);
+            }
         }
     }
     render_layer_sizes(layers, out);
