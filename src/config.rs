@@ -71,6 +71,18 @@ pub struct SnapshotterConfig {
     pub async_remove: bool,
     /// Local snapshot format (`--fallback` overrides).
     pub fallback: Fallback,
+    /// The Go reference's key: whether start-up goes on when a remote
+    /// layer cannot be restored (its snapshot's children are unavailable
+    /// until the layer mounts again at a later Check). Unset, it does;
+    /// `false` makes start-up fail, as in Go.
+    pub allow_invalid_mounts_on_restart: Option<bool>,
+}
+
+impl SnapshotterConfig {
+    /// Whether start-up goes on after remote layers failed to restore.
+    pub fn tolerates_failed_restores(&self) -> bool {
+        self.allow_invalid_mounts_on_restart.unwrap_or(true)
+    }
 }
 
 /// The local fallback: what snapshots are when a layer is not remote.
@@ -226,6 +238,68 @@ mod tests {
         assert!(Config::parse("[snapshotter]\nfallback = \"zfs\"").is_err());
         assert!(Config::parse("[snapshotter]\nasync_remove = \"yes\"").is_err());
         assert!(Config::parse("log_format = \"logfmt\"").is_err());
+    }
+
+    /// A Go stargz-snapshotter node's `config.toml` (every key of the Go
+    /// reference's) loads without an unknown key, and the keys that mean
+    /// something here take effect.
+    #[test]
+    fn every_go_reference_key_is_accepted_and_applied() {
+        use rstargz_fs::registry::RequestTimeout;
+        use rstargz_fs::registry::hosts::resolve_hosts;
+        use rstargz_remote::policy::Policies;
+        let text = include_str!("../tests/data/go_reference_config.toml")
+            .replace("@METRICS@", "127.0.0.1:8234")
+            .replace("@DEBUG@", "/run/stargz-debug.sock")
+            .replace("@REGISTRY@", "registry.example")
+            .replace("@MIRROR@", "mirror.example:5000");
+        let c = Config::parse(&text);
+        let Ok(c) = c else { panic!("parse: {c:?}") };
+        assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+        assert!(c.remote.unsupported_settings().is_empty());
+        assert!(c.snapshotter.tolerates_failed_restores());
+
+        let p = Policies::new(&c.remote, Path::new("/r"));
+        assert_eq!(p.metrics.listen.as_deref(), Some("127.0.0.1:8234"));
+        assert_eq!(
+            p.metrics.debug_socket.as_deref(),
+            Some(Path::new("/run/stargz-debug.sock"))
+        );
+        assert!(p.mount.log_file_access && p.cache.drop_page_cache);
+        assert!(!p.background.enabled && !p.mount.passthrough);
+        assert_eq!(p.read_amplify_bytes, 50000);
+        assert_eq!(p.background.stream_window_bytes, 50000);
+        assert_eq!(p.mount.attr_ttl, Some(std::time::Duration::from_secs(1)));
+        assert_eq!(p.check_validity, std::time::Duration::ZERO);
+
+        let r = c.remote.registry_config();
+        assert_eq!(r.backoff.max_retries, 2);
+        let hosts = resolve_hosts(&r.hosts, "registry.example");
+        let Ok(hosts) = hosts else {
+            panic!("hosts: {hosts:?}")
+        };
+        assert_eq!(hosts[0].api_root(), "http://mirror.example:5000/v2");
+        assert_eq!(
+            hosts[0].request_timeout,
+            RequestTimeout::After(std::time::Duration::from_secs(10))
+        );
+        assert!(
+            hosts[0]
+                .headers
+                .contains(&("x-rstargz-mirror".into(), "from-go-config".into()))
+        );
+        assert_eq!(hosts[0].headers.len(), 3, "{:?}", hosts[0].headers);
+        assert!(hosts[1].headers.is_empty());
+    }
+
+    #[test]
+    fn allow_invalid_mounts_on_restart_false_stops_start_up() {
+        let strict = Config::parse("[snapshotter]\nallow_invalid_mounts_on_restart = false\n");
+        let Ok(strict) = strict else {
+            panic!("parse: {strict:?}")
+        };
+        assert!(!strict.snapshotter.tolerates_failed_restores());
+        assert!(Config::default().snapshotter.tolerates_failed_restores());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod estargz;
 pub mod fuse;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod histogram;
 pub mod layer;
 pub mod purpose;
 pub mod registry;

@@ -104,6 +104,9 @@ fn start(args: ServeArgs, format: &mut LogFormat) -> anyhow::Result<()> {
     for key in &config.unknown_keys {
         tracing::warn!(key = %key, "unknown config key ignored");
     }
+    for setting in config.remote.unsupported_settings() {
+        tracing::warn!("{setting}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -127,13 +130,13 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
     } else {
         "enabled"
     };
-    // Kept alive until shutdown: dropping it stops the metrics server.
-    let mut _metrics_server = None;
+    // Kept alive until shutdown: dropping them stops the metrics servers.
+    let mut _metrics_servers = Vec::new();
     let mut stargz = None;
     if backend.supports_remote() {
         let (fs, stargz_fs, metrics) = remote_fs(&root, &config).await?;
         opts.remote = fs;
-        _metrics_server = metrics;
+        _metrics_servers = metrics;
         // Start-up order: (1) the mounts whose connection the fd holder
         // still keeps are set aside for take-over; (2) every other rstargz
         // mount under the root (no holder, live restart off, or unknown to
@@ -158,6 +161,12 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
         .context("restore remote layers")?;
     if restored + failed > 0 {
         tracing::info!(restored, failed, "remote layers restored");
+    }
+    if failed > 0 && !config.snapshotter.tolerates_failed_restores() {
+        bail!(
+            "{failed} remote layers could not be restored (their snapshots are named above) \
+             and allow_invalid_mounts_on_restart = false"
+        );
     }
     if let Some(live) = stargz.as_ref().and_then(|s| s.live()) {
         live.finish_adoption();
@@ -241,7 +250,7 @@ fn notify_systemd(state: sd_notify::NotifyState<'_>) {
     }
 }
 
-/// Stops the metrics server when the daemon stops.
+/// Stops a metrics server when the daemon stops.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -251,18 +260,14 @@ impl Drop for AbortOnDrop {
 }
 
 /// The filesystem of remote layers (eStargz over FUSE unless disabled), the
-/// same as [`StargzFs`] when it is one, and its metrics server when
-/// `metrics_address` is set.
+/// same as [`StargzFs`] when it is one, and its metrics servers
+/// (`metrics_address` unless `no_prometheus`, and `debug_address`).
 async fn remote_fs(
     root: &Path,
     config: &Config,
-) -> anyhow::Result<(
-    Arc<dyn RemoteFs>,
-    Option<Arc<StargzFs>>,
-    Option<AbortOnDrop>,
-)> {
+) -> anyhow::Result<(Arc<dyn RemoteFs>, Option<Arc<StargzFs>>, Vec<AbortOnDrop>)> {
     if config.remote.disable_remote {
-        return Ok((Arc::new(NoRemote), None, None));
+        return Ok((Arc::new(NoRemote), None, Vec::new()));
     }
     let mut fs = StargzFs::new(root, config.remote.clone()).context("set up remote layers")?;
     if config.remote.fuse.live_restart {
@@ -273,20 +278,26 @@ async fn remote_fs(
         }
     }
     let fs = Arc::new(fs);
-    let server = match &config.remote.metrics_address {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("bind metrics_address {addr}"))?;
-            tracing::info!(address = %addr, "serving metrics at /metrics");
-            Some(AbortOnDrop(tokio::spawn(rstargz_remote::metrics::serve(
-                listener,
-                fs.clone(),
-            ))))
-        }
-        None => None,
-    };
-    Ok((fs.clone(), Some(fs), server))
+    let policy = fs.policies().metrics.clone();
+    let mut servers = Vec::new();
+    if let Some(addr) = &policy.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind metrics_address {addr}"))?;
+        tracing::info!(address = %addr, "serving metrics at /metrics");
+        servers.push(AbortOnDrop(tokio::spawn(rstargz_remote::metrics::serve(
+            listener,
+            fs.clone(),
+        ))));
+    }
+    if let Some(path) = &policy.debug_socket {
+        let listener = bind(path).context("bind debug_address")?;
+        tracing::info!(socket = %path.display(), metrics = policy.enabled, "serving /debug/vars");
+        servers.push(AbortOnDrop(tokio::spawn(
+            rstargz_remote::metrics::serve_debug(listener, fs.clone(), policy.enabled),
+        )));
+    }
+    Ok((fs.clone(), Some(fs), servers))
 }
 
 /// Connects to the fd holder of `root`, starting it when needed (keeping

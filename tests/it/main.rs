@@ -33,6 +33,8 @@ mod crash_mixed; // root: FUSE; registry
 #[cfg(feature = "system")]
 mod cri; // root: containerd's CRI plugin, runc; registry
 #[cfg(feature = "system")]
+mod dropin; // root: FUSE; registry (a Go node's config and metrics)
+#[cfg(feature = "system")]
 mod e2e_containerd; // root: containerd, runc, ctr-remote; registry
 #[cfg(feature = "system")]
 mod faults; // root: FUSE; registry behind the fault proxy

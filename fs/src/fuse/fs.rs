@@ -12,7 +12,7 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use fuser::{
@@ -28,6 +28,7 @@ use super::freeze_gate::Held;
 use super::handover::{InitParams, Live};
 use super::overlay_view::OverlayView;
 use super::passthrough::OpenMode;
+use super::stats::FuseStats;
 use crate::cache::FileStore;
 use crate::estargz::{Index, Ino, NodeKind};
 use crate::layer::{LayerError, LayerReader};
@@ -83,71 +84,6 @@ pub fn errno(err: &FsError) -> Errno {
     }
 }
 
-/// Upper bounds (seconds) of the async read latency buckets.
-pub const READ_LATENCY_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
-
-/// Per-operation counters, for the daemon's metrics.
-#[derive(Debug, Default)]
-pub struct FuseStats {
-    /// lookup calls.
-    pub lookups: AtomicU64,
-    /// getattr calls.
-    pub getattrs: AtomicU64,
-    /// readdir and readdirplus calls.
-    pub readdirs: AtomicU64,
-    /// open calls.
-    pub opens: AtomicU64,
-    /// Reads answered inline from memory.
-    pub reads_inline: AtomicU64,
-    /// Reads answered from a worker task.
-    pub reads_async: AtomicU64,
-    /// Reads answered with an error (including timeouts).
-    pub read_errors: AtomicU64,
-    /// Reads that hit the timeout.
-    pub read_timeouts: AtomicU64,
-    /// Total nanoseconds spent in async reads.
-    pub async_read_nanos: AtomicU64,
-    /// Async reads per latency bucket: bucket `i` counts reads that took at
-    /// most [`READ_LATENCY_BUCKETS`]`[i]` seconds (not cumulative); the last
-    /// slot counts slower reads.
-    pub async_read_buckets: [AtomicU64; READ_LATENCY_BUCKETS.len() + 1],
-    /// Opens served with kernel passthrough.
-    pub passthrough_opens: AtomicU64,
-    /// Largest read request the kernel sent, in bytes.
-    pub max_read_request: AtomicU64,
-}
-
-impl FuseStats {
-    /// Adds the counts of `other` (a mount that is going away) to these, so
-    /// that totals summed over mounts never go backwards.
-    pub fn absorb(&self, other: &FuseStats) {
-        let add = |to: &AtomicU64, from: &AtomicU64| {
-            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
-        };
-        add(&self.lookups, &other.lookups);
-        add(&self.getattrs, &other.getattrs);
-        add(&self.readdirs, &other.readdirs);
-        add(&self.opens, &other.opens);
-        add(&self.reads_inline, &other.reads_inline);
-        add(&self.reads_async, &other.reads_async);
-        add(&self.read_errors, &other.read_errors);
-        add(&self.read_timeouts, &other.read_timeouts);
-        add(&self.async_read_nanos, &other.async_read_nanos);
-        for (to, from) in self
-            .async_read_buckets
-            .iter()
-            .zip(&other.async_read_buckets)
-        {
-            add(to, from);
-        }
-        add(&self.passthrough_opens, &other.passthrough_opens);
-        self.max_read_request.fetch_max(
-            other.max_read_request.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
-    }
-}
-
 /// The filesystem of one layer.
 pub struct LayerFs {
     layer: Arc<LayerReader>,
@@ -163,6 +99,8 @@ pub struct LayerFs {
     negative: FileAttr,
     /// Which inodes are being read sequentially (read-ahead only for those).
     access: AccessPattern,
+    /// Files already named in a "file accessed" line (`log_file_access`).
+    logged_opens: std::sync::Mutex<std::collections::HashSet<Ino>>,
 }
 
 impl LayerFs {
@@ -201,6 +139,7 @@ impl LayerFs {
             total_blocks: total_bytes / u64::from(BLOCK_SIZE),
             live,
             access: AccessPattern::default(),
+            logged_opens: std::sync::Mutex::default(),
             negative: FileAttr {
                 ino: INodeNo(0),
                 size: 0,
@@ -272,6 +211,23 @@ impl LayerFs {
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
             ),
+        }
+    }
+
+    /// The debug line of `log_file_access` (as the Go reference's): once
+    /// per file and mount, at its first open.
+    fn log_first_open(&self, ino: Ino) {
+        let Some(layer) = &self.opts.log_file_access else {
+            return;
+        };
+        let first = self
+            .logged_opens
+            .lock()
+            .is_ok_and(|mut seen| seen.insert(ino));
+        if let (true, Some(node)) = (first, self.index.node(ino)) {
+            let path = format!("/{}", self.index.path(ino).unwrap_or_default());
+            let mode = format!("{:#o}", node.permissions() & 0o777);
+            tracing::debug!(layer = %layer, path = %path, size = node.size(), mode = %mode, "file accessed");
         }
     }
 
@@ -379,12 +335,14 @@ impl LayerFs {
         mut add: impl FnMut(u64, &str, &FileAttr) -> bool,
     ) -> Result<(), FsError> {
         self.stats.readdirs.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         for (next, name, child) in self.dir_listing(ino, offset)? {
             let Ok(attr) = self.attr(child) else { continue };
             if add(next, name, &attr) {
                 break;
             }
         }
+        self.stats.readdir_latency.observe(started.elapsed());
         Ok(())
     }
 
@@ -528,6 +486,7 @@ impl Filesystem for LayerFs {
                 if let Some(log) = &self.opts.access_log {
                     log.record(&self.index, i);
                 }
+                self.log_first_open(i);
                 self.open_file(i, reply)
             }
             Err(e) => reply.error(errno(&e)),
@@ -570,6 +529,7 @@ impl Filesystem for LayerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let started = Instant::now();
         self.stats
             .max_read_request
             .fetch_max(u64::from(size), Ordering::Relaxed);
@@ -580,6 +540,7 @@ impl Filesystem for LayerFs {
         let sequential = self.access.record(ino, offset, u64::from(size));
         if let Some(data) = self.layer.read_cached(ino, offset, u64::from(size)) {
             self.stats.reads_inline.fetch_add(1, Ordering::Relaxed);
+            self.stats.read_latency.observe(started.elapsed());
             return reply.data(&data);
         }
         self.stats.reads_async.fetch_add(1, Ordering::Relaxed);
@@ -598,7 +559,7 @@ impl Filesystem for LayerFs {
         self.runtime.spawn(async move {
             // After a handover the successor answers (the read is resent).
             let Some(_pass) = gate.enter() else { return };
-            let started = Instant::now();
+            let waited = Instant::now();
             layer.read_ahead(
                 ino,
                 offset.saturating_add(u64::from(size)),
@@ -618,16 +579,8 @@ impl Filesystem for LayerFs {
                     Err(FsError::Timeout(timeout))
                 }
             };
-            let elapsed = started.elapsed();
-            stats.async_read_nanos.fetch_add(
-                u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
-                Ordering::Relaxed,
-            );
-            let bucket = READ_LATENCY_BUCKETS
-                .iter()
-                .position(|b| elapsed.as_secs_f64() <= *b)
-                .unwrap_or(READ_LATENCY_BUCKETS.len());
-            stats.async_read_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+            stats.async_read_latency.observe(waited.elapsed());
+            stats.read_latency.observe(started.elapsed());
             match res {
                 Ok(data) => reply.data(&data),
                 Err(e) => {

@@ -19,6 +19,7 @@ pub mod handover;
 pub mod mountinfo;
 pub mod overlay_view;
 pub mod passthrough;
+pub mod stats;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -28,10 +29,11 @@ use std::time::Duration;
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
 pub use self::access_log::AccessLog;
-pub use self::fs::{FsError, FuseStats, LayerFs, READ_LATENCY_BUCKETS, errno};
+pub use self::fs::{FsError, LayerFs, errno};
 use self::handover::Live;
 pub use self::handover::{HandoverState, InitParams};
 pub use self::overlay_view::{OpaqueXattr, OverlayView};
+pub use self::stats::FuseStats;
 use crate::cache::FileStore;
 use crate::layer::LayerReader;
 
@@ -74,6 +76,10 @@ pub struct MountOptions {
     pub passthrough_min_bytes: u64,
     /// Records the files opened (for `rstargz mount --record`).
     pub access_log: Option<AccessLog>,
+    /// Logs a debug line at the first open of each file, naming the layer
+    /// with this string (the Go reference's `log_file_access`); `None`
+    /// logs nothing.
+    pub log_file_access: Option<Arc<str>>,
 }
 
 impl Default for MountOptions {
@@ -91,6 +97,7 @@ impl Default for MountOptions {
             passthrough: None,
             passthrough_min_bytes: 1 << 20,
             access_log: None,
+            log_file_access: None,
         }
     }
 }

@@ -115,7 +115,7 @@ pub(crate) struct RequestSpec<'a> {
     pub idempotent: bool,
     /// Priority and metrics bucket.
     pub purpose: Purpose,
-    /// Per-attempt timeout.
+    /// Per-attempt timeout, unless the endpoint sets its own.
     pub timeout: Duration,
 }
 
@@ -254,11 +254,13 @@ impl RegistryInner {
         let mut sent_auth: Option<String> = None;
         let mut auth_refreshes = 0u32;
         let mut attempt = 0u32;
+        let timeout = spec.host.request_timeout.resolve(spec.timeout);
         loop {
             let permit = gate.acquire(spec.purpose).await;
-            let mut request = build(&client)
-                .timeout(spec.timeout)
-                .header(reqwest::header::ACCEPT_ENCODING, "identity");
+            let mut request = build(&client).header(reqwest::header::ACCEPT_ENCODING, "identity");
+            if let Some(t) = timeout {
+                request = request.timeout(t);
+            }
             if spec.authorize {
                 request = request.headers(configured_headers(spec.host));
                 let auth = match &auth_override {
@@ -275,7 +277,10 @@ impl RegistryInner {
                 .config
                 .hedge_after_min
                 .filter(|_| spec.idempotent && spec.purpose.is_urgent())
-                .map(|floor| self.latency.hedge_after(floor, spec.timeout / 2));
+                .map(|floor| {
+                    self.latency
+                        .hedge_after(floor, timeout.unwrap_or(spec.timeout) / 2)
+                });
             let sent = std::time::Instant::now();
             let outcome = hedge::send(request, hedge_after, || {
                 self.metrics.request(spec.purpose);

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -65,6 +66,42 @@ pub struct RegistryHost {
     /// Whether this is a mirror rather than the registry itself (mirrors get
     /// `?ns=<registry>` like containerd does).
     pub is_mirror: bool,
+    /// How long one request to this endpoint may take.
+    pub request_timeout: RequestTimeout,
+}
+
+/// The per-attempt timeout of requests to one endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RequestTimeout {
+    /// The request kind's own timeout (`fetch_timeout` for range reads,
+    /// `request_timeout` for the rest).
+    #[default]
+    Default,
+    /// This long, for every request to the endpoint.
+    After(Duration),
+    /// No timeout at all.
+    Never,
+}
+
+impl RequestTimeout {
+    /// The Go reference's mirror `request_timeout_sec`: 0 is the default,
+    /// a negative value none.
+    pub fn from_go_seconds(secs: i64) -> Self {
+        match secs {
+            0 => Self::Default,
+            s if s < 0 => Self::Never,
+            s => Self::After(Duration::from_secs(s.unsigned_abs())),
+        }
+    }
+
+    /// The timeout of a request whose own kind allows `default`.
+    pub fn resolve(self, default: Duration) -> Option<Duration> {
+        match self {
+            Self::Default => Some(default),
+            Self::After(d) => Some(d),
+            Self::Never => None,
+        }
+    }
 }
 
 impl RegistryHost {
@@ -82,7 +119,8 @@ impl RegistryHost {
     }
 }
 
-/// A mirror in our own configuration.
+/// A mirror in our own configuration (the Go reference's
+/// `[[resolver.host."<h>".mirrors]]`).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 pub struct MirrorConfig {
     /// `host[:port]`, optionally with `http(s)://` and a path prefix.
@@ -90,6 +128,13 @@ pub struct MirrorConfig {
     /// Use plain HTTP.
     #[serde(default)]
     pub insecure: bool,
+    /// Timeout of every request to this mirror in seconds: 0 keeps the
+    /// defaults, a negative value means none.
+    #[serde(default)]
+    pub request_timeout_sec: i64,
+    /// Extra headers sent to this mirror (a value or a list of values).
+    #[serde(default)]
+    pub header: HashMap<String, StringOrList>,
 }
 
 /// Registry endpoint configuration.
@@ -123,6 +168,8 @@ pub fn resolve_hosts(config: &HostsConfig, registry: &str) -> Result<Vec<Registr
             h.scheme = Scheme::Http;
         }
         h.is_mirror = true;
+        h.request_timeout = RequestTimeout::from_go_seconds(mirror.request_timeout_sec);
+        h.headers = header_pairs(mirror.header.clone());
         hosts.push(h);
     }
     let from_file = match &config.certs_dir {
@@ -154,6 +201,7 @@ pub fn resolve_hosts(config: &HostsConfig, registry: &str) -> Result<Vec<Registr
             ca_files: Vec::new(),
             headers: Vec::new(),
             is_mirror: false,
+            request_timeout: RequestTimeout::Default,
         },
     };
     last.is_mirror = last.host != origin_host;
@@ -174,10 +222,13 @@ struct HostFields {
     client: Option<toml::Value>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A header value in a config file: one string or a list of them.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
-enum StringOrList {
+pub enum StringOrList {
+    /// One value.
     One(String),
+    /// Several values (the header is sent once per value).
     Many(Vec<String>),
 }
 
@@ -188,6 +239,17 @@ impl StringOrList {
             Self::Many(v) => v,
         }
     }
+}
+
+/// `(name, value)` pairs of configured headers, sorted by name (a map
+/// has no order of its own), one pair per value.
+fn header_pairs(header: HashMap<String, StringOrList>) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = header
+        .into_iter()
+        .flat_map(|(k, v)| v.into_vec().into_iter().map(move |v| (k.clone(), v)))
+        .collect();
+    pairs.sort();
+    pairs
 }
 
 #[derive(Debug, Deserialize)]
@@ -300,12 +362,7 @@ fn configured_host(
         .into_iter()
         .map(|p| dir.join(p)) // join keeps absolute paths as they are
         .collect();
-    h.headers = fields
-        .header
-        .unwrap_or_default()
-        .into_iter()
-        .flat_map(|(k, v)| v.into_vec().into_iter().map(move |v| (k.clone(), v)))
-        .collect();
+    h.headers = header_pairs(fields.header.unwrap_or_default());
     Ok(h)
 }
 
@@ -349,6 +406,7 @@ fn endpoint_from_url(
         ca_files: Vec::new(),
         headers: Vec::new(),
         is_mirror: false,
+        request_timeout: RequestTimeout::Default,
     })
 }
 
@@ -412,7 +470,7 @@ ca = "root.pem"
             "reg.example:5000".into(),
             vec![MirrorConfig {
                 host: "first.mirror".into(),
-                insecure: false,
+                ..Default::default()
             }],
         );
         let h = resolve_hosts(&c, "reg.example:5000").unwrap();
@@ -435,6 +493,47 @@ ca = "root.pem"
         assert!(!h[2].capabilities.resolve && h[2].capabilities.pull);
         assert!(!h[3].is_mirror && h[3].capabilities.push);
         assert_eq!(h[3].ca_files, [host_dir.join("root.pem")]);
+    }
+
+    #[test]
+    fn mirror_headers_and_timeouts_as_the_go_reference() {
+        let mirrors: HashMap<String, Vec<MirrorConfig>> = toml::from_str(
+            r#"
+[["docker.io"]]
+host = "slow.mirror"
+request_timeout_sec = 7
+header = { x-one = "1", x-many = ["a", "b"] }
+[["docker.io"]]
+host = "patient.mirror"
+request_timeout_sec = -1
+"#,
+        )
+        .unwrap();
+        let c = HostsConfig {
+            mirrors,
+            ..Default::default()
+        };
+        let h = resolve_hosts(&c, "docker.io").unwrap();
+        assert_eq!(
+            h[0].request_timeout,
+            RequestTimeout::After(Duration::from_secs(7))
+        );
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            h[0].headers,
+            [pair("x-many", "a"), pair("x-many", "b"), pair("x-one", "1")]
+        );
+        assert_eq!(h[1].request_timeout, RequestTimeout::Never);
+        assert!(h[1].headers.is_empty());
+        // The origin keeps the defaults.
+        assert_eq!(h[2].request_timeout, RequestTimeout::Default);
+        let default = Duration::from_secs(30);
+        assert_eq!(h[2].request_timeout.resolve(default), Some(default));
+        assert_eq!(RequestTimeout::Never.resolve(default), None);
+        assert_eq!(RequestTimeout::from_go_seconds(0), RequestTimeout::Default);
+        // Go refuses other header types too.
+        let bad = "[[\"docker.io\"]]\nhost = \"m\"\nheader = { x = 3 }\n";
+        assert!(toml::from_str::<HashMap<String, Vec<MirrorConfig>>>(bad).is_err());
     }
 
     #[test]

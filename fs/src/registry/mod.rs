@@ -37,7 +37,9 @@ pub use client::{Registry, RegistryConfig};
 pub use credentials::{Credential, CredentialStore, Secret};
 pub use error::{RegistryError, Result};
 pub use fetch::BlobFetcher;
-pub use hosts::{Capabilities, HostsConfig, MirrorConfig, RegistryHost, Scheme};
+pub use hosts::{
+    Capabilities, HostsConfig, MirrorConfig, RegistryHost, RequestTimeout, Scheme, StringOrList,
+};
 pub use labels::{LayerDescriptor, LayerSource, layer_source_from_labels};
 pub use manifest::FetchedManifest;
 pub use metrics::MetricsSnapshot;

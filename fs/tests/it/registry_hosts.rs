@@ -5,7 +5,7 @@
 use crate::common;
 
 use bytes::Bytes;
-use common::proxy::FaultProxy;
+use common::proxy::{Fault, FaultProxy};
 use common::registry::TestRegistry;
 use common::{closed_port, push_anonymously, test_blob, test_config};
 use rstargz_fs::registry::{MirrorConfig, Purpose, Reference, Registry};
@@ -63,6 +63,7 @@ async fn dead_configured_mirror_falls_back_to_origin() {
         vec![MirrorConfig {
             host: format!("127.0.0.1:{}", closed_port()),
             insecure: true,
+            ..Default::default()
         }],
     );
     let registry = Registry::new(config).unwrap();
@@ -92,6 +93,7 @@ async fn dead_configured_mirror_falls_back_to_origin() {
         vec![MirrorConfig {
             host: format!("127.0.0.1:{}", closed_port()),
             insecure: true,
+            ..Default::default()
         }],
     );
     let registry = Registry::new(config).unwrap();
@@ -107,6 +109,58 @@ async fn dead_configured_mirror_falls_back_to_origin() {
         ),
         "{err}"
     );
+}
+
+/// The Go reference's per-mirror `header` and `request_timeout_sec`: the
+/// headers reach the mirror with every request, and a mirror that does not
+/// answer is given up after its own timeout, not the blob fetch timeout.
+#[tokio::test]
+async fn configured_mirror_gets_its_headers_and_its_own_timeout() {
+    let reg = TestRegistry::start().await;
+    let proxy = FaultProxy::start(reg.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let blob = test_blob(20_000, 13);
+    let reference = Reference::parse(&reg.reference("headers/blob")).unwrap();
+    let digest = push_anonymously(&reg, "headers/blob", &blob).await;
+    let mirror: MirrorConfig = toml::from_str(&format!(
+        "host = \"{}\"\ninsecure = true\nrequest_timeout_sec = 1\n\
+         header = {{ x-mirror-token = \"t0k\", x-mirror-list = [\"a\", \"b\"] }}\n",
+        proxy.host()
+    ))
+    .unwrap();
+    let mut config = test_config(&dir.path().join("none.json"));
+    config.fetch_timeout = std::time::Duration::from_secs(120);
+    config.hosts.mirrors.insert(reg.host(), vec![mirror]);
+    let registry = Registry::new(config).unwrap();
+
+    let fetcher = registry.open_blob(&reference, &digest, None).await.unwrap();
+    let got = fetcher
+        .fetch_ranges(&[100..200], Purpose::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(&got[0].1[..], &blob[100..200]);
+    let seen = proxy.seen();
+    assert!(!seen.is_empty());
+    for s in &seen {
+        assert_eq!(s.header("x-mirror-token"), ["t0k"], "{s:?}");
+        assert_eq!(s.header("x-mirror-list"), ["a", "b"], "{s:?}");
+    }
+
+    // The mirror stops answering: its 1 s timeout (three attempts), not the
+    // two-minute fetch timeout, sends the read on to the origin.
+    proxy.set_fault(Fault::Stall);
+    let started = std::time::Instant::now();
+    let got = fetcher
+        .fetch_ranges(&[5000..6000], Purpose::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(&got[0].1[..], &blob[5000..6000]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "gave up on the mirror after {:?}",
+        started.elapsed()
+    );
+    assert!(!fetcher.current_host().unwrap().is_mirror);
 }
 
 fn write_hosts_toml(certs: &std::path::Path, registry: &str, body: &str) {
