@@ -213,6 +213,7 @@ async fn publish(
                 // would otherwise need several GB at once.
                 parallelism: 1,
                 temp_dir: Some(opts.work.join("tmp")),
+                ..ConvertOptions::default()
             };
             image::convert(client, &src?, &dst?, &copts, Arc::new(Quiet)).await?;
             anyhow::Ok(())

@@ -138,7 +138,6 @@ pub struct Authorizer {
     // An async mutex: concurrent requests for one scope wait for a single
     // token fetch instead of each fetching their own.
     tokens: Mutex<HashMap<(String, String), CachedToken>>,
-    client: reqwest::Client,
     timeout: Duration,
 }
 
@@ -157,6 +156,9 @@ struct TokenResponse {
 
 /// Context of one authorised request.
 pub struct AuthTarget<'a> {
+    /// The endpoint's HTTP client, also used for its token requests (as
+    /// containerd does): it carries the endpoint's CAs and client certificate.
+    pub client: &'a reqwest::Client,
     /// Registry endpoint host (`host[:port]`).
     pub host: &'a str,
     /// Repository, for error messages.
@@ -168,14 +170,13 @@ pub struct AuthTarget<'a> {
 }
 
 impl Authorizer {
-    /// An authorizer using `client` for token requests.
-    pub fn new(credentials: CredentialStore, client: reqwest::Client, timeout: Duration) -> Self {
+    /// An authorizer whose token requests time out after `timeout`.
+    pub fn new(credentials: CredentialStore, timeout: Duration) -> Self {
         Self {
             credentials,
             remembered: std::sync::Mutex::new(HashMap::new()),
             schemes: std::sync::Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
-            client,
             timeout,
         }
     }
@@ -335,15 +336,15 @@ impl Authorizer {
                     ("refresh_token", refresh.expose()),
                     ("client_id", "rstargz"),
                 ]);
-                self.client.post(realm_url).form(&params)
+                target.client.post(realm_url).form(&params)
             }
             Some(Credential::Basic { username, password }) => {
-                self.client.get(realm_url).query(&params).header(
+                target.client.get(realm_url).query(&params).header(
                     reqwest::header::AUTHORIZATION,
                     basic_value(username, password),
                 )
             }
-            None => self.client.get(realm_url).query(&params),
+            None => target.client.get(realm_url).query(&params),
         };
         let unreachable = |e: reqwest::Error| {
             if e.is_timeout() {

@@ -22,6 +22,7 @@ use super::metrics::{FetchMetrics, MetricsSnapshot};
 use super::priority_gate::PriorityGate;
 use super::reference::Reference;
 use super::retry::{Backoff, parse_retry_after, retryable_status};
+use super::tls::{ClientCertificate, explain_refusal, load_ca_bundle, load_identity};
 use crate::purpose::Purpose;
 
 /// Settings of the registry reader.
@@ -84,10 +85,12 @@ pub struct Registry {
     pub(crate) inner: Arc<RegistryInner>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// What tells one endpoint's HTTP client from another's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 struct TlsKey {
     skip_verify: bool,
     ca_files: Vec<PathBuf>,
+    client_cert: Option<ClientCertificate>,
 }
 
 #[derive(Debug)]
@@ -131,21 +134,11 @@ impl Registry {
             None => CredentialStore::anonymous(),
         }
         .with_helper_dirs(config.credential_helper_dirs.clone());
-        let token_client = build_client(
-            &config,
-            &TlsKey {
-                skip_verify: false,
-                ca_files: Vec::new(),
-            },
-        )?;
-        let authorizer = Authorizer::new(credentials, token_client.clone(), config.request_timeout);
+        let authorizer = Authorizer::new(credentials, config.request_timeout);
         let mut clients = HashMap::new();
         clients.insert(
-            TlsKey {
-                skip_verify: false,
-                ca_files: Vec::new(),
-            },
-            token_client,
+            TlsKey::default(),
+            build_client(&config, &TlsKey::default())?,
         );
         Ok(Self {
             inner: Arc::new(RegistryInner {
@@ -177,23 +170,27 @@ fn build_client(config: &RegistryConfig, tls: &TlsKey) -> Result<reqwest::Client
         .pool_idle_timeout(Duration::from_secs(90))
         .danger_accept_invalid_certs(tls.skip_verify);
     for path in &tls.ca_files {
-        let pem = std::fs::read(path).map_err(|source| RegistryError::Io {
-            context: format!("reading CA certificate {}", path.display()),
-            source,
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
-            RegistryError::HostsConfig {
-                path: path.display().to_string(),
-                reason: "not a PEM certificate bundle".into(),
-            }
-        })?;
-        for c in certs {
+        for c in load_ca_bundle(path)? {
             builder = builder.add_root_certificate(c);
         }
     }
+    if let Some(client) = &tls.client_cert {
+        builder = builder.identity(load_identity(client)?);
+    }
     builder.build().map_err(|e| RegistryError::HostsConfig {
-        path: "TLS".into(),
-        reason: describe_transport_error(e),
+        // With a client certificate, building fails when its key is
+        // unusable or does not match it (rustls checks both).
+        path: match &tls.client_cert {
+            Some(c) => c.cert.display().to_string(),
+            None => "TLS".into(),
+        },
+        reason: match &tls.client_cert {
+            Some(_) => format!(
+                "the client certificate or its key is unusable: {}",
+                describe_transport_error(e)
+            ),
+            None => describe_transport_error(e),
+        },
     })
 }
 
@@ -212,9 +209,15 @@ impl RegistryInner {
         let key = TlsKey {
             skip_verify: host.skip_verify && host.scheme == Scheme::Https,
             ca_files: host.ca_files.clone(),
+            client_cert: host.client_certs.first().cloned(),
         };
         if let Some(c) = self.clients.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(c);
+        }
+        if host.client_certs.len() > 1 {
+            // Go's TLS stack picks among several by the CAs the server
+            // names; reqwest presents exactly one.
+            tracing::warn!(host = %host.host, used = %host.client_certs[0].cert.display(), ignored = host.client_certs.len() - 1, "several client certificates configured; only the first is presented");
         }
         let client = build_client(&self.config, &key)?;
         if let Ok(mut m) = self.clients.lock() {
@@ -244,6 +247,7 @@ impl RegistryInner {
         let client = self.client_for(spec.host)?;
         let gate = self.gate_for(spec.host);
         let target = AuthTarget {
+            client: &client,
             host: &spec.host.host,
             repository: spec.repository,
             scope: spec.scope,
@@ -300,7 +304,10 @@ impl RegistryInner {
                     } else {
                         RegistryError::Unreachable {
                             host: host_name.clone(),
-                            reason: describe_transport_error(e),
+                            reason: explain_refusal(
+                                describe_transport_error(e),
+                                &spec.host.client_certs,
+                            ),
                         }
                     };
                     if !spec.idempotent || attempt >= self.config.backoff.max_retries {

@@ -3,8 +3,9 @@
 //!
 //! Layout (one job per module): [`reference`] and [`oci_digest`] parse names,
 //! [`labels`] turns Prepare labels into a [`LayerSource`], [`hosts`] lists
-//! endpoints (mirrors, containerd's hosts.toml), [`credentials`] and
-//! [`auth`] authenticate, [`client`] holds the [`Registry`] facade and its
+//! endpoints (mirrors, containerd's hosts.toml) and [`tls`] reads their
+//! CA and client certificate files, [`credentials`] and [`auth`]
+//! authenticate, [`client`] holds the [`Registry`] facade and its
 //! request loop (`http` has the response helpers both share), [`fetch`]
 //! reads ranges ([`BlobFetcher`]) with help from [`ranges`] and
 //! [`multipart`], [`priority_gate`] orders on-demand before background
@@ -31,6 +32,7 @@ pub mod push;
 pub mod ranges;
 pub mod reference;
 pub mod retry;
+pub mod tls;
 
 pub use crate::purpose::Purpose;
 pub use client::{Registry, RegistryConfig};
@@ -46,3 +48,4 @@ pub use metrics::MetricsSnapshot;
 pub use oci_digest::OciDigest;
 pub use reference::Reference;
 pub use retry::Backoff;
+pub use tls::ClientCertificate;

@@ -158,6 +158,24 @@ impl Containerd {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Pulls `reference` lazily over plain HTTP with `ctr-remote image rpull`
+    /// into `namespace` on the snapshotter `plugin`; returns its output.
+    pub fn rpull(&self, namespace: &str, plugin: &str, reference: &str) -> String {
+        self.tool_ok(
+            "ctr-remote",
+            &[
+                "--namespace",
+                namespace,
+                "image",
+                "rpull",
+                "--plain-http",
+                "--snapshotter",
+                plugin,
+                reference,
+            ],
+        )
+    }
+
     /// Polls (bounded) until containerd reaches the snapshotter `plugin`
     /// again: after the snapshotter restarts, containerd's gRPC client to it
     /// stays in reconnect backoff for a while (up to 3 s in containerd 1.6).
