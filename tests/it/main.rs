@@ -33,6 +33,8 @@ mod crash_mixed; // root: FUSE; registry
 #[cfg(feature = "system")]
 mod cri; // root: containerd's CRI plugin, runc; registry
 #[cfg(feature = "system")]
+mod cri_keychain; // root: containerd's CRI plugin, runc; registries (one with htpasswd)
+#[cfg(feature = "system")]
 mod e2e_containerd; // root: containerd, runc, ctr-remote; registry
 #[cfg(feature = "system")]
 mod faults; // root: FUSE; registry behind the fault proxy

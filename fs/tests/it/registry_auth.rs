@@ -188,7 +188,11 @@ async fn a_keychain_credential_refused_with_401_is_dropped() {
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
-    assert_eq!(keychain.get(&reg.host()), None, "the refused one is dropped");
+    assert_eq!(
+        keychain.get(&reg.host()),
+        None,
+        "the refused one is dropped"
+    );
     // Nothing left to try: the next attempt says credentials are missing.
     let err = registry
         .open_blob(&reference, &digest, None)
