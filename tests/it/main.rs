@@ -14,6 +14,7 @@ mod common;
 
 // Plain tier: no root, no system prerequisites.
 mod crash_consistency; // daemon kill -9 / restart on local snapshots
+mod cri_keychain_sockets; // daemon over its sockets, no containerd
 mod fuzz_regressions; // the fuzz harness bodies over saved inputs
 mod hostile_grpc; // daemon over its socket
 mod log_format; // daemon over its socket, its stderr as JSON
