@@ -100,6 +100,38 @@ pub(crate) async fn push_pause_image(dir: &Path, host: &str, repo: &str) {
     store.put_root(&desc, body).await.unwrap();
 }
 
+/// Pushes the workload image made of `layers` as `<host>/<repo>/plain:v1`
+/// with `client`, and its eStargz conversion (`rstargz image convert`, with
+/// the credentials in `docker_config_dir`) as `<host>/<repo>/esgz:v1`.
+pub(crate) async fn push_workload(
+    client: &rstargz_fs::registry::Registry,
+    host: &str,
+    repo: &str,
+    layers: &[PathBuf],
+    docker_config_dir: &Path,
+) {
+    let inputs: Vec<LayerInput> = layers.iter().cloned().map(LayerInput::Dir).collect();
+    let plain = format!("{repo}/plain:v1");
+    build::from_dirs(client, &at(host, &plain), &inputs, &BuildOptions::default())
+        .await
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rstargz"))
+        .args([
+            "image",
+            "convert",
+            &format!("{host}/{plain}"),
+            &format!("{host}/{repo}/esgz:v1"),
+        ])
+        .env("DOCKER_CONFIG", docker_config_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The layer digests of the image at `repo`, read with `client`.
 pub(crate) async fn layer_digests(
     client: &rstargz_fs::registry::Registry,
@@ -389,27 +421,9 @@ async fn cri_pull_and_run_through_containerd() {
     // The pause image, the plain image and its eStargz conversion.
     push_pause_image(dir, &host, "cri/pause:v1").await;
     let layers = image_layers(dir);
-    let inputs: Vec<LayerInput> = layers.iter().cloned().map(LayerInput::Dir).collect();
-    build::from_dirs(
-        &client(dir),
-        &at(&host, "cri/plain:v1"),
-        &inputs,
-        &BuildOptions::default(),
-    )
-    .await
-    .unwrap();
     let plain = format!("{host}/cri/plain:v1");
     let esgz = format!("{host}/cri/esgz:v1");
-    let out = Command::new(env!("CARGO_BIN_EXE_rstargz"))
-        .args(["image", "convert", &plain, &esgz])
-        .env("DOCKER_CONFIG", dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    push_workload(&client(dir), &host, "cri", &layers, dir).await;
     let esgz_layers = layer_digests(&client(dir), &host, "cri/esgz:v1").await;
     assert_eq!(esgz_layers.len(), 3);
 

@@ -15,19 +15,16 @@ use crate::common;
 use crate::common::image as image_common;
 use crate::cri::{
     CgroupParent, Cri, PLUGIN, Pod, committed_labels, fuse_mounts, layer_digests, pod_config,
-    prepared, pull_request, push_pause_image,
+    prepared, pull_request, push_pause_image, push_workload,
 };
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::containerd::{Containerd, CriConfig, RunDirGuard};
 use common::workload::{expected_sums, image_layers, unmount_all_under};
 use common::*;
-use image_common::at;
 use image_common::registry::TestRegistry;
 use rstargz_fs::registry::Registry;
-use rstargz_image::build::{self, BuildOptions, LayerInput};
 use rstargz_proto::cri;
 use rstargz_snapshotter::snapshot::REMOTE_LABEL;
 use rstargz_test_support::{docker_config, test_config};
@@ -64,34 +61,47 @@ async fn private_image(dir: &Path) -> Private {
     )))
     .unwrap();
     let layers = image_layers(dir);
-    let inputs: Vec<LayerInput> = layers.iter().cloned().map(LayerInput::Dir).collect();
-    build::from_dirs(
-        &client,
-        &at(&host, "kc/plain:v1"),
-        &inputs,
-        &BuildOptions::default(),
-    )
-    .await
-    .unwrap();
-    let image = format!("{host}/{IMAGE}");
-    let out = Command::new(env!("CARGO_BIN_EXE_rstargz"))
-        .args(["image", "convert", &format!("{host}/kc/plain:v1"), &image])
-        .env("DOCKER_CONFIG", &creds_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    push_workload(&client, &host, "kc", &layers, &creds_dir).await;
     let digests = layer_digests(&client, &host, IMAGE).await;
     assert_eq!(digests.len(), layers.len());
     Private {
+        image: format!("{host}/{IMAGE}"),
         registry,
         plain,
         layers,
-        image,
         digests,
+    }
+}
+
+/// One test's node: the private image, the pods' cgroup parent and the
+/// scratch directory. Declared before the daemon and containerd, so it goes
+/// after them (containerd's guard kills the containers before the cgroup
+/// parent is removed).
+struct Node {
+    _cgroups: CgroupParent,
+    cgroup_parent: String,
+    p: Private,
+    tmp: tempfile::TempDir,
+    _run_dir: RunDirGuard,
+}
+
+impl Node {
+    async fn new(name: &str) -> Node {
+        let run_dir = RunDirGuard::new();
+        let tmp = tempfile::tempdir().unwrap();
+        let p = private_image(tmp.path()).await;
+        let cgroup_parent = format!("rstargz-kc-{}-{name}", std::process::id());
+        Node {
+            _cgroups: CgroupParent(cgroup_parent.clone()),
+            cgroup_parent,
+            p,
+            tmp,
+            _run_dir: run_dir,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.tmp.path()
     }
 }
 
@@ -209,15 +219,11 @@ async fn assert_passed_through(cri: &mut Cri, ctrd: &Containerd, missing: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_layers_read_with_the_pull_credentials_across_restarts() {
-    let _run_dir = RunDirGuard::new();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let p = private_image(dir).await;
-    let cgroup_parent = format!("rstargz-kc-{}-remote", std::process::id());
-    let _cgroups = CgroupParent(cgroup_parent.clone());
+    let node = Node::new("remote").await;
+    let (dir, p, cgroup_parent) = (node.dir(), &node.p, &node.cgroup_parent);
     // rstargz starts before containerd (its ImageService connects lazily).
     let mut d = start(dir, true);
-    let ctrd = containerd(dir, &d, &p);
+    let ctrd = containerd(dir, &d, p);
     let mut cri = Cri::connect_with_images(&ctrd, &d.socket).await;
     assert_passed_through(
         &mut cri,
@@ -226,7 +232,7 @@ async fn private_layers_read_with_the_pull_credentials_across_restarts() {
     )
     .await;
 
-    let sandbox = pod_config(dir, "rstargz-kc-remote", &cgroup_parent);
+    let sandbox = pod_config(dir, "rstargz-kc-remote", cgroup_parent);
     let image_ref = cri
         .pull_with_auth(&p.image, Some(&sandbox), Some(pull_secret()))
         .await;
@@ -261,7 +267,7 @@ async fn private_layers_read_with_the_pull_credentials_across_restarts() {
         log.contains("CRI keychain: credentials taken over"),
         "{log}"
     );
-    read_tree_dir(&d, &p, 1);
+    read_tree_dir(&d, p, 1);
 
     // kill -9: the fd holder still has both for the next daemon.
     d.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
@@ -273,7 +279,7 @@ async fn private_layers_read_with_the_pull_credentials_across_restarts() {
         "{}",
         d.log_text()
     );
-    read_tree_dir(&d, &p, 2);
+    read_tree_dir(&d, p, 2);
 
     // Teardown as kubelet does; a full stop leaves nothing in the holder.
     ctrd.wait_snapshotter(PLUGIN);
@@ -291,17 +297,13 @@ async fn private_layers_read_with_the_pull_credentials_across_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_keychain_a_private_pull_falls_back_and_says_why() {
-    let _run_dir = RunDirGuard::new();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let p = private_image(dir).await;
-    let cgroup_parent = format!("rstargz-kc-{}-fallback", std::process::id());
-    let _cgroups = CgroupParent(cgroup_parent.clone());
+    let node = Node::new("fallback").await;
+    let (dir, p, cgroup_parent) = (node.dir(), &node.p, &node.cgroup_parent);
     let d = start(dir, false);
-    let ctrd = containerd(dir, &d, &p);
+    let ctrd = containerd(dir, &d, p);
     // kubelet talks to containerd alone.
     let mut cri = Cri::connect(&ctrd).await;
-    let sandbox = pod_config(dir, "rstargz-kc-fallback", &cgroup_parent);
+    let sandbox = pod_config(dir, "rstargz-kc-fallback", cgroup_parent);
     let image_ref = cri
         .pull_with_auth(&p.image, Some(&sandbox), Some(pull_secret()))
         .await;
