@@ -14,6 +14,8 @@ pub const DEFAULT_ADDRESS: &str = "/run/rstargz/rstargz.sock";
 pub const DEFAULT_CONFIG: &str = "/etc/rstargz/config.toml";
 /// Default log level.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Default CRI ImageService the CRI keychain forwards to (containerd's).
+pub const DEFAULT_IMAGE_SERVICE_PATH: &str = "/run/containerd/containerd.sock";
 
 /// Errors loading the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,11 @@ pub struct Config {
     pub log_format: Option<LogFormat>,
     /// Snapshotter behaviour.
     pub snapshotter: SnapshotterConfig,
+    /// `[cri_keychain]`: credentials from kubelet's PullImage requests.
+    pub cri_keychain: CriKeychainConfig,
+    /// `[kubeconfig_keychain]`: read so the Go reference's files load; not
+    /// implemented.
+    pub kubeconfig_keychain: KubeconfigKeychainConfig,
     /// Remote layers (top-level keys and sections, as the Go reference);
     /// read from the same table by [`Config::parse`].
     #[serde(skip)]
@@ -83,6 +90,48 @@ impl SnapshotterConfig {
     pub fn tolerates_failed_restores(&self) -> bool {
         self.allow_invalid_mounts_on_restart.unwrap_or(true)
     }
+}
+
+/// `[cri_keychain]` (the Go reference's keys).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct CriKeychainConfig {
+    /// Serve CRI's ImageService, keeping each PullImage's credentials.
+    pub enable_keychain: bool,
+    /// containerd's CRI socket, where every ImageService call is forwarded
+    /// [default: /run/containerd/containerd.sock].
+    pub image_service_path: Option<PathBuf>,
+    /// A socket of its own for the ImageService [default: the Snapshots
+    /// socket].
+    pub listen_path: Option<PathBuf>,
+}
+
+impl CriKeychainConfig {
+    /// Where calls are forwarded.
+    pub fn image_service_path(&self) -> PathBuf {
+        non_empty(&self.image_service_path)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_IMAGE_SERVICE_PATH))
+    }
+
+    /// The ImageService's own socket, when it is not `address`.
+    pub fn own_socket(&self, address: &Path) -> Option<PathBuf> {
+        non_empty(&self.listen_path).filter(|p| p != address)
+    }
+}
+
+/// A path unless unset or empty (the Go reference's files write `""`).
+fn non_empty(path: &Option<PathBuf>) -> Option<PathBuf> {
+    path.clone().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// `[kubeconfig_keychain]` (the Go reference's keys; not implemented).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct KubeconfigKeychainConfig {
+    /// Would sync imagePullSecrets from the kube-apiserver.
+    pub enable_keychain: bool,
+    /// The kubeconfig it would use.
+    pub kubeconfig_path: Option<PathBuf>,
 }
 
 /// The local fallback: what snapshots are when a layer is not remote.
@@ -300,6 +349,40 @@ mod tests {
         };
         assert!(!strict.snapshotter.tolerates_failed_restores());
         assert!(Config::default().snapshotter.tolerates_failed_restores());
+    }
+
+    #[test]
+    fn keychain_sections_take_the_go_keys() {
+        let c = Config::parse(
+            "[cri_keychain]\nenable_keychain = true\nimage_service_path = \"/run/ctrd.sock\"\n\
+             [kubeconfig_keychain]\nenable_keychain = true\nkubeconfig_path = \"/etc/kube\"\n",
+        );
+        let Ok(c) = c else { panic!("parse: {c:?}") };
+        assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+        assert!(c.cri_keychain.enable_keychain && c.kubeconfig_keychain.enable_keychain);
+        let k = &c.cri_keychain;
+        assert_eq!(k.image_service_path(), Path::new("/run/ctrd.sock"));
+        let address = Path::new("/run/rstargz/rstargz.sock");
+        assert_eq!(k.own_socket(address), None);
+        // The Go reference's defaults are empty strings.
+        let c = Config::parse("[cri_keychain]\nimage_service_path = \"\"\nlisten_path = \"\"\n");
+        let Ok(c) = c else { panic!("parse: {c:?}") };
+        let k = &c.cri_keychain;
+        assert!(!k.enable_keychain);
+        assert_eq!(
+            k.image_service_path(),
+            Path::new(DEFAULT_IMAGE_SERVICE_PATH)
+        );
+        assert_eq!(k.own_socket(address), None);
+        let own = CriKeychainConfig {
+            listen_path: Some("/run/cri.sock".into()),
+            ..CriKeychainConfig::default()
+        };
+        assert_eq!(
+            own.own_socket(address),
+            Some(PathBuf::from("/run/cri.sock"))
+        );
+        assert_eq!(own.own_socket(Path::new("/run/cri.sock")), None);
     }
 
     #[test]

@@ -18,8 +18,11 @@ use crate::config::{
     Config, DEFAULT_ADDRESS, DEFAULT_LOG_LEVEL, DEFAULT_ROOT, Fallback, LogFormat,
 };
 use crate::logging;
+use rstargz_fs::registry::Keychain;
 use rstargz_remote::StargzFs;
+use rstargz_remote::cri_keychain::CriKeychain;
 use rstargz_remote::fd_holder::FdStore;
+use rstargz_remote::held_credentials::HeldCredentials;
 use rstargz_remote::live::LiveMounts;
 use rstargz_snapshotter::grpc::SnapshotsService;
 use rstargz_snapshotter::lcow::LcowBackend;
@@ -107,6 +110,11 @@ fn start(args: ServeArgs, format: &mut LogFormat) -> anyhow::Result<()> {
     for setting in config.remote.unsupported_settings() {
         tracing::warn!("{setting}");
     }
+    if config.kubeconfig_keychain.enable_keychain {
+        tracing::warn!(
+            "[kubeconfig_keychain] is not supported (use [cri_keychain] or a docker config); ignored"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -150,8 +158,16 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
             .map(|l| l.find_adoptable(&root))
             .unwrap_or_default();
         rstargz_remote::restore::detach_stale_mounts(&root, &keep);
+        // Before restore: the layers taken over read with these.
+        if let Some(fs) = &stargz_fs {
+            keep_credentials(fs, config.cri_keychain.enable_keychain);
+        }
         stargz = stargz_fs;
     }
+    let keychain = stargz
+        .as_ref()
+        .map(|s| s.registry().keychain().clone())
+        .unwrap_or_default();
     let snapshotter = tokio::task::spawn_blocking(move || Snapshotter::open(opts))
         .await?
         .with_context(|| format!("open snapshotter at {}", root.display()))?;
@@ -172,6 +188,7 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
         live.finish_adoption();
     }
     let listener = bind(&address)?;
+    let cri = cri_keychain(&config, &address, keychain)?;
     tracing::info!(
         root = %root.display(),
         socket = %address.display(),
@@ -184,17 +201,36 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
     );
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let (same_socket, own_socket) = match cri {
+        Some(CriService { service, own: None }) => (Some(service), None),
+        Some(CriService {
+            service,
+            own: Some(own),
+        }) => (None, Some((service, own))),
+        None => (None, None),
+    };
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(SnapshotsService::new(snapshotter.clone()).into_server())
+            .add_optional_service(same_socket.map(CriKeychain::into_server))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::UnixListenerStream::new(listener),
-                async move {
-                    let _ = stop_rx.await;
-                },
+                stopped(stop_rx.clone()),
             ),
     );
+    let cri_server = own_socket.map(|(service, (path, listener))| {
+        let served = tonic::transport::Server::builder()
+            .add_service(service.into_server())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                stopped(stop_rx.clone()),
+            );
+        (path, tokio::spawn(served))
+    });
     // The socket serves (connections queue on the bound listener until the
     // server task accepts them) and restore is done: tell systemd
     // (Type=notify), which then starts containerd (ordered after us).
@@ -212,7 +248,15 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
         }
     };
     notify_systemd(sd_notify::NotifyState::Stopping);
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
+    if let Some((path, cri_server)) = cri_server {
+        match tokio::time::timeout(SHUTDOWN_GRACE, cri_server).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "CRI ImageService server failed"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("CRI calls still in flight after the grace period"),
+        }
+        let _ = std::fs::remove_file(path);
+    }
     // Graceful shutdown waits for every client to acknowledge; a client that
     // never does must not keep the daemon alive.
     let served = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
@@ -232,13 +276,78 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
                 "remote layers left mounted for the next daemon"
             );
         } else {
+            let held = fs.live().map(|l| l.credentials());
             let unmounted = tokio::task::spawn_blocking(move || fs.unmount_all()).await?;
             tracing::info!(mounts = unmounted, "remote layers unmounted");
+            // A full stop leaves no credential behind either.
+            if let Some(held) = held {
+                tokio::task::spawn_blocking(move || held.clear()).await?;
+            }
         }
     }
     snapshotter.close().await.context("close metadata store")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The CRI keychain's ImageService, and its own socket when it has one.
+struct CriService {
+    service: CriKeychain,
+    own: Option<(PathBuf, UnixListener)>,
+}
+
+/// The CRI keychain, when `[cri_keychain]` enables it: the ImageService
+/// filling `keychain`, on the Snapshots socket `address` or its own.
+fn cri_keychain(
+    config: &Config,
+    address: &Path,
+    keychain: Keychain,
+) -> anyhow::Result<Option<CriService>> {
+    let cri = &config.cri_keychain;
+    if !cri.enable_keychain {
+        return Ok(None);
+    }
+    let backend = cri.image_service_path();
+    // Lazily connected: containerd starts after us (and may restart).
+    let service = CriKeychain::new(
+        keychain,
+        rstargz_snapshotter::client::lazy_channel(&backend),
+    );
+    let own = match cri.own_socket(address) {
+        Some(path) => {
+            let listener = bind(&path)?;
+            Some((path, listener))
+        }
+        None => None,
+    };
+    let socket = own.as_ref().map_or(address, |(p, _)| p.as_path());
+    tracing::info!(
+        socket = %socket.display(),
+        image_service = %backend.display(),
+        "CRI keychain: serving runtime.v1.ImageService"
+    );
+    Ok(Some(CriService { service, own }))
+}
+
+/// Credentials a previous daemon left in the fd holder go into the
+/// keychain (when it is on; else they are forgotten), and from now on the
+/// holder keeps a copy of the keychain for the next daemon.
+fn keep_credentials(fs: &StargzFs, enabled: bool) {
+    let Some(held) = fs.live().map(|l| l.credentials()) else {
+        return;
+    };
+    if !enabled {
+        held.clear();
+        return;
+    }
+    let taken = held.load();
+    if !taken.is_empty() {
+        tracing::info!(hosts = taken.len(), "CRI keychain: credentials taken over");
+    }
+    let mirror: Arc<HeldCredentials> = Arc::new(held);
+    fs.registry()
+        .keychain()
+        .restore_and_mirror(taken, Some(mirror));
 }
 
 /// Sends `state` to systemd when started as a `Type=notify` service (does

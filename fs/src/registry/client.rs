@@ -18,6 +18,7 @@ use super::error::{RegistryError, Result, describe_transport_error};
 use super::hedge::{self, Latency};
 use super::hosts::{HostsConfig, RegistryHost, Scheme, resolve_hosts};
 use super::http::{GatedResponse, configured_headers, header_str};
+use super::keychain::Keychain;
 use super::metrics::{FetchMetrics, MetricsSnapshot};
 use super::priority_gate::PriorityGate;
 use super::reference::Reference;
@@ -34,6 +35,9 @@ pub struct RegistryConfig {
     pub docker_config: Option<PathBuf>,
     /// Extra directories searched for `docker-credential-*` helpers.
     pub credential_helper_dirs: Vec<PathBuf>,
+    /// Credentials handed in at run time (CRI), looked up before the docker
+    /// config.
+    pub keychain: Keychain,
     /// Timeout of one small request (probe, token, manifest).
     pub request_timeout: Duration,
     /// Timeout of one range request including its body.
@@ -65,6 +69,7 @@ impl Default for RegistryConfig {
             hosts: HostsConfig::default(),
             docker_config: None,
             credential_helper_dirs: Vec::new(),
+            keychain: Keychain::default(),
             request_timeout: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
@@ -133,7 +138,8 @@ impl Registry {
             Some(path) => CredentialStore::from_docker_config(&path)?,
             None => CredentialStore::anonymous(),
         }
-        .with_helper_dirs(config.credential_helper_dirs.clone());
+        .with_helper_dirs(config.credential_helper_dirs.clone())
+        .with_keychain(config.keychain.clone());
         let authorizer = Authorizer::new(credentials, config.request_timeout);
         let mut clients = HashMap::new();
         clients.insert(
@@ -155,6 +161,11 @@ impl Registry {
     /// Endpoints for `reference`, in the order they are tried.
     pub fn hosts_for(&self, reference: &Reference) -> Result<Vec<RegistryHost>> {
         resolve_hosts(&self.inner.config.hosts, &reference.registry)
+    }
+
+    /// The run-time credentials (CRI) this registry looks up first.
+    pub fn keychain(&self) -> &Keychain {
+        &self.inner.config.keychain
     }
 
     /// Traffic counters.
@@ -324,10 +335,10 @@ impl RegistryInner {
                         // authorizer comes up with a different header;
                         // the same one refused twice (basic auth) is final.
                         if auth_refreshes > self.config.backoff.max_retries {
-                            return Err(RegistryError::Unauthorized {
-                                host: host_name,
-                                repository: spec.repository.to_string(),
-                            });
+                            return Err(self
+                                .authorizer
+                                .refusal(&target, sent_auth.as_deref())
+                                .await);
                         }
                         auth_refreshes += 1;
                         let challenge = response
@@ -339,16 +350,20 @@ impl RegistryInner {
                             .join(", ");
                         drop(response);
                         drop(permit);
-                        match self.authorizer.on_unauthorized(&target, &challenge).await? {
+                        let retry = self
+                            .authorizer
+                            .on_unauthorized(&target, &challenge, sent_auth.as_deref())
+                            .await?;
+                        match retry {
                             Some(header) if sent_auth.as_ref() != Some(&header) => {
                                 auth_override = Some(header);
                                 continue;
                             }
                             _ => {
-                                return Err(RegistryError::Unauthorized {
-                                    host: host_name,
-                                    repository: spec.repository.to_string(),
-                                });
+                                return Err(self
+                                    .authorizer
+                                    .refusal(&target, sent_auth.as_deref())
+                                    .await);
                             }
                         }
                     }

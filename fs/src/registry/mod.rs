@@ -4,7 +4,8 @@
 //! Layout (one job per module): [`reference`] and [`oci_digest`] parse names,
 //! [`labels`] turns Prepare labels into a [`LayerSource`], [`hosts`] lists
 //! endpoints (mirrors, containerd's hosts.toml) and [`tls`] reads their
-//! CA and client certificate files, [`credentials`] and [`auth`]
+//! CA and client certificate files, [`credentials`] (with the run-time
+//! [`keychain`]) and [`auth`]
 //! authenticate, [`client`] holds the [`Registry`] facade and its
 //! request loop (`http` has the response helpers both share), [`fetch`]
 //! reads ranges ([`BlobFetcher`]) with help from [`ranges`] and
@@ -22,6 +23,7 @@ pub mod fetch;
 mod hedge;
 pub mod hosts;
 pub(crate) mod http;
+pub mod keychain;
 pub mod labels;
 pub mod manifest;
 pub mod metrics;
@@ -36,12 +38,13 @@ pub mod tls;
 
 pub use crate::purpose::Purpose;
 pub use client::{Registry, RegistryConfig};
-pub use credentials::{Credential, CredentialStore, Secret};
+pub use credentials::{AuthFields, Credential, CredentialStore, Secret, normalise_host};
 pub use error::{RegistryError, Result};
 pub use fetch::BlobFetcher;
 pub use hosts::{
     Capabilities, HostsConfig, MirrorConfig, RegistryHost, RequestTimeout, Scheme, StringOrList,
 };
+pub use keychain::{Keychain, KeychainMirror};
 pub use labels::{LayerDescriptor, LayerSource, layer_source_from_labels};
 pub use manifest::FetchedManifest;
 pub use metrics::MetricsSnapshot;

@@ -64,7 +64,7 @@ impl Containerd {
     /// uses it: images pulled into and containers run on the snapshotter
     /// at `snapshotter_socket` (registered as `plugin`) with the CRI
     /// snapshot labels on, `cri.sandbox_image` as the pause image, the
-    /// registry at `cri.plain_http_registry` spoken to over plain HTTP, and
+    /// registries in `cri.plain_http_registries` spoken to over plain HTTP, and
     /// CNI pointed at empty directories under `dir` (pods must use the host
     /// network). The CRI service is served on [`Containerd::socket`].
     pub fn start_cri(
@@ -74,16 +74,17 @@ impl Containerd {
         cri: &CriConfig,
     ) -> Containerd {
         let certs = dir.join("certs.d");
-        let host = &cri.plain_http_registry;
-        std::fs::create_dir_all(certs.join(host)).unwrap();
-        std::fs::write(
-            certs.join(host).join("hosts.toml"),
-            format!(
-                "server = \"http://{host}\"\n[host.\"http://{host}\"]\n  \
-                 capabilities = [\"pull\", \"resolve\"]\n"
-            ),
-        )
-        .unwrap();
+        for host in &cri.plain_http_registries {
+            std::fs::create_dir_all(certs.join(host)).unwrap();
+            std::fs::write(
+                certs.join(host).join("hosts.toml"),
+                format!(
+                    "server = \"http://{host}\"\n[host.\"http://{host}\"]\n  \
+                     capabilities = [\"pull\", \"resolve\"]\n"
+                ),
+            )
+            .unwrap();
+        }
         // containerd 1.6's CRI creates `conf_dir` if missing (to watch it;
         // the default is the host's /etc/cni/net.d) and reads `bin_dir` only
         // to set up a pod network, which host-network pods skip.
@@ -244,8 +245,8 @@ impl Drop for Containerd {
 pub struct CriConfig {
     /// The pause image (its entrypoint must keep running).
     pub sandbox_image: String,
-    /// `host:port` of a registry to reach over plain HTTP.
-    pub plain_http_registry: String,
+    /// `host:port` of the registries to reach over plain HTTP.
+    pub plain_http_registries: Vec<String>,
 }
 
 /// containerd 1.6 puts shim sockets under `/run/containerd/s` whatever its

@@ -82,12 +82,16 @@ impl TestRegistry {
 
     /// A registry requiring basic auth for `user`/`password` (bcrypt via `htpasswd -Bbn`).
     pub async fn start_with_htpasswd(user: &str, password: &str) -> Self {
-        let out = Command::new("htpasswd")
-            .args(["-Bbn", user, password])
-            .output()
-            .expect("htpasswd (apache2-utils) must be installed: run scripts/setup.sh");
-        assert!(out.status.success(), "htpasswd failed");
-        Self::start_inner(Some(String::from_utf8(out.stdout).unwrap()), Tls::Off).await
+        Self::start_inner(Some(htpasswd_line(user, password)), Tls::Off).await
+    }
+
+    /// Replaces the accounts of a registry started with
+    /// [`Self::start_with_htpasswd`] by `user`/`password` (a rotated
+    /// password): the registry re-reads its htpasswd file when it changes.
+    pub fn set_htpasswd(&self, user: &str, password: &str) {
+        let path = self.dir.path().join("htpasswd");
+        assert!(path.exists(), "not an htpasswd registry");
+        std::fs::write(path, htpasswd_line(user, password)).unwrap();
     }
 
     async fn start_inner(htpasswd: Option<String>, tls: Tls) -> Self {
@@ -207,6 +211,16 @@ impl TestRegistry {
     pub fn reference(&self, repo: &str) -> String {
         format!("{}/{repo}:latest", self.addr)
     }
+}
+
+/// The htpasswd line (bcrypt) of `user`/`password`.
+fn htpasswd_line(user: &str, password: &str) -> String {
+    let out = Command::new("htpasswd")
+        .args(["-Bbn", user, password])
+        .output()
+        .expect("htpasswd (apache2-utils) must be installed: run scripts/setup.sh");
+    assert!(out.status.success(), "htpasswd failed");
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Runs the registry with `dir/config.yml`, logging to `dir/registry.log`.
