@@ -158,6 +158,16 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// The value's spelling on the command line and in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 impl Config {
     /// Loads `path`, or the default file if `path` is None (a missing
     /// default file yields the defaults).

@@ -94,15 +94,8 @@ fn start(args: ServeArgs, format: &mut LogFormat) -> anyhow::Result<()> {
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .with_context(|| format!("bad --log-level {level:?}"))?;
-    // The fd holder started below inherits our stderr: same format.
-    let name = match *format {
-        LogFormat::Text => "text",
-        LogFormat::Json => "json",
-    };
-    // SAFETY: no other thread exists yet (the runtime is built below and
-    // nothing before this spawns one), so nothing reads the environment
-    // concurrently.
-    unsafe { std::env::set_var(logging::LOG_FORMAT_ENV, name) };
+    // The fd holder started below writes to our stderr: it gets this format.
+    config.log_format = Some(*format);
     logging::init(filter, *format);
     for key in &config.unknown_keys {
         tracing::warn!(key = %key, "unknown config key ignored");
@@ -381,7 +374,7 @@ async fn remote_fs(
     let mut fs = StargzFs::new(root, config.remote.clone()).context("set up remote layers")?;
     if config.remote.fuse.live_restart {
         let wait = Duration::from_secs(config.remote.fuse.live_restart_timeout_sec);
-        match live_restart(root, wait) {
+        match live_restart(root, wait, config.log_format.unwrap_or_default()) {
             Ok(live) => fs = fs.with_live_restart(live),
             Err(e) => tracing::warn!(error = %e, "live restart unavailable: SIGTERM will unmount"),
         }
@@ -410,11 +403,21 @@ async fn remote_fs(
 }
 
 /// Connects to the fd holder of `root`, starting it when needed (keeping
-/// connections for `orphan_timeout` once no daemon is connected).
-fn live_restart(root: &Path, orphan_timeout: Duration) -> anyhow::Result<LiveMounts> {
+/// connections for `orphan_timeout` once no daemon is connected, and
+/// logging in `log_format`, as it shares our stderr).
+fn live_restart(
+    root: &Path,
+    orphan_timeout: Duration,
+    log_format: LogFormat,
+) -> anyhow::Result<LiveMounts> {
     std::fs::create_dir_all(root).with_context(|| format!("create {}", root.display()))?;
     let exe = std::env::current_exe().context("locate the rstargz binary")?;
-    let store = FdStore::connect_or_spawn(&root.join("fdstore.sock"), &exe, orphan_timeout)?;
+    let store = FdStore::connect_or_spawn(
+        &root.join("fdstore.sock"),
+        &exe,
+        orphan_timeout,
+        &["--log-format", log_format.name()],
+    )?;
     Ok(LiveMounts::new(store))
 }
 

@@ -307,7 +307,8 @@ fn the_fd_holder_lets_go_when_no_daemon_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("fdstore.sock");
     let exe = Path::new(env!("CARGO_BIN_EXE_rstargz"));
-    let store = FdStore::connect_or_spawn(&socket, exe, std::time::Duration::from_secs(2)).unwrap();
+    let store =
+        FdStore::connect_or_spawn(&socket, exe, std::time::Duration::from_secs(2), &[]).unwrap();
     // A pipe stands in for a FUSE connection: the holder keeps its reading
     // end, and the writing end tells when the holder has closed it.
     let (r, w) = nix::unistd::pipe().unwrap();
@@ -336,7 +337,8 @@ fn the_fd_holder_keeps_credentials_for_the_next_daemon_and_only_in_time() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("fdstore.sock");
     let exe = Path::new(env!("CARGO_BIN_EXE_rstargz"));
-    let store = FdStore::connect_or_spawn(&socket, exe, std::time::Duration::from_secs(2)).unwrap();
+    let store =
+        FdStore::connect_or_spawn(&socket, exe, std::time::Duration::from_secs(2), &[]).unwrap();
     let held = HeldCredentials::new(Arc::new(store));
     let basic = |password: &str| Credential::Basic {
         username: "u".into(),

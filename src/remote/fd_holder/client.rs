@@ -206,11 +206,12 @@ pub struct FdStore {
 impl FdStore {
     /// Connects to the holder at `socket`, starting `exe fd-holder` first
     /// when none answers (keeping connections for `orphan_timeout` with no
-    /// daemon connected).
+    /// daemon connected, and given `holder_args` too, e.g. its log format).
     pub fn connect_or_spawn(
         socket: &Path,
         exe: &Path,
         orphan_timeout: Duration,
+        holder_args: &[&str],
     ) -> Result<FdStore, FdStoreError> {
         if let Ok(store) = Self::connect(socket) {
             return Ok(store);
@@ -221,6 +222,7 @@ impl FdStore {
             .arg(socket)
             .arg("--orphan-timeout-sec")
             .arg(orphan_timeout.as_secs().to_string())
+            .args(holder_args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             // Its own process group: a Ctrl-C meant for the daemon must not
