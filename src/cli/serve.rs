@@ -24,6 +24,7 @@ use rstargz_remote::cri_keychain::CriKeychain;
 use rstargz_remote::fd_holder::FdStore;
 use rstargz_remote::held_credentials::HeldCredentials;
 use rstargz_remote::live::LiveMounts;
+use rstargz_remote::policy::Policies;
 use rstargz_snapshotter::grpc::SnapshotsService;
 use rstargz_snapshotter::lcow::LcowBackend;
 use rstargz_snapshotter::remote_fs::{NoRemote, RemoteFs};
@@ -124,9 +125,10 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
         Fallback::Lcow => Arc::new(LcowBackend),
     };
     let backend = Arc::clone(&opts.backend);
+    let policies = Policies::new(&config.remote, &root);
     let remote = if !backend.supports_remote() {
         "not offered by this fallback"
-    } else if config.remote.disable_remote {
+    } else if !policies.remote_enabled {
         "disabled"
     } else {
         "enabled"
@@ -135,7 +137,7 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
     let mut _metrics_servers = Vec::new();
     let mut stargz = None;
     if backend.supports_remote() {
-        let (fs, stargz_fs, metrics) = remote_fs(&root, &config).await?;
+        let (fs, stargz_fs, metrics) = remote_fs(&root, &config, &policies).await?;
         opts.remote = fs;
         _metrics_servers = metrics;
         // Start-up order: (1) the mounts whose connection the fd holder
@@ -367,14 +369,14 @@ impl Drop for AbortOnDrop {
 async fn remote_fs(
     root: &Path,
     config: &Config,
+    policies: &Policies,
 ) -> anyhow::Result<(Arc<dyn RemoteFs>, Option<Arc<StargzFs>>, Vec<AbortOnDrop>)> {
-    if config.remote.disable_remote {
+    if !policies.remote_enabled {
         return Ok((Arc::new(NoRemote), None, Vec::new()));
     }
     let mut fs = StargzFs::new(root, config.remote.clone()).context("set up remote layers")?;
-    if config.remote.fuse.live_restart {
-        let wait = Duration::from_secs(config.remote.fuse.live_restart_timeout_sec);
-        match live_restart(root, wait, config.log_format.unwrap_or_default()) {
+    if let Some(orphan_timeout) = policies.live_restart {
+        match live_restart(root, orphan_timeout, config.log_format.unwrap_or_default()) {
             Ok(live) => fs = fs.with_live_restart(live),
             Err(e) => tracing::warn!(error = %e, "live restart unavailable: SIGTERM will unmount"),
         }

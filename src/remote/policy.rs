@@ -27,6 +27,9 @@ pub struct Policies {
     pub background: BackgroundPolicy,
     /// FUSE mount settings.
     pub mount: MountPolicy,
+    /// With live restart on, how long the fd holder keeps the mounts while
+    /// no daemon is connected (`None`: live restart off, SIGTERM unmounts).
+    pub live_restart: Option<Duration>,
     /// Where and how much the chunk caches keep.
     pub cache: CachePolicy,
     /// How long a successful registry access vouches for a layer in Check.
@@ -165,6 +168,10 @@ impl Policies {
             .filter(|n| *n > 0);
         Policies {
             remote_enabled: !config.disable_remote,
+            live_restart: config
+                .fuse
+                .live_restart
+                .then(|| secs(config.fuse.live_restart_timeout_sec)),
             verification: VerificationPolicy {
                 disabled: config.disable_verification,
                 honour_skip_label: config.allow_no_verification,
@@ -231,6 +238,12 @@ mod tests {
     fn defaults_become_the_documented_policies() {
         let p = Policies::new(&RemoteConfig::default(), Path::new("/r"));
         assert!(p.remote_enabled);
+        assert_eq!(
+            p.live_restart,
+            Some(Duration::from_secs(
+                crate::config::DEFAULT_LIVE_RESTART_TIMEOUT_SEC
+            ))
+        );
         assert_eq!(p.verification.verify(), Verify::Enabled);
         assert!(!p.verification.honour_skip_label);
         assert_eq!(
@@ -353,5 +366,15 @@ dir = "/elsewhere"
         assert_eq!(opts.attr_ttl, Duration::from_secs(1));
         assert_eq!(opts.read_timeout, Duration::from_secs(7));
         assert_eq!(opts.entry_ttl, untouched);
+    }
+
+    #[test]
+    fn live_restart_off_has_no_orphan_timeout() {
+        let mut c = RemoteConfig::default();
+        c.fuse.live_restart_timeout_sec = 7;
+        let on = Policies::new(&c, Path::new("/r"));
+        assert_eq!(on.live_restart, Some(Duration::from_secs(7)));
+        c.fuse.live_restart = false;
+        assert_eq!(Policies::new(&c, Path::new("/r")).live_restart, None);
     }
 }
