@@ -104,10 +104,7 @@ fn start(args: ServeArgs, format: &mut LogFormat) -> anyhow::Result<()> {
     for key in &config.unknown_keys {
         tracing::warn!(key = %key, "unknown config key ignored");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start tokio runtime")?;
+    let runtime = super::service_runtime()?;
     runtime.block_on(serve(root, address, config))
 }
 
