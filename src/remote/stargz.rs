@@ -112,6 +112,7 @@ impl StargzFs {
         let chunks = ChunkCache::new(
             &ChunkCacheConfig {
                 memory_bytes: cache.memory_bytes,
+                ..ChunkCacheConfig::default()
             },
             Some(Arc::new(disk)),
         );

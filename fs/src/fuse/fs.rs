@@ -31,6 +31,7 @@ use super::passthrough::OpenMode;
 use crate::cache::FileStore;
 use crate::estargz::{Index, Ino, NodeKind};
 use crate::layer::{LayerError, LayerReader};
+use crate::purpose::Purpose;
 
 const BLOCK_SIZE: u32 = 4096;
 /// Largest FUSE request we ask for: 1 MiB reads halve round trips twice
@@ -284,9 +285,20 @@ impl LayerFs {
             return;
         };
         let (store, index) = (store.clone(), self.index.clone());
-        self.runtime.spawn_blocking(move || {
-            if let Err(e) = store.prepare(key, &index.chunks(ino), &disk) {
-                tracing::warn!(ino, error = %e, "cannot materialize file for passthrough");
+        let work = self.layer.cache().work().clone();
+        // A whole file's worth of disk I/O: behind every read someone waits for.
+        self.runtime.spawn(async move {
+            let prepared = work
+                .run(Purpose::Background, move || {
+                    store.prepare(key, &index.chunks(ino), &disk)
+                })
+                .await;
+            match prepared {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(ino, error = %e, "cannot materialize file for passthrough")
+                }
+                Err(e) => tracing::warn!(ino, error = %e, "passthrough assembly task failed"),
             }
         });
     }

@@ -19,9 +19,9 @@ use super::hedge::{self, Latency};
 use super::hosts::{HostsConfig, RegistryHost, Scheme, resolve_hosts};
 use super::http::{GatedResponse, configured_headers, header_str};
 use super::metrics::{FetchMetrics, MetricsSnapshot};
-use super::priority_gate::PriorityGate;
 use super::reference::Reference;
 use super::retry::{Backoff, parse_retry_after, retryable_status};
+use crate::priority_gate::PriorityGate;
 use crate::purpose::Purpose;
 
 /// Settings of the registry reader.
