@@ -51,6 +51,8 @@ mod mount_cli; // root: FUSE, overlayfs; registry
 #[cfg(feature = "system")]
 mod remote; // root: FUSE, overlayfs; registry
 #[cfg(feature = "system")]
+mod scale_threads; // root: FUSE, overlayfs; registry (a measurement, ignored by default)
+#[cfg(feature = "system")]
 mod security; // root: FUSE; registry
 #[cfg(feature = "system")]
 mod systemd; // systemd-analyze; the daemon under a NOTIFY_SOCKET
