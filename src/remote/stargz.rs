@@ -223,6 +223,11 @@ impl StargzFs {
         self.resolver.cache()
     }
 
+    /// The files kept for kernel passthrough, when it is on.
+    pub fn passthrough_files(&self) -> Option<&Arc<FileStore>> {
+        self.files.as_ref()
+    }
+
     fn count_decline(&self, reason: DeclineReason) {
         if let Ok(mut m) = self.metrics.declined.lock() {
             *m.entry(reason.as_str()).or_default() += 1;

@@ -27,6 +27,8 @@ mod bench_readpath; // root: FUSE, overlayfs, drop_caches; registry
 #[cfg(feature = "system")]
 mod compose; // root: dockerd, docker-compose, mmdebstrap
 #[cfg(feature = "system")]
+mod container_reread; // root: containerd, runc, ctr-remote; registry
+#[cfg(feature = "system")]
 mod containerd; // root: containerd
 #[cfg(feature = "system")]
 mod crash_mixed; // root: FUSE; registry

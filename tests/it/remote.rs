@@ -73,29 +73,6 @@ fn start_daemon_with_metrics(dir: &Path) -> (Daemon, String) {
     (start_daemon_with(dir, &top), addr)
 }
 
-/// `GET /metrics` over a plain TCP connection.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text
-}
-
-/// The value of the sample `series` (name with labels) in `text`.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in {text}"))
-        .parse()
-        .unwrap()
-}
-
 /// Mounts what a Mounts answer describes at `target` (as containerd would).
 fn mount_all(mounts: &[Mount], target: &Path) {
     let m = &mounts[0];

@@ -11,6 +11,7 @@
 pub mod content_dir;
 pub mod disk;
 pub mod error;
+pub mod file_fill;
 pub mod files;
 
 use std::future::Future;

@@ -12,7 +12,7 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use fuser::{
@@ -28,6 +28,7 @@ use super::freeze_gate::Held;
 use super::handover::{InitParams, Live};
 use super::overlay_view::OverlayView;
 use super::passthrough::OpenMode;
+use super::stats::{FuseStats, READ_LATENCY_BUCKETS};
 use crate::cache::FileStore;
 use crate::estargz::{Index, Ino, NodeKind};
 use crate::layer::{LayerError, LayerReader};
@@ -81,71 +82,6 @@ pub fn errno(err: &FsError) -> Errno {
         FsError::NoXattr => Errno::NO_XATTR,
         FsError::Range => Errno::ERANGE,
         FsError::Layer(_) | FsError::Timeout(_) => Errno::EIO,
-    }
-}
-
-/// Upper bounds (seconds) of the async read latency buckets.
-pub const READ_LATENCY_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
-
-/// Per-operation counters, for the daemon's metrics.
-#[derive(Debug, Default)]
-pub struct FuseStats {
-    /// lookup calls.
-    pub lookups: AtomicU64,
-    /// getattr calls.
-    pub getattrs: AtomicU64,
-    /// readdir and readdirplus calls.
-    pub readdirs: AtomicU64,
-    /// open calls.
-    pub opens: AtomicU64,
-    /// Reads answered inline from memory.
-    pub reads_inline: AtomicU64,
-    /// Reads answered from a worker task.
-    pub reads_async: AtomicU64,
-    /// Reads answered with an error (including timeouts).
-    pub read_errors: AtomicU64,
-    /// Reads that hit the timeout.
-    pub read_timeouts: AtomicU64,
-    /// Total nanoseconds spent in async reads.
-    pub async_read_nanos: AtomicU64,
-    /// Async reads per latency bucket: bucket `i` counts reads that took at
-    /// most [`READ_LATENCY_BUCKETS`]`[i]` seconds (not cumulative); the last
-    /// slot counts slower reads.
-    pub async_read_buckets: [AtomicU64; READ_LATENCY_BUCKETS.len() + 1],
-    /// Opens served with kernel passthrough.
-    pub passthrough_opens: AtomicU64,
-    /// Largest read request the kernel sent, in bytes.
-    pub max_read_request: AtomicU64,
-}
-
-impl FuseStats {
-    /// Adds the counts of `other` (a mount that is going away) to these, so
-    /// that totals summed over mounts never go backwards.
-    pub fn absorb(&self, other: &FuseStats) {
-        let add = |to: &AtomicU64, from: &AtomicU64| {
-            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
-        };
-        add(&self.lookups, &other.lookups);
-        add(&self.getattrs, &other.getattrs);
-        add(&self.readdirs, &other.readdirs);
-        add(&self.opens, &other.opens);
-        add(&self.reads_inline, &other.reads_inline);
-        add(&self.reads_async, &other.reads_async);
-        add(&self.read_errors, &other.read_errors);
-        add(&self.read_timeouts, &other.read_timeouts);
-        add(&self.async_read_nanos, &other.async_read_nanos);
-        for (to, from) in self
-            .async_read_buckets
-            .iter()
-            .zip(&other.async_read_buckets)
-        {
-            add(to, from);
-        }
-        add(&self.passthrough_opens, &other.passthrough_opens);
-        self.max_read_request.fetch_max(
-            other.max_read_request.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
     }
 }
 
@@ -233,6 +169,22 @@ impl LayerFs {
             return None;
         }
         Some((store, FileStore::file_key(&self.index.chunks(ino))?))
+    }
+
+    /// Where the bytes of a read of `ino` also go: the file's passthrough
+    /// copy, while it may be passed through and is not ready yet.
+    fn fill_target(&self, ino: Ino) -> Option<Fill> {
+        let (store, key) = self.passthrough_key(ino)?;
+        if store.is_ready(&key) {
+            return None;
+        }
+        let size = self.index.node(ino)?.size();
+        Some(Fill {
+            store: store.clone(),
+            key,
+            size,
+            ino,
+        })
     }
 
     /// Opens `ino` in the mode the passthrough table chooses.
@@ -420,6 +372,25 @@ impl LayerFs {
     }
 }
 
+/// A file's passthrough copy that reads fill (see `cache::file_fill`).
+struct Fill {
+    store: Arc<FileStore>,
+    key: crate::estargz::Digest,
+    size: u64,
+    ino: Ino,
+}
+
+impl Fill {
+    /// Writes `data`, the bytes read at `offset`, into the copy. A failure
+    /// only means the file is not passed through yet (release assembles it
+    /// from the chunk cache later).
+    fn record(&self, offset: u64, data: &[u8]) {
+        if let Err(e) = self.store.record_read(self.key, self.size, offset, data) {
+            tracing::debug!(ino = self.ino, error = %e, "cannot fill the passthrough copy");
+        }
+    }
+}
+
 /// The kernel's `new_encode_dev`, which FUSE attributes use.
 fn encode_dev(major: u32, minor: u32) -> u32 {
     (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
@@ -559,6 +530,7 @@ impl Filesystem for LayerFs {
         let Some(_pass) = self.live.gate.enter() else {
             return std::mem::forget(reply);
         };
+        self.stats.releases.fetch_add(1, Ordering::Relaxed);
         if let Ok(i) = Self::ino(ino) {
             if let Some(raw) = self.live.opens.release(i, fh.0) {
                 self.live.close_backing(raw);
@@ -590,8 +562,14 @@ impl Filesystem for LayerFs {
             Err(e) => return reply.error(errno(&e)),
         };
         let sequential = self.access.record(ino, offset, u64::from(size));
+        let fill = self.fill_target(ino);
         if let Some(data) = self.layer.read_cached(ino, offset, u64::from(size)) {
             self.stats.reads_inline.fetch_add(1, Ordering::Relaxed);
+            // Before the reply: the reader's next open must find the copy
+            // complete. A local write into the page cache, not network I/O.
+            if let Some(fill) = &fill {
+                fill.record(offset, &data);
+            }
             return reply.data(&data);
         }
         self.stats.reads_async.fetch_add(1, Ordering::Relaxed);
@@ -607,6 +585,7 @@ impl Filesystem for LayerFs {
         };
         let gate = self.live.gate.clone();
         let reply = Held::new(reply, gate.clone());
+        let work = self.layer.cache().work().clone();
         self.runtime.spawn(async move {
             // After a handover the successor answers (the read is resent).
             let Some(_pass) = gate.enter() else { return };
@@ -641,7 +620,19 @@ impl Filesystem for LayerFs {
                 .unwrap_or(READ_LATENCY_BUCKETS.len());
             stats.async_read_buckets[bucket].fetch_add(1, Ordering::Relaxed);
             match res {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    let data = bytes::Bytes::from(data);
+                    if let Some(fill) = fill {
+                        let copy = data.clone();
+                        let filled = work
+                            .run(Purpose::OnDemand, move || fill.record(offset, &copy))
+                            .await;
+                        if let Err(e) = filled {
+                            tracing::debug!(ino, error = %e, "passthrough copy task failed");
+                        }
+                    }
+                    reply.data(&data)
+                }
                 Err(e) => {
                     stats.read_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(ino, offset, size, error = %e, "read failed");

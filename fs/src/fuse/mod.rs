@@ -19,6 +19,7 @@ pub mod handover;
 pub mod mountinfo;
 pub mod overlay_view;
 pub mod passthrough;
+pub mod stats;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -28,10 +29,11 @@ use std::time::Duration;
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
 pub use self::access_log::AccessLog;
-pub use self::fs::{FsError, FuseStats, LayerFs, READ_LATENCY_BUCKETS, errno};
+pub use self::fs::{FsError, LayerFs, errno};
 use self::handover::Live;
 pub use self::handover::{HandoverState, InitParams};
 pub use self::overlay_view::{OpaqueXattr, OverlayView};
+pub use self::stats::{FuseStats, READ_LATENCY_BUCKETS};
 use crate::cache::FileStore;
 use crate::layer::LayerReader;
 

@@ -1,6 +1,7 @@
 //! Helpers of the tests of remote (lazily pulled) layers: eStargz layers
 //! built in memory, the labels containerd's remote-snapshot handler sets, a
-//! daemon configured for a test registry, and mount inspection.
+//! daemon configured for a test registry, mount inspection and the
+//! daemon's metrics.
 
 use std::path::{Path, PathBuf};
 
@@ -187,4 +188,27 @@ pub fn is_mountpoint(path: &Path) -> bool {
 pub fn hex_sha(data: &[u8]) -> String {
     use sha2::Digest as _;
     format!("{:x}", sha2::Sha256::digest(data))
+}
+
+/// `GET /metrics` over a plain TCP connection.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
+/// The value of the sample `series` (name with labels) in `text`.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
+        .parse()
+        .unwrap()
 }
