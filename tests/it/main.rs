@@ -23,7 +23,7 @@ mod snapshotter; // daemon over its socket, `du`
 #[cfg(feature = "system")]
 mod bench_coldstart; // root, containerd, runc, ctr-remote, registry, the Go reference
 #[cfg(feature = "system")]
-mod bench_readpath; // root: FUSE, overlayfs, drop_caches; registry
+mod bench_readpath; // root: FUSE, overlayfs, drop_caches, containerd, runc; registry
 #[cfg(feature = "system")]
 mod compose; // root: dockerd, docker-compose, mmdebstrap
 #[cfg(feature = "system")]
