@@ -16,16 +16,14 @@ use crate::common;
 use crate::common::image as image_common;
 
 use std::path::Path;
-use std::sync::Arc;
 
 use common::containerd::{Containerd, RunDirGuard};
 use common::remote::{sample, scrape};
 use common::workload::image_layers;
 use common::*;
 use image_common::registry::TestRegistry;
-use image_common::{at, client};
-use rstargz_image::build::{self, BuildOptions, LayerInput};
-use rstargz_image::{ConvertOptions, Quiet};
+use image_common::{build_estargz, client};
+use rstargz_image::build::LayerInput;
 use sha2::Digest as _;
 
 const PLUGIN: &str = "rstargz";
@@ -69,23 +67,7 @@ async fn the_re_read_in_a_container_is_served_without_the_daemon() {
     let reg = TestRegistry::start().await;
     let layers = image_layers(dir);
     let inputs: Vec<LayerInput> = layers.iter().cloned().map(LayerInput::Dir).collect();
-    let (plain, esgz) = (
-        at(&reg.host(), "reread/plain:v1"),
-        at(&reg.host(), "reread/esgz:v1"),
-    );
-    let client = client(dir);
-    build::from_dirs(&client, &plain, &inputs, &BuildOptions::default())
-        .await
-        .unwrap();
-    rstargz_image::convert(
-        &client,
-        &plain,
-        &esgz,
-        &ConvertOptions::default(),
-        Arc::new(Quiet),
-    )
-    .await
-    .unwrap();
+    let (esgz, _) = build_estargz(&client(dir), &reg.host(), "reread/image", &inputs).await;
     let want = {
         let host = layers[1].join(&FILE[1..]);
         let sum = sha2::Sha256::digest(std::fs::read(host).unwrap());

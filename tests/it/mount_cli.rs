@@ -5,12 +5,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::image::{at, client};
-use rstargz_image::build::{self, BuildOptions, LayerInput};
-use rstargz_image::{ConvertOptions, Quiet};
+use crate::common::image::{build_estargz, client};
+use rstargz_image::build::LayerInput;
 use rstargz_test_support::golden::check_tree;
 use rstargz_test_support::registry::TestRegistry;
 use rstargz_test_support::{TestLayer, push_image, test_blob};
@@ -170,22 +168,9 @@ async fn push_deep_image(registry: &TestRegistry, scratch: &Path) -> String {
         std::fs::write(layer.join("top"), i.to_string()).unwrap();
         inputs.push(LayerInput::Dir(layer));
     }
-    let client = client(scratch);
-    let plain = at(&registry.host(), "deep/plain:v1");
-    build::from_dirs(&client, &plain, &inputs, &BuildOptions::default())
-        .await
-        .unwrap();
-    let esgz = at(&registry.host(), "deep/esgz:v1");
-    let report = rstargz_image::convert(
-        &client,
-        &plain,
-        &esgz,
-        &ConvertOptions::default(),
-        Arc::new(Quiet),
-    )
-    .await
-    .unwrap();
-    assert_eq!(report.manifests[0].layers.len(), DEEP_LAYERS);
+    let (esgz, layers) =
+        build_estargz(&client(scratch), &registry.host(), "deep/image", &inputs).await;
+    assert_eq!(layers, DEEP_LAYERS);
     esgz.to_string()
 }
 

@@ -26,16 +26,43 @@ fn passthrough_opts(root: &std::path::Path) -> (Arc<FileStore>, MountOptions) {
     (store, opts)
 }
 
+/// The gzip `sizes` layer over a disk cache under `dir`, with a
+/// passthrough store there, and its biggest file.
+struct Sizes {
+    store: Arc<FileStore>,
+    opts: MountOptions,
+    layer: Arc<rstargz_fs::layer::LayerReader>,
+    path: String,
+    key: rstargz_fs::estargz::Digest,
+}
+
+fn sizes(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Sizes {
+    let (store, opts) = passthrough_opts(dir);
+    let cache = disk_cache(dir, 1 << 30);
+    let source = TestSource::new(blob("sizes", "gzip"), Behaviour::Serve);
+    let layer = open_layer(rt, source, cache);
+    let (ino, path) = biggest_file(layer.index());
+    let key = FileStore::file_key(&layer.index().chunks(ino)).unwrap();
+    Sizes {
+        store,
+        opts,
+        layer,
+        path,
+        key,
+    }
+}
+
 #[test]
 fn fully_cached_file_is_served_by_kernel_passthrough() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let (store, opts) = passthrough_opts(dir.path());
-    let cache = disk_cache(dir.path(), 1 << 30);
-    let source = TestSource::new(blob("sizes", "gzip"), Behaviour::Serve);
-    let layer = open_layer(&rt, source.clone(), cache.clone());
-    let (ino, path) = biggest_file(layer.index());
-    let key = FileStore::file_key(&layer.index().chunks(ino)).unwrap();
+    let Sizes {
+        store,
+        opts,
+        layer,
+        path,
+        key,
+    } = sizes(&rt, dir.path());
     let m = mount_layer(&rt, layer.clone(), opts.clone());
     let want = std::fs::read(m.path.join(&path)).unwrap();
     assert!(store.is_ready(&key), "the reads filled the copy");
@@ -65,12 +92,13 @@ fn fully_cached_file_is_served_by_kernel_passthrough() {
 fn the_re_read_right_after_the_first_read_is_passed_through() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let (store, opts) = passthrough_opts(dir.path());
-    let cache = disk_cache(dir.path(), 1 << 30);
-    let source = TestSource::new(blob("sizes", "gzip"), Behaviour::Serve);
-    let layer = open_layer(&rt, source, cache);
-    let (ino, path) = biggest_file(layer.index());
-    let key = FileStore::file_key(&layer.index().chunks(ino)).unwrap();
+    let Sizes {
+        store,
+        opts,
+        layer,
+        path,
+        key,
+    } = sizes(&rt, dir.path());
     let m = mount_layer(&rt, layer, opts);
     let stats = m.handle.as_ref().unwrap().stats().clone();
     let reads =
@@ -155,12 +183,13 @@ fn damaged_materialized_file_is_never_passed_through() {
 fn open_during_a_cached_open_and_overlay_on_top_both_work() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let (store, opts) = passthrough_opts(dir.path());
-    let cache = disk_cache(dir.path(), 1 << 30);
-    let source = TestSource::new(blob("sizes", "gzip"), Behaviour::Serve);
-    let layer = open_layer(&rt, source, cache);
-    let (ino, path) = biggest_file(layer.index());
-    let key = FileStore::file_key(&layer.index().chunks(ino)).unwrap();
+    let Sizes {
+        store,
+        opts,
+        layer,
+        path,
+        key,
+    } = sizes(&rt, dir.path());
     let m = mount_layer(&rt, layer.clone(), opts.clone());
     let file = m.path.join(&path);
     // Held open (page-cache mode) while the file becomes ready.
