@@ -25,10 +25,6 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
 
-/// Environment variable through which `serve` hands its log format to the
-/// fd holder it starts (which writes to the same stderr).
-pub const LOG_FORMAT_ENV: &str = "RSTARGZ_LOG_FORMAT";
-
 /// Installs the global subscriber writing to stderr in `format`.
 pub fn init(filter: EnvFilter, format: LogFormat) {
     let builder = tracing_subscriber::fmt()

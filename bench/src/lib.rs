@@ -7,5 +7,4 @@ pub mod io;
 pub mod read_path;
 pub mod remote_layer;
 pub mod resources;
-pub mod shaper;
 pub mod snapshot_ops;

@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use rstargz_bench::coldstart::procs::Snapshotter;
 use rstargz_bench::container::ContainerSnapshotter;
-use rstargz_bench::shaper::{Link, Shaper};
 use rstargz_bench::{coldstart, read_path, resources, snapshot_ops};
+use rstargz_test_support::proxy::{Link, Shaper};
 
 /// rstargz-bench: benchmarks of rstargz against its baselines.
 #[derive(Debug, Parser)]

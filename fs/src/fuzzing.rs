@@ -104,7 +104,7 @@ pub fn fuzz_toc_json(data: &[u8]) {
 /// The converter's tar reader: any tar it accepts must come out as a blob
 /// that opens with its own TOC digest and whose files all read back.
 /// The low bit of byte 511 (padding of the first tar header, ignored by tar)
-/// picks zstd instead of gzip.
+/// picks zstd instead of gzip, the next bit a minimum chunk size.
 pub fn fuzz_tar(data: &[u8]) {
     // Compressed input only adds the decompressors' work (a bomb there costs
     // the converter temporary disk, which is its caller's to bound).
@@ -119,6 +119,12 @@ pub fn fuzz_tar(data: &[u8]) {
             Compression::Gzip
         },
         chunk_size: 4096,
+        // Bit 1 of the same byte packs small files into shared members.
+        min_chunk_size: if data.get(511).is_some_and(|b| b & 2 == 2) {
+            8192
+        } else {
+            0
+        },
         prioritized: ["etc/hosts", "app/bin/app", "d/file", "dir/link"]
             .map(String::from)
             .to_vec(),

@@ -15,6 +15,7 @@ pub mod estargz;
 pub mod fuse;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod histogram;
 pub mod layer;
 pub mod priority_gate;
 pub mod purpose;

@@ -14,9 +14,8 @@ pub struct FdHolderArgs {
     /// How long to keep connections while no daemon is connected.
     #[arg(long, default_value_t = rstargz_remote::config::DEFAULT_LIVE_RESTART_TIMEOUT_SEC)]
     pub orphan_timeout_sec: u64,
-    /// Log output; `serve` passes its own through the environment, since
-    /// both write to the same stderr.
-    #[arg(long, value_enum, env = crate::logging::LOG_FORMAT_ENV, default_value = "text")]
+    /// Log output; `serve` passes its own, since both write to the same stderr.
+    #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
 

@@ -47,6 +47,10 @@ struct ConvertArgs {
     /// Uncompressed chunk size of large files, in bytes.
     #[arg(long, default_value_t = estargz::writer::DEFAULT_CHUNK_SIZE)]
     chunk_size: u64,
+    /// Small files share a compressed member until it holds this many
+    /// bytes (0: never); readers older than stargz-snapshotter 0.13 cannot read such blobs.
+    #[arg(long, default_value_t = 0)]
+    min_chunk_size: u64,
     /// File to prefetch (moved to the front, before `.prefetch.landmark`); repeatable.
     #[arg(long = "prioritize", value_name = "PATH")]
     prioritized: Vec<String>,
@@ -115,6 +119,7 @@ fn convert(a: ConvertArgs) -> anyhow::Result<()> {
     let mut opts = WriterOptions {
         compression,
         chunk_size: a.chunk_size,
+        min_chunk_size: a.min_chunk_size,
         prioritized: a.prioritized,
         ..WriterOptions::default()
     };

@@ -18,8 +18,11 @@ use crate::config::{
     Config, DEFAULT_ADDRESS, DEFAULT_LOG_LEVEL, DEFAULT_ROOT, Fallback, LogFormat,
 };
 use crate::logging;
+use rstargz_fs::registry::Keychain;
 use rstargz_remote::StargzFs;
+use rstargz_remote::cri_keychain::CriKeychain;
 use rstargz_remote::fd_holder::FdStore;
+use rstargz_remote::held_credentials::HeldCredentials;
 use rstargz_remote::live::LiveMounts;
 use rstargz_snapshotter::grpc::SnapshotsService;
 use rstargz_snapshotter::lcow::LcowBackend;
@@ -91,18 +94,19 @@ fn start(args: ServeArgs, format: &mut LogFormat) -> anyhow::Result<()> {
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .with_context(|| format!("bad --log-level {level:?}"))?;
-    // The fd holder started below inherits our stderr: same format.
-    let name = match *format {
-        LogFormat::Text => "text",
-        LogFormat::Json => "json",
-    };
-    // SAFETY: no other thread exists yet (the runtime is built below and
-    // nothing before this spawns one), so nothing reads the environment
-    // concurrently.
-    unsafe { std::env::set_var(logging::LOG_FORMAT_ENV, name) };
+    // The fd holder started below writes to our stderr: it gets this format.
+    config.log_format = Some(*format);
     logging::init(filter, *format);
     for key in &config.unknown_keys {
         tracing::warn!(key = %key, "unknown config key ignored");
+    }
+    for setting in config.remote.unsupported_settings() {
+        tracing::warn!("{setting}");
+    }
+    if config.kubeconfig_keychain.enable_keychain {
+        tracing::warn!(
+            "[kubeconfig_keychain] is not supported (use [cri_keychain] or a docker config); ignored"
+        );
     }
     let runtime = super::service_runtime()?;
     runtime.block_on(serve(root, address, config))
@@ -124,13 +128,13 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
     } else {
         "enabled"
     };
-    // Kept alive until shutdown: dropping it stops the metrics server.
-    let mut _metrics_server = None;
+    // Kept alive until shutdown: dropping them stops the metrics servers.
+    let mut _metrics_servers = Vec::new();
     let mut stargz = None;
     if backend.supports_remote() {
         let (fs, stargz_fs, metrics) = remote_fs(&root, &config).await?;
         opts.remote = fs;
-        _metrics_server = metrics;
+        _metrics_servers = metrics;
         // Start-up order: (1) the mounts whose connection the fd holder
         // still keeps are set aside for take-over; (2) every other rstargz
         // mount under the root (no holder, live restart off, or unknown to
@@ -144,8 +148,16 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
             .map(|l| l.find_adoptable(&root))
             .unwrap_or_default();
         rstargz_remote::restore::detach_stale_mounts(&root, &keep);
+        // Before restore: the layers taken over read with these.
+        if let Some(fs) = &stargz_fs {
+            keep_credentials(fs, config.cri_keychain.enable_keychain);
+        }
         stargz = stargz_fs;
     }
+    let keychain = stargz
+        .as_ref()
+        .map(|s| s.registry().keychain().clone())
+        .unwrap_or_default();
     let snapshotter = tokio::task::spawn_blocking(move || Snapshotter::open(opts))
         .await?
         .with_context(|| format!("open snapshotter at {}", root.display()))?;
@@ -156,10 +168,17 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
     if restored + failed > 0 {
         tracing::info!(restored, failed, "remote layers restored");
     }
+    if failed > 0 && !config.snapshotter.tolerates_failed_restores() {
+        bail!(
+            "{failed} remote layers could not be restored (their snapshots are named above) \
+             and allow_invalid_mounts_on_restart = false"
+        );
+    }
     if let Some(live) = stargz.as_ref().and_then(|s| s.live()) {
         live.finish_adoption();
     }
     let listener = bind(&address)?;
+    let cri = cri_keychain(&config, &address, keychain)?;
     tracing::info!(
         root = %root.display(),
         socket = %address.display(),
@@ -172,17 +191,36 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
     );
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let (same_socket, own_socket) = match cri {
+        Some(CriService { service, own: None }) => (Some(service), None),
+        Some(CriService {
+            service,
+            own: Some(own),
+        }) => (None, Some((service, own))),
+        None => (None, None),
+    };
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(SnapshotsService::new(snapshotter.clone()).into_server())
+            .add_optional_service(same_socket.map(CriKeychain::into_server))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::UnixListenerStream::new(listener),
-                async move {
-                    let _ = stop_rx.await;
-                },
+                stopped(stop_rx.clone()),
             ),
     );
+    let cri_server = own_socket.map(|(service, (path, listener))| {
+        let served = tonic::transport::Server::builder()
+            .add_service(service.into_server())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                stopped(stop_rx.clone()),
+            );
+        (path, tokio::spawn(served))
+    });
     // The socket serves (connections queue on the bound listener until the
     // server task accepts them) and restore is done: tell systemd
     // (Type=notify), which then starts containerd (ordered after us).
@@ -200,7 +238,15 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
         }
     };
     notify_systemd(sd_notify::NotifyState::Stopping);
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
+    if let Some((path, cri_server)) = cri_server {
+        match tokio::time::timeout(SHUTDOWN_GRACE, cri_server).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "CRI ImageService server failed"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("CRI calls still in flight after the grace period"),
+        }
+        let _ = std::fs::remove_file(path);
+    }
     // Graceful shutdown waits for every client to acknowledge; a client that
     // never does must not keep the daemon alive.
     let served = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
@@ -220,13 +266,78 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
                 "remote layers left mounted for the next daemon"
             );
         } else {
+            let held = fs.live().map(|l| l.credentials());
             let unmounted = tokio::task::spawn_blocking(move || fs.unmount_all()).await?;
             tracing::info!(mounts = unmounted, "remote layers unmounted");
+            // A full stop leaves no credential behind either.
+            if let Some(held) = held {
+                tokio::task::spawn_blocking(move || held.clear()).await?;
+            }
         }
     }
     snapshotter.close().await.context("close metadata store")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The CRI keychain's ImageService, and its own socket when it has one.
+struct CriService {
+    service: CriKeychain,
+    own: Option<(PathBuf, UnixListener)>,
+}
+
+/// The CRI keychain, when `[cri_keychain]` enables it: the ImageService
+/// filling `keychain`, on the Snapshots socket `address` or its own.
+fn cri_keychain(
+    config: &Config,
+    address: &Path,
+    keychain: Keychain,
+) -> anyhow::Result<Option<CriService>> {
+    let cri = &config.cri_keychain;
+    if !cri.enable_keychain {
+        return Ok(None);
+    }
+    let backend = cri.image_service_path();
+    // Lazily connected: containerd starts after us (and may restart).
+    let service = CriKeychain::new(
+        keychain,
+        rstargz_snapshotter::client::lazy_channel(&backend),
+    );
+    let own = match cri.own_socket(address) {
+        Some(path) => {
+            let listener = bind(&path)?;
+            Some((path, listener))
+        }
+        None => None,
+    };
+    let socket = own.as_ref().map_or(address, |(p, _)| p.as_path());
+    tracing::info!(
+        socket = %socket.display(),
+        image_service = %backend.display(),
+        "CRI keychain: serving runtime.v1.ImageService"
+    );
+    Ok(Some(CriService { service, own }))
+}
+
+/// Credentials a previous daemon left in the fd holder go into the
+/// keychain (when it is on; else they are forgotten), and from now on the
+/// holder keeps a copy of the keychain for the next daemon.
+fn keep_credentials(fs: &StargzFs, enabled: bool) {
+    let Some(held) = fs.live().map(|l| l.credentials()) else {
+        return;
+    };
+    if !enabled {
+        held.clear();
+        return;
+    }
+    let taken = held.load();
+    if !taken.is_empty() {
+        tracing::info!(hosts = taken.len(), "CRI keychain: credentials taken over");
+    }
+    let mirror: Arc<HeldCredentials> = Arc::new(held);
+    fs.registry()
+        .keychain()
+        .restore_and_mirror(taken, Some(mirror));
 }
 
 /// Sends `state` to systemd when started as a `Type=notify` service (does
@@ -238,7 +349,7 @@ fn notify_systemd(state: sd_notify::NotifyState<'_>) {
     }
 }
 
-/// Stops the metrics server when the daemon stops.
+/// Stops a metrics server when the daemon stops.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -248,50 +359,62 @@ impl Drop for AbortOnDrop {
 }
 
 /// The filesystem of remote layers (eStargz over FUSE unless disabled), the
-/// same as [`StargzFs`] when it is one, and its metrics server when
-/// `metrics_address` is set.
+/// same as [`StargzFs`] when it is one, and its metrics servers
+/// (`metrics_address` unless `no_prometheus`, and `debug_address`).
 async fn remote_fs(
     root: &Path,
     config: &Config,
-) -> anyhow::Result<(
-    Arc<dyn RemoteFs>,
-    Option<Arc<StargzFs>>,
-    Option<AbortOnDrop>,
-)> {
+) -> anyhow::Result<(Arc<dyn RemoteFs>, Option<Arc<StargzFs>>, Vec<AbortOnDrop>)> {
     if config.remote.disable_remote {
-        return Ok((Arc::new(NoRemote), None, None));
+        return Ok((Arc::new(NoRemote), None, Vec::new()));
     }
     let mut fs = StargzFs::new(root, config.remote.clone()).context("set up remote layers")?;
     if config.remote.fuse.live_restart {
         let wait = Duration::from_secs(config.remote.fuse.live_restart_timeout_sec);
-        match live_restart(root, wait) {
+        match live_restart(root, wait, config.log_format.unwrap_or_default()) {
             Ok(live) => fs = fs.with_live_restart(live),
             Err(e) => tracing::warn!(error = %e, "live restart unavailable: SIGTERM will unmount"),
         }
     }
     let fs = Arc::new(fs);
-    let server = match &config.remote.metrics_address {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("bind metrics_address {addr}"))?;
-            tracing::info!(address = %addr, "serving metrics at /metrics");
-            Some(AbortOnDrop(tokio::spawn(rstargz_remote::metrics::serve(
-                listener,
-                fs.clone(),
-            ))))
-        }
-        None => None,
-    };
-    Ok((fs.clone(), Some(fs), server))
+    let policy = fs.policies().metrics.clone();
+    let mut servers = Vec::new();
+    if let Some(addr) = &policy.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind metrics_address {addr}"))?;
+        tracing::info!(address = %addr, "serving metrics at /metrics");
+        servers.push(AbortOnDrop(tokio::spawn(rstargz_remote::metrics::serve(
+            listener,
+            fs.clone(),
+        ))));
+    }
+    if let Some(path) = &policy.debug_socket {
+        let listener = bind(path).context("bind debug_address")?;
+        tracing::info!(socket = %path.display(), metrics = policy.enabled, "serving /debug/vars");
+        servers.push(AbortOnDrop(tokio::spawn(
+            rstargz_remote::metrics::serve_debug(listener, fs.clone(), policy.enabled),
+        )));
+    }
+    Ok((fs.clone(), Some(fs), servers))
 }
 
 /// Connects to the fd holder of `root`, starting it when needed (keeping
-/// connections for `orphan_timeout` once no daemon is connected).
-fn live_restart(root: &Path, orphan_timeout: Duration) -> anyhow::Result<LiveMounts> {
+/// connections for `orphan_timeout` once no daemon is connected, and
+/// logging in `log_format`, as it shares our stderr).
+fn live_restart(
+    root: &Path,
+    orphan_timeout: Duration,
+    log_format: LogFormat,
+) -> anyhow::Result<LiveMounts> {
     std::fs::create_dir_all(root).with_context(|| format!("create {}", root.display()))?;
     let exe = std::env::current_exe().context("locate the rstargz binary")?;
-    let store = FdStore::connect_or_spawn(&root.join("fdstore.sock"), &exe, orphan_timeout)?;
+    let store = FdStore::connect_or_spawn(
+        &root.join("fdstore.sock"),
+        &exe,
+        orphan_timeout,
+        &["--log-format", log_format.name()],
+    )?;
     Ok(LiveMounts::new(store))
 }
 

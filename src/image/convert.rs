@@ -9,8 +9,11 @@
 //! - Output is deterministic: the same source and options give the same
 //!   digests, so a re-run uploads nothing new.
 //! - The root manifest/index is written last: on any error nothing is tagged.
-//! - gzip keeps the manifest's flavour (docker schema2 or OCI); zstd turns a
-//!   docker image into OCI (docker has no zstd layer type).
+//! - gzip keeps the manifest's flavour (docker schema2 or OCI) unless `oci`
+//!   asks for OCI media types; zstd turns a docker image into OCI (docker
+//!   has no zstd layer type).
+//! - `platforms` keeps only the index entries of those platforms (entries
+//!   without a platform are kept, as containerd's converter does).
 //! - Non-distributable (foreign) layers are kept as they are, not copied.
 //!   Index entries that are not image manifests, and attestation manifests
 //!   (`unknown/unknown` platform), describe the source image: they are dropped
@@ -32,6 +35,7 @@ use tokio::sync::Semaphore;
 
 use super::error::{ImageError, Result};
 use super::oci::{self, Descriptor, LayerHandling};
+use super::platform::PlatformSpec;
 use super::progress::{Event, LayerReport, Progress};
 use super::store::{ImageRef, Store, as_registry_digest};
 
@@ -44,6 +48,10 @@ pub struct ConvertOptions {
     pub parallelism: usize,
     /// Where temporary layer files go (default: the system temp dir).
     pub temp_dir: Option<PathBuf>,
+    /// Write OCI media types even for a docker schema2 source.
+    pub oci: bool,
+    /// The platforms of an index to convert; `None`: all of them.
+    pub platforms: Option<Vec<PlatformSpec>>,
 }
 
 impl Default for ConvertOptions {
@@ -52,6 +60,8 @@ impl Default for ConvertOptions {
             writer: WriterOptions::default(),
             parallelism: 4,
             temp_dir: None,
+            oci: false,
+            platforms: None,
         }
     }
 }
@@ -130,8 +140,17 @@ pub async fn convert(
     })
 }
 
-fn zstd_output(ctx: &Ctx) -> bool {
-    ctx.opts.writer.compression == Compression::Zstd
+/// Whether every output document and layer gets an OCI media type.
+fn oci_output(ctx: &Ctx) -> bool {
+    ctx.opts.oci || ctx.opts.writer.compression == Compression::Zstd
+}
+
+/// Whether `--platform` leaves out the index entry `entry`.
+fn platform_unselected(ctx: &Ctx, entry: &Descriptor) -> bool {
+    match (&ctx.opts.platforms, &entry.platform) {
+        (Some(wanted), Some(p)) => !wanted.iter().any(|w| w.matches(p)),
+        _ => false,
+    }
 }
 
 async fn convert_index(
@@ -148,6 +167,10 @@ async fn convert_index(
             .as_ref()
             .is_some_and(|p| p.os == "unknown" && p.architecture == "unknown")
             || entry.annotations.contains_key("vnd.docker.reference.type");
+        if platform_unselected(ctx, &entry) {
+            tracing::info!(digest = %entry.digest, "skipping index entry of a platform not asked for");
+            continue;
+        }
         if !oci::is_manifest(&entry.media_type) || attestation {
             let text = format!(
                 "skipping index entry {} ({}{}): it describes the source image",
@@ -175,12 +198,19 @@ async fn convert_index(
         reports.push(report);
     }
     if new_entries.is_empty() {
-        return Err(ImageError::document(
-            "index",
-            "no image manifest to convert",
-        ));
+        let reason = match &ctx.opts.platforms {
+            Some(p) => format!(
+                "no image manifest of platform {} to convert",
+                p.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => "no image manifest to convert".into(),
+        };
+        return Err(ImageError::document("index", reason));
     }
-    let out_type = if zstd_output(ctx) {
+    let out_type = if oci_output(ctx) {
         oci::OCI_INDEX
     } else {
         media_type
@@ -201,7 +231,7 @@ async fn convert_manifest(
     media_type: &str,
     platform: Option<String>,
 ) -> Result<(Descriptor, Bytes, ManifestReport)> {
-    let docker = media_type == oci::DOCKER_MANIFEST && !zstd_output(ctx);
+    let docker = media_type == oci::DOCKER_MANIFEST && !oci_output(ctx);
     let config: Descriptor = serde_json::from_value(
         json.get("config")
             .cloned()
@@ -308,6 +338,10 @@ async fn convert_layer(
     diff_id: String,
 ) -> Result<(Descriptor, LayerReport)> {
     if oci::layer_handling(&layer.digest, &layer.media_type)? == LayerHandling::PassThrough {
+        let mut layer = layer;
+        if oci_output(ctx) {
+            layer.media_type = oci::docker_to_oci(&layer.media_type).to_owned();
+        }
         let report = LayerReport {
             source_digest: layer.digest.clone(),
             source_size: layer.size,
@@ -369,7 +403,9 @@ async fn convert_layer(
         .await?;
     let media_type = match ctx.opts.writer.compression {
         Compression::Zstd => oci::OCI_LAYER_ZSTD,
-        Compression::Gzip if layer.media_type.starts_with("application/vnd.docker.") => {
+        Compression::Gzip
+            if layer.media_type.starts_with("application/vnd.docker.") && !ctx.opts.oci =>
+        {
             oci::DOCKER_LAYER_GZIP
         }
         Compression::Gzip => oci::OCI_LAYER_GZIP,

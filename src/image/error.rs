@@ -87,6 +87,14 @@ pub enum ImageError {
         /// What is wrong.
         reason: String,
     },
+    /// A `--platform` value cannot be parsed.
+    #[error("invalid platform {spec:?}: {reason}")]
+    InvalidPlatform {
+        /// The platform as given.
+        spec: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A worker task died.
     #[error("conversion task failed: {0}")]
     Task(String),

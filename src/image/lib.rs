@@ -5,13 +5,15 @@
 //! makes plain test images from local files; [`store`] is the one place
 //! that reads and writes blobs and manifests (registry or `oci:DIR[:TAG]`),
 //! [`layout`] the OCI layout format, [`oci`] media types and descriptors,
-//! [`progress`] the events a caller may show.
+//! [`platform`] the `--platform` selection, [`progress`] the events a
+//! caller may show.
 
 pub mod build;
 pub mod convert;
 pub mod error;
 pub mod layout;
 pub mod oci;
+pub mod platform;
 pub mod progress;
 pub mod store;
 

@@ -139,6 +139,24 @@ pub fn layer_handling(digest: &str, media_type: &str) -> Result<LayerHandling> {
     }
 }
 
+/// OCI non-distributable gzip layer.
+pub const OCI_LAYER_NONDISTRIBUTABLE_GZIP: &str =
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+
+/// The OCI media type of a docker schema2 one (others unchanged), as
+/// containerd's converter maps them for `--oci`.
+pub fn docker_to_oci(media_type: &str) -> &str {
+    match media_type {
+        DOCKER_MANIFEST_LIST => OCI_INDEX,
+        DOCKER_MANIFEST => OCI_MANIFEST,
+        DOCKER_CONFIG => OCI_CONFIG,
+        DOCKER_LAYER_GZIP => OCI_LAYER_GZIP,
+        DOCKER_LAYER_TAR => OCI_LAYER_TAR,
+        DOCKER_LAYER_FOREIGN => OCI_LAYER_NONDISTRIBUTABLE_GZIP,
+        other => other,
+    }
+}
+
 /// Whether `media_type` names an image manifest (OCI or docker).
 pub fn is_manifest(media_type: &str) -> bool {
     matches!(media_type, OCI_MANIFEST | DOCKER_MANIFEST)

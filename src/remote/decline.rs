@@ -26,6 +26,8 @@ pub enum DeclineReason {
     TocDigestMismatch,
     /// The registry refused the credentials.
     AuthRefused,
+    /// The registry wants credentials and none are known for it.
+    NoCredentials,
     /// The registry could not be reached or failed.
     RegistryUnreachable,
     /// Mounting FUSE failed.
@@ -42,6 +44,7 @@ impl DeclineReason {
             Self::NotEstargz => "not eStargz",
             Self::TocDigestMismatch => "TOC digest mismatch",
             Self::AuthRefused => "auth refused",
+            Self::NoCredentials => "no credentials for the registry",
             Self::RegistryUnreachable => "registry unreachable",
             Self::MountFailed => "FUSE mount failed",
         }
@@ -58,6 +61,8 @@ impl DeclineReason {
     /// The reason a registry failure declines a layer for.
     pub fn of_registry(e: &RegistryError) -> Self {
         match e {
+            RegistryError::AllHostsFailed { last, .. } => Self::of_registry(last),
+            RegistryError::NoCredentials { .. } => Self::NoCredentials,
             RegistryError::Unauthorized { .. }
             | RegistryError::Forbidden { .. }
             | RegistryError::Credentials { .. } => Self::AuthRefused,
@@ -68,7 +73,11 @@ impl DeclineReason {
     /// The reason a failure to open a layer declines it for.
     pub fn of_layer(e: &LayerError) -> Self {
         match e {
-            LayerError::Source { .. } => Self::RegistryUnreachable,
+            // The registry's own error, when a registry blob failed.
+            LayerError::Source { source, .. } => source
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<RegistryError>())
+                .map_or(Self::RegistryUnreachable, Self::of_registry),
             LayerError::Format(estargz::Error::TocDigestMismatch { .. }) => Self::TocDigestMismatch,
             _ => Self::NotEstargz,
         }

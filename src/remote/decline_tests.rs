@@ -101,7 +101,7 @@ fn a_toc_digest_label_is_what_the_layer_must_match() {
 }
 
 #[test]
-fn registry_failures_map_to_auth_or_unreachable() {
+fn registry_failures_map_to_auth_credentials_or_unreachable() {
     let auth = RegistryError::Unauthorized {
         host: "h".into(),
         repository: "r".into(),
@@ -117,6 +117,34 @@ fn registry_failures_map_to_auth_or_unreachable() {
     assert_eq!(
         DeclineReason::of_registry(&forbidden),
         DeclineReason::AuthRefused
+    );
+    let missing = RegistryError::NoCredentials {
+        host: "h".into(),
+        repository: "r".into(),
+    };
+    assert_eq!(
+        DeclineReason::of_registry(&missing),
+        DeclineReason::NoCredentials
+    );
+    let behind_mirrors = RegistryError::AllHostsFailed {
+        tried: 2,
+        last: Box::new(missing),
+    };
+    assert_eq!(
+        DeclineReason::of_registry(&behind_mirrors),
+        DeclineReason::NoCredentials
+    );
+    let missing_at_read = rstargz_fs::layer::LayerError::Source {
+        start: 0,
+        end: 1,
+        source: std::io::Error::other(RegistryError::NoCredentials {
+            host: "h".into(),
+            repository: "r".into(),
+        }),
+    };
+    assert_eq!(
+        DeclineReason::of_layer(&missing_at_read),
+        DeclineReason::NoCredentials
     );
     let status = RegistryError::Status {
         host: "h".into(),
@@ -139,6 +167,7 @@ fn every_reason_has_its_own_words() {
         NotEstargz,
         TocDigestMismatch,
         AuthRefused,
+        NoCredentials,
         RegistryUnreachable,
         MountFailed,
     ];

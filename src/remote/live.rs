@@ -11,13 +11,14 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rstargz_fs::fuse::{HandoverState, MountHandle, mountinfo};
 use serde::{Deserialize, Serialize};
 
 use super::fd_holder::FdStore;
+use super::held_credentials::HeldCredentials;
 
 /// How long a handover waits for FUSE handlers already running.
 const HANDOVER_GRACE: Duration = Duration::from_secs(5);
@@ -34,7 +35,7 @@ struct EntryState {
 /// The daemon's side of live restart.
 #[derive(Debug)]
 pub struct LiveMounts {
-    store: FdStore,
+    store: Arc<FdStore>,
     /// Mounts left by a previous daemon and still to be taken over.
     adoptable: Mutex<HashMap<PathBuf, ()>>,
     /// Device numbers of our mounts, by mountpoint.
@@ -67,10 +68,15 @@ impl LiveMounts {
     /// Live restart through `store`.
     pub fn new(store: FdStore) -> Self {
         LiveMounts {
-            store,
+            store: Arc::new(store),
             adoptable: Mutex::default(),
             devs: Mutex::default(),
         }
+    }
+
+    /// The CRI keychain's credentials kept by the same holder.
+    pub fn credentials(&self) -> HeldCredentials {
+        HeldCredentials::new(self.store.clone())
     }
 
     /// At start-up: the mounts under `root` a previous daemon left in the

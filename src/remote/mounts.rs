@@ -11,6 +11,7 @@ use std::time::Duration;
 use rstargz_fs::fuse::{self, MountHandle};
 use rstargz_fs::layer::LayerReader;
 
+use super::metrics::layers::MountRecord;
 use super::source::RegistryBlob;
 
 /// Aborts a task when dropped.
@@ -36,14 +37,35 @@ pub struct Mounted {
     pub state: PathBuf,
     /// Device number of the mount (finds it after its directory moved).
     pub dev: Option<u64>,
+    /// What the Go-named metrics keep of the mount.
+    pub record: Arc<MountRecord>,
+}
+
+impl Mounted {
+    /// The counters of this mount, mounted at `mountpoint`.
+    pub fn stats(&self, mountpoint: &Path) -> MountedStats {
+        MountedStats {
+            mountpoint: mountpoint.to_path_buf(),
+            layer: self.layer.clone(),
+            fuse: self.handle.stats().clone(),
+            blob: self.blob.clone(),
+            record: self.record.clone(),
+        }
+    }
 }
 
 /// The counters of one mounted layer.
 pub struct MountedStats {
+    /// Where it is mounted.
+    pub mountpoint: PathBuf,
     /// The layer (fetch and verification counters).
     pub layer: Arc<LayerReader>,
     /// Its FUSE operation counters.
     pub fuse: Arc<fuse::FuseStats>,
+    /// Its registry blob (what it fetched, and how fast).
+    pub blob: Arc<RegistryBlob>,
+    /// The mount's label, duration and prefetch.
+    pub record: Arc<MountRecord>,
 }
 
 /// What the table needs to know of an entry.
@@ -151,14 +173,7 @@ impl MountTable<Mounted> {
     pub fn stats(&self) -> Vec<MountedStats> {
         self.mounts.lock().map_or_else(
             |_| Vec::new(),
-            |m| {
-                m.values()
-                    .map(|m| MountedStats {
-                        layer: m.layer.clone(),
-                        fuse: m.handle.stats().clone(),
-                    })
-                    .collect()
-            },
+            |m| m.iter().map(|(path, m)| m.stats(path)).collect(),
         )
     }
 }

@@ -11,7 +11,7 @@ use rstargz_fs::estargz::Verify;
 use rstargz_fs::fuse::MountOptions;
 use rstargz_fs::layer::LayerReader;
 
-use super::config::RemoteConfig;
+use super::config::{DEFAULT_READ_AMPLIFY_BYTES, DEFAULT_STREAM_WINDOW_BYTES, RemoteConfig};
 use super::prefetch;
 
 /// Every policy of remote layers.
@@ -33,6 +33,22 @@ pub struct Policies {
     pub check_validity: Duration,
     /// Compressed bytes an on-demand read may fetch beyond its chunk.
     pub read_amplify_bytes: u64,
+    /// Where metrics are served, and how many layers they name.
+    pub metrics: MetricsPolicy,
+}
+
+/// The metrics listeners and the bound on per-layer series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsPolicy {
+    /// Whether metrics are served at all (off with `no_prometheus`).
+    pub enabled: bool,
+    /// TCP address of `/metrics` (None: unset, or `no_prometheus`).
+    pub listen: Option<String>,
+    /// Unix socket of the debug listener (`debug_address`): `/debug/vars`,
+    /// and `/metrics` when `enabled`.
+    pub debug_socket: Option<PathBuf>,
+    /// Distinct `layer` label values in the Go-named metrics (at least 1).
+    pub max_layer_labels: usize,
 }
 
 /// Chunk and TOC verification.
@@ -109,6 +125,8 @@ pub struct MountPolicy {
     pub passthrough: bool,
     /// FUSE worker threads per mounted layer.
     pub threads: usize,
+    /// A debug line at each file's first open (`log_file_access`).
+    pub log_file_access: bool,
 }
 
 impl MountPolicy {
@@ -136,12 +154,18 @@ pub struct CachePolicy {
     pub max_bytes: u64,
     /// Bound of the in-memory chunk cache in bytes.
     pub memory_bytes: u64,
+    /// Drop chunk files from the page cache once written or read.
+    pub drop_page_cache: bool,
 }
 
 impl Policies {
     /// The policies of `config` for a daemon rooted at `root`.
     pub fn new(config: &RemoteConfig, root: &Path) -> Self {
         let secs = Duration::from_secs;
+        // Go's fetch granularity stands in for our sizes the file leaves unset.
+        let chunk_size = u64::try_from(config.blob.chunk_size)
+            .ok()
+            .filter(|n| *n > 0);
         Policies {
             remote_enabled: !config.disable_remote,
             verification: VerificationPolicy {
@@ -159,7 +183,11 @@ impl Policies {
                 max_bytes_per_sec: config.background_fetch.max_bytes_per_sec,
                 silence: Duration::from_millis(config.background_fetch.silence_period_msec),
                 stream_layer_max_bytes: config.background_fetch.stream_layer_max_bytes,
-                stream_window_bytes: config.background_fetch.stream_window_bytes,
+                stream_window_bytes: config
+                    .background_fetch
+                    .stream_window_bytes
+                    .or(chunk_size)
+                    .unwrap_or(DEFAULT_STREAM_WINDOW_BYTES),
             },
             mount: MountPolicy {
                 attr_ttl: config.fuse.attr_timeout.map(secs),
@@ -167,6 +195,7 @@ impl Policies {
                 read_timeout: config.fuse.read_timeout_sec.map(secs),
                 passthrough: config.fuse.passthrough,
                 threads: config.fuse.threads_per_mount,
+                log_file_access: config.log_file_access,
             },
             cache: CachePolicy {
                 dir: config
@@ -176,9 +205,23 @@ impl Policies {
                     .unwrap_or_else(|| root.join("cache")),
                 max_bytes: config.directory_cache.max_bytes,
                 memory_bytes: config.directory_cache.memory_bytes,
+                drop_page_cache: config.directory_cache.fadv_dontneed,
             },
             check_validity: config.check_validity(),
-            read_amplify_bytes: config.blob.read_amplify_bytes,
+            read_amplify_bytes: config
+                .blob
+                .read_amplify_bytes
+                .or(chunk_size)
+                .unwrap_or(DEFAULT_READ_AMPLIFY_BYTES),
+            metrics: MetricsPolicy {
+                enabled: !config.no_prometheus,
+                listen: config
+                    .metrics_address
+                    .clone()
+                    .filter(|_| !config.no_prometheus),
+                debug_socket: config.debug_address.clone(),
+                max_layer_labels: config.metrics_max_layer_labels.max(1),
+            },
         }
     }
 }
@@ -211,6 +254,75 @@ mod tests {
         assert_eq!(p.cache.dir, Path::new("/r/cache"));
         assert_eq!(p.check_validity, Duration::from_secs(60));
         assert_eq!(p.read_amplify_bytes, 256 << 10);
+        assert_eq!(p.background.stream_window_bytes, 1 << 20);
+        assert!(!p.mount.log_file_access && !p.cache.drop_page_cache);
+        assert_eq!(
+            p.metrics,
+            MetricsPolicy {
+                enabled: true,
+                listen: None,
+                debug_socket: None,
+                max_layer_labels: 100
+            }
+        );
+    }
+
+    #[test]
+    fn go_keys_with_a_meaning_here_take_effect() {
+        let c: RemoteConfig = toml::from_str(
+            r#"
+metrics_address = "127.0.0.1:9999"
+debug_address = "/run/debug.sock"
+log_file_access = true
+[blob]
+chunk_size = 50000
+[directory_cache]
+fadv_dontneed = true
+"#,
+        )
+        .unwrap();
+        let p = Policies::new(&c, Path::new("/r"));
+        assert_eq!(p.metrics.listen.as_deref(), Some("127.0.0.1:9999"));
+        assert_eq!(
+            p.metrics.debug_socket.as_deref(),
+            Some(Path::new("/run/debug.sock"))
+        );
+        assert!(p.metrics.enabled);
+        assert!(p.mount.log_file_access);
+        assert!(p.cache.drop_page_cache);
+        // chunk_size sizes on-demand and background requests ...
+        assert_eq!(p.read_amplify_bytes, 50000);
+        assert_eq!(p.background.stream_window_bytes, 50000);
+        // ... unless our own keys say otherwise.
+        let ours: RemoteConfig = toml::from_str(
+            r#"
+[blob]
+chunk_size = 50000
+read_amplify_bytes = 0
+[background_fetch]
+stream_window_bytes = 4096
+"#,
+        )
+        .unwrap();
+        let p = Policies::new(&ours, Path::new("/r"));
+        assert_eq!(p.read_amplify_bytes, 0);
+        assert_eq!(p.background.stream_window_bytes, 4096);
+        // no_prometheus: no listener, whatever metrics_address says; the
+        // debug socket stays (as in Go) but serves no metrics.
+        let off: RemoteConfig = toml::from_str(
+            r#"
+no_prometheus = true
+metrics_address = "127.0.0.1:9999"
+debug_address = "/run/debug.sock"
+metrics_max_layer_labels = 0
+"#,
+        )
+        .unwrap();
+        let p = Policies::new(&off, Path::new("/r"));
+        assert_eq!(p.metrics.listen, None);
+        assert!(!p.metrics.enabled);
+        assert!(p.metrics.debug_socket.is_some());
+        assert_eq!(p.metrics.max_layer_labels, 1);
     }
 
     #[test]

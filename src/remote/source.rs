@@ -5,13 +5,42 @@
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
+use rstargz_fs::histogram::{GO_MILLISECOND_BOUNDS, LatencyHistogram};
 use rstargz_fs::layer::{BlobSource, Purpose};
 use rstargz_fs::registry::{BlobFetcher, LayerSource, Registry, RegistryError};
 use tokio::sync::OnceCell;
 
 use super::prefetch::Activity;
+
+/// What one layer's blob cost at its registry (the Go reference's
+/// per-layer metrics).
+#[derive(Debug)]
+pub struct BlobStats {
+    /// Compressed bytes received, every purpose.
+    pub fetched_bytes: AtomicU64,
+    /// Latency of each registry read (`remote_registry_get`).
+    pub registry_get: LatencyHistogram,
+    /// Latency of each read of the background fetch
+    /// (`background_fetch_download`).
+    pub background_get: LatencyHistogram,
+    /// Latency of connecting: endpoint, auth and size (`stargz_header_get`).
+    pub connect: LatencyHistogram,
+}
+
+impl Default for BlobStats {
+    fn default() -> Self {
+        BlobStats {
+            fetched_bytes: AtomicU64::new(0),
+            registry_get: LatencyHistogram::new(&GO_MILLISECOND_BOUNDS),
+            background_get: LatencyHistogram::new(&GO_MILLISECOND_BOUNDS),
+            connect: LatencyHistogram::new(&GO_MILLISECOND_BOUNDS),
+        }
+    }
+}
 
 /// A layer blob in a registry; on-demand reads are recorded in `activity`
 /// so that background fetching gives way.
@@ -23,6 +52,7 @@ pub struct RegistryBlob {
     fetcher: OnceCell<BlobFetcher>,
     last_success: std::sync::Mutex<Option<std::time::Instant>>,
     activity: Arc<Activity>,
+    stats: BlobStats,
 }
 
 impl RegistryBlob {
@@ -32,7 +62,11 @@ impl RegistryBlob {
         source: LayerSource,
         activity: Arc<Activity>,
     ) -> Result<Self, RegistryError> {
-        let fetcher = registry.open_layer(&source, None).await?;
+        let stats = BlobStats::default();
+        let started = Instant::now();
+        let fetcher = registry.open_layer(&source, None).await;
+        stats.connect.observe(started.elapsed());
+        let fetcher = fetcher?;
         let size = fetcher.size().unwrap_or(0);
         Ok(RegistryBlob {
             registry,
@@ -41,6 +75,7 @@ impl RegistryBlob {
             fetcher: OnceCell::new_with(Some(fetcher)),
             last_success: std::sync::Mutex::new(Some(std::time::Instant::now())),
             activity,
+            stats,
         })
     }
 
@@ -58,12 +93,26 @@ impl RegistryBlob {
             fetcher: OnceCell::new(),
             last_success: std::sync::Mutex::new(None),
             activity,
+            stats: BlobStats::default(),
         }
+    }
+
+    /// What the blob cost at its registry so far.
+    pub fn stats(&self) -> &BlobStats {
+        &self.stats
     }
 
     async fn fetcher(&self) -> Result<&BlobFetcher, RegistryError> {
         self.fetcher
-            .get_or_try_init(|| self.registry.open_layer(&self.source, Some(self.size)))
+            .get_or_try_init(|| async {
+                let started = Instant::now();
+                let opened = self
+                    .registry
+                    .open_layer(&self.source, Some(self.size))
+                    .await;
+                self.stats.connect.observe(started.elapsed());
+                opened
+            })
             .await
     }
 
@@ -105,7 +154,17 @@ impl RegistryBlob {
             Purpose::Metadata | Purpose::Prefetch => Some(self.activity.prefetching()),
             Purpose::Background => None,
         };
-        let parts = self.fetcher().await?.fetch_ranges(ranges, purpose).await?;
+        let fetcher = self.fetcher().await?;
+        let started = Instant::now();
+        let parts = fetcher.fetch_ranges(ranges, purpose).await;
+        let took = started.elapsed();
+        self.stats.registry_get.observe(took);
+        if purpose == Purpose::Background {
+            self.stats.background_get.observe(took);
+        }
+        let parts = parts?;
+        let bytes: usize = parts.iter().map(|(_, b)| b.len()).sum();
+        (self.stats.fetched_bytes).fetch_add(bytes as u64, Ordering::Relaxed);
         self.record_success();
         Ok(parts)
     }

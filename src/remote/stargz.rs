@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use rstargz_fs::cache::{ChunkCache, ChunkCacheConfig, DiskCache, FileStore};
@@ -24,6 +25,7 @@ use super::config::RemoteConfig;
 pub use super::decline::DeclineReason;
 use super::decline::{Declined, plan};
 use super::live::LiveMounts;
+use super::metrics::layers::{GoSeries, MountRecord};
 pub use super::mounts::MountedStats;
 use super::mounts::{
     AbortOnDrop, MountTable, Mounted, UnmountError, UnmountRetry, abort_and_detach,
@@ -64,6 +66,8 @@ pub struct StargzFs {
     live: Option<LiveMounts>,
     /// Following layers opened ahead of their Prepare.
     warm: WarmLayers,
+    /// Labels and totals of the Go-named metrics.
+    series: GoSeries,
 }
 
 /// Final counts of unmounted layers.
@@ -100,7 +104,8 @@ impl StargzFs {
         let policies = Policies::new(&config, root);
         let registry = Registry::new(config.registry_config())?;
         let cache = &policies.cache;
-        let disk = DiskCache::open(cache.dir.join("chunks"), cache.max_bytes)?;
+        let disk = DiskCache::open(cache.dir.join("chunks"), cache.max_bytes)?
+            .with_page_cache_dropped(cache.drop_page_cache);
         let files = if policies.mount.passthrough {
             Some(Arc::new(FileStore::open(
                 cache.dir.join("files"),
@@ -142,6 +147,7 @@ impl StargzFs {
             access_log: None,
             live: None,
             warm: WarmLayers::default(),
+            series: GoSeries::new(policies.metrics.max_layer_labels),
             policies,
         })
     }
@@ -228,6 +234,16 @@ impl StargzFs {
         self.files.as_ref()
     }
 
+    /// Labels and totals of the Go-named metrics.
+    pub fn go_series(&self) -> &GoSeries {
+        &self.series
+    }
+
+    /// The policies in force.
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
     fn count_decline(&self, reason: DeclineReason) {
         if let Ok(mut m) = self.metrics.declined.lock() {
             *m.entry(reason.as_str()).or_default() += 1;
@@ -235,6 +251,7 @@ impl StargzFs {
     }
 
     async fn mount_layer(&self, mountpoint: &Path, labels: &Labels) -> Result<(), Declined> {
+        let started = std::time::Instant::now();
         let p = &self.policies;
         let (source, opts) = plan(p.remote_enabled, p.verification, labels)?;
         self.warm
@@ -255,16 +272,21 @@ impl StargzFs {
         self.resolver.remember(&source, &layer).await;
         layer.set_read_amplification(p.read_amplify_bytes);
         let layer = Arc::new(layer);
-        let (handle, fresh) = match self.resume_fuse(mountpoint, layer.clone()).await {
+        let digest = source.layer.digest.as_str();
+        let (handle, fresh) = match self.resume_fuse(mountpoint, layer.clone(), digest).await {
             Some(handle) => (handle, false),
-            None => (self.mount_fuse(mountpoint, layer.clone()).await?, true),
+            None => (
+                self.mount_fuse(mountpoint, layer.clone(), digest).await?,
+                true,
+            ),
         };
         let dev = handle.dev();
         if let Some(live) = &self.live {
             live.register(mountpoint, &handle, dev, fresh);
         }
         let end = p.prefetch.end(&layer, source.prefetch_size);
-        let fetcher = self.start_fetching(layer.clone(), buffered, end);
+        let record = Arc::new(self.series.record_mount(digest, started.elapsed()));
+        let fetcher = self.start_fetching(layer.clone(), buffered, end, record.clone());
         self.metrics
             .mounted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -277,6 +299,7 @@ impl StargzFs {
                 fetcher,
                 state: self.resolver.store().state_dir(&source.layer.digest),
                 dev,
+                record,
             },
         );
         // Opening the layer left the parsed TOC's many small objects freed
@@ -296,6 +319,7 @@ impl StargzFs {
         layer: Arc<LayerReader>,
         buffered: Arc<BufferedSource>,
         end: u64,
+        record: Arc<MountRecord>,
     ) -> Option<AbortOnDrop> {
         let policy = self.policies.background;
         let background = policy.enabled;
@@ -310,7 +334,10 @@ impl StargzFs {
         let task = tokio::spawn(async move {
             if let Some(prefetching) = prefetching {
                 match prefetch::prefetch(&layer, &buffered, prefetching).await {
-                    Ok(chunks) => tracing::debug!(bytes = end, chunks, "prefetched"),
+                    Ok(chunks) => {
+                        record.prefetched_bytes.store(end, Ordering::Relaxed);
+                        tracing::debug!(bytes = end, chunks, "prefetched")
+                    }
                     Err(e) => tracing::warn!(error = %e, "prefetch failed"),
                 }
             }
@@ -327,10 +354,15 @@ impl StargzFs {
     }
 
     /// Takes over the live mount a previous daemon left at `mountpoint`.
-    async fn resume_fuse(&self, mountpoint: &Path, layer: Arc<LayerReader>) -> Option<MountHandle> {
+    async fn resume_fuse(
+        &self,
+        mountpoint: &Path,
+        layer: Arc<LayerReader>,
+        digest: &str,
+    ) -> Option<MountHandle> {
         let live = self.live.as_ref()?;
         let (conn, state) = live.take(mountpoint)?;
-        let opts = self.mount_options();
+        let opts = self.mount_options(digest);
         let at = mountpoint.to_path_buf();
         let resumed =
             tokio::task::spawn_blocking(move || fuse::resume(&at, layer, opts, conn, &state)).await;
@@ -352,11 +384,13 @@ impl StargzFs {
         }
     }
 
-    fn mount_options(&self) -> MountOptions {
+    /// The options of a mount of the layer `digest`.
+    fn mount_options(&self, digest: &str) -> MountOptions {
         let mut opts = MountOptions {
             runtime: Some(tokio::runtime::Handle::current()),
             passthrough: self.files.clone(),
             access_log: self.access_log.clone(),
+            log_file_access: self.policies.mount.log_file_access.then(|| digest.into()),
             ..MountOptions::default()
         };
         self.policies.mount.apply(&mut opts);
@@ -367,8 +401,9 @@ impl StargzFs {
         &self,
         mountpoint: &Path,
         layer: Arc<LayerReader>,
+        digest: &str,
     ) -> Result<MountHandle, Declined> {
-        let opts = self.mount_options();
+        let opts = self.mount_options(digest);
         let at = mountpoint.to_path_buf();
         tokio::task::spawn_blocking(move || fuse::mount(&at, layer, opts))
             .await
@@ -396,11 +431,11 @@ impl StargzFs {
         &self.retired
     }
 
-    fn retire(&self, mounted: &Mounted) {
-        use std::sync::atomic::Ordering::Relaxed;
+    fn retire(&self, mounted: &Mounted, mountpoint: &Path) {
         self.retired.fuse.absorb(mounted.handle.stats());
-        let bad = mounted.layer.stats().bad_chunks.load(Relaxed);
-        self.retired.bad_chunks.fetch_add(bad, Relaxed);
+        let bad = mounted.layer.stats().bad_chunks.load(Ordering::Relaxed);
+        self.retired.bad_chunks.fetch_add(bad, Ordering::Relaxed);
+        self.series.retire(&mounted.stats(mountpoint));
     }
 
     /// Declines so far, by reason.
@@ -459,7 +494,7 @@ impl StargzFs {
                 if let Some(live) = &self.live {
                     live.forget(&key);
                 }
-                self.retire(&mounted);
+                self.retire(&mounted, &key);
                 self.forget_state(&mounted.state).await;
                 Ok(())
             }
@@ -499,7 +534,12 @@ impl RemoteFs for StargzFs {
         mountpoint: &'a Path,
         labels: &'a Labels,
     ) -> BoxFuture<'a, Result<(), RemoteError>> {
-        Box::pin(self.check_layer(mountpoint, labels))
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let checked = self.check_layer(mountpoint, labels).await;
+            self.series.observe_check(started.elapsed());
+            checked
+        })
     }
 
     fn unmount<'a>(&'a self, mountpoint: &'a Path) -> BoxFuture<'a, Result<(), RemoteError>> {

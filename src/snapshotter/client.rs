@@ -18,16 +18,35 @@ pub async fn connect(socket: &Path) -> Result<Client, tonic::transport::Error> {
 /// A gRPC channel to the unix socket `socket`, for any generated client
 /// (the tests also speak CRI to containerd over it).
 pub async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
-    let socket: PathBuf = socket.to_path_buf();
+    endpoint()
+        .connect_with_connector(unix_connector(socket.to_path_buf()))
+        .await
+}
+
+/// A channel to `socket` that connects at its first call, and again after
+/// the server went away (a daemon forwarding to a service that may start
+/// after it, or restart).
+pub fn lazy_channel(socket: &Path) -> Channel {
+    endpoint().connect_with_connector_lazy(unix_connector(socket.to_path_buf()))
+}
+
+fn endpoint() -> Endpoint {
     // The URI is required by tonic but unused: the connector dials the socket.
     Endpoint::from_static("http://[::]:0")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
+}
+
+fn unix_connector(
+    socket: PathBuf,
+) -> impl tower::Service<
+    Uri,
+    Response = TokioIo<tokio::net::UnixStream>,
+    Error = std::io::Error,
+    Future = impl Future<Output = std::io::Result<TokioIo<tokio::net::UnixStream>>> + Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_: Uri| {
+        let socket = socket.clone();
+        async move { Ok(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+    })
 }

@@ -39,7 +39,7 @@ use rstargz_test_support::host::{cgroup_dirs, mounts_under};
 use tonic::transport::Channel;
 
 /// The proxy plugin's name, as CRI configs usually spell it.
-const PLUGIN: &str = "stargz";
+pub(crate) const PLUGIN: &str = "stargz";
 const CRI_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
 const CRI_LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
 const CRI_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
@@ -63,7 +63,7 @@ fn start_daemon(dir: &Path) -> Daemon {
 /// The pause image: busybox-static alone, its entrypoint a long sleep (CRI
 /// kills it with SIGKILL on StopPodSandbox). `build::from_dirs` writes a
 /// `/bin/sh` Cmd, so the config is replaced.
-async fn push_pause_image(dir: &Path, host: &str, repo: &str) {
+pub(crate) async fn push_pause_image(dir: &Path, host: &str, repo: &str) {
     let layer = dir.join("l-pause");
     std::fs::create_dir_all(layer.join("bin")).unwrap();
     std::fs::copy(BUSYBOX, layer.join("bin/busybox")).unwrap();
@@ -100,9 +100,45 @@ async fn push_pause_image(dir: &Path, host: &str, repo: &str) {
     store.put_root(&desc, body).await.unwrap();
 }
 
-/// The layer digests of the image at `repo`.
-async fn layer_digests(dir: &Path, host: &str, repo: &str) -> Vec<String> {
-    let store = Store::source(&client(dir), &at(host, repo)).unwrap();
+/// Pushes the workload image made of `layers` as `<host>/<repo>/plain:v1`
+/// with `client`, and its eStargz conversion (`rstargz image convert`, with
+/// the credentials in `docker_config_dir`) as `<host>/<repo>/esgz:v1`.
+pub(crate) async fn push_workload(
+    client: &rstargz_fs::registry::Registry,
+    host: &str,
+    repo: &str,
+    layers: &[PathBuf],
+    docker_config_dir: &Path,
+) {
+    let inputs: Vec<LayerInput> = layers.iter().cloned().map(LayerInput::Dir).collect();
+    let plain = format!("{repo}/plain:v1");
+    build::from_dirs(client, &at(host, &plain), &inputs, &BuildOptions::default())
+        .await
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rstargz"))
+        .args([
+            "image",
+            "convert",
+            &format!("{host}/{plain}"),
+            &format!("{host}/{repo}/esgz:v1"),
+        ])
+        .env("DOCKER_CONFIG", docker_config_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The layer digests of the image at `repo`, read with `client`.
+pub(crate) async fn layer_digests(
+    client: &rstargz_fs::registry::Registry,
+    host: &str,
+    repo: &str,
+) -> Vec<String> {
+    let store = Store::source(client, &at(host, repo)).unwrap();
     let root = store.root().await.unwrap();
     let json: serde_json::Value = serde_json::from_slice(&root.bytes).unwrap();
     json["layers"]
@@ -114,7 +150,7 @@ async fn layer_digests(dir: &Path, host: &str, repo: &str) -> Vec<String> {
 }
 
 /// Labels of every committed snapshot, asked over rstargz's own socket.
-async fn committed_labels(d: &Daemon) -> Vec<HashMap<String, String>> {
+pub(crate) async fn committed_labels(d: &Daemon) -> Vec<HashMap<String, String>> {
     let mut c = d.client().await;
     let mut out = Vec::new();
     for name in list(&mut c, &["kind==committed"]).await.unwrap() {
@@ -124,14 +160,14 @@ async fn committed_labels(d: &Daemon) -> Vec<HashMap<String, String>> {
 }
 
 /// Count of `remote-snapshot-prepared="<v>"` in the daemon's log.
-fn prepared(d: &Daemon, v: &str) -> usize {
+pub(crate) fn prepared(d: &Daemon, v: &str) -> usize {
     d.log_text()
         .matches(&format!("remote-snapshot-prepared=\"{v}\""))
         .count()
 }
 
 /// FUSE mounts under the daemon's snapshots directory.
-fn fuse_mounts(d: &Daemon) -> usize {
+pub(crate) fn fuse_mounts(d: &Daemon) -> usize {
     rstargz_fs::fuse::mountinfo::read()
         .unwrap()
         .into_iter()
@@ -141,7 +177,7 @@ fn fuse_mounts(d: &Daemon) -> usize {
 
 /// Host-network namespaces (no CNI): the pod and its containers share the
 /// node's network.
-fn host_network() -> cri::NamespaceOption {
+pub(crate) fn host_network() -> cri::NamespaceOption {
     cri::NamespaceOption {
         network: cri::NamespaceMode::Node as i32,
         pid: cri::NamespaceMode::Container as i32,
@@ -150,21 +186,29 @@ fn host_network() -> cri::NamespaceOption {
     }
 }
 
-/// The CRI clients over containerd's socket.
-struct Cri {
-    runtime: RuntimeServiceClient<Channel>,
-    images: ImageServiceClient<Channel>,
+/// The CRI clients: RuntimeService over containerd's socket, ImageService
+/// over containerd's or (the CRI keychain) another.
+pub(crate) struct Cri {
+    pub(crate) runtime: RuntimeServiceClient<Channel>,
+    pub(crate) images: ImageServiceClient<Channel>,
 }
 
 impl Cri {
     /// Connects and waits (bounded) for the CRI plugin to answer.
-    async fn connect(ctrd: &Containerd) -> Cri {
+    pub(crate) async fn connect(ctrd: &Containerd) -> Cri {
+        Cri::connect_with_images(ctrd, &ctrd.socket).await
+    }
+
+    /// Connects, the ImageService over `images` (as kubelet's
+    /// `--image-service-endpoint`), and waits (bounded) for the CRI plugin.
+    pub(crate) async fn connect_with_images(ctrd: &Containerd, images: &Path) -> Cri {
         let channel = rstargz_snapshotter::client::channel(&ctrd.socket)
             .await
             .unwrap();
+        let images = rstargz_snapshotter::client::channel(images).await.unwrap();
         let mut cri = Cri {
-            runtime: RuntimeServiceClient::new(channel.clone()),
-            images: ImageServiceClient::new(channel),
+            runtime: RuntimeServiceClient::new(channel),
+            images: ImageServiceClient::new(images),
         };
         let start = Instant::now();
         loop {
@@ -188,16 +232,23 @@ impl Cri {
     }
 
     /// PullImage; returns the image ref (its ID), as kubelet then uses it.
-    async fn pull(&mut self, image: &str, sandbox: Option<&cri::PodSandboxConfig>) -> String {
+    pub(crate) async fn pull(
+        &mut self,
+        image: &str,
+        sandbox: Option<&cri::PodSandboxConfig>,
+    ) -> String {
+        self.pull_with_auth(image, sandbox, None).await
+    }
+
+    /// PullImage with `auth` (a pod's imagePullSecret).
+    pub(crate) async fn pull_with_auth(
+        &mut self,
+        image: &str,
+        sandbox: Option<&cri::PodSandboxConfig>,
+        auth: Option<cri::AuthConfig>,
+    ) -> String {
         self.images
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec {
-                    image: image.into(),
-                    ..Default::default()
-                }),
-                auth: None,
-                sandbox_config: sandbox.cloned(),
-            })
+            .pull_image(pull_request(image, sandbox, auth))
             .await
             .unwrap_or_else(|e| panic!("PullImage {image}: {e}"))
             .into_inner()
@@ -206,7 +257,7 @@ impl Cri {
 
     /// Creates, starts and waits (bounded) for a container of `image_ref`
     /// running the checksum script; returns its CRI log's stdout lines.
-    async fn run_sums(
+    pub(crate) async fn run_sums(
         &mut self,
         sandbox_id: &str,
         sandbox: &cri::PodSandboxConfig,
@@ -295,6 +346,47 @@ impl Cri {
     }
 }
 
+/// A PullImageRequest of `image` with `auth`.
+pub(crate) fn pull_request(
+    image: &str,
+    sandbox: Option<&cri::PodSandboxConfig>,
+    auth: Option<cri::AuthConfig>,
+) -> cri::PullImageRequest {
+    cri::PullImageRequest {
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        auth,
+        sandbox_config: sandbox.cloned(),
+    }
+}
+
+/// A pod named `name`: host network, its own log directory under `dir` and
+/// the cgroup parent `cgroup_parent`.
+pub(crate) fn pod_config(dir: &Path, name: &str, cgroup_parent: &str) -> cri::PodSandboxConfig {
+    let log_dir = dir.join(format!("{name}-logs"));
+    std::fs::create_dir_all(&log_dir).unwrap();
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("{name}-{}", std::process::id()),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: log_dir.to_str().unwrap().into(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: format!("/{cgroup_parent}"),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(host_network()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The stdout lines of a CRI log (`<time> <stream> <P|F> <line>`), joined;
 /// a `P` (partial) entry continues on the next one.
 fn cri_log_stdout(text: &str) -> String {
@@ -329,28 +421,10 @@ async fn cri_pull_and_run_through_containerd() {
     // The pause image, the plain image and its eStargz conversion.
     push_pause_image(dir, &host, "cri/pause:v1").await;
     let layers = image_layers(dir);
-    let inputs: Vec<LayerInput> = layers.iter().cloned().map(LayerInput::Dir).collect();
-    build::from_dirs(
-        &client(dir),
-        &at(&host, "cri/plain:v1"),
-        &inputs,
-        &BuildOptions::default(),
-    )
-    .await
-    .unwrap();
     let plain = format!("{host}/cri/plain:v1");
     let esgz = format!("{host}/cri/esgz:v1");
-    let out = Command::new(env!("CARGO_BIN_EXE_rstargz"))
-        .args(["image", "convert", &plain, &esgz])
-        .env("DOCKER_CONFIG", dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let esgz_layers = layer_digests(dir, &host, "cri/esgz:v1").await;
+    push_workload(&client(dir), &host, "cri", &layers, dir).await;
+    let esgz_layers = layer_digests(&client(dir), &host, "cri/esgz:v1").await;
     assert_eq!(esgz_layers.len(), 3);
 
     // The pod's cgroup parent (declared before containerd: on a failure
@@ -364,32 +438,12 @@ async fn cri_pull_and_run_through_containerd() {
         PLUGIN,
         &CriConfig {
             sandbox_image: format!("{host}/cri/pause:v1"),
-            plain_http_registry: host.clone(),
+            plain_http_registries: vec![host.clone()],
         },
     );
     let mut cri = Cri::connect(&ctrd).await;
 
-    // The pod: host network, its own log directory and cgroup parent.
-    let log_dir = dir.join("pod-logs");
-    std::fs::create_dir_all(&log_dir).unwrap();
-    let sandbox = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "rstargz-cri".into(),
-            uid: format!("rstargz-cri-{}", std::process::id()),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        log_directory: log_dir.to_str().unwrap().into(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: format!("/{cgroup_parent}"),
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(host_network()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let sandbox = pod_config(dir, "rstargz-cri", &cgroup_parent);
 
     // Kubelet pulls the image before creating the container; the pause
     // image comes with RunPodSandbox (not eStargz: the fallback).
@@ -485,14 +539,18 @@ async fn cri_pull_and_run_through_containerd() {
 
 /// A running pod sandbox; stopped and removed over CRI on drop too (a
 /// failed test), before the containerd guard kills what is left.
-struct Pod {
+pub(crate) struct Pod {
     socket: PathBuf,
-    id: Option<String>,
+    pub(crate) id: Option<String>,
 }
 
 impl Pod {
     /// RunPodSandbox.
-    async fn run(cri: &mut Cri, ctrd: &Containerd, config: &cri::PodSandboxConfig) -> Pod {
+    pub(crate) async fn run(
+        cri: &mut Cri,
+        ctrd: &Containerd,
+        config: &cri::PodSandboxConfig,
+    ) -> Pod {
         let id = cri
             .runtime
             .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -510,7 +568,7 @@ impl Pod {
     }
 
     /// StopPodSandbox and RemovePodSandbox, as kubelet tears a pod down.
-    async fn remove(&mut self, cri: &mut Cri) {
+    pub(crate) async fn remove(&mut self, cri: &mut Cri) {
         let id = self.id.take().unwrap();
         stop_and_remove(&mut cri.runtime, &id).await.unwrap();
     }
@@ -558,7 +616,7 @@ impl Drop for Pod {
 
 /// The pod's cgroup parent: runc removes the containers' cgroups below it,
 /// the parent itself (in every hierarchy) goes on drop; it must be empty.
-struct CgroupParent(String);
+pub(crate) struct CgroupParent(pub(crate) String);
 
 impl Drop for CgroupParent {
     fn drop(&mut self) {

@@ -13,11 +13,11 @@
 use crate::common;
 use crate::common::image as image_common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::containerd::{Containerd, RunDirGuard};
-use common::workload::{cgroup_dirs, expected_sums, image_layers, sums_script, unmount_all_under};
+use common::workload::{expected_sums, image_layers, run_sums, unmount_all_under};
 use common::*;
 use image_common::proxy::FaultProxy;
 use image_common::registry::TestRegistry;
@@ -75,38 +75,6 @@ async fn committed_and_remote(d: &Daemon) -> (usize, usize) {
     (names.len(), remote)
 }
 
-/// Runs the checksum command in a fresh container of `image`, with runc's
-/// state under `dir` and a one-level cgroup runc removes with the
-/// container; asserts the container left no cgroup behind.
-fn run_sums(ctrd: &Containerd, dir: &Path, image: &str, id: &str) -> String {
-    let script = sums_script();
-    let fifo_dir = dir.join("fifo");
-    let runc_root = dir.join("runc");
-    let cgroup = format!("rstargz-e2e-{}-{id}", std::process::id());
-    let out = ctrd.ctr(&[
-        "--namespace",
-        NAMESPACE,
-        "run",
-        "--rm",
-        "--snapshotter",
-        PLUGIN,
-        "--fifo-dir",
-        fifo_dir.to_str().unwrap(),
-        "--runc-root",
-        runc_root.to_str().unwrap(),
-        "--cgroup",
-        &format!("/{cgroup}"),
-        image,
-        id,
-        "/bin/busybox",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    assert_eq!(cgroup_dirs(&cgroup), Vec::<PathBuf>::new(), "cgroup leaked");
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lazy_pull_and_run_with_containerd() {
     let _run_dir = RunDirGuard::new();
@@ -149,19 +117,7 @@ async fn lazy_pull_and_run_with_containerd() {
     // Lazy pull through the proxy.
     let esgz = format!("{}/e2e/esgz:v1", proxy.host());
     let before = proxy.bytes_sent();
-    ctrd.tool_ok(
-        "ctr-remote",
-        &[
-            "--namespace",
-            NAMESPACE,
-            "image",
-            "rpull",
-            "--plain-http",
-            "--snapshotter",
-            PLUGIN,
-            &esgz,
-        ],
-    );
+    ctrd.rpull(NAMESPACE, PLUGIN, &esgz);
     let pulled = proxy.bytes_sent() - before;
     eprintln!(
         "rpull fetched {pulled} bytes of {image_size} layer bytes ({:.1}%)",
@@ -185,7 +141,10 @@ async fn lazy_pull_and_run_with_containerd() {
 
     // The container reads the files (fetched on demand).
     let want = expected_sums(&layers);
-    assert_eq!(run_sums(&ctrd, dir, &esgz, "esgz-1"), want);
+    assert_eq!(
+        run_sums(&ctrd, dir, NAMESPACE, PLUGIN, &esgz, "esgz-1"),
+        want
+    );
     let after_run = proxy.bytes_sent() - before;
     eprintln!("after the first run: {after_run} bytes");
     assert!(
@@ -197,7 +156,10 @@ async fn lazy_pull_and_run_with_containerd() {
     d.stop();
     let d = start_daemon(dir);
     ctrd.wait_snapshotter(PLUGIN);
-    assert_eq!(run_sums(&ctrd, dir, &esgz, "esgz-2"), want);
+    assert_eq!(
+        run_sums(&ctrd, dir, NAMESPACE, PLUGIN, &esgz, "esgz-2"),
+        want
+    );
 
     // The plain image: ordinary pull, unpacked on the overlayfs fallback.
     let plain = format!("{}/e2e/plain:v1", proxy.host());
@@ -211,7 +173,10 @@ async fn lazy_pull_and_run_with_containerd() {
         PLUGIN,
         &plain,
     ]);
-    assert_eq!(run_sums(&ctrd, dir, &plain, "plain-1"), want);
+    assert_eq!(
+        run_sums(&ctrd, dir, NAMESPACE, PLUGIN, &plain, "plain-1"),
+        want
+    );
     assert_eq!(
         committed_and_remote(&d).await,
         (2 * layer_count, layer_count),

@@ -307,7 +307,8 @@ fn the_fd_holder_lets_go_when_no_daemon_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("fdstore.sock");
     let exe = Path::new(env!("CARGO_BIN_EXE_rstargz"));
-    let store = FdStore::connect_or_spawn(&socket, exe, std::time::Duration::from_secs(2)).unwrap();
+    let store =
+        FdStore::connect_or_spawn(&socket, exe, std::time::Duration::from_secs(2), &[]).unwrap();
     // A pipe stands in for a FUSE connection: the holder keeps its reading
     // end, and the writing end tells when the holder has closed it.
     let (r, w) = nix::unistd::pipe().unwrap();
@@ -325,5 +326,34 @@ fn the_fd_holder_lets_go_when_no_daemon_comes_back() {
     drop(back);
     // No daemon any more: after the timeout the holder closes it and exits.
     wait_for("the holder to let go", || reader_closed(&w, 100));
+    wait_for("the holder to exit", || !socket.exists());
+}
+
+#[test]
+fn the_fd_holder_keeps_credentials_for_the_next_daemon_and_only_in_time() {
+    use rstargz_fs::registry::{Credential, KeychainMirror, Secret};
+    use rstargz_remote::fd_holder::FdStore;
+    use rstargz_remote::held_credentials::HeldCredentials;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("fdstore.sock");
+    let exe = Path::new(env!("CARGO_BIN_EXE_rstargz"));
+    let store =
+        FdStore::connect_or_spawn(&socket, exe, std::time::Duration::from_secs(2), &[]).unwrap();
+    let held = HeldCredentials::new(Arc::new(store));
+    let basic = |password: &str| Credential::Basic {
+        username: "u".into(),
+        password: Secret::new(password),
+    };
+    held.put("reg:5000", &basic("old"));
+    held.put("reg:5000", &basic("new"));
+    held.put("other:5000", &basic("x"));
+    held.remove("other:5000");
+    drop(held);
+    // The daemon died; the next one finds the credentials (nothing else
+    // keeps the holder alive).
+    let held = HeldCredentials::new(Arc::new(FdStore::connect(&socket).unwrap()));
+    assert_eq!(held.load(), [("reg:5000".to_string(), basic("new"))]);
+    drop(held);
+    // Nobody came back in time: they are forgotten and the holder exits.
     wait_for("the holder to exit", || !socket.exists());
 }

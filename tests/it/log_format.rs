@@ -49,7 +49,6 @@ impl Serve {
             .arg(&config_path)
             .args(["--log-level", "debug"])
             .args(extra)
-            .env_remove("RSTARGZ_LOG_FORMAT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -304,7 +303,6 @@ async fn config_key_selects_json() {
         .arg(&first.socket)
         .args(["--log-format", "json", "--config"])
         .arg(&no_holder)
-        .env_remove("RSTARGZ_LOG_FORMAT")
         .stdin(Stdio::null())
         .output()
         .unwrap();

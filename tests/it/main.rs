@@ -14,6 +14,7 @@ mod common;
 
 // Plain tier: no root, no system prerequisites.
 mod crash_consistency; // daemon kill -9 / restart on local snapshots
+mod cri_keychain_sockets; // daemon over its sockets, no containerd
 mod fuzz_regressions; // the fuzz harness bodies over saved inputs
 mod hostile_grpc; // daemon over its socket
 mod log_format; // daemon over its socket, its stderr as JSON
@@ -35,11 +36,16 @@ mod crash_mixed; // root: FUSE; registry
 #[cfg(feature = "system")]
 mod cri; // root: containerd's CRI plugin, runc; registry
 #[cfg(feature = "system")]
+mod cri_keychain; // root: containerd's CRI plugin, runc; registries (one with htpasswd)
+mod dropin; // root: FUSE; registry (a Go node's config and metrics)
+#[cfg(feature = "system")]
 mod e2e_containerd; // root: containerd, runc, ctr-remote; registry
 #[cfg(feature = "system")]
 mod faults; // root: FUSE; registry behind the fault proxy
 #[cfg(feature = "system")]
 mod image_convert; // registry
+#[cfg(feature = "system")]
+mod image_convert_flags; // registry; root, containerd, runc, ctr-remote, the Go reference
 #[cfg(feature = "system")]
 mod layer_cli; // root: `layer extract` sets owners (lchown)
 #[cfg(feature = "system")]

@@ -473,7 +473,7 @@ async fn a_small_layer_without_a_prioritized_list_is_streamed_in_windows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn layers_mount_through_an_htpasswd_registry() {
+async fn layers_mount_through_an_htpasswd_registry_and_its_rotated_password() {
     let (user, password) = ("tester", "Pa55-word");
     let registry = TestRegistry::start_with_htpasswd(user, password).await;
     let reference = registry.reference("auth/image");
@@ -495,7 +495,7 @@ async fn layers_mount_through_an_htpasswd_registry() {
     );
     prepare(&mut c, "extract-0", "", &l).await.unwrap();
     let log = daemon.log_text();
-    assert!(log.contains("auth refused"), "{log}");
+    assert!(log.contains("no credentials for the registry"), "{log}");
     assert!(!log.contains(password), "the password leaked into the log");
     daemon.stop();
 
@@ -509,6 +509,33 @@ async fn layers_mount_through_an_htpasswd_registry() {
     check_tree(&lowers[0], "tree");
     remove(&mut c, "container").await.unwrap();
     remove(&mut c, "chain-0").await.unwrap();
+
+    // The password is rotated at the registry and in config.json while the
+    // daemon runs: new layers mount with the new one, no restart.
+    let rotated = "R0tated-pw";
+    registry.set_htpasswd(user, rotated);
+    docker_config(dir.path(), &registry.host(), user, rotated);
+    let next = registry.reference("auth/next");
+    let next_layers = vec![TestLayer::golden("tree", "zstd")];
+    let next_digests = push_image_with(&next, &next_layers, &creds).await;
+    let l = remote_labels(
+        "next-0",
+        &next,
+        next_digests[0].as_str(),
+        next_layers[0].toc_digest.as_deref(),
+    );
+    let err = prepare(&mut c, "extract-next", "", &l).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::AlreadyExists,
+        "mounted remotely: {err:?}\n{}",
+        daemon.log_text()
+    );
+    let lowers = lowerdirs(&prepare(&mut c, "container", "next-0", &[]).await.unwrap());
+    check_tree(&lowers[0], "tree");
+    remove(&mut c, "container").await.unwrap();
+    remove(&mut c, "next-0").await.unwrap();
+    assert!(!daemon.log_text().contains(rotated));
     daemon.stop();
 }
 

@@ -228,6 +228,73 @@ fn hosts_toml(certs: &Path, host: &str, body: &str) {
     .unwrap();
 }
 
+/// Pushes `layers[i]` to `regs[i]` as `repo`, through a client whose
+/// hosts.toml for each registry is `push_hosts(registry)`; returns the
+/// references and the layer digests.
+async fn push_one_layer_each(
+    dir: &Path,
+    regs: &[TestRegistry],
+    layers: &[TestLayer],
+    repo: &str,
+    push_hosts: impl Fn(&TestRegistry) -> String,
+) -> (Vec<String>, Vec<OciDigest>) {
+    let push_certs = dir.join("push-certs.d");
+    for r in regs {
+        hosts_toml(&push_certs, &r.host(), &push_hosts(r));
+    }
+    let mut config = rstargz_test_support::test_config(&dir.join("none.json"));
+    config.hosts.certs_dir = Some(push_certs);
+    let pusher = Registry::new(config).unwrap();
+    let mut refs = Vec::new();
+    let mut digests = Vec::new();
+    for (r, layer) in regs.iter().zip(layers) {
+        let reference = r.reference(repo);
+        digests.push(
+            push_image_via(&pusher, &reference, std::slice::from_ref(layer)).await[0].clone(),
+        );
+        refs.push(reference);
+    }
+    (refs, digests)
+}
+
+/// Starts the daemon with `certs` as its hosts.toml directory, no ambient
+/// credentials and quick registry failures.
+fn daemon_with_hosts_dir(dir: &Path, certs: &Path) -> Daemon {
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{NO_BACKGROUND}[resolver]\nconfig_path = \"{}\"\ndocker_config = \"{}\"\n\
+             request_timeout_sec = 5\n[blob]\nmax_retries = 1\n",
+            certs.display(),
+            dir.join("none.json").display()
+        ),
+    )
+    .unwrap();
+    Daemon::start_with(dir, &["--config", config.to_str().unwrap()])
+}
+
+/// Asserts that Prepare fell back to a local snapshot.
+async fn assert_local(
+    c: &mut Client,
+    chain: &str,
+    reference: &str,
+    layer: &TestLayer,
+    digest: &OciDigest,
+) {
+    let mounts = prepare_layer(c, chain, reference, digest, layer.toc_digest.as_deref())
+        .await
+        .unwrap();
+    assert!(!mounts.is_empty(), "{chain} falls back to a local snapshot");
+}
+
+/// The log lines of declined remote mounts.
+fn declines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("remote-snapshot-prepared=\"false\""))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_is_verified_unless_a_host_says_otherwise() {
     // Three HTTPS registries, each with its own test CA: one trusted
@@ -238,71 +305,23 @@ async fn tls_is_verified_unless_a_host_says_otherwise() {
         TestRegistry::start_tls().await,
     ];
     let dir = tempfile::tempdir().unwrap();
-    let push_certs = dir.path().join("push-certs.d");
-    for r in &regs {
-        hosts_toml(
-            &push_certs,
-            &r.host(),
-            &format!("ca = \"{}\"\n", r.ca_path().display()),
-        );
-    }
-    let mut config = rstargz_test_support::test_config(&dir.path().join("none.json"));
-    config.hosts.certs_dir = Some(push_certs);
-    let pusher = Registry::new(config).unwrap();
+    let trust = |r: &TestRegistry| format!("ca = \"{}\"\n", r.ca_path().display());
     // A layer each: one known locally would mount from its TOC copy
     // without asking its registry.
     let layers = [small_layer(4), small_layer(5), small_layer(6)];
-    let mut refs = Vec::new();
-    let mut digests = Vec::new();
-    for (r, layer) in regs.iter().zip(&layers) {
-        let reference = r.reference("sec/tls");
-        digests.push(
-            push_image_via(&pusher, &reference, std::slice::from_ref(layer)).await[0].clone(),
-        );
-        refs.push(reference);
-    }
+    let (refs, digests) = push_one_layer_each(dir.path(), &regs, &layers, "sec/tls", trust).await;
 
     let certs = dir.path().join("certs.d");
-    hosts_toml(
-        &certs,
-        &regs[0].host(),
-        &format!("ca = \"{}\"\n", regs[0].ca_path().display()),
-    );
+    hosts_toml(&certs, &regs[0].host(), &trust(&regs[0]));
     hosts_toml(&certs, &regs[1].host(), "skip_verify = true\n");
     hosts_toml(&certs, &regs[2].host(), "");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{NO_BACKGROUND}[resolver]\nconfig_path = \"{}\"\ndocker_config = \"{}\"\n\
-             request_timeout_sec = 5\n[blob]\nmax_retries = 1\n",
-            certs.display(),
-            dir.path().join("none.json").display()
-        ),
-    )
-    .unwrap();
-    let d = Daemon::start_with(dir.path(), &["--config", config.to_str().unwrap()]);
+    let d = daemon_with_hosts_dir(dir.path(), &certs);
     let mut c = d.client().await;
     assert_remote(&mut c, "ca", &refs[0], &layers[0], &digests[0]).await;
     assert_remote(&mut c, "skip", &refs[1], &layers[1], &digests[1]).await;
-    let mounts = prepare_layer(
-        &mut c,
-        "unverified",
-        &refs[2],
-        &digests[2],
-        layers[2].toc_digest.as_deref(),
-    )
-    .await
-    .unwrap();
-    assert!(
-        !mounts.is_empty(),
-        "the unverified registry falls back to a local snapshot"
-    );
+    assert_local(&mut c, "unverified", &refs[2], &layers[2], &digests[2]).await;
     let log = d.log_text();
-    let declined: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("remote-snapshot-prepared=\"false\""))
-        .collect();
+    let declined = declines(&log);
     assert_eq!(declined.len(), 1, "{log}");
     assert!(
         declined[0].contains("registry unreachable"),
@@ -314,6 +333,78 @@ async fn tls_is_verified_unless_a_host_says_otherwise() {
         "a clear reason: {}",
         declined[0]
     );
+    d.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_client_certificates_from_hosts_toml() {
+    // Three registries that each require a client certificate from their
+    // own client CA: one gets its certificate from hosts.toml, one none,
+    // one a certificate from another registry's CA.
+    let regs = [
+        TestRegistry::start_mtls().await,
+        TestRegistry::start_mtls().await,
+        TestRegistry::start_mtls().await,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let trust = |r: &TestRegistry| format!("ca = \"{}\"\n", r.ca_path().display());
+    let client = |of: &TestRegistry| {
+        format!(
+            "client = [[\"{}\", \"{}\"]]\n",
+            of.client_cert_path().display(),
+            of.client_key_path().display()
+        )
+    };
+    let layers = [small_layer(7), small_layer(8), small_layer(9)];
+    let (refs, digests) = push_one_layer_each(dir.path(), &regs, &layers, "sec/mtls", |r| {
+        trust(r) + &client(r)
+    })
+    .await;
+
+    let certs = dir.path().join("certs.d");
+    hosts_toml(
+        &certs,
+        &regs[0].host(),
+        &(trust(&regs[0]) + &client(&regs[0])),
+    );
+    hosts_toml(&certs, &regs[1].host(), &trust(&regs[1]));
+    hosts_toml(
+        &certs,
+        &regs[2].host(),
+        &(trust(&regs[2]) + &client(&regs[0])),
+    );
+    let d = daemon_with_hosts_dir(dir.path(), &certs);
+    let mut c = d.client().await;
+
+    // The right certificate: mounted lazily, and reads fetch over mTLS.
+    assert_remote(&mut c, "mtls", &refs[0], &layers[0], &digests[0]).await;
+    let file = layer_dir(&mut c, "mtls").await.join("file.bin");
+    assert_eq!(std::fs::read(file).unwrap(), test_blob(100 << 10, 15));
+
+    assert_local(&mut c, "no-client-cert", &refs[1], &layers[1], &digests[1]).await;
+    assert_local(&mut c, "foreign-cert", &refs[2], &layers[2], &digests[2]).await;
+    let log = d.log_text();
+    let declined = declines(&log);
+    assert_eq!(declined.len(), 2, "{log}");
+    let why = [
+        "requires a client certificate".to_string(),
+        format!(
+            "refused the client certificate {}",
+            regs[0].client_cert_path().display()
+        ),
+    ];
+    for (line, why) in declined.iter().zip(&why) {
+        assert!(
+            line.contains("registry unreachable") && line.contains(why.as_str()),
+            "a clear reason ({why}): {line}"
+        );
+    }
+    for r in &regs {
+        let key = std::fs::read_to_string(r.client_key_path()).unwrap();
+        for line in key.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!log.contains(line), "client key material in the log");
+        }
+    }
     d.stop();
 }
 

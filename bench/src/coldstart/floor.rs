@@ -12,7 +12,7 @@ use rstargz_fs::estargz::{self, OpenOptions, Prefetch, ReadAt, Verify};
 use rstargz_fs::registry::{OciDigest, Purpose, Reference, Registry};
 use serde::Deserialize;
 
-use crate::shaper::Link;
+use rstargz_test_support::proxy::Link;
 
 /// Round trips no cold start can avoid: the connection's handshake, the
 /// manifest, then the config and TOCs (in parallel), then the needed file

@@ -29,9 +29,9 @@ use rstargz_fs::registry::{Registry, RegistryConfig};
 
 use self::images::{Kind, LargeShape, Workload};
 use self::procs::{Binaries, Containerd, Snapshotter};
-use crate::shaper::{Link, Shaper};
 use rstargz_image::build::{self, BuildOptions};
 use rstargz_image::{self as image, ConvertOptions, ImageRef, Quiet};
+use rstargz_test_support::proxy::{Link, Shaper};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -213,6 +213,7 @@ async fn publish(
                 // would otherwise need several GB at once.
                 parallelism: 1,
                 temp_dir: Some(opts.work.join("tmp")),
+                ..ConvertOptions::default()
             };
             image::convert(client, &src?, &dst?, &copts, Arc::new(Quiet)).await?;
             anyhow::Ok(())

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::floor::Needs;
 use super::images::Kind;
 use super::procs::Snapshotter;
-use crate::shaper::Link;
+use rstargz_test_support::proxy::Link;
 
 /// How an image is pulled and run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
+use rstargz_test_support::containerd;
 
 pub use rstargz_test_support::process::ProcessGuard as Guard;
 
@@ -30,10 +31,7 @@ pub fn start_registry(dir: &Path, addr: std::net::SocketAddr) -> anyhow::Result<
     let config = dir.join("config.yml");
     std::fs::write(
         &config,
-        format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-            dir.join("data").display()
-        ),
+        rstargz_test_support::registry::config_yml(&dir.join("data"), addr),
     )?;
     let mut cmd = Command::new("docker-registry");
     cmd.arg("serve").arg(&config);
@@ -148,23 +146,12 @@ impl Containerd {
     pub fn start(dir: &Path, sockets: &[(Snapshotter, PathBuf)]) -> anyhow::Result<Containerd> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("containerd.sock");
-        let mut config = format!(
-            "version = 2\nroot = {root:?}\nstate = {state:?}\n\
-             [grpc]\n  address = {socket:?}\n\
-             [ttrpc]\n  address = {ttrpc:?}\n\
-             [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable = true\n",
-            root = dir.join("root"),
-            state = dir.join("state"),
-            ttrpc = dir.join("containerd.sock.ttrpc"),
-        );
-        for (which, sock) in sockets {
-            config.push_str(&format!(
-                "[proxy_plugins.{}]\n  type = \"snapshot\"\n  address = {sock:?}\n",
-                which.plugin()
-            ));
-        }
+        let plugins: String = sockets
+            .iter()
+            .map(|(which, sock)| containerd::proxy_plugin(which.plugin(), sock))
+            .collect();
         let path = dir.join("containerd.toml");
-        std::fs::write(&path, config)?;
+        std::fs::write(&path, containerd::config_toml(dir, false, &plugins))?;
         let mut cmd = Command::new("containerd");
         cmd.arg("--config").arg(&path);
         let mut guard = spawn("containerd", cmd, &dir.join("containerd.log"))?;

@@ -11,9 +11,15 @@
 //! - Writes are atomic (temporary file + rename) and the total size is
 //!   bounded with LRU eviction (see [`ContentDir`]).
 //!
+//! - With `drop_page_cache` (the Go reference's `fadv_dontneed`) each
+//!   file's pages are dropped from the page cache once written or read:
+//!   the chunk lives on in the memory tier, so the kernel's copy is a
+//!   second one.
+//!
 //! All methods do blocking file I/O; async callers run them on a blocking pool.
 
-use std::io::{self, Write};
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -39,6 +45,16 @@ pub struct DiskCacheStats {
 pub struct DiskCache {
     dir: ContentDir,
     stats: DiskCacheStats,
+    drop_page_cache: bool,
+}
+
+/// Asks the kernel to drop the cached pages of `file` (advice: a failure
+/// only leaves them cached).
+fn drop_pages(file: &File) {
+    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+    if let Err(e) = posix_fadvise(file, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED) {
+        tracing::debug!(error = %e, "cannot drop the page cache of a cached chunk");
+    }
 }
 
 impl DiskCache {
@@ -48,7 +64,30 @@ impl DiskCache {
         Ok(DiskCache {
             dir: ContentDir::open(root.join("chunks"), root.join("tmp"), max_bytes)?,
             stats: DiskCacheStats::default(),
+            drop_page_cache: false,
         })
+    }
+
+    /// Drops each chunk file's pages from the page cache once it is
+    /// written or read (`[directory_cache] fadv_dontneed`).
+    pub fn with_page_cache_dropped(mut self, drop: bool) -> Self {
+        self.drop_page_cache = drop;
+        self
+    }
+
+    /// Whether chunk files' pages are dropped from the page cache.
+    pub fn drops_page_cache(&self) -> bool {
+        self.drop_page_cache
+    }
+
+    fn read_file(&self, path: &std::path::Path) -> io::Result<Vec<u8>> {
+        let mut file = File::open(path)?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data)?;
+        if self.drop_page_cache {
+            drop_pages(&file);
+        }
+        Ok(data)
     }
 
     /// Counters.
@@ -84,7 +123,7 @@ impl DiskCache {
     /// Returns the verified bytes of `digest`, or `None` if absent or corrupt.
     pub fn get(&self, digest: &Digest) -> Option<Vec<u8>> {
         let path = self.dir.path(digest);
-        let Ok(data) = std::fs::read(&path) else {
+        let Ok(data) = self.read_file(&path) else {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
             self.dir.remove(digest);
             return None;
@@ -110,8 +149,13 @@ impl DiskCache {
         if data.len() as u64 > self.dir.max_bytes() || self.contains(digest) {
             return Ok(());
         }
-        self.dir
-            .write(digest, |f| f.write_all(data).map(|()| true))?;
+        self.dir.write(digest, |f| {
+            f.write_all(data)?;
+            if self.drop_page_cache {
+                drop_pages(f);
+            }
+            Ok(true)
+        })?;
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -141,6 +185,19 @@ mod tests {
         let cache = DiskCache::open(dir.path(), 250).unwrap();
         assert_eq!(cache.len(), 2);
         assert_eq!(cache.get(&digests[2]).unwrap(), chunks[2]);
+    }
+
+    #[test]
+    fn dropping_the_page_cache_still_stores_and_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20)
+            .unwrap()
+            .with_page_cache_dropped(true);
+        assert!(cache.drops_page_cache());
+        let data = b"dropped from the page cache".to_vec();
+        let d = Digest::of(&data);
+        cache.put(&d, &data).unwrap();
+        assert_eq!(cache.get(&d).unwrap(), data);
     }
 
     #[test]

@@ -37,6 +37,12 @@ pub struct WriterOptions {
     pub compression: Compression,
     /// Uncompressed chunk size of large files.
     pub chunk_size: u64,
+    /// A chunk starts a new compressed member only once the open one holds
+    /// at least this many compressed bytes; smaller files then share a
+    /// member and their TOC entries carry `innerOffset` (Go's
+    /// `WithMinChunkSize`; readers older than stargz-snapshotter 0.13 do not
+    /// understand it). 0: every chunk starts a member.
+    pub min_chunk_size: u64,
     /// Files to move to the front (prefetch), in access order.
     pub prioritized: Vec<String>,
     /// gzip level (0-9).
@@ -50,6 +56,7 @@ impl Default for WriterOptions {
         WriterOptions {
             compression: Compression::Gzip,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            min_chunk_size: 0,
             prioritized: Vec::new(),
             gzip_level: 6,
             zstd_level: 3,
@@ -142,11 +149,15 @@ fn convert_spooled(
     for item in order {
         match item {
             Item::Landmark(name) => {
+                // A landmark always starts a member of its own: prefetch
+                // reads up to its offset.
                 let e = InputEntry::landmark(name);
-                w.write_entry(&e, &Source::Bytes(&[0x0f]), &mut toc, &mut names, &mut buf)?;
+                let bytes = Source::Bytes(&[0x0f]);
+                w.write_entry(&e, true, &bytes, &mut toc, &mut names, &mut buf)?;
             }
             Item::Entry(i) => w.write_entry(
                 &entries[i],
+                false,
                 &Source::Spool(spool),
                 &mut toc,
                 &mut names,

@@ -28,7 +28,7 @@ use super::freeze_gate::Held;
 use super::handover::{InitParams, Live};
 use super::overlay_view::OverlayView;
 use super::passthrough::OpenMode;
-use super::stats::{FuseStats, READ_LATENCY_BUCKETS};
+use super::stats::FuseStats;
 use crate::cache::FileStore;
 use crate::estargz::{Index, Ino, NodeKind};
 use crate::layer::{LayerError, LayerReader};
@@ -100,6 +100,8 @@ pub struct LayerFs {
     negative: FileAttr,
     /// Which inodes are being read sequentially (read-ahead only for those).
     access: AccessPattern,
+    /// Files already named in a "file accessed" line (`log_file_access`).
+    logged_opens: std::sync::Mutex<std::collections::HashSet<Ino>>,
 }
 
 impl LayerFs {
@@ -138,6 +140,7 @@ impl LayerFs {
             total_blocks: total_bytes / u64::from(BLOCK_SIZE),
             live,
             access: AccessPattern::default(),
+            logged_opens: std::sync::Mutex::default(),
             negative: FileAttr {
                 ino: INodeNo(0),
                 size: 0,
@@ -225,6 +228,23 @@ impl LayerFs {
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
             ),
+        }
+    }
+
+    /// The debug line of `log_file_access` (as the Go reference's): once
+    /// per file and mount, at its first open.
+    fn log_first_open(&self, ino: Ino) {
+        let Some(layer) = &self.opts.log_file_access else {
+            return;
+        };
+        let first = self
+            .logged_opens
+            .lock()
+            .is_ok_and(|mut seen| seen.insert(ino));
+        if let (true, Some(node)) = (first, self.index.node(ino)) {
+            let path = format!("/{}", self.index.path(ino).unwrap_or_default());
+            let mode = format!("{:#o}", node.permissions() & 0o777);
+            tracing::debug!(layer = %layer, path = %path, size = node.size(), mode = %mode, "file accessed");
         }
     }
 
@@ -343,12 +363,14 @@ impl LayerFs {
         mut add: impl FnMut(u64, &str, &FileAttr) -> bool,
     ) -> Result<(), FsError> {
         self.stats.readdirs.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         for (next, name, child) in self.dir_listing(ino, offset)? {
             let Ok(attr) = self.attr(child) else { continue };
             if add(next, name, &attr) {
                 break;
             }
         }
+        self.stats.readdir_latency.observe(started.elapsed());
         Ok(())
     }
 
@@ -511,6 +533,7 @@ impl Filesystem for LayerFs {
                 if let Some(log) = &self.opts.access_log {
                     log.record(&self.index, i);
                 }
+                self.log_first_open(i);
                 self.open_file(i, reply)
             }
             Err(e) => reply.error(errno(&e)),
@@ -554,6 +577,7 @@ impl Filesystem for LayerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let started = Instant::now();
         self.stats
             .max_read_request
             .fetch_max(u64::from(size), Ordering::Relaxed);
@@ -570,6 +594,7 @@ impl Filesystem for LayerFs {
             if let Some(fill) = &fill {
                 fill.record(offset, &data);
             }
+            self.stats.read_latency.observe(started.elapsed());
             return reply.data(&data);
         }
         self.stats.reads_async.fetch_add(1, Ordering::Relaxed);
@@ -589,7 +614,7 @@ impl Filesystem for LayerFs {
         self.runtime.spawn(async move {
             // After a handover the successor answers (the read is resent).
             let Some(_pass) = gate.enter() else { return };
-            let started = Instant::now();
+            let waited = Instant::now();
             layer.read_ahead(
                 ino,
                 offset.saturating_add(u64::from(size)),
@@ -609,16 +634,8 @@ impl Filesystem for LayerFs {
                     Err(FsError::Timeout(timeout))
                 }
             };
-            let elapsed = started.elapsed();
-            stats.async_read_nanos.fetch_add(
-                u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
-                Ordering::Relaxed,
-            );
-            let bucket = READ_LATENCY_BUCKETS
-                .iter()
-                .position(|b| elapsed.as_secs_f64() <= *b)
-                .unwrap_or(READ_LATENCY_BUCKETS.len());
-            stats.async_read_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+            stats.async_read_latency.observe(waited.elapsed());
+            stats.read_latency.observe(started.elapsed());
             match res {
                 Ok(data) => {
                     let data = bytes::Bytes::from(data);

@@ -33,7 +33,7 @@ pub use self::fs::{FsError, LayerFs, errno};
 use self::handover::Live;
 pub use self::handover::{HandoverState, InitParams};
 pub use self::overlay_view::{OpaqueXattr, OverlayView};
-pub use self::stats::{FuseStats, READ_LATENCY_BUCKETS};
+pub use self::stats::FuseStats;
 use crate::cache::FileStore;
 use crate::layer::LayerReader;
 
@@ -77,6 +77,10 @@ pub struct MountOptions {
     pub passthrough_min_bytes: u64,
     /// Records the files opened (for `rstargz mount --record`).
     pub access_log: Option<AccessLog>,
+    /// Logs a debug line at the first open of each file, naming the layer
+    /// with this string (the Go reference's `log_file_access`); `None`
+    /// logs nothing.
+    pub log_file_access: Option<Arc<str>>,
 }
 
 impl Default for MountOptions {
@@ -94,6 +98,7 @@ impl Default for MountOptions {
             passthrough: None,
             passthrough_min_bytes: 1 << 20,
             access_log: None,
+            log_file_access: None,
         }
     }
 }

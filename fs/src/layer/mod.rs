@@ -84,6 +84,23 @@ pub struct LayerStats {
     pub bad_chunks: AtomicU64,
     /// File bytes returned to readers.
     pub bytes_served: AtomicU64,
+    /// Chunk-range reads issued to the source for on-demand reads (not
+    /// prefetch, read-ahead or background fetch).
+    pub on_demand_source_reads: AtomicU64,
+    /// Compressed bytes those on-demand reads asked for.
+    pub on_demand_source_bytes: AtomicU64,
+}
+
+/// How long opening the layer took, by step (the Go reference's
+/// `stargz_footer_get`, `stargz_toc_get` and `stargz_toc_json_deserialize`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenTimings {
+    /// Reading the footer (the blob's tail).
+    pub footer: Duration,
+    /// Reading the TOC.
+    pub toc: Duration,
+    /// Decoding the TOC and building the index.
+    pub deserialize: Duration,
 }
 
 /// One opened layer: index, source, cache.
@@ -104,6 +121,8 @@ pub struct LayerReader {
     /// Compressed end of the latest on-demand fetch (0: none yet): where
     /// the reader is in the blob, for streaming ahead of it.
     reader_at: AtomicU64,
+    /// How long the open took, by step.
+    open_timings: OpenTimings,
 }
 
 impl std::fmt::Debug for LayerReader {
@@ -126,10 +145,11 @@ impl LayerReader {
         let size = source.size();
         let mut attempt = 1;
         let work = cache.work().clone();
-        let opened = loop {
+        let (opened, mut timings) = loop {
             let mut asked = Vec::new();
-            match open_toc(&*source, opts, &work, &mut asked).await {
-                Ok(opened) => break opened,
+            let mut timings = OpenTimings::default();
+            match open_toc(&*source, opts, &work, &mut asked, &mut timings).await {
+                Ok(opened) => break (opened, timings),
                 Err(e @ LayerError::Format(_)) if attempt < FETCH_ATTEMPTS => {
                     tracing::warn!(attempt, error = %e, "layer footer or TOC unusable; fetching again");
                     for range in asked {
@@ -141,6 +161,7 @@ impl LayerReader {
             }
         };
         let limits = opts.limits;
+        let indexing = std::time::Instant::now();
         // Indexing takes ~100 ms for a 100k-entry TOC (parsing too, in
         // open_toc): never on a runtime worker.
         let (index, footer, toc_digest) = work
@@ -150,6 +171,7 @@ impl LayerReader {
             })
             .await
             .map_err(|e| LayerError::Task(e.to_string()))??;
+        timings.deserialize += indexing.elapsed();
         Ok(LayerReader {
             index: Arc::new(index),
             compression: footer.compression(),
@@ -162,7 +184,13 @@ impl LayerReader {
             amplify: 0,
             blob_order: std::sync::OnceLock::new(),
             reader_at: AtomicU64::new(0),
+            open_timings: timings,
         })
+    }
+
+    /// How long opening this layer took, by step.
+    pub fn open_timings(&self) -> OpenTimings {
+        self.open_timings
     }
 
     /// Lets each on-demand fetch bring along the chunks that follow it in
@@ -357,6 +385,11 @@ impl LayerReader {
             self.stats
                 .source_bytes
                 .fetch_add(end - range.start, Ordering::Relaxed);
+            if purpose == Purpose::OnDemand {
+                let stats = &self.stats;
+                stats.on_demand_source_reads.fetch_add(1, Ordering::Relaxed);
+                (stats.on_demand_source_bytes).fetch_add(end - range.start, Ordering::Relaxed);
+            }
             let compressed = fetched.slice(..(range.end - range.start) as usize);
             if !followers.is_empty() {
                 self.cache_followers(std::mem::take(&mut followers), fetched, range.start);
@@ -388,22 +421,34 @@ impl LayerReader {
 }
 
 /// Performs the reads an [`Opener`] asks for through `source`; `asked`
-/// records every range requested, for forgetting them before a retry.
+/// records every range requested, for forgetting them before a retry, and
+/// `timings` how long the steps took (the first read is the footer, the
+/// next the TOC, and decoding after the footer is the TOC's).
 async fn open_toc(
     source: &dyn BlobSource,
     opts: &OpenOptions,
     work: &BlockingWork,
     asked: &mut Vec<std::ops::Range<u64>>,
+    timings: &mut OpenTimings,
 ) -> Result<estargz::OpenedToc, LayerError> {
     let mut opener = Opener::new(source.size(), opts);
     loop {
         let range = opener.wants();
+        let footer = asked.is_empty();
         asked.push(range.clone());
+        let started = std::time::Instant::now();
         let bytes = read(source, range, Purpose::Metadata).await?;
+        let (read_time, decoding) = (started.elapsed(), std::time::Instant::now());
         let step = work
             .run(Purpose::Metadata, move || opener.feed(&bytes))
             .await
             .map_err(|e| LayerError::Task(e.to_string()))??;
+        if footer {
+            timings.footer += read_time;
+        } else {
+            timings.toc += read_time;
+            timings.deserialize += decoding.elapsed();
+        }
         match step {
             Step::Need(next) => opener = next,
             Step::Done(opened) => return Ok(opened),

@@ -20,10 +20,8 @@ use super::error::{RegistryError, Result, describe_transport_error};
 use super::http::read_response_limited;
 use super::reference::is_loopback_host;
 
-/// How long a looked-up credential is reused before asking again.
 /// Largest token response read (real ones are a few KiB).
 const MAX_TOKEN_RESPONSE: u64 = 1 << 20;
-const CREDENTIAL_TTL: Duration = Duration::from_secs(60);
 
 /// One challenge of a `WWW-Authenticate` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,15 +128,10 @@ struct CachedToken {
 /// Turns credentials and challenges into `Authorization` headers.
 pub struct Authorizer {
     credentials: CredentialStore,
-    // Credential helpers are processes: remember their answer for a while
-    // instead of spawning one per request. A 401 forgets it, so rotated
-    // credentials (e.g. 12 h ECR passwords) are picked up.
-    remembered: std::sync::Mutex<HashMap<String, (Option<Credential>, Instant)>>,
     schemes: std::sync::Mutex<HashMap<String, HostScheme>>,
     // An async mutex: concurrent requests for one scope wait for a single
     // token fetch instead of each fetching their own.
     tokens: Mutex<HashMap<(String, String), CachedToken>>,
-    client: reqwest::Client,
     timeout: Duration,
 }
 
@@ -157,6 +150,9 @@ struct TokenResponse {
 
 /// Context of one authorised request.
 pub struct AuthTarget<'a> {
+    /// The endpoint's HTTP client, also used for its token requests (as
+    /// containerd does): it carries the endpoint's CAs and client certificate.
+    pub client: &'a reqwest::Client,
     /// Registry endpoint host (`host[:port]`).
     pub host: &'a str,
     /// Repository, for error messages.
@@ -168,14 +164,12 @@ pub struct AuthTarget<'a> {
 }
 
 impl Authorizer {
-    /// An authorizer using `client` for token requests.
-    pub fn new(credentials: CredentialStore, client: reqwest::Client, timeout: Duration) -> Self {
+    /// An authorizer whose token requests time out after `timeout`.
+    pub fn new(credentials: CredentialStore, timeout: Duration) -> Self {
         Self {
             credentials,
-            remembered: std::sync::Mutex::new(HashMap::new()),
             schemes: std::sync::Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
-            client,
             timeout,
         }
     }
@@ -197,15 +191,21 @@ impl Authorizer {
         }
     }
 
-    /// Handles a 401: learns the scheme, drops the stale token and returns
-    /// the header for one retry. `None` means there is nothing to retry with.
+    /// Handles a 401 to a request sent with the header `sent`: learns the
+    /// scheme, drops the stale token (and the credential, when `sent` was
+    /// made of it) and returns the header for one retry. `None` means there
+    /// is nothing to retry with.
     pub async fn on_unauthorized(
         &self,
         target: &AuthTarget<'_>,
         www_authenticate: &str,
+        sent: Option<&str>,
     ) -> Result<Option<String>> {
-        if let Ok(mut r) = self.remembered.lock() {
-            r.remove(target.host);
+        match sent.filter(|s| s.starts_with("Basic ")) {
+            Some(sent) => self.credentials.refused(target.host, |c| {
+                matches!(c, Credential::Basic { username, password } if basic_value(username, password) == sent)
+            }),
+            None => self.credentials.forget_helper_answer(target.host),
         }
         let challenges = parse_www_authenticate(www_authenticate);
         let bearer = challenges.iter().find_map(|c| match c {
@@ -241,21 +241,23 @@ impl Authorizer {
     }
 
     async fn credential(&self, host: &str) -> Result<Option<Credential>> {
-        let now = Instant::now();
-        if let Some((c, at)) = self
-            .remembered
-            .lock()
-            .ok()
-            .and_then(|r| r.get(host).cloned())
-            && now.duration_since(at) < CREDENTIAL_TTL
-        {
-            return Ok(c);
+        self.credentials.lookup(host).await
+    }
+
+    /// The error for a request the registry still refuses, last sent with
+    /// the header `sent`: credentials refused, or none known for the host.
+    pub async fn refusal(&self, target: &AuthTarget<'_>, sent: Option<&str>) -> RegistryError {
+        let sent_credential = sent.is_some_and(|s| s.starts_with("Basic "));
+        match self.credential(target.host).await {
+            Ok(None) if !sent_credential => RegistryError::NoCredentials {
+                host: target.host.to_string(),
+                repository: target.repository.to_string(),
+            },
+            _ => RegistryError::Unauthorized {
+                host: target.host.to_string(),
+                repository: target.repository.to_string(),
+            },
         }
-        let c = self.credentials.lookup(host).await?;
-        if let Ok(mut r) = self.remembered.lock() {
-            r.insert(host.to_string(), (c.clone(), now));
-        }
-        Ok(c)
     }
 
     async fn basic_header(&self, target: &AuthTarget<'_>) -> Result<Option<String>> {
@@ -335,15 +337,15 @@ impl Authorizer {
                     ("refresh_token", refresh.expose()),
                     ("client_id", "rstargz"),
                 ]);
-                self.client.post(realm_url).form(&params)
+                target.client.post(realm_url).form(&params)
             }
             Some(Credential::Basic { username, password }) => {
-                self.client.get(realm_url).query(&params).header(
+                target.client.get(realm_url).query(&params).header(
                     reqwest::header::AUTHORIZATION,
                     basic_value(username, password),
                 )
             }
-            None => self.client.get(realm_url).query(&params),
+            None => target.client.get(realm_url).query(&params),
         };
         let unreachable = |e: reqwest::Error| {
             if e.is_timeout() {
@@ -363,10 +365,21 @@ impl Authorizer {
             .await
             .map_err(unreachable)?;
         let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED
+            && let Some(sent) = &credential
+        {
+            self.credentials.refused(target.host, |c| c == sent);
+        }
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-            return Err(RegistryError::Unauthorized {
-                host: target.host.to_string(),
-                repository: target.repository.to_string(),
+            return Err(match credential {
+                None => RegistryError::NoCredentials {
+                    host: target.host.to_string(),
+                    repository: target.repository.to_string(),
+                },
+                Some(_) => RegistryError::Unauthorized {
+                    host: target.host.to_string(),
+                    repository: target.repository.to_string(),
+                },
             });
         }
         if !status.is_success() {

@@ -18,9 +18,11 @@ use super::error::{RegistryError, Result, describe_transport_error};
 use super::hedge::{self, Latency};
 use super::hosts::{HostsConfig, RegistryHost, Scheme, resolve_hosts};
 use super::http::{GatedResponse, configured_headers, header_str};
+use super::keychain::Keychain;
 use super::metrics::{FetchMetrics, MetricsSnapshot};
 use super::reference::Reference;
 use super::retry::{Backoff, parse_retry_after, retryable_status};
+use super::tls::{ClientCertificate, explain_refusal, load_ca_bundle, load_identity};
 use crate::priority_gate::PriorityGate;
 use crate::purpose::Purpose;
 
@@ -33,6 +35,9 @@ pub struct RegistryConfig {
     pub docker_config: Option<PathBuf>,
     /// Extra directories searched for `docker-credential-*` helpers.
     pub credential_helper_dirs: Vec<PathBuf>,
+    /// Credentials handed in at run time (CRI), looked up before the docker
+    /// config.
+    pub keychain: Keychain,
     /// Timeout of one small request (probe, token, manifest).
     pub request_timeout: Duration,
     /// Timeout of one range request including its body.
@@ -64,6 +69,7 @@ impl Default for RegistryConfig {
             hosts: HostsConfig::default(),
             docker_config: None,
             credential_helper_dirs: Vec::new(),
+            keychain: Keychain::default(),
             request_timeout: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
@@ -84,10 +90,12 @@ pub struct Registry {
     pub(crate) inner: Arc<RegistryInner>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// What tells one endpoint's HTTP client from another's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 struct TlsKey {
     skip_verify: bool,
     ca_files: Vec<PathBuf>,
+    client_cert: Option<ClientCertificate>,
 }
 
 #[derive(Debug)]
@@ -115,7 +123,7 @@ pub(crate) struct RequestSpec<'a> {
     pub idempotent: bool,
     /// Priority and metrics bucket.
     pub purpose: Purpose,
-    /// Per-attempt timeout.
+    /// Per-attempt timeout, unless the endpoint sets its own.
     pub timeout: Duration,
 }
 
@@ -130,22 +138,13 @@ impl Registry {
             Some(path) => CredentialStore::from_docker_config(&path)?,
             None => CredentialStore::anonymous(),
         }
-        .with_helper_dirs(config.credential_helper_dirs.clone());
-        let token_client = build_client(
-            &config,
-            &TlsKey {
-                skip_verify: false,
-                ca_files: Vec::new(),
-            },
-        )?;
-        let authorizer = Authorizer::new(credentials, token_client.clone(), config.request_timeout);
+        .with_helper_dirs(config.credential_helper_dirs.clone())
+        .with_keychain(config.keychain.clone());
+        let authorizer = Authorizer::new(credentials, config.request_timeout);
         let mut clients = HashMap::new();
         clients.insert(
-            TlsKey {
-                skip_verify: false,
-                ca_files: Vec::new(),
-            },
-            token_client,
+            TlsKey::default(),
+            build_client(&config, &TlsKey::default())?,
         );
         Ok(Self {
             inner: Arc::new(RegistryInner {
@@ -164,6 +163,11 @@ impl Registry {
         resolve_hosts(&self.inner.config.hosts, &reference.registry)
     }
 
+    /// The run-time credentials (CRI) this registry looks up first.
+    pub fn keychain(&self) -> &Keychain {
+        &self.inner.config.keychain
+    }
+
     /// Traffic counters.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.inner.metrics.snapshot()
@@ -177,23 +181,27 @@ fn build_client(config: &RegistryConfig, tls: &TlsKey) -> Result<reqwest::Client
         .pool_idle_timeout(Duration::from_secs(90))
         .danger_accept_invalid_certs(tls.skip_verify);
     for path in &tls.ca_files {
-        let pem = std::fs::read(path).map_err(|source| RegistryError::Io {
-            context: format!("reading CA certificate {}", path.display()),
-            source,
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
-            RegistryError::HostsConfig {
-                path: path.display().to_string(),
-                reason: "not a PEM certificate bundle".into(),
-            }
-        })?;
-        for c in certs {
+        for c in load_ca_bundle(path)? {
             builder = builder.add_root_certificate(c);
         }
     }
+    if let Some(client) = &tls.client_cert {
+        builder = builder.identity(load_identity(client)?);
+    }
     builder.build().map_err(|e| RegistryError::HostsConfig {
-        path: "TLS".into(),
-        reason: describe_transport_error(e),
+        // With a client certificate, building fails when its key is
+        // unusable or does not match it (rustls checks both).
+        path: match &tls.client_cert {
+            Some(c) => c.cert.display().to_string(),
+            None => "TLS".into(),
+        },
+        reason: match &tls.client_cert {
+            Some(_) => format!(
+                "the client certificate or its key is unusable: {}",
+                describe_transport_error(e)
+            ),
+            None => describe_transport_error(e),
+        },
     })
 }
 
@@ -212,9 +220,15 @@ impl RegistryInner {
         let key = TlsKey {
             skip_verify: host.skip_verify && host.scheme == Scheme::Https,
             ca_files: host.ca_files.clone(),
+            client_cert: host.client_certs.first().cloned(),
         };
         if let Some(c) = self.clients.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(c);
+        }
+        if host.client_certs.len() > 1 {
+            // Go's TLS stack picks among several by the CAs the server
+            // names; reqwest presents exactly one.
+            tracing::warn!(host = %host.host, used = %host.client_certs[0].cert.display(), ignored = host.client_certs.len() - 1, "several client certificates configured; only the first is presented");
         }
         let client = build_client(&self.config, &key)?;
         if let Ok(mut m) = self.clients.lock() {
@@ -244,6 +258,7 @@ impl RegistryInner {
         let client = self.client_for(spec.host)?;
         let gate = self.gate_for(spec.host);
         let target = AuthTarget {
+            client: &client,
             host: &spec.host.host,
             repository: spec.repository,
             scope: spec.scope,
@@ -254,11 +269,13 @@ impl RegistryInner {
         let mut sent_auth: Option<String> = None;
         let mut auth_refreshes = 0u32;
         let mut attempt = 0u32;
+        let timeout = spec.host.request_timeout.resolve(spec.timeout);
         loop {
             let permit = gate.acquire(spec.purpose).await;
-            let mut request = build(&client)
-                .timeout(spec.timeout)
-                .header(reqwest::header::ACCEPT_ENCODING, "identity");
+            let mut request = build(&client).header(reqwest::header::ACCEPT_ENCODING, "identity");
+            if let Some(t) = timeout {
+                request = request.timeout(t);
+            }
             if spec.authorize {
                 request = request.headers(configured_headers(spec.host));
                 let auth = match &auth_override {
@@ -275,7 +292,10 @@ impl RegistryInner {
                 .config
                 .hedge_after_min
                 .filter(|_| spec.idempotent && spec.purpose.is_urgent())
-                .map(|floor| self.latency.hedge_after(floor, spec.timeout / 2));
+                .map(|floor| {
+                    self.latency
+                        .hedge_after(floor, timeout.unwrap_or(spec.timeout) / 2)
+                });
             let sent = std::time::Instant::now();
             let outcome = hedge::send(request, hedge_after, || {
                 self.metrics.request(spec.purpose);
@@ -295,7 +315,10 @@ impl RegistryInner {
                     } else {
                         RegistryError::Unreachable {
                             host: host_name.clone(),
-                            reason: describe_transport_error(e),
+                            reason: explain_refusal(
+                                describe_transport_error(e),
+                                &spec.host.client_certs,
+                            ),
                         }
                     };
                     if !spec.idempotent || attempt >= self.config.backoff.max_retries {
@@ -312,10 +335,10 @@ impl RegistryInner {
                         // authorizer comes up with a different header;
                         // the same one refused twice (basic auth) is final.
                         if auth_refreshes > self.config.backoff.max_retries {
-                            return Err(RegistryError::Unauthorized {
-                                host: host_name,
-                                repository: spec.repository.to_string(),
-                            });
+                            return Err(self
+                                .authorizer
+                                .refusal(&target, sent_auth.as_deref())
+                                .await);
                         }
                         auth_refreshes += 1;
                         let challenge = response
@@ -327,16 +350,20 @@ impl RegistryInner {
                             .join(", ");
                         drop(response);
                         drop(permit);
-                        match self.authorizer.on_unauthorized(&target, &challenge).await? {
+                        let retry = self
+                            .authorizer
+                            .on_unauthorized(&target, &challenge, sent_auth.as_deref())
+                            .await?;
+                        match retry {
                             Some(header) if sent_auth.as_ref() != Some(&header) => {
                                 auth_override = Some(header);
                                 continue;
                             }
                             _ => {
-                                return Err(RegistryError::Unauthorized {
-                                    host: host_name,
-                                    repository: spec.repository.to_string(),
-                                });
+                                return Err(self
+                                    .authorizer
+                                    .refusal(&target, sent_auth.as_deref())
+                                    .await);
                             }
                         }
                     }

@@ -1,19 +1,27 @@
-//! Registry credentials from docker's `config.json`: `auths` (base64
-//! `auth`, `username`/`password`, `identitytoken`), `credHelpers` and
-//! `credsStore` (the `docker-credential-<name> get` exec protocol).
+//! Registry credentials: the run-time [`Keychain`] (CRI), then docker's
+//! `config.json` (re-read when it changes): `auths` (base64 `auth`,
+//! `username`/`password`, `identitytoken`), `credHelpers` and `credsStore`
+//! (the `docker-credential-<name> get` exec protocol).
 //!
 //! Secrets live in [`Secret`], whose Debug/Display never show the value, and
 //! no error built here contains a secret or a helper's output.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
 use super::error::{RegistryError, Result};
+use super::keychain::Keychain;
+
+/// How long a credential helper's answer is reused before asking again.
+const HELPER_ANSWER_TTL: Duration = Duration::from_secs(60);
 
 /// A secret string; formatting it prints `<redacted>`.
 #[derive(Clone, PartialEq, Eq)]
@@ -56,15 +64,54 @@ pub enum Credential {
     IdentityToken(Secret),
 }
 
-/// Where credentials come from.
-#[derive(Clone, Debug, Default)]
+/// Where credentials come from: the [`Keychain`] first (credentials
+/// handed in at run time), then docker's `config.json`, re-read whenever
+/// the file changes, and its credential helpers.
+#[derive(Debug, Default)]
 pub struct CredentialStore {
-    config: DockerConfig,
+    keychain: Keychain,
+    docker: Option<DockerConfigFile>,
     /// Directories searched for `docker-credential-*` before `$PATH`.
     helper_dirs: Vec<PathBuf>,
+    // Credential helpers are processes: their answer is remembered for a
+    // while instead of spawning one per request. A 401 forgets it, so
+    // rotated credentials (e.g. 12 h ECR passwords) are picked up.
+    helper_answers: Mutex<HashMap<String, (Option<Credential>, Instant)>>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+/// docker's `config.json` as last read, and how to tell it changed.
+#[derive(Debug)]
+struct DockerConfigFile {
+    path: PathBuf,
+    loaded: Mutex<(Option<FileStamp>, Arc<DockerConfig>)>,
+}
+
+/// What changes when a file is written or replaced (checked with one
+/// `stat` per lookup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    /// The file's stamp; None when it does not exist (or cannot be read).
+    fn of(path: &Path) -> Option<FileStamp> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
 struct DockerConfig {
     #[serde(default)]
     auths: HashMap<String, AuthEntry>,
@@ -107,8 +154,9 @@ pub fn default_docker_config_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
 }
 
-/// The key docker uses for a host: docker.io's aliases share one entry.
-fn normalise_host(key: &str) -> String {
+/// The key docker uses for a host (`host[:port]` of a host, URL or
+/// `host/path`): docker.io's aliases share one entry.
+pub fn normalise_host(key: &str) -> String {
     let k = key.trim();
     let k = k
         .strip_prefix("https://")
@@ -121,49 +169,83 @@ fn normalise_host(key: &str) -> String {
     }
 }
 
+/// Reads and parses a docker config.json; a missing file means no
+/// credentials.
+fn read_docker_config(path: &Path) -> Result<DockerConfig> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DockerConfig::default()),
+        Err(source) => {
+            return Err(RegistryError::Io {
+                context: format!("reading {}", path.display()),
+                source,
+            });
+        }
+    };
+    // serde_json's message names a position, never the content.
+    let mut config: DockerConfig =
+        serde_json::from_str(&text).map_err(|e| RegistryError::Credentials {
+            host: "*".into(),
+            reason: format!(
+                "{}: invalid JSON at line {} column {}",
+                path.display(),
+                e.line(),
+                e.column()
+            ),
+        })?;
+    config.auths = config
+        .auths
+        .into_iter()
+        .map(|(k, v)| (normalise_host(&k), v))
+        .collect();
+    config.cred_helpers = config
+        .cred_helpers
+        .into_iter()
+        .map(|(k, v)| (normalise_host(&k), v))
+        .collect();
+    Ok(config)
+}
+
+impl DockerConfigFile {
+    /// The config as the file is now: read again when its stamp changed.
+    /// A file that no longer parses keeps the last good config (a warning
+    /// says so, naming no content).
+    fn current(&self) -> Arc<DockerConfig> {
+        let stamp = FileStamp::of(&self.path);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if loaded.0 != stamp {
+            loaded.0 = stamp;
+            match read_docker_config(&self.path) {
+                Ok(config) => {
+                    tracing::info!(path = %self.path.display(), "docker config changed; credentials re-read");
+                    loaded.1 = Arc::new(config);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "docker config unreadable; keeping the credentials read before");
+                }
+            }
+        }
+        loaded.1.clone()
+    }
+}
+
 impl CredentialStore {
     /// A store without any credentials (anonymous access only).
     pub fn anonymous() -> Self {
         Self::default()
     }
 
-    /// Loads a docker config.json; a missing file means no credentials.
+    /// Reads a docker config.json now (a missing file means no
+    /// credentials) and again whenever it changes.
     pub fn from_docker_config(path: &Path) -> Result<Self> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => {
-                return Err(RegistryError::Io {
-                    context: format!("reading {}", path.display()),
-                    source,
-                });
-            }
-        };
-        // serde_json's message names a position, never the content.
-        let config: DockerConfig =
-            serde_json::from_str(&text).map_err(|e| RegistryError::Credentials {
-                host: "*".into(),
-                reason: format!(
-                    "{}: invalid JSON at line {} column {}",
-                    path.display(),
-                    e.line(),
-                    e.column()
-                ),
-            })?;
-        let mut config = config;
-        config.auths = config
-            .auths
-            .into_iter()
-            .map(|(k, v)| (normalise_host(&k), v))
-            .collect();
-        config.cred_helpers = config
-            .cred_helpers
-            .into_iter()
-            .map(|(k, v)| (normalise_host(&k), v))
-            .collect();
+        let stamp = FileStamp::of(path);
+        let config = read_docker_config(path)?;
         Ok(Self {
-            config,
-            helper_dirs: Vec::new(),
+            docker: Some(DockerConfigFile {
+                path: path.to_path_buf(),
+                loaded: Mutex::new((stamp, Arc::new(config))),
+            }),
+            ..Self::default()
         })
     }
 
@@ -174,49 +256,132 @@ impl CredentialStore {
         self
     }
 
+    /// Looks in `keychain` before anything else.
+    pub fn with_keychain(mut self, keychain: Keychain) -> Self {
+        self.keychain = keychain;
+        self
+    }
+
     /// Credentials for `host` (`host[:port]`), or None for anonymous access.
     pub async fn lookup(&self, host: &str) -> Result<Option<Credential>> {
         let key = normalise_host(host);
-        if let Some(helper) = self.config.cred_helpers.get(&key) {
-            return run_helper(&self.helper_dirs, helper, &key).await;
+        if let Some(c) = self.keychain.get(&key) {
+            return Ok(Some(c));
         }
-        if let Some(entry) = self.config.auths.get(&key)
+        let Some(docker) = &self.docker else {
+            return Ok(None);
+        };
+        let config = docker.current();
+        if let Some(helper) = config.cred_helpers.get(&key) {
+            return self.helper(helper, &key).await;
+        }
+        if let Some(entry) = config.auths.get(&key)
             && let Some(c) = entry_credential(entry, &key)?
         {
             return Ok(Some(c));
         }
-        match &self.config.creds_store {
-            Some(store) => run_helper(&self.helper_dirs, store, &key).await,
+        match &config.creds_store {
+            Some(store) => self.helper(store, &key).await,
             None => Ok(None),
         }
+    }
+
+    /// The registry refused `host`'s credentials: helpers are asked again
+    /// next time, and the keychain's credential is dropped if `refused`
+    /// says it is the one refused.
+    pub fn refused(&self, host: &str, refused: impl Fn(&Credential) -> bool) {
+        self.forget_helper_answer(host);
+        self.keychain.drop_refused(host, refused);
+    }
+
+    /// Forgets the remembered helper answer for `host` (the registry
+    /// answered 401: it may have rotated).
+    pub fn forget_helper_answer(&self, host: &str) {
+        if let Ok(mut answers) = self.helper_answers.lock() {
+            answers.remove(&normalise_host(host));
+        }
+    }
+
+    /// `helper`'s answer for `host`, remembered for [`HELPER_ANSWER_TTL`].
+    async fn helper(&self, helper: &str, host: &str) -> Result<Option<Credential>> {
+        let now = Instant::now();
+        if let Some((c, at)) = self
+            .helper_answers
+            .lock()
+            .ok()
+            .and_then(|a| a.get(host).cloned())
+            && now.duration_since(at) < HELPER_ANSWER_TTL
+        {
+            return Ok(c);
+        }
+        let c = run_helper(&self.helper_dirs, helper, host).await?;
+        if let Ok(mut answers) = self.helper_answers.lock() {
+            answers.insert(host.to_string(), (c.clone(), now));
+        }
+        Ok(c)
     }
 }
 
 fn entry_credential(entry: &AuthEntry, host: &str) -> Result<Option<Credential>> {
-    if let Some(token) = entry.identitytoken.as_deref().filter(|t| !t.is_empty()) {
-        return Ok(Some(Credential::IdentityToken(Secret::new(token))));
+    fn field(f: &Option<String>) -> &str {
+        f.as_deref().unwrap_or_default()
     }
-    if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
-        let bad = || RegistryError::Credentials {
-            host: host.to_string(),
-            reason: "config.json `auth` is not base64 of user:password".into(),
-        };
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(auth.trim())
-            .map_err(|_| bad())?;
-        let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
-        let (user, pass) = decoded.split_once(':').ok_or_else(bad)?;
-        return Ok(Some(Credential::Basic {
-            username: user.to_string(),
-            password: Secret::new(pass),
-        }));
-    }
-    match (&entry.username, &entry.password) {
-        (Some(u), Some(p)) if !u.is_empty() => Ok(Some(Credential::Basic {
-            username: u.clone(),
-            password: Secret::new(p.clone()),
-        })),
-        _ => Ok(None),
+    let fields = AuthFields {
+        username: field(&entry.username),
+        password: field(&entry.password),
+        auth: field(&entry.auth),
+        identity_token: field(&entry.identitytoken),
+    };
+    fields.credential(host)
+}
+
+/// Docker's auth fields, as config.json's `auths` entries and CRI's
+/// `AuthConfig` carry them (empty means absent).
+#[derive(Clone, Copy, Default)]
+pub struct AuthFields<'a> {
+    /// User name.
+    pub username: &'a str,
+    /// Password.
+    pub password: &'a str,
+    /// base64 of `user:password`.
+    pub auth: &'a str,
+    /// OAuth2 refresh token.
+    pub identity_token: &'a str,
+}
+
+impl AuthFields<'_> {
+    /// The credential these fields give for `host` (an identity token
+    /// first, then `auth`, then username and password, as docker reads
+    /// them); None when they are all empty.
+    pub fn credential(&self, host: &str) -> Result<Option<Credential>> {
+        if !self.identity_token.is_empty() {
+            return Ok(Some(Credential::IdentityToken(Secret::new(
+                self.identity_token,
+            ))));
+        }
+        if !self.auth.is_empty() {
+            let bad = || RegistryError::Credentials {
+                host: host.to_string(),
+                reason: "`auth` is not base64 of user:password".into(),
+            };
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(self.auth.trim())
+                .map_err(|_| bad())?;
+            let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+            let (user, pass) = decoded.split_once(':').ok_or_else(bad)?;
+            return Ok(Some(Credential::Basic {
+                username: user.to_string(),
+                // Some clients pad the encoded pair with NULs.
+                password: Secret::new(pass.trim_end_matches('\0')),
+            }));
+        }
+        if self.username.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Credential::Basic {
+            username: self.username.to_string(),
+            password: Secret::new(self.password),
+        }))
     }
 }
 
@@ -340,6 +505,57 @@ mod tests {
         let (_d, s) = store(r#"{"credsStore": "missing-helper-xyz"}"#);
         let err = s.lookup("x.example").await.unwrap_err();
         assert!(matches!(err, RegistryError::Credentials { .. }));
+    }
+
+    fn basic(user: &str, password: &str) -> Option<Credential> {
+        Some(Credential::Basic {
+            username: user.into(),
+            password: Secret::new(password),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_changed_config_is_read_again() {
+        let config = |password: &str| {
+            format!(r#"{{"auths": {{"reg:5000": {{"username": "u", "password": "{password}"}}}}}}"#)
+        };
+        let (dir, s) = store(&config("one"));
+        let path = dir.path().join("config.json");
+        assert_eq!(s.lookup("reg:5000").await.unwrap(), basic("u", "one"));
+        // Replaced as docker does (a new file renamed over it), same size.
+        let tmp = dir.path().join("config.json.tmp");
+        std::fs::write(&tmp, config("two")).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        assert_eq!(s.lookup("reg:5000").await.unwrap(), basic("u", "two"));
+        // Rewritten in place.
+        std::fs::write(&path, config("three")).unwrap();
+        assert_eq!(s.lookup("reg:5000").await.unwrap(), basic("u", "three"));
+        // A broken file keeps what was read before; a removed one means
+        // no credentials.
+        std::fs::write(&path, "{ half").unwrap();
+        assert_eq!(s.lookup("reg:5000").await.unwrap(), basic("u", "three"));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(s.lookup("reg:5000").await.unwrap(), None);
+        std::fs::write(&path, config("four")).unwrap();
+        assert_eq!(s.lookup("reg:5000").await.unwrap(), basic("u", "four"));
+    }
+
+    #[tokio::test]
+    async fn the_keychain_comes_first_and_loses_a_refused_credential() {
+        let (_d, s) = store(r#"{"auths": {"reg:5000": {"username": "file", "password": "f"}}}"#);
+        let keychain = Keychain::default();
+        let s = s.with_keychain(keychain.clone());
+        keychain.insert("reg:5000", Credential::IdentityToken(Secret::new("t")));
+        assert!(matches!(
+            s.lookup("reg:5000").await.unwrap(),
+            Some(Credential::IdentityToken(_))
+        ));
+        // Refusing the file's credential does not touch the keychain's.
+        s.refused("reg:5000", |c| c == &basic("file", "f").unwrap());
+        assert!(keychain.get("reg:5000").is_some());
+        s.refused("reg:5000", |c| matches!(c, Credential::IdentityToken(_)));
+        assert_eq!(keychain.get("reg:5000"), None);
+        assert_eq!(s.lookup("reg:5000").await.unwrap(), basic("file", "f"));
     }
 
     #[test]

@@ -53,9 +53,20 @@ pub enum RegistryError {
         /// What went wrong.
         reason: String,
     },
-    /// The registry refused our credentials (or we had none).
+    /// The registry refused our credentials.
     #[error("unauthorized at {host} for repository {repository}")]
     Unauthorized {
+        /// Registry host.
+        host: String,
+        /// Repository name.
+        repository: String,
+    },
+    /// The registry asked for credentials and none are known for the host
+    /// (neither in docker's config.json nor in the CRI keychain).
+    #[error(
+        "no credentials for {host} (repository {repository} needs them; none in docker config.json or the CRI keychain)"
+    )]
+    NoCredentials {
         /// Registry host.
         host: String,
         /// Repository name.
@@ -159,6 +170,7 @@ impl RegistryError {
                 | Self::Protocol { .. }
                 | Self::Forbidden { .. }
                 | Self::Unauthorized { .. }
+                | Self::NoCredentials { .. }
                 | Self::NotFound { .. }
                 | Self::RangeUnsupported { .. }
         )

@@ -4,17 +4,22 @@
 //! `[host."…"]` entries of containerd's `<certs_dir>/<host>/hosts.toml` in
 //! file order, then its `server` (or the origin when it has none). The
 //! directory lookup follows containerd: `<host>_<port>_`, `<host:port>`,
-//! `_default`. Plain HTTP is used only when a host is written with `http://`,
-//! is listed as insecure, or is a loopback address; TLS verification is on
-//! unless `skip_verify` says otherwise.
+//! `_default`; the first directory that exists is used, and without a
+//! hosts.toml in it its Docker-style certificate files (`*.crt`,
+//! `*.cert`/`*.key`) apply to the origin. Plain HTTP is used only when a
+//! host is written with `http://`, is listed as insecure, or is a loopback
+//! address without such certificate files; TLS verification is on unless
+//! `skip_verify` says otherwise.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::error::{RegistryError, Result};
 use super::reference::{DOCKER_HUB, DOCKER_HUB_API_HOST, is_loopback_host};
+use super::tls::{ClientCertificate, docker_certs_dir};
 
 /// URL scheme of a registry endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -60,11 +65,50 @@ pub struct RegistryHost {
     pub skip_verify: bool,
     /// Extra CA certificate files (PEM).
     pub ca_files: Vec<PathBuf>,
+    /// Client certificates for mutual TLS (hosts.toml `client`); the first
+    /// is presented.
+    pub client_certs: Vec<ClientCertificate>,
     /// Extra headers sent to this endpoint (not to redirect targets).
     pub headers: Vec<(String, String)>,
     /// Whether this is a mirror rather than the registry itself (mirrors get
     /// `?ns=<registry>` like containerd does).
     pub is_mirror: bool,
+    /// How long one request to this endpoint may take.
+    pub request_timeout: RequestTimeout,
+}
+
+/// The per-attempt timeout of requests to one endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RequestTimeout {
+    /// The request kind's own timeout (`fetch_timeout` for range reads,
+    /// `request_timeout` for the rest).
+    #[default]
+    Default,
+    /// This long, for every request to the endpoint.
+    After(Duration),
+    /// No timeout at all.
+    Never,
+}
+
+impl RequestTimeout {
+    /// The Go reference's mirror `request_timeout_sec`: 0 is the default,
+    /// a negative value none.
+    pub fn from_go_seconds(secs: i64) -> Self {
+        match secs {
+            0 => Self::Default,
+            s if s < 0 => Self::Never,
+            s => Self::After(Duration::from_secs(s.unsigned_abs())),
+        }
+    }
+
+    /// The timeout of a request whose own kind allows `default`.
+    pub fn resolve(self, default: Duration) -> Option<Duration> {
+        match self {
+            Self::Default => Some(default),
+            Self::After(d) => Some(d),
+            Self::Never => None,
+        }
+    }
 }
 
 impl RegistryHost {
@@ -82,7 +126,8 @@ impl RegistryHost {
     }
 }
 
-/// A mirror in our own configuration.
+/// A mirror in our own configuration (the Go reference's
+/// `[[resolver.host."<h>".mirrors]]`).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 pub struct MirrorConfig {
     /// `host[:port]`, optionally with `http(s)://` and a path prefix.
@@ -90,6 +135,13 @@ pub struct MirrorConfig {
     /// Use plain HTTP.
     #[serde(default)]
     pub insecure: bool,
+    /// Timeout of every request to this mirror in seconds: 0 keeps the
+    /// defaults, a negative value means none.
+    #[serde(default)]
+    pub request_timeout_sec: i64,
+    /// Extra headers sent to this mirror (a value or a list of values).
+    #[serde(default)]
+    pub header: HashMap<String, StringOrList>,
 }
 
 /// Registry endpoint configuration.
@@ -110,7 +162,8 @@ pub fn resolve_hosts(config: &HostsConfig, registry: &str) -> Result<Vec<Registr
     } else {
         registry
     };
-    let insecure = |h: &str| is_loopback_host(h) || config.insecure_hosts.iter().any(|i| i == h);
+    let listed_insecure = |h: &str| config.insecure_hosts.iter().any(|i| i == h);
+    let insecure = |h: &str| is_loopback_host(h) || listed_insecure(h);
     let mut hosts = Vec::new();
     for mirror in config.mirrors.get(registry).into_iter().flatten() {
         let default_scheme = if mirror.insecure {
@@ -123,26 +176,32 @@ pub fn resolve_hosts(config: &HostsConfig, registry: &str) -> Result<Vec<Registr
             h.scheme = Scheme::Http;
         }
         h.is_mirror = true;
+        h.request_timeout = RequestTimeout::from_go_seconds(mirror.request_timeout_sec);
+        h.headers = header_pairs(mirror.header.clone());
         hosts.push(h);
     }
     let from_file = match &config.certs_dir {
         Some(dir) => load_host_dir(dir, registry)?,
         None => None,
     };
-    let server = match from_file {
+    let (server, origin_tls) = match from_file {
         Some(file) => {
             hosts.extend(file.mirrors.into_iter().map(|mut h| {
                 h.is_mirror = h.host != origin_host;
                 h
             }));
-            file.server
+            (file.server, file.origin_tls)
         }
-        None => None,
+        None => (None, DirCerts::default()),
     };
     let mut last = match server {
         Some(s) => s,
         None => RegistryHost {
-            scheme: if insecure(origin_host) || insecure(registry) {
+            // TLS files for the origin ask for TLS, also on loopback.
+            scheme: if listed_insecure(origin_host)
+                || listed_insecure(registry)
+                || (is_loopback_host(origin_host) && origin_tls.is_empty())
+            {
                 Scheme::Http
             } else {
                 Scheme::Https
@@ -151,9 +210,11 @@ pub fn resolve_hosts(config: &HostsConfig, registry: &str) -> Result<Vec<Registr
             path_prefix: "/v2".to_string(),
             capabilities: Capabilities::ALL,
             skip_verify: false,
-            ca_files: Vec::new(),
+            ca_files: origin_tls.ca_files,
+            client_certs: origin_tls.client_certs,
             headers: Vec::new(),
             is_mirror: false,
+            request_timeout: RequestTimeout::Default,
         },
     };
     last.is_mirror = last.host != origin_host;
@@ -170,14 +231,18 @@ struct HostFields {
     header: Option<HashMap<String, StringOrList>>,
     #[serde(default)]
     override_path: bool,
-    /// Client certificates (mutual TLS): recognised but not supported yet.
+    /// Client certificates (mutual TLS): a file, a list of files, or a list
+    /// of `["cert", "key"]` pairs (read by [`client_certificates`]).
     client: Option<toml::Value>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A header value in a config file: one string or a list of them.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
-enum StringOrList {
+pub enum StringOrList {
+    /// One value.
     One(String),
+    /// Several values (the header is sent once per value).
     Many(Vec<String>),
 }
 
@@ -188,6 +253,17 @@ impl StringOrList {
             Self::Many(v) => v,
         }
     }
+}
+
+/// `(name, value)` pairs of configured headers, sorted by name (a map
+/// has no order of its own), one pair per value.
+fn header_pairs(header: HashMap<String, StringOrList>) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = header
+        .into_iter()
+        .flat_map(|(k, v)| v.into_vec().into_iter().map(move |v| (k.clone(), v)))
+        .collect();
+    pairs.sort();
+    pairs
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,12 +277,28 @@ struct HostsFile {
     host: toml::Table,
 }
 
-/// The endpoints one `hosts.toml` lists.
+/// The endpoints one host directory lists.
 pub(crate) struct LoadedHostsFile {
     /// `[host."…"]` entries in file order.
     pub(crate) mirrors: Vec<RegistryHost>,
     /// The top-level `server`, if set.
     pub(crate) server: Option<RegistryHost>,
+    /// TLS files for the origin when there is no `server` (from a
+    /// directory without hosts.toml).
+    pub(crate) origin_tls: DirCerts,
+}
+
+/// The TLS files of a Docker-style certs directory.
+#[derive(Default)]
+pub(crate) struct DirCerts {
+    ca_files: Vec<PathBuf>,
+    client_certs: Vec<ClientCertificate>,
+}
+
+impl DirCerts {
+    fn is_empty(&self) -> bool {
+        self.ca_files.is_empty() && self.client_certs.is_empty()
+    }
 }
 
 fn host_dir_candidates(root: &Path, registry: &str) -> Vec<PathBuf> {
@@ -222,22 +314,32 @@ fn host_dir_candidates(root: &Path, registry: &str) -> Vec<PathBuf> {
 }
 
 fn load_host_dir(root: &Path, registry: &str) -> Result<Option<LoadedHostsFile>> {
-    for dir in host_dir_candidates(root, registry) {
-        let file = dir.join("hosts.toml");
-        match std::fs::read_to_string(&file) {
-            Ok(text) => {
-                return parse_hosts_file(&dir, &text, &file.display().to_string()).map(Some);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => {
-                return Err(RegistryError::Io {
-                    context: format!("reading {}", file.display()),
-                    source,
-                });
-            }
+    // Like containerd, the first directory that exists is the one.
+    let Some(dir) = host_dir_candidates(root, registry)
+        .into_iter()
+        .find(|d| d.is_dir())
+    else {
+        return Ok(None);
+    };
+    let file = dir.join("hosts.toml");
+    match std::fs::read_to_string(&file) {
+        Ok(text) => parse_hosts_file(&dir, &text, &file.display().to_string()).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (ca_files, client_certs) = docker_certs_dir(&dir)?;
+            Ok(Some(LoadedHostsFile {
+                mirrors: Vec::new(),
+                server: None,
+                origin_tls: DirCerts {
+                    ca_files,
+                    client_certs,
+                },
+            }))
         }
+        Err(source) => Err(RegistryError::Io {
+            context: format!("reading {}", file.display()),
+            source,
+        }),
     }
-    Ok(None)
 }
 
 /// Parses the text of `dir/hosts.toml` (`origin` names it in errors).
@@ -258,7 +360,11 @@ pub(crate) fn parse_hosts_file(dir: &Path, text: &str, origin: &str) -> Result<L
         Some(url) => Some(configured_host(dir, &url, file.root, origin)?),
         None => None,
     };
-    Ok(LoadedHostsFile { mirrors, server })
+    Ok(LoadedHostsFile {
+        mirrors,
+        server,
+        origin_tls: DirCerts::default(),
+    })
 }
 
 fn configured_host(
@@ -289,8 +395,12 @@ fn configured_host(
         }
         h.capabilities = c;
     }
-    if fields.client.is_some() {
-        tracing::warn!(host = %h.host, file = origin, "hosts.toml `client` certificates are not supported yet; ignored");
+    if let Some(client) = fields.client {
+        h.client_certs =
+            client_certificates(dir, client).map_err(|reason| RegistryError::HostsConfig {
+                path: origin.to_string(),
+                reason: format!("{url}: {reason}"),
+            })?;
     }
     h.skip_verify = fields.skip_verify.unwrap_or(false);
     h.ca_files = fields
@@ -300,13 +410,50 @@ fn configured_host(
         .into_iter()
         .map(|p| dir.join(p)) // join keeps absolute paths as they are
         .collect();
-    h.headers = fields
-        .header
-        .unwrap_or_default()
-        .into_iter()
-        .flat_map(|(k, v)| v.into_vec().into_iter().map(move |v| (k.clone(), v)))
-        .collect();
+    h.headers = header_pairs(fields.header.unwrap_or_default());
     Ok(h)
+}
+
+/// The `client` value of a host, as containerd reads it: `"file"` (key in
+/// the same file), `["file", …]` (one certificate each), or
+/// `[["cert", "key"], …]` (an empty key means the same file). Relative
+/// paths are relative to the host's directory.
+fn client_certificates(
+    dir: &Path,
+    value: toml::Value,
+) -> std::result::Result<Vec<ClientCertificate>, String> {
+    use toml::Value;
+    let path = |s: &str| -> std::result::Result<PathBuf, String> {
+        if s.is_empty() {
+            return Err("`client` names an empty file".into());
+        }
+        Ok(dir.join(s)) // join keeps absolute paths as they are
+    };
+    let one = |item: &Value| match item {
+        Value::String(cert) => Ok(ClientCertificate {
+            cert: path(cert)?,
+            key: None,
+        }),
+        Value::Array(pair) => match pair.as_slice() {
+            [Value::String(cert), Value::String(key)] => Ok(ClientCertificate {
+                cert: path(cert)?,
+                key: if key.is_empty() {
+                    None
+                } else {
+                    Some(path(key)?)
+                },
+            }),
+            _ => Err("a `client` pair is [\"cert file\", \"key file\"]".to_string()),
+        },
+        _ => Err("`client` lists files or [\"cert\", \"key\"] pairs".to_string()),
+    };
+    match &value {
+        Value::String(_) => Ok(vec![one(&value)?]),
+        Value::Array(items) => items.iter().map(one).collect(),
+        _ => {
+            Err("`client` is a file, a list of files or a list of [\"cert\", \"key\"] pairs".into())
+        }
+    }
 }
 
 /// Parses `[http(s)://]host[:port][/path]` the way containerd does: no
@@ -347,8 +494,10 @@ fn endpoint_from_url(
         capabilities: Capabilities::ALL,
         skip_verify: false,
         ca_files: Vec::new(),
+        client_certs: Vec::new(),
         headers: Vec::new(),
         is_mirror: false,
+        request_timeout: RequestTimeout::Default,
     })
 }
 
@@ -412,7 +561,7 @@ ca = "root.pem"
             "reg.example:5000".into(),
             vec![MirrorConfig {
                 host: "first.mirror".into(),
-                insecure: false,
+                ..Default::default()
             }],
         );
         let h = resolve_hosts(&c, "reg.example:5000").unwrap();
@@ -435,6 +584,127 @@ ca = "root.pem"
         assert!(!h[2].capabilities.resolve && h[2].capabilities.pull);
         assert!(!h[3].is_mirror && h[3].capabilities.push);
         assert_eq!(h[3].ca_files, [host_dir.join("root.pem")]);
+    }
+
+    #[test]
+    fn mirror_headers_and_timeouts_as_the_go_reference() {
+        let mirrors: HashMap<String, Vec<MirrorConfig>> = toml::from_str(
+            r#"
+[["docker.io"]]
+host = "slow.mirror"
+request_timeout_sec = 7
+header = { x-one = "1", x-many = ["a", "b"] }
+[["docker.io"]]
+host = "patient.mirror"
+request_timeout_sec = -1
+"#,
+        )
+        .unwrap();
+        let c = HostsConfig {
+            mirrors,
+            ..Default::default()
+        };
+        let h = resolve_hosts(&c, "docker.io").unwrap();
+        assert_eq!(
+            h[0].request_timeout,
+            RequestTimeout::After(Duration::from_secs(7))
+        );
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            h[0].headers,
+            [pair("x-many", "a"), pair("x-many", "b"), pair("x-one", "1")]
+        );
+        assert_eq!(h[1].request_timeout, RequestTimeout::Never);
+        assert!(h[1].headers.is_empty());
+        // The origin keeps the defaults.
+        assert_eq!(h[2].request_timeout, RequestTimeout::Default);
+        let default = Duration::from_secs(30);
+        assert_eq!(h[2].request_timeout.resolve(default), Some(default));
+        assert_eq!(RequestTimeout::Never.resolve(default), None);
+        assert_eq!(RequestTimeout::from_go_seconds(0), RequestTimeout::Default);
+        // Go refuses other header types too.
+        let bad = "[[\"docker.io\"]]\nhost = \"m\"\nheader = { x = 3 }\n";
+        assert!(toml::from_str::<HashMap<String, Vec<MirrorConfig>>>(bad).is_err());
+    }
+
+    #[test]
+    fn client_certificates_in_containerd_forms() {
+        let dir = Path::new("/etc/containerd/certs.d/reg.example");
+        let cert = |c: &str, k: Option<&str>| ClientCertificate {
+            cert: dir.join(c),
+            key: k.map(|k| dir.join(k)),
+        };
+        let text = r#"
+server = "https://reg.example"
+client = "both.pem"
+
+[host."https://a.mirror"]
+  client = ["one.pem", "/abs/two.pem"]
+
+[host."https://b.mirror"]
+  client = [["c.cert", "/abs/c.key"], ["d.pem", ""]]
+"#;
+        let file = parse_hosts_file(dir, text, "hosts.toml").unwrap();
+        assert_eq!(file.server.unwrap().client_certs, [cert("both.pem", None)]);
+        assert_eq!(
+            file.mirrors[0].client_certs,
+            [cert("one.pem", None), cert("/abs/two.pem", None)]
+        );
+        assert_eq!(
+            file.mirrors[1].client_certs,
+            [cert("c.cert", Some("/abs/c.key")), cert("d.pem", None)]
+        );
+        for bad in [
+            "client = 3",
+            "client = [[\"only-cert\"]]",
+            "client = [[\"a\", \"b\", \"c\"]]",
+            "client = [\"\"]",
+        ] {
+            let err = parse_hosts_file(dir, &format!("server = \"https://r\"\n{bad}\n"), "h.toml")
+                .err()
+                .unwrap();
+            assert!(
+                matches!(err, RegistryError::HostsConfig { .. })
+                    && err.to_string().contains("client"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn first_existing_dir_wins_and_docker_layout_applies_to_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let host_dir = dir.path().join("reg.example_5000_");
+        std::fs::create_dir_all(&host_dir).unwrap();
+        for f in ["ca.crt", "client.cert", "client.key"] {
+            std::fs::write(host_dir.join(f), "x").unwrap();
+        }
+        // Not used: the more specific directory exists.
+        std::fs::create_dir_all(dir.path().join("_default")).unwrap();
+        std::fs::write(
+            dir.path().join("_default/hosts.toml"),
+            "server = \"https://elsewhere\"\n",
+        )
+        .unwrap();
+        let c = HostsConfig {
+            certs_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        let h = resolve_hosts(&c, "reg.example:5000").unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].api_root(), "https://reg.example:5000/v2");
+        assert_eq!(h[0].ca_files, [host_dir.join("ca.crt")]);
+        assert_eq!(
+            h[0].client_certs,
+            [ClientCertificate {
+                cert: host_dir.join("client.cert"),
+                key: Some(host_dir.join("client.key")),
+            }]
+        );
+        assert_eq!(
+            resolve_hosts(&c, "other.example").unwrap()[0].host,
+            "elsewhere"
+        );
     }
 
     #[test]

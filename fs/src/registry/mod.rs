@@ -3,8 +3,10 @@
 //!
 //! Layout (one job per module): [`reference`] and [`oci_digest`] parse names,
 //! [`labels`] turns Prepare labels into a [`LayerSource`], [`hosts`] lists
-//! endpoints (mirrors, containerd's hosts.toml), [`credentials`] and
-//! [`auth`] authenticate, [`client`] holds the [`Registry`] facade and its
+//! endpoints (mirrors, containerd's hosts.toml) and [`tls`] reads their
+//! CA and client certificate files, [`credentials`] (with the run-time
+//! [`keychain`]) and [`auth`]
+//! authenticate, [`client`] holds the [`Registry`] facade and its
 //! request loop (`http` has the response helpers both share), [`fetch`]
 //! reads ranges ([`BlobFetcher`]) with help from [`ranges`] and
 //! [`multipart`] (the crate's [`PriorityGate`](crate::priority_gate::PriorityGate)
@@ -22,6 +24,7 @@ pub mod fetch;
 mod hedge;
 pub mod hosts;
 pub(crate) mod http;
+pub mod keychain;
 pub mod labels;
 pub mod manifest;
 pub mod metrics;
@@ -31,16 +34,21 @@ pub mod push;
 pub mod ranges;
 pub mod reference;
 pub mod retry;
+pub mod tls;
 
 pub use crate::purpose::Purpose;
 pub use client::{Registry, RegistryConfig};
-pub use credentials::{Credential, CredentialStore, Secret};
+pub use credentials::{AuthFields, Credential, CredentialStore, Secret, normalise_host};
 pub use error::{RegistryError, Result};
 pub use fetch::BlobFetcher;
-pub use hosts::{Capabilities, HostsConfig, MirrorConfig, RegistryHost, Scheme};
+pub use hosts::{
+    Capabilities, HostsConfig, MirrorConfig, RegistryHost, RequestTimeout, Scheme, StringOrList,
+};
+pub use keychain::{Keychain, KeychainMirror};
 pub use labels::{LayerDescriptor, LayerSource, layer_source_from_labels};
 pub use manifest::FetchedManifest;
 pub use metrics::MetricsSnapshot;
 pub use oci_digest::OciDigest;
 pub use reference::Reference;
 pub use retry::Backoff;
+pub use tls::ClientCertificate;

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use common::proxy::{FaultMode, FaultPlan, FaultProxy, TokenAuth};
 use common::registry::TestRegistry;
 use common::{docker_config, push_anonymously, test_blob, test_config};
-use rstargz_fs::registry::{Purpose, Reference, Registry, RegistryError};
+use rstargz_fs::registry::{
+    Credential, Keychain, Purpose, Reference, Registry, RegistryError, Secret,
+};
 
 const USER: &str = "tester";
 const PASSWORD: &str = "s3cret-Pa55word";
@@ -40,13 +42,14 @@ async fn htpasswd_registry_with_docker_config_credentials() {
     assert_eq!(&got[0].1[..], &blob[5..50]);
     assert_eq!(&got[1].1[..], &blob[90_000..90_100]);
 
-    // Anonymous access is refused with a typed error.
+    // Anonymous access is refused with a typed error naming what is missing.
     let anonymous = Registry::new(test_config(&dir.path().join("none.json"))).unwrap();
     let err = anonymous
         .open_blob(&reference, &digest, None)
         .await
         .unwrap_err();
-    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
+    assert!(matches!(err, RegistryError::NoCredentials { .. }), "{err}");
+    assert!(err.to_string().contains("no credentials"), "{err}");
 
     // A wrong password fails, and neither password appears in the error.
     let wrong_dir = tempfile::tempdir().unwrap();
@@ -150,7 +153,89 @@ async fn bearer_token_flow_caches_tokens_and_refreshes_on_401() {
         .open_blob(&reference, &digest, None)
         .await
         .unwrap_err();
+    assert!(matches!(err, RegistryError::NoCredentials { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_keychain_credential_refused_with_401_is_dropped() {
+    let reg = TestRegistry::start_with_htpasswd(USER, PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pusher = Registry::new(test_config(&docker_config(
+        dir.path(),
+        &reg.host(),
+        USER,
+        PASSWORD,
+    )))
+    .unwrap();
+    let reference = Reference::parse(&reg.reference("keychain/blob")).unwrap();
+    let blob = test_blob(10_000, 3);
+    let digest = pusher
+        .push_blob(&reference, Bytes::from(blob.clone()))
+        .await
+        .unwrap();
+    // Credentials only in the keychain, as a CRI PullImage leaves them.
+    let keychain = Keychain::default();
+    let mut config = test_config(&dir.path().join("none.json"));
+    config.keychain = keychain.clone();
+    let registry = Registry::new(config).unwrap();
+    let basic = |password: &str| Credential::Basic {
+        username: USER.into(),
+        password: Secret::new(password),
+    };
+    keychain.insert(&reg.host(), basic("wrong-Pa55word"));
+    let err = registry
+        .open_blob(&reference, &digest, None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
+    assert_eq!(
+        keychain.get(&reg.host()),
+        None,
+        "the refused one is dropped"
+    );
+    // Nothing left to try: the next attempt says credentials are missing.
+    let err = registry
+        .open_blob(&reference, &digest, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NoCredentials { .. }), "{err}");
+    // A newer (right) credential works, and stays.
+    keychain.insert(&reg.host(), basic(PASSWORD));
+    let fetcher = registry.open_blob(&reference, &digest, None).await.unwrap();
+    let got = fetcher
+        .fetch_ranges(&[100..200], Purpose::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(&got[0].1[..], &blob[100..200]);
+    assert_eq!(keychain.get(&reg.host()), Some(basic(PASSWORD)));
+}
+
+#[tokio::test]
+async fn rotated_docker_config_credentials_are_used_without_a_restart() {
+    let reg = TestRegistry::start_with_htpasswd(USER, PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = docker_config(dir.path(), &reg.host(), USER, PASSWORD);
+    let registry = Registry::new(test_config(&config)).unwrap();
+    let reference = Reference::parse(&reg.reference("rotate/blob")).unwrap();
+    let first = registry
+        .push_blob(&reference, Bytes::from(test_blob(5_000, 1)))
+        .await
+        .unwrap();
+    registry.open_blob(&reference, &first, None).await.unwrap();
+    // The password changes at the registry and in config.json.
+    let rotated = "r0tated-Pa55word";
+    reg.set_htpasswd(USER, rotated);
+    docker_config(dir.path(), &reg.host(), USER, rotated);
+    let second = registry
+        .push_blob(&reference, Bytes::from(test_blob(5_000, 2)))
+        .await
+        .unwrap();
+    let fetcher = registry.open_blob(&reference, &second, None).await.unwrap();
+    let got = fetcher
+        .fetch_ranges(&[0..10], Purpose::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(&got[0].1[..], &test_blob(5_000, 2)[..10]);
 }
 
 #[tokio::test]

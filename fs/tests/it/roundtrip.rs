@@ -12,8 +12,13 @@ use common::*;
 use rstargz_fs::estargz::{Compression, Layer, OpenOptions, WriterOptions, convert, read_toc};
 
 fn options(case: &Case, compression: Compression) -> WriterOptions {
+    options_min(case, compression, 0)
+}
+
+fn options_min(case: &Case, compression: Compression, min_chunk_size: u64) -> WriterOptions {
     WriterOptions {
         compression,
+        min_chunk_size,
         chunk_size: if case.chunk_size == 0 {
             4 << 20
         } else {
@@ -68,10 +73,15 @@ fn tar_listing(blob: &[u8], compression: Compression) -> Vec<String> {
     names
 }
 
-fn check_round_trip(case: &Case, compression: Compression) {
-    let ctx = format!("{} / {compression:?} (our writer)", case.case);
+/// Converts, reads back and checks `case`; returns how many TOC entries
+/// carry an `innerOffset`.
+fn check_round_trip(case: &Case, compression: Compression, min_chunk_size: u64) -> usize {
+    let ctx = format!(
+        "{} / {compression:?} / min chunk {min_chunk_size} (our writer)",
+        case.case
+    );
     let tar = std::fs::read(testdata().join(format!("{}.tar", case.case))).unwrap();
-    let opts = options(case, compression);
+    let opts = options_min(case, compression, min_chunk_size);
     let mut blob = Vec::new();
     let out = convert(&tar[..], &mut blob, &opts).unwrap();
     assert_eq!(out.size, blob.len() as u64, "{ctx}");
@@ -130,19 +140,38 @@ fn check_round_trip(case: &Case, compression: Compression) {
     let file = std::fs::File::open(testdata().join(format!("{}.tar", case.case))).unwrap();
     rstargz_fs::estargz::convert_file(&file, &mut again, &opts).unwrap();
     assert!(again == blob, "{ctx}: convert_file differs");
+    decoded
+        .toc
+        .entries
+        .iter()
+        .filter(|e| e.inner_offset > 0)
+        .count()
 }
 
 #[test]
 fn round_trip_gzip() {
     for case in cases() {
-        check_round_trip(&case, Compression::Gzip);
+        assert_eq!(check_round_trip(&case, Compression::Gzip, 0), 0);
     }
 }
 
 #[test]
 fn round_trip_zstd() {
     for case in cases() {
-        check_round_trip(&case, Compression::Zstd);
+        assert_eq!(check_round_trip(&case, Compression::Zstd, 0), 0);
+    }
+}
+
+/// With a minimum chunk size small files share compressed members (their
+/// entries carry `innerOffset`), and every case still reads back.
+#[test]
+fn round_trip_min_chunk_size() {
+    for compression in [Compression::Gzip, Compression::Zstd] {
+        let packed: usize = cases()
+            .iter()
+            .map(|case| check_round_trip(case, compression, 64 << 10))
+            .sum();
+        assert!(packed > 0, "{compression:?}: no chunk shares a member");
     }
 }
 

@@ -5,7 +5,9 @@
 //! answered by one reply; a connection fd travels as `SCM_RIGHTS` with `put`
 //! and with the reply to `take`. An entry belongs to the connection that put
 //! or took it until that connection closes (the daemon exits or dies), so a
-//! second daemon cannot take the mounts of one still running.
+//! second daemon cannot take the mounts of one still running. Secrets (the
+//! CRI keychain's registry credentials) are kept beside the entries, in the
+//! holder's memory only, for the next daemon.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -40,6 +42,36 @@ pub(crate) enum Request {
     List,
     /// Close an entry's fd and forget it.
     Drop { key: String },
+    /// Keep `value` (a registry credential) under `key`, in memory only.
+    PutSecret { key: String, value: HeldSecret },
+    /// Forget the secret under `key`.
+    DropSecret { key: String },
+    /// Every secret held.
+    Secrets,
+}
+
+/// A secret the holder keeps in memory for the next daemon; formatting it
+/// prints `<redacted>`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct HeldSecret(String);
+
+impl HeldSecret {
+    /// Wraps a secret.
+    pub fn new(value: String) -> Self {
+        HeldSecret(value)
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for HeldSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// The holder's reply.
@@ -54,6 +86,9 @@ pub(crate) struct Reply {
     /// Listed entries: (key, state).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub entries: Vec<(String, String)>,
+    /// Held secrets: (key, value).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<(String, HeldSecret)>,
 }
 
 /// Errors talking to the holder.
@@ -139,8 +174,15 @@ pub(crate) fn recv<T: for<'de> Deserialize<'de>>(
     if truncated {
         return Err(FdStoreError::Protocol("message too long".into()));
     }
-    let body =
-        serde_json::from_slice(&buf[..len]).map_err(|e| FdStoreError::Protocol(e.to_string()))?;
+    // Not serde's message: it can quote the message, and messages carry
+    // secrets.
+    let body = serde_json::from_slice(&buf[..len]).map_err(|e| {
+        FdStoreError::Protocol(format!(
+            "undecodable message ({:?} error at column {})",
+            e.classify(),
+            e.column()
+        ))
+    })?;
     Ok(Some((body, fds.into_iter().next())))
 }
 
@@ -164,11 +206,12 @@ pub struct FdStore {
 impl FdStore {
     /// Connects to the holder at `socket`, starting `exe fd-holder` first
     /// when none answers (keeping connections for `orphan_timeout` with no
-    /// daemon connected).
+    /// daemon connected, and given `holder_args` too, e.g. its log format).
     pub fn connect_or_spawn(
         socket: &Path,
         exe: &Path,
         orphan_timeout: Duration,
+        holder_args: &[&str],
     ) -> Result<FdStore, FdStoreError> {
         if let Ok(store) = Self::connect(socket) {
             return Ok(store);
@@ -179,6 +222,7 @@ impl FdStore {
             .arg(socket)
             .arg("--orphan-timeout-sec")
             .arg(orphan_timeout.as_secs().to_string())
+            .args(holder_args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             // Its own process group: a Ctrl-C meant for the daemon must not
@@ -286,5 +330,25 @@ impl FdStore {
     pub fn forget(&self, key: &str) -> Result<(), FdStoreError> {
         self.call(&Request::Drop { key: key.into() }, None)
             .map(drop)
+    }
+
+    /// Keeps `value` under `key` in the holder's memory (replaces).
+    pub fn put_secret(&self, key: &str, value: HeldSecret) -> Result<(), FdStoreError> {
+        let req = Request::PutSecret {
+            key: key.into(),
+            value,
+        };
+        self.call(&req, None).map(drop)
+    }
+
+    /// Forgets the secret under `key`.
+    pub fn drop_secret(&self, key: &str) -> Result<(), FdStoreError> {
+        self.call(&Request::DropSecret { key: key.into() }, None)
+            .map(drop)
+    }
+
+    /// Every secret the holder keeps: (key, value).
+    pub fn secrets(&self) -> Result<Vec<(String, HeldSecret)>, FdStoreError> {
+        Ok(self.call(&Request::Secrets, None)?.0.secrets)
     }
 }

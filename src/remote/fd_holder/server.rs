@@ -1,10 +1,12 @@
 //! `rstargz fd-holder`: the process that keeps FUSE connections open while
 //! the daemon restarts (protocol in [`super::client`]).
 //!
-//! It does nothing but hold descriptors, so it has no reason to crash or to
-//! be upgraded. An entry goes away when asked to, or by itself when its
+//! It does nothing but hold descriptors (and, in memory only, the CRI
+//! keychain's credentials), so it has no reason to crash or to be
+//! upgraded. An entry goes away when asked to, or by itself when its
 //! connection ends (the layer was unmounted: the fd then polls POLLERR). The
-//! holder exits once it holds nothing and no daemon is connected.
+//! holder exits once it holds nothing (no connection, no credential) and no
+//! daemon is connected.
 //!
 //! When no daemon has been connected for the orphan timeout, the holder lets
 //! go of everything it holds: closing the last descriptor of a connection
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{Backlog, SockFlag, UnixAddr, accept4, bind, listen};
 
-use super::client::{FdStoreError, Reply, Request, recv, send, seqpacket};
+use super::client::{FdStoreError, HeldSecret, Reply, Request, recv, send, seqpacket};
 
 /// How long a fresh holder waits for its first client before giving up.
 const STARTUP_GRACE: Duration = Duration::from_secs(10);
@@ -54,22 +56,26 @@ pub fn run(socket: &Path, orphan_timeout: Duration) -> Result<(), FdStoreError> 
     let uid = nix::unistd::geteuid();
     tracing::info!(socket = %socket.display(), "fd holder serving");
     let mut entries: HashMap<String, Entry> = HashMap::new();
+    let mut secrets: HashMap<String, HeldSecret> = HashMap::new();
     let mut clients: Vec<Client> = Vec::new();
     let (mut next_id, started) = (0u64, Instant::now());
     let mut orphaned_since: Option<Instant> = None;
     loop {
-        if entries.is_empty() && clients.is_empty() && started.elapsed() > STARTUP_GRACE {
+        let holding = !entries.is_empty() || !secrets.is_empty();
+        if !holding && clients.is_empty() && started.elapsed() > STARTUP_GRACE {
             break;
         }
-        if clients.is_empty() && !entries.is_empty() {
+        if clients.is_empty() && holding {
             let since = *orphaned_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= orphan_timeout {
                 tracing::warn!(
                     held = entries.len(),
+                    credentials = secrets.len(),
                     wait_sec = orphan_timeout.as_secs(),
-                    "no daemon came back; releasing the held connections (their mounts now fail with ENOTCONN)"
+                    "no daemon came back; releasing the held connections (their mounts now fail with ENOTCONN) and forgetting the credentials"
                 );
                 entries.clear();
+                secrets.clear();
                 continue;
             }
         } else {
@@ -116,7 +122,7 @@ pub fn run(socket: &Path, orphan_timeout: Duration) -> Result<(), FdStoreError> 
             let client = &clients[i];
             match recv::<Request>(client.sock.as_fd()) {
                 Ok(Some((req, fd))) => {
-                    let (reply, out) = handle(&mut entries, client.id, req, fd);
+                    let (reply, out) = handle(&mut entries, &mut secrets, client.id, req, fd);
                     if let Err(e) = send(client.sock.as_fd(), &reply, out) {
                         tracing::warn!(error = %e, "cannot answer a client");
                         gone.push(i);
@@ -165,6 +171,7 @@ pub fn run(socket: &Path, orphan_timeout: Duration) -> Result<(), FdStoreError> 
 /// Applies one request of client `id`.
 fn handle<'a>(
     entries: &'a mut HashMap<String, Entry>,
+    secrets: &mut HashMap<String, HeldSecret>,
     id: u64,
     req: Request,
     fd: Option<OwnedFd>,
@@ -229,5 +236,21 @@ fn handle<'a>(
                 (Reply::default(), None)
             }
         },
+        Request::PutSecret { key, value } => {
+            secrets.insert(key, value);
+            (Reply::default(), None)
+        }
+        Request::DropSecret { key } => {
+            secrets.remove(&key);
+            (Reply::default(), None)
+        }
+        Request::Secrets => {
+            let held = secrets.iter().map(|(k, v)| (k.clone(), v.clone()));
+            let reply = Reply {
+                secrets: held.collect(),
+                ..Reply::default()
+            };
+            (reply, None)
+        }
     }
 }

@@ -190,25 +190,42 @@ pub fn hex_sha(data: &[u8]) -> String {
     format!("{:x}", sha2::Sha256::digest(data))
 }
 
-/// `GET /metrics` over a plain TCP connection.
-pub fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+/// `GET <path>` on the HTTP/1.1 server at `conn` (one request, the server
+/// closes); returns status line, headers and body as one text.
+fn http_get(mut conn: impl std::io::Read + std::io::Write, path: &str) -> String {
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .unwrap();
     let mut text = String::new();
     conn.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// `GET /metrics` over a plain TCP connection; asserts a 200.
+pub fn scrape(addr: &str) -> String {
+    let conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let text = http_get(conn, "/metrics");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     text
 }
 
+/// `GET <path>` over the unix socket `socket` (the whole answer).
+pub fn get_unix(socket: &Path, path: &str) -> String {
+    let conn = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    http_get(conn, path)
+}
+
 /// The value of the sample `series` (name with labels) in `text`.
 pub fn sample(text: &str, series: &str) -> f64 {
+    try_sample(text, series).unwrap_or_else(|| panic!("no {series} in {text}"))
+}
+
+/// The value of the sample `series` in `text`, if there is one.
+pub fn try_sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in {text}"))
-        .parse()
-        .unwrap()
+        .map(|v| v.parse().unwrap())
 }

@@ -1,10 +1,11 @@
 //! The end-to-end tests' workload: an image of busybox-static, a few MB of
 //! incompressible data and many small files, the checksum command a
-//! container runs over it and the expected output, plus host-side checks
-//! of what containers leave behind (cgroups, mounts).
+//! container runs over it, how `ctr run` runs it and the expected output,
+//! plus host-side checks of what containers leave behind (cgroups, mounts).
 
 use std::path::{Path, PathBuf};
 
+use rstargz_test_support::containerd::Containerd;
 pub use rstargz_test_support::host::{cgroup_dirs, unmount_all_under};
 use rstargz_test_support::test_blob;
 use sha2::Digest as _;
@@ -67,4 +68,44 @@ pub fn expected_sums(layers: &[PathBuf]) -> String {
             format!("{hex}  {p}\n")
         })
         .collect()
+}
+
+/// Runs [`sums_script`] in a fresh container of `image` (namespace
+/// `namespace`, snapshotter `snapshotter`), with runc's state under `dir`
+/// and a one-level cgroup runc removes with the container; asserts the
+/// container left no cgroup behind. Returns its output.
+pub fn run_sums(
+    ctrd: &Containerd,
+    dir: &Path,
+    namespace: &str,
+    snapshotter: &str,
+    image: &str,
+    id: &str,
+) -> String {
+    let script = sums_script();
+    let fifo_dir = dir.join("fifo");
+    let runc_root = dir.join("runc");
+    let cgroup = format!("rstargz-e2e-{}-{id}", std::process::id());
+    let out = ctrd.ctr(&[
+        "--namespace",
+        namespace,
+        "run",
+        "--rm",
+        "--snapshotter",
+        snapshotter,
+        "--fifo-dir",
+        fifo_dir.to_str().unwrap(),
+        "--runc-root",
+        runc_root.to_str().unwrap(),
+        "--cgroup",
+        &format!("/{cgroup}"),
+        image,
+        id,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(cgroup_dirs(&cgroup), Vec::<PathBuf>::new(), "cgroup leaked");
+    out
 }

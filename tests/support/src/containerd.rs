@@ -10,6 +10,31 @@ use std::process::{Command, Output, Stdio};
 use crate::daemon::{DEADLINE, wait_for};
 use crate::process::ProcessGuard;
 
+/// The config of a scratch containerd under `dir` (root `croot`, state
+/// `cstate`, sockets `containerd.sock{,.ttrpc}`), CRI on or off, with
+/// `extra` appended (e.g. [`proxy_plugin`] sections).
+pub fn config_toml(dir: &Path, cri: bool, extra: &str) -> String {
+    let socket = dir.join("containerd.sock");
+    let disabled = if cri {
+        ""
+    } else {
+        "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
+    };
+    format!(
+        "version = 2\nroot = {root:?}\nstate = {state:?}\n{disabled}\
+         [grpc]\n  address = {socket:?}\n\
+         [ttrpc]\n  address = {ttrpc:?}\n{extra}",
+        root = dir.join("croot"),
+        state = dir.join("cstate"),
+        ttrpc = dir.join("containerd.sock.ttrpc"),
+    )
+}
+
+/// A `proxy_plugins` section registering the snapshotter at `socket` as `name`.
+pub fn proxy_plugin(name: &str, socket: &Path) -> String {
+    format!("[proxy_plugins.{name}]\n  type = \"snapshot\"\n  address = {socket:?}\n")
+}
+
 /// A running containerd; SIGTERMed (then killed) on drop.
 pub struct Containerd {
     // Stopped when dropped, after `drop` has deleted the tasks.
@@ -27,12 +52,7 @@ impl Containerd {
     /// Starts containerd under `dir` with the snapshotter at
     /// `snapshotter_socket` registered as `plugin`.
     pub fn start(dir: &Path, snapshotter_socket: &Path, plugin: &str) -> Containerd {
-        Containerd::start_with(
-            dir,
-            &format!(
-                "[proxy_plugins.{plugin}]\n  type = \"snapshot\"\n  address = {snapshotter_socket:?}\n"
-            ),
-        )
+        Containerd::start_with(dir, &proxy_plugin(plugin, snapshotter_socket))
     }
 
     /// Starts containerd under `dir` with `extra` appended to its config.
@@ -44,7 +64,7 @@ impl Containerd {
     /// uses it: images pulled into and containers run on the snapshotter
     /// at `snapshotter_socket` (registered as `plugin`) with the CRI
     /// snapshot labels on, `cri.sandbox_image` as the pause image, the
-    /// registry at `cri.plain_http_registry` spoken to over plain HTTP, and
+    /// registries in `cri.plain_http_registries` spoken to over plain HTTP, and
     /// CNI pointed at empty directories under `dir` (pods must use the host
     /// network). The CRI service is served on [`Containerd::socket`].
     pub fn start_cri(
@@ -54,16 +74,17 @@ impl Containerd {
         cri: &CriConfig,
     ) -> Containerd {
         let certs = dir.join("certs.d");
-        let host = &cri.plain_http_registry;
-        std::fs::create_dir_all(certs.join(host)).unwrap();
-        std::fs::write(
-            certs.join(host).join("hosts.toml"),
-            format!(
-                "server = \"http://{host}\"\n[host.\"http://{host}\"]\n  \
-                 capabilities = [\"pull\", \"resolve\"]\n"
-            ),
-        )
-        .unwrap();
+        for host in &cri.plain_http_registries {
+            std::fs::create_dir_all(certs.join(host)).unwrap();
+            std::fs::write(
+                certs.join(host).join("hosts.toml"),
+                format!(
+                    "server = \"http://{host}\"\n[host.\"http://{host}\"]\n  \
+                     capabilities = [\"pull\", \"resolve\"]\n"
+                ),
+            )
+            .unwrap();
+        }
         // containerd 1.6's CRI creates `conf_dir` if missing (to watch it;
         // the default is the host's /etc/cni/net.d) and reads `bin_dir` only
         // to set up a pod network, which host-network pods skip.
@@ -75,15 +96,14 @@ impl Containerd {
             dir,
             true,
             &format!(
-                "[proxy_plugins.{plugin}]\n  type = \"snapshot\"\n  \
-                 address = {snapshotter_socket:?}\n\
-                 [{cri_plugin}]\n  sandbox_image = {sandbox:?}\n  \
+                "{proxy}[{cri_plugin}]\n  sandbox_image = {sandbox:?}\n  \
                  restrict_oom_score_adj = true\n  disable_apparmor = true\n  \
                  enable_selinux = false\n\
                  [{cri_plugin}.containerd]\n  snapshotter = {plugin:?}\n  \
                  disable_snapshot_annotations = false\n\
                  [{cri_plugin}.cni]\n  bin_dir = {cni_bin:?}\n  conf_dir = {cni_conf:?}\n\
                  [{cri_plugin}.registry]\n  config_path = {certs:?}\n",
+                proxy = proxy_plugin(plugin, snapshotter_socket),
                 sandbox = cri.sandbox_image,
             ),
         )
@@ -92,23 +112,7 @@ impl Containerd {
     fn start_config(dir: &Path, cri: bool, extra: &str) -> Containerd {
         let socket = dir.join("containerd.sock");
         let config = dir.join("containerd.toml");
-        let disabled = if cri {
-            ""
-        } else {
-            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
-        };
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = {root:?}\nstate = {state:?}\n{disabled}\
-                 [grpc]\n  address = {socket:?}\n\
-                 [ttrpc]\n  address = {ttrpc:?}\n{extra}",
-                root = dir.join("croot"),
-                state = dir.join("cstate"),
-                ttrpc = dir.join("containerd.sock.ttrpc"),
-            ),
-        )
-        .unwrap();
+        std::fs::write(&config, config_toml(dir, cri, extra)).unwrap();
         let mut cmd = Command::new("containerd");
         cmd.arg("--config").arg(&config);
         let mut process = ProcessGuard::spawn("containerd", cmd, &dir.join("containerd.log"))
@@ -153,6 +157,24 @@ impl Containerd {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Pulls `reference` lazily over plain HTTP with `ctr-remote image rpull`
+    /// into `namespace` on the snapshotter `plugin`; returns its output.
+    pub fn rpull(&self, namespace: &str, plugin: &str, reference: &str) -> String {
+        self.tool_ok(
+            "ctr-remote",
+            &[
+                "--namespace",
+                namespace,
+                "image",
+                "rpull",
+                "--plain-http",
+                "--snapshotter",
+                plugin,
+                reference,
+            ],
+        )
     }
 
     /// Polls (bounded) until containerd reaches the snapshotter `plugin`
@@ -223,8 +245,8 @@ impl Drop for Containerd {
 pub struct CriConfig {
     /// The pause image (its entrypoint must keep running).
     pub sandbox_image: String,
-    /// `host:port` of a registry to reach over plain HTTP.
-    pub plain_http_registry: String,
+    /// `host:port` of the registries to reach over plain HTTP.
+    pub plain_http_registries: Vec<String>,
 }
 
 /// containerd 1.6 puts shim sockets under `/run/containerd/s` whatever its

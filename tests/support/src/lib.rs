@@ -1,6 +1,6 @@
 //! Test support shared by the workspace's tests (`publish = false`): a real
-//! `docker-registry` per test ([`registry`]), a fault proxy with counters in
-//! front of it ([`proxy`]), the golden eStargz cases with checkers
+//! `docker-registry` per test ([`registry`]), the proxies in front of it
+//! ([`proxy`]: faults for the tests, a shaped link for the benchmarks), the golden eStargz cases with checkers
 //! ([`golden`]), process guards for the daemon ([`daemon`]), a scratch
 //! containerd ([`containerd`]) and a scratch dockerd ([`docker`]) over one
 //! process guard ([`process`]), host

@@ -16,7 +16,7 @@ use crate::estargz::error::{Error, Result};
 use crate::estargz::footer::{
     Compression, ZSTD_SKIPPABLE_MAGIC, estargz_footer, zstd_footer_bytes,
 };
-use crate::estargz::index::{Index, Limits};
+use crate::estargz::index::{Index, Limits, MAX_INNER_OFFSET};
 use crate::estargz::toc::{TOC_NAME, Toc, TocEntry, encode_toc, format_rfc3339};
 
 pub(super) enum Source<'a> {
@@ -89,6 +89,7 @@ pub(super) struct BlobWriter<W: Write> {
     gzip_level: u32,
     zstd_level: i32,
     chunk_size: u64,
+    min_chunk_size: u64,
     member_start: u64,
     member_bytes: u64,
     diff: Sha256,
@@ -109,6 +110,7 @@ impl<W: Write> BlobWriter<W> {
             gzip_level: opts.gzip_level,
             zstd_level: opts.zstd_level,
             chunk_size: opts.chunk_size,
+            min_chunk_size: opts.min_chunk_size,
             member_start: 0,
             member_bytes: 0,
             diff: Sha256::new(),
@@ -137,6 +139,36 @@ impl<W: Write> BlobWriter<W> {
         self.close_member()?;
         self.open_member()?;
         Ok(self.member_start)
+    }
+
+    /// Where the chunk about to be written starts: `(member offset, inner
+    /// offset)`. A new member unless `min_chunk_size` asks to keep filling
+    /// the open one, the inner offset stays in what readers accept, and the
+    /// member is not the first (offset 0 means "no data" in a TOC).
+    fn chunk_start(&mut self, own_member: bool) -> io::Result<(u64, u64)> {
+        if self.min_chunk_size > 0
+            && !own_member
+            && self.member_start > 0
+            && self.member_bytes > 0
+            && self.member_bytes <= MAX_INNER_OFFSET
+        {
+            // Flushing (as Go does) makes the compressed size so far known.
+            let compressed = match &mut self.enc {
+                Some(Encoder::Gzip(e)) => {
+                    e.flush()?;
+                    e.get_ref().pos
+                }
+                Some(Encoder::Zstd(e)) => {
+                    e.flush()?;
+                    e.get_ref().pos
+                }
+                None => self.member_start,
+            } - self.member_start;
+            if compressed < self.min_chunk_size {
+                return Ok((self.member_start, self.member_bytes));
+            }
+        }
+        Ok((self.new_member()?, 0))
     }
 
     fn open_member(&mut self) -> io::Result<()> {
@@ -230,9 +262,11 @@ impl<W: Write> BlobWriter<W> {
         Ok(std::mem::take(self.scratch.get_mut()))
     }
 
+    /// Writes entry `e` (a `landmark` payload always starts its own member).
     pub(super) fn write_entry(
         &mut self,
         e: &InputEntry,
+        landmark: bool,
         src: &Source<'_>,
         toc: &mut Toc,
         names: &mut NameTracker,
@@ -286,7 +320,7 @@ impl<W: Write> BlobWriter<W> {
         let mut chunk_offset = 0u64;
         while chunk_offset < e.size {
             let len = self.chunk_size.min(e.size - chunk_offset);
-            let offset = self.new_member()?;
+            let (offset, inner_offset) = self.chunk_start(landmark)?;
             let mut chunk_hash = Sha256::new();
             let mut done = 0u64;
             while done < len {
@@ -310,6 +344,7 @@ impl<W: Write> BlobWriter<W> {
                 }
             };
             ce.offset = offset;
+            ce.inner_offset = inner_offset;
             // Like Go: chunkSize on full chunks only; a shorter last chunk runs to EOF.
             ce.chunk_size = if len == self.chunk_size { len } else { 0 };
             ce.chunk_digest = Digest::from_hasher(chunk_hash).to_string();

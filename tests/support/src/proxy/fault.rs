@@ -1,4 +1,4 @@
-//! A small HTTP/1.1 fault proxy in front of a real registry, one request per
+//! The fault policy: a small HTTP/1.1 proxy in front of a real registry, one request per
 //! connection. It records every request, can misbehave on purpose (ignore
 //! Range, redirect blob reads to an expiring location, demand bearer tokens),
 //! injects transient faults at random per request ([`FaultPlan`]: resets,
@@ -162,6 +162,19 @@ pub struct Seen {
     pub authorization: Option<String>,
     /// The fault injected into it by the [`FaultPlan`], if any.
     pub fault: Option<FaultMode>,
+    /// Every header, as received.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    /// The values of header `name` (any case), in order.
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
 }
 
 /// Token endpoint settings.
@@ -500,6 +513,7 @@ async fn handle(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
         range: req.header("range"),
         authorization: req.header("authorization"),
         fault: planned,
+        headers: req.headers.clone(),
     });
     let injected = {
         let mut f = s.fail_next.lock().unwrap();

@@ -1,71 +1,11 @@
-//! Configuration of remote layers. Flattened into the daemon's config file,
-//! with the Go reference's key names where the concept is the same
-//! (`noprefetch`, `prefetch_timeout_sec`, `[blob] fetching_timeout_sec`,
-//! `[fuse] attr_timeout`, `resolver.host."<h>".mirrors`, …).
+//! The sections of the remote-layer configuration (`[blob]`, `[fuse]`,
+//! `[directory_cache]`, `[resolver]`, …): our keys and the Go reference's.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use rstargz_fs::registry::{Backoff, HostsConfig, MirrorConfig, RegistryConfig};
+use rstargz_fs::registry::MirrorConfig;
 use serde::Deserialize;
-
-/// Top-level remote keys and their sections.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct RemoteConfig {
-    /// Mount no layer remotely (every snapshot is local).
-    pub disable_remote: bool,
-    /// TCP `host:port` serving Prometheus `/metrics` (off when unset).
-    pub metrics_address: Option<String>,
-    /// Prefetch size (compressed bytes) of layers without a landmark; the
-    /// `stargz.prefetch` label overrides it.
-    pub prefetch_size: u64,
-    /// How long a read inside a layer's prioritized prefix waits for the
-    /// prefetch (Prepare itself does not wait) before fetching by itself.
-    pub prefetch_timeout_sec: u64,
-    /// Do not prefetch the prioritized files.
-    pub noprefetch: bool,
-    /// Do not fetch the rest of a layer in the background.
-    pub no_background_fetch: bool,
-    /// Honour the `stargz.skipverify` label (legacy layers without digests).
-    pub allow_no_verification: bool,
-    /// Never verify chunks, and mount layers without a TOC digest.
-    pub disable_verification: bool,
-    /// Concurrent background fetches over all layers.
-    pub max_concurrency: usize,
-    /// `[background_fetch]`: bandwidth and pausing (our own keys).
-    pub background_fetch: BackgroundSection,
-    /// `[blob]`: registry reads.
-    pub blob: BlobSection,
-    /// `[fuse]`: mounts.
-    pub fuse: FuseSection,
-    /// `[directory_cache]`: chunk caches.
-    pub directory_cache: CacheSection,
-    /// `[resolver]`: endpoints and credentials.
-    pub resolver: ResolverSection,
-}
-
-impl Default for RemoteConfig {
-    fn default() -> Self {
-        RemoteConfig {
-            disable_remote: false,
-            metrics_address: None,
-            prefetch_size: 0,
-            prefetch_timeout_sec: 10,
-            noprefetch: false,
-            no_background_fetch: false,
-            allow_no_verification: false,
-            disable_verification: false,
-            max_concurrency: 2,
-            background_fetch: BackgroundSection::default(),
-            blob: BlobSection::default(),
-            fuse: FuseSection::default(),
-            directory_cache: CacheSection::default(),
-            resolver: ResolverSection::default(),
-        }
-    }
-}
 
 /// `[background_fetch]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -82,9 +22,13 @@ pub struct BackgroundSection {
     /// compressed bytes is streamed whole right after its mount, without
     /// waiting for silence (0: never).
     pub stream_layer_max_bytes: u64,
-    /// Compressed bytes per request when a layer is streamed.
-    pub stream_window_bytes: u64,
+    /// Compressed bytes per request when a layer is streamed (default:
+    /// `[blob] chunk_size` when set, else 1 MiB).
+    pub stream_window_bytes: Option<u64>,
 }
+
+/// Default of `[background_fetch] stream_window_bytes`.
+pub const DEFAULT_STREAM_WINDOW_BYTES: u64 = 1 << 20;
 
 impl Default for BackgroundSection {
     fn default() -> Self {
@@ -92,7 +36,7 @@ impl Default for BackgroundSection {
             max_bytes_per_sec: 0,
             silence_period_msec: 3000,
             stream_layer_max_bytes: 64 << 20,
-            stream_window_bytes: 1 << 20,
+            stream_window_bytes: None,
         }
     }
 }
@@ -122,9 +66,18 @@ pub struct BlobSection {
     pub hedge_after_msec: u64,
     /// Compressed bytes an on-demand read may fetch beyond its chunk, to
     /// cache the following files of the layer with the same request (our
-    /// own key; 0 turns it off).
-    pub read_amplify_bytes: u64,
+    /// own key; 0 turns it off; default: `chunk_size` when set, else 256 KiB).
+    pub read_amplify_bytes: Option<u64>,
+    /// Go's fetch granularity: here the default of `read_amplify_bytes`
+    /// and of `[background_fetch] stream_window_bytes` (0: unset).
+    pub chunk_size: i64,
+    /// Go's largest request of a prefetch: here the largest body of any
+    /// range request (0: unset, 4 MiB).
+    pub prefetch_chunk_size: i64,
 }
+
+/// Default of `[blob] read_amplify_bytes`.
+pub const DEFAULT_READ_AMPLIFY_BYTES: u64 = 256 << 10;
 
 impl Default for BlobSection {
     fn default() -> Self {
@@ -137,7 +90,9 @@ impl Default for BlobSection {
             valid_interval: 60,
             check_always: false,
             hedge_after_msec: 200,
-            read_amplify_bytes: 256 << 10,
+            read_amplify_bytes: None,
+            chunk_size: 0,
+            prefetch_chunk_size: 0,
         }
     }
 }
@@ -163,6 +118,11 @@ pub struct FuseSection {
     /// for the next one (our key); then it lets go, and reads on those
     /// mounts fail with ENOTCONN instead of waiting.
     pub live_restart_timeout_sec: u64,
+    /// Go's buffer for assembling passthrough files; no effect (files are
+    /// assembled from the disk cache, one at a time per file).
+    pub merge_buffer_size: Option<i64>,
+    /// Go's workers assembling passthrough files; no effect.
+    pub merge_worker_count: Option<i64>,
     /// Threads reading each layer's FUSE requests (our key; fuser adds one
     /// more per mount that only waits for them). Handlers never wait on
     /// disk or network; two keep a reader's request from waiting behind
@@ -189,13 +149,15 @@ impl Default for FuseSection {
             passthrough: true,
             live_restart: true,
             live_restart_timeout_sec: DEFAULT_LIVE_RESTART_TIMEOUT_SEC,
+            merge_buffer_size: None,
+            merge_worker_count: None,
             threads_per_mount: DEFAULT_THREADS_PER_MOUNT,
         }
     }
 }
 
-/// `[directory_cache]` (our own keys: the Go reference's are specific to
-/// its cache design).
+/// `[directory_cache]`: our own keys, and the Go reference's (most are
+/// specific to its cache design).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct CacheSection {
@@ -205,6 +167,17 @@ pub struct CacheSection {
     pub max_bytes: u64,
     /// Bound of the in-memory chunk cache in bytes.
     pub memory_bytes: u64,
+    /// Drop cached chunk files from the page cache once written or read (Go's key).
+    pub fadv_dontneed: bool,
+    /// Go's in-memory cache entries; no effect (`memory_bytes` bounds ours).
+    pub max_lru_cache_entry: Option<i64>,
+    /// Go's open cache files; no effect (files are not kept open).
+    pub max_cache_fds: Option<i64>,
+    /// Go's synchronous cache writes; no effect (writes always complete
+    /// before the read that caused them).
+    pub sync_add: bool,
+    /// Go's switch off of its memory cache; no effect (`memory_bytes`).
+    pub direct: Option<bool>,
 }
 
 impl Default for CacheSection {
@@ -213,6 +186,11 @@ impl Default for CacheSection {
             dir: None,
             max_bytes: 10 << 30,
             memory_bytes: 256 << 20,
+            fadv_dontneed: false,
+            max_lru_cache_entry: None,
+            max_cache_fds: None,
+            sync_add: false,
+            direct: None,
         }
     }
 }
@@ -223,7 +201,8 @@ impl Default for CacheSection {
 pub struct ResolverSection {
     /// Timeout of one small request (s).
     pub request_timeout_sec: u64,
-    /// Mirrors per registry host (`[[resolver.host."docker.io".mirrors]]`).
+    /// Mirrors per registry host (`[[resolver.host."docker.io".mirrors]]`,
+    /// each with Go's `host`, `insecure`, `request_timeout_sec`, `header`).
     pub host: HashMap<String, ResolverHost>,
     /// Hosts reached over plain HTTP (loopback always is).
     pub insecure_hosts: Vec<String>,
@@ -253,92 +232,18 @@ pub struct ResolverHost {
     pub mirrors: Vec<MirrorConfig>,
 }
 
-impl RemoteConfig {
-    /// How long a successful registry access vouches for a layer in Check.
-    pub fn check_validity(&self) -> Duration {
-        if self.blob.check_always {
-            Duration::ZERO
-        } else {
-            Duration::from_secs(self.blob.valid_interval)
-        }
-    }
-
-    /// The registry client's settings.
-    pub fn registry_config(&self) -> RegistryConfig {
-        RegistryConfig {
-            hosts: HostsConfig {
-                certs_dir: self.resolver.config_path.clone(),
-                mirrors: self
-                    .resolver
-                    .host
-                    .iter()
-                    .map(|(h, c)| (h.clone(), c.mirrors.clone()))
-                    .collect(),
-                insecure_hosts: self.resolver.insecure_hosts.clone(),
-            },
-            docker_config: self.resolver.docker_config.clone(),
-            request_timeout: Duration::from_secs(self.resolver.request_timeout_sec),
-            fetch_timeout: Duration::from_secs(self.blob.fetching_timeout_sec),
-            backoff: Backoff {
-                min: Duration::from_millis(self.blob.min_wait_msec),
-                max: Duration::from_millis(self.blob.max_wait_msec),
-                max_retries: self.blob.max_retries,
-            },
-            force_single_range: self.blob.force_single_range_mode,
-            hedge_after_min: (self.blob.hedge_after_msec > 0)
-                .then(|| Duration::from_millis(self.blob.hedge_after_msec)),
-            ..RegistryConfig::default()
-        }
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn go_reference_keys_parse() {
-        let c: RemoteConfig = toml::from_str(
-            r#"
-noprefetch = true
-prefetch_timeout_sec = 3
-metrics_address = "127.0.0.1:8234"
-[blob]
-fetching_timeout_sec = 7
-[fuse]
-attr_timeout = 1
-[[resolver.host."docker.io".mirrors]]
-host = "mirror.example:5000"
-insecure = true
-"#,
-        )
-        .unwrap();
-        assert!(c.noprefetch);
-        assert_eq!(c.prefetch_timeout_sec, 3);
-        assert_eq!(c.fuse.attr_timeout, Some(1));
-        let r = c.registry_config();
-        assert_eq!(r.fetch_timeout, Duration::from_secs(7));
-        assert_eq!(r.hosts.mirrors["docker.io"][0].host, "mirror.example:5000");
-        assert!(toml::from_str::<RemoteConfig>("noprefetch = 3").is_err());
-        assert_eq!(c.background_fetch, BackgroundSection::default());
-    }
-
-    #[test]
-    fn layer_streaming_keys_parse() {
-        let c: RemoteConfig = toml::from_str(
-            "[background_fetch]\nstream_layer_max_bytes = 0\nstream_window_bytes = 4096\n",
-        )
-        .unwrap();
-        assert_eq!(c.background_fetch.stream_layer_max_bytes, 0);
-        assert_eq!(c.background_fetch.stream_window_bytes, 4096);
-        assert_eq!(c.background_fetch.silence_period_msec, 3000);
-        let d = BackgroundSection::default();
-        assert_eq!(
-            (d.stream_layer_max_bytes, d.stream_window_bytes),
-            (64 << 20, 1 << 20)
-        );
-        let bad = "[background_fetch]\nstream_layer_max_bytes = \"big\"\n";
-        assert!(toml::from_str::<RemoteConfig>(bad).is_err());
-    }
+/// `[fuse_manager]`: the Go reference's separate FUSE server process. The
+/// fd holder plays its part here (always, with `[fuse] live_restart`), so
+/// these keys have no effect.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct FuseManagerSection {
+    /// Run the FUSE manager.
+    pub enable: bool,
+    /// Its socket.
+    pub address: Option<String>,
+    /// Its binary.
+    pub path: Option<String>,
+    /// Its metrics listener.
+    pub metrics_address: Option<String>,
 }

@@ -1,4 +1,4 @@
-//! A link-shaping TCP proxy (this kernel has no netem qdisc): each direction
+//! The shaping policy: a link-shaping TCP proxy (this kernel has no netem qdisc): each direction
 //! is delayed by half the RTT, both directions share one bandwidth cap per
 //! direction across all connections, a new connection pays one extra round
 //! trip (the TCP handshake), and bytes, connections and HTTP requests are
