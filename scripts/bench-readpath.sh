@@ -127,14 +127,15 @@ img_t10k=$(image tree10000)
 img_tree=$(image "tree$tree_files")
 
 # --- daemons -----------------------------------------------------------------
-start_daemon() { # KIND: fresh root, sets daemon_pid and sock
+start_daemon() { # KIND [CONFIG]: fresh root, sets daemon_pid and sock
   local kind=$1 root=$work/$1-root
+  # Background fetch off in both by default: cold figures measure on-demand reads.
+  local config=${2-no_background_fetch = true}
   stop_daemon
   rm -rf "$root" && mkdir -p "$root"
   sock=$work/$kind.sock
   rm -f "$sock"
-  # Background fetch off in both: cold figures measure on-demand reads.
-  echo "no_background_fetch = true" >"$work/$kind.toml"
+  echo "$config" >"$work/$kind.toml"
   case $kind in
     rstargz) "$bin" serve --root "$root" --address "$sock" --config "$work/$kind.toml" \
                --log-level warn 2>>"$work/$kind.log" & ;;
@@ -155,6 +156,12 @@ readpath() { # KIND IMAGE RUNS [MAX_SECONDS]
   record "$kind" "$bench_bin" read-path --address "$work/$kind.sock" --image "$img" \
     --work "$work/mnt-$kind" --run "$runs" --max-seconds "$secs" --random-ops "$random_ops" --repeat "$repeat"
 }
+container() { # KIND: a cold read of the big file in a container through containerd, then at once the re-read
+  local kind=$1
+  record "ctr-$kind" "$bench_bin" read-path --container "$kind" \
+    $([ "$kind" = overlayfs ] || echo "--address $work/$kind.sock") --image "$img_big" \
+    --work "$work/ctr-$kind" --run reread-1m --max-seconds 300
+}
 native() { # TREE RUNS
   record native "$bench_bin" read-path --native "$bench/data/$1" --work "$work/mnt-native" \
     --run "$2" --max-seconds "$max_seconds" --random-ops "$random_ops" --repeat "$repeat"
@@ -168,6 +175,15 @@ echo "machine: $(nproc) cores, kernel $(uname -r); big file ${big_mib} MiB; runs
 native big "$(for p in $patterns; do printf 'cold-%s,' "$p"; done)page-seq-4k,page-seq-128k,page-rand-4k,page-rand-128k"
 native "tree$tree_files" walk-cold,walk-warm
 
+# In a container through a private containerd, each daemon with its default
+# config; the baseline is containerd's own overlayfs.
+container overlayfs
+for kind in rstargz go; do
+  start_daemon "$kind" ""
+  container "$kind"
+done
+stop_daemon
+
 for kind in rstargz go; do
   # Cold: a fresh daemon (empty caches) per pattern.
   for p in $patterns; do
@@ -178,8 +194,8 @@ for kind in rstargz go; do
   start_daemon "$kind"
   readpath "$kind" "$img_big" cold-seq-1m 300
   if [ "$kind" = rstargz ]; then
-    # Passthrough files are assembled in the background after the reader
-    # closes the file: wait (bounded) until the whole file is on disk.
+    # A file read whole is ready for passthrough at once; one read in
+    # parts is assembled after the close: wait (bounded) until it is on disk.
     for _ in $(seq 1 120); do
       [ "$(du -sb "$work/rstargz-root/cache/files" 2>/dev/null | cut -f1)" -ge $((big_mib << 20)) ] 2>/dev/null && break
       sleep 0.5

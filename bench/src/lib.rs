@@ -2,6 +2,7 @@
 //! pass/fail): the numbers are compared with a baseline measured in the same run.
 
 pub mod coldstart;
+pub mod container;
 pub mod io;
 pub mod read_path;
 pub mod remote_layer;

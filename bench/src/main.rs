@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
+use rstargz_bench::coldstart::procs::Snapshotter;
+use rstargz_bench::container::ContainerSnapshotter;
 use rstargz_bench::{coldstart, read_path, resources, snapshot_ops};
 use rstargz_test_support::proxy::{Link, Shaper};
 
@@ -37,9 +39,14 @@ struct ReadPathArgs {
     /// Snapshots socket of the snapshotter to mount through (with --image).
     #[arg(long, requires = "image", conflicts_with = "native")]
     address: Option<PathBuf>,
-    /// Image reference in a registry (with --address).
+    /// Image reference in a registry (with --address, or --container).
     #[arg(long)]
     image: Option<String>,
+    /// Instead of mounting through --address: read inside a container of
+    /// --image started through a private containerd on this snapshotter
+    /// (rstargz and go serve on --address; overlayfs is containerd's own).
+    #[arg(long, value_parser = ["rstargz", "go", "overlayfs"], requires = "image", conflicts_with = "native")]
+    container: Option<String>,
     /// Instead: a local directory holding the same tree (overlay baseline).
     #[arg(long)]
     native: Option<PathBuf>,
@@ -183,10 +190,29 @@ fn main() -> anyhow::Result<()> {
     let runtime = || tokio::runtime::Runtime::new().context("starting the tokio runtime");
     match args.command {
         BenchCommand::ReadPath(a) => {
-            let target = match (a.address, a.image, a.native) {
-                (Some(socket), Some(image), None) => read_path::Target::Remote { socket, image },
-                (None, None, Some(lower)) => read_path::Target::Native { lower },
-                _ => anyhow::bail!("give either --address and --image, or --native"),
+            let target = match (a.container.as_deref(), a.address, a.image, a.native) {
+                (Some("overlayfs"), None, Some(image), None) => read_path::Target::Container {
+                    snapshotter: ContainerSnapshotter::Overlayfs,
+                    image,
+                },
+                (Some(kind), Some(socket), Some(image), None) => {
+                    let which = match kind {
+                        "rstargz" => Snapshotter::Rstargz,
+                        _ => Snapshotter::GoReference,
+                    };
+                    read_path::Target::Container {
+                        snapshotter: ContainerSnapshotter::Proxy { which, socket },
+                        image,
+                    }
+                }
+                (None, Some(socket), Some(image), None) => {
+                    read_path::Target::Remote { socket, image }
+                }
+                (None, None, None, Some(lower)) => read_path::Target::Native { lower },
+                _ => anyhow::bail!(
+                    "give --address and --image, --container overlayfs and --image, \
+                     --container rstargz|go with --address and --image, or --native"
+                ),
             };
             let opts = read_path::Options {
                 target,

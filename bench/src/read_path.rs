@@ -1,12 +1,15 @@
 //! Read-path benchmark (issue 8, point 3): timed reads of one file and
 //! walks of one tree in a container root, mounted either lazily through a
-//! snapshotter socket or natively (overlay on a local directory), so both
-//! snapshotters and the baseline run the same runs in one invocation each.
+//! snapshotter socket, natively (overlay on a local directory), or by
+//! containerd for a running container (read as the container sees it), so
+//! both snapshotters and the baseline run the same runs in one invocation
+//! each.
 //!
 //! Cache states: `cold` and `disk` drop the page cache first (the caller
 //! decides whether the snapshotter's own caches are empty, `cold`, or hold
 //! the file, `disk`); `page` reads the whole file once untimed and then
-//! measures without dropping anything.
+//! measures without dropping anything; `reread` is the read right after a
+//! cold one (run `reread-BLOCK`: both are timed, nothing in between).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -14,6 +17,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::container::{Container, ContainerSnapshotter};
 use super::io::{self, Access, ReadFigures, ReadSpec, WalkFigures};
 use super::remote_layer::{self, MountedImage, Snapshotter};
 
@@ -32,6 +36,13 @@ pub enum Target {
         /// The directory holding the tree.
         lower: PathBuf,
     },
+    /// A container of the image, started through a private containerd.
+    Container {
+        /// Its snapshotter.
+        snapshotter: ContainerSnapshotter,
+        /// Image reference in the registry.
+        image: String,
+    },
 }
 
 /// Page-cache state of a run.
@@ -44,6 +55,8 @@ pub enum State {
     Disk,
     /// Data in the page cache.
     Page,
+    /// Read again at once after a cold read (what the first read left).
+    Reread,
 }
 
 /// One measurement.
@@ -63,18 +76,29 @@ pub enum Run {
         /// Whether caches are dropped first.
         cold: bool,
     },
+    /// A cold sequential read of the file and, at once, a second one.
+    Reread {
+        /// Bytes per read.
+        block: usize,
+    },
 }
 
 impl FromStr for Run {
     type Err = String;
 
-    /// `cold-seq-4k`, `disk-rand-128k`, `page-seq-1m`, `walk-cold`, `walk-warm`.
+    /// `cold-seq-4k`, `disk-rand-128k`, `page-seq-1m`, `walk-cold`,
+    /// `walk-warm`, `reread-1m`.
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("bad run {s:?}: want STATE-ACCESS-BLOCK or walk-cold|walk-warm");
+        let bad = || {
+            format!("bad run {s:?}: want STATE-ACCESS-BLOCK, walk-cold|walk-warm or reread-BLOCK")
+        };
         let parts: Vec<&str> = s.split('-').collect();
         match parts.as_slice() {
             ["walk", "cold"] => Ok(Run::Walk { cold: true }),
             ["walk", "warm"] => Ok(Run::Walk { cold: false }),
+            ["reread", block] => Ok(Run::Reread {
+                block: parse_size(block).ok_or_else(bad)?,
+            }),
             [state, access, block] => Ok(Run::Read {
                 state: match *state {
                     "cold" => State::Cold,
@@ -169,6 +193,9 @@ pub enum BenchError {
     /// File I/O failed.
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    /// Starting or stopping the container failed.
+    #[error("container: {0:#}")]
+    Container(anyhow::Error),
 }
 
 fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> BenchError {
@@ -180,6 +207,7 @@ fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> BenchE
 enum Root {
     Remote(Box<Snapshotter>, MountedImage),
     Native(PathBuf),
+    Container(Box<Container>, PathBuf),
 }
 
 impl Root {
@@ -200,13 +228,25 @@ impl Root {
                     .map_err(io_err(format!("overlay on {}", lower.display())))?;
                 Ok((Root::Native(at), Vec::new()))
             }
+            Target::Container { snapshotter, image } => {
+                let work = opts.work.clone();
+                let (snapshotter, image) = (snapshotter.clone(), image.clone());
+                let c = tokio::task::spawn_blocking(move || {
+                    Container::start(&work, &snapshotter, &image)
+                })
+                .await
+                .map_err(|e| BenchError::Container(e.into()))?
+                .map_err(BenchError::Container)?;
+                let root = c.root();
+                Ok((Root::Container(Box::new(c), root), Vec::new()))
+            }
         }
     }
 
     fn dir(&self) -> &Path {
         match self {
             Root::Remote(_, m) => &m.dir,
-            Root::Native(d) => d,
+            Root::Native(d) | Root::Container(_, d) => d,
         }
     }
 
@@ -215,6 +255,10 @@ impl Root {
             Root::Remote(mut s, m) => Ok(s.unmount(&m).await?),
             Root::Native(d) => nix::mount::umount2(&d, nix::mount::MntFlags::MNT_DETACH)
                 .map_err(|e| io_err(format!("unmount {}", d.display()))(e.into())),
+            Root::Container(c, _) => tokio::task::spawn_blocking(move || c.stop())
+                .await
+                .map_err(|e| BenchError::Container(e.into()))?
+                .map_err(BenchError::Container),
         }
     }
 }
@@ -244,23 +288,48 @@ fn runs(opts: &Options, root: &Path) -> Result<Vec<RunReport>, BenchError> {
         let times = match run {
             Run::Read {
                 state: State::Cold, ..
-            } => 1,
+            }
+            | Run::Reread { .. } => 1,
             _ => opts.repeat.max(1),
         };
-        let mut best: Option<(f64, RunReport)> = None;
+        let mut best: Option<(f64, Vec<RunReport>)> = None;
         for _ in 0..times {
-            let report = one_run(opts, root, run, &mut primed)?;
-            let speed = match &report {
-                RunReport::Read { figures, .. } => figures.mb_per_s,
-                RunReport::Walk { figures, .. } => figures.entries_per_s,
+            let reports = one_run(opts, root, run, &mut primed)?;
+            let speed = match reports.first() {
+                Some(RunReport::Read { figures, .. }) => figures.mb_per_s,
+                Some(RunReport::Walk { figures, .. }) => figures.entries_per_s,
+                None => 0.0,
             };
             if best.as_ref().is_none_or(|(b, _)| speed > *b) {
-                best = Some((speed, report));
+                best = Some((speed, reports));
             }
         }
-        out.extend(best.map(|(_, r)| r));
+        out.extend(best.map(|(_, r)| r).unwrap_or_default());
     }
     Ok(out)
+}
+
+/// A cold sequential read of the file, then at once a second one.
+fn reread(opts: &Options, root: &Path, block: usize) -> Result<[RunReport; 2], BenchError> {
+    let file = root.join(&opts.file);
+    io::drop_caches().map_err(io_err("dropping caches"))?;
+    let spec = ReadSpec {
+        access: Access::Seq,
+        block,
+        max_ops: u64::MAX,
+        max_time: opts.max_time,
+    };
+    let read = |state| {
+        let figures = io::read_file(&file, &spec).map_err(io_err(file.display()))?;
+        Ok::<_, BenchError>(RunReport::Read {
+            state,
+            access: Access::Seq,
+            block,
+            figures,
+        })
+    };
+    let cold = read(State::Cold)?;
+    Ok([cold, read(State::Reread)?])
 }
 
 fn one_run(
@@ -268,7 +337,7 @@ fn one_run(
     root: &Path,
     run: &Run,
     primed: &mut bool,
-) -> Result<RunReport, BenchError> {
+) -> Result<Vec<RunReport>, BenchError> {
     let file = root.join(&opts.file);
     let tree = root.join(&opts.tree);
     {
@@ -297,12 +366,12 @@ fn one_run(
                     max_time: opts.max_time,
                 };
                 let figures = io::read_file(&file, &spec).map_err(io_err(file.display()))?;
-                Ok(RunReport::Read {
+                Ok(vec![RunReport::Read {
                     state,
                     access,
                     block,
                     figures,
-                })
+                }])
             }
             Run::Walk { cold } => {
                 if cold {
@@ -310,7 +379,12 @@ fn one_run(
                     *primed = false;
                 }
                 let figures = io::walk(&tree).map_err(io_err(tree.display()))?;
-                Ok(RunReport::Walk { cold, figures })
+                Ok(vec![RunReport::Walk { cold, figures }])
+            }
+            Run::Reread { block } => {
+                // The file stays in the page cache as the re-read left it.
+                *primed = true;
+                Ok(reread(opts, root, block)?.to_vec())
             }
         }
     }
@@ -333,11 +407,16 @@ mod tests {
         assert_eq!(
             "page-seq-1m".parse::<Run>().map(|r| match r {
                 Run::Read { block, .. } => block,
-                Run::Walk { .. } => 0,
+                Run::Walk { .. } | Run::Reread { .. } => 0,
             }),
             Ok(1 << 20)
         );
         assert_eq!("walk-warm".parse::<Run>(), Ok(Run::Walk { cold: false }));
+        assert_eq!(
+            "reread-1m".parse::<Run>(),
+            Ok(Run::Reread { block: 1 << 20 })
+        );
+        assert!("reread-x".parse::<Run>().is_err());
         assert!("warm-seq-4k".parse::<Run>().is_err());
         assert!("cold-seq".parse::<Run>().is_err());
     }

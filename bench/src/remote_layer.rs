@@ -19,7 +19,7 @@ use rstargz_proto::types::Mount;
 use serde::Serialize;
 
 use rstargz_snapshotter::client::{self, Client};
-use rstargz_snapshotter::snapshot::TARGET_REF_LABEL;
+use rstargz_snapshotter::snapshot::{MAX_LABEL_BYTES, TARGET_REF_LABEL};
 
 /// One layer of an image as the labels describe it.
 #[derive(Debug, Clone)]
@@ -155,7 +155,7 @@ impl Snapshotter {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
-            labels.insert(STARGZ_LAYERS.to_owned(), all_layers[i..].join(","));
+            labels.insert(STARGZ_LAYERS.to_owned(), layers_label(&all_layers[i..]));
             if let Some(toc) = &layer.toc_digest {
                 labels.insert(TOC_DIGEST.to_owned(), toc.clone());
             }
@@ -228,34 +228,33 @@ impl Snapshotter {
     }
 }
 
-/// Mounts containerd-style `mounts` (one bind or overlay) at `target`.
+/// The `stargz.layers` label of a layer: it and the layers above it, as
+/// many as fit the label size limit (as containerd's stargz handler does:
+/// leaving some out only costs the warm-up of those).
+fn layers_label(layers: &[&str]) -> String {
+    let mut label = String::new();
+    for l in layers {
+        let sep = usize::from(!label.is_empty());
+        if STARGZ_LAYERS.len() + label.len() + sep + l.len() > MAX_LABEL_BYTES {
+            break;
+        }
+        if sep == 1 {
+            label.push(',');
+        }
+        label.push_str(l);
+    }
+    label
+}
+
+/// Mounts containerd-style `mounts` (one bind or overlay) at `target`, as
+/// containerd would (deep overlays included).
 pub fn mount_all(mounts: &[Mount], target: &Path) -> std::io::Result<()> {
-    use nix::mount::MsFlags;
     let [m] = mounts else {
         return Err(std::io::Error::other(format!(
             "expected one mount, got {mounts:?}"
         )));
     };
-    let mut flags = MsFlags::empty();
-    let mut data = Vec::new();
-    for o in &m.options {
-        match o.as_str() {
-            "ro" => flags |= MsFlags::MS_RDONLY,
-            "rw" => {}
-            "bind" => flags |= MsFlags::MS_BIND,
-            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
-            other => data.push(other),
-        }
-    }
-    let data = data.join(",");
-    nix::mount::mount(
-        Some(m.source.as_str()),
-        target,
-        Some(m.r#type.as_str()),
-        flags,
-        Some(data.as_str()),
-    )
-    .map_err(std::io::Error::from)
+    rstargz_snapshotter::snapshot::mount::mount(&m.r#type, &m.source, &m.options, target)
 }
 
 /// Mounts an overlay of `lower` (read-only) with a fresh upper layer under

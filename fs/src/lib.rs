@@ -5,7 +5,10 @@
 //! code that reads through a small random-access trait and knows nothing of
 //! HTTP or FUSE; `registry` fetches byte ranges of blobs; `cache` keeps
 //! verified chunks in memory and on disk; `layer` joins them into a reader of
-//! one layer; `fuse` serves that reader to the kernel.
+//! one layer; `fuse` serves that reader to the kernel. `purpose`,
+//! `priority_gate` and `work` are shared by all of them: why bytes are
+//! wanted, and the bounded, priority-ordered use of connections and of
+//! blocking threads that follows from it.
 
 pub mod cache;
 pub mod estargz;
@@ -14,5 +17,7 @@ pub mod fuse;
 pub mod fuzzing;
 pub mod histogram;
 pub mod layer;
+pub mod priority_gate;
 pub mod purpose;
 pub mod registry;
+pub mod work;

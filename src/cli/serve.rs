@@ -109,10 +109,7 @@ fn start(args: ServeArgs, format: &mut LogFormat) -> anyhow::Result<()> {
             "[kubeconfig_keychain] is not supported (use [cri_keychain] or a docker config); ignored"
         );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start tokio runtime")?;
+    let runtime = super::service_runtime()?;
     runtime.block_on(serve(root, address, config))
 }
 

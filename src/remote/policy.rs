@@ -126,6 +126,8 @@ pub struct MountPolicy {
     pub read_timeout: Option<Duration>,
     /// Kernel passthrough for fully cached files.
     pub passthrough: bool,
+    /// FUSE worker threads per mounted layer.
+    pub threads: usize,
     /// A debug line at each file's first open (`log_file_access`).
     pub log_file_access: bool,
 }
@@ -142,6 +144,7 @@ impl MountPolicy {
         if let Some(t) = self.read_timeout {
             opts.read_timeout = t;
         }
+        opts.threads = self.threads.max(1);
     }
 }
 
@@ -198,6 +201,7 @@ impl Policies {
                 entry_ttl: config.fuse.entry_timeout.map(secs),
                 read_timeout: config.fuse.read_timeout_sec.map(secs),
                 passthrough: config.fuse.passthrough,
+                threads: config.fuse.threads_per_mount,
                 log_file_access: config.log_file_access,
             },
             cache: CachePolicy {
@@ -259,6 +263,7 @@ mod tests {
         assert_eq!(p.background.stream_layer_max_bytes, 64 << 20);
         assert_eq!(p.mount.attr_ttl, None);
         assert!(p.mount.passthrough);
+        assert_eq!(p.mount.threads, 2);
         assert_eq!(p.cache.dir, Path::new("/r/cache"));
         assert_eq!(p.check_validity, Duration::from_secs(60));
         assert_eq!(p.read_amplify_bytes, 256 << 10);
@@ -348,6 +353,7 @@ check_always = true
 [fuse]
 attr_timeout = 1
 read_timeout_sec = 7
+threads_per_mount = 3
 [directory_cache]
 dir = "/elsewhere"
 "#,
@@ -365,6 +371,7 @@ dir = "/elsewhere"
         p.mount.apply(&mut opts);
         assert_eq!(opts.attr_ttl, Duration::from_secs(1));
         assert_eq!(opts.read_timeout, Duration::from_secs(7));
+        assert_eq!(opts.threads, 3);
         assert_eq!(opts.entry_ttl, untouched);
     }
 

@@ -58,6 +58,7 @@ fn cache() -> Arc<ChunkCache> {
     Arc::new(ChunkCache::new(
         &ChunkCacheConfig {
             memory_bytes: 1 << 20,
+            ..ChunkCacheConfig::default()
         },
         None,
     ))

@@ -117,6 +117,7 @@ impl StargzFs {
         let chunks = ChunkCache::new(
             &ChunkCacheConfig {
                 memory_bytes: cache.memory_bytes,
+                ..ChunkCacheConfig::default()
             },
             Some(Arc::new(disk)),
         );
@@ -226,6 +227,11 @@ impl StargzFs {
     /// The shared chunk cache.
     pub fn cache(&self) -> &Arc<ChunkCache> {
         self.resolver.cache()
+    }
+
+    /// The files kept for kernel passthrough, when it is on.
+    pub fn passthrough_files(&self) -> Option<&Arc<FileStore>> {
+        self.files.as_ref()
     }
 
     /// Labels and totals of the Go-named metrics.

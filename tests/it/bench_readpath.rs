@@ -2,8 +2,11 @@
 //! `scripts/bench-readpath.sh`) at small sizes: an eStargz image in a real
 //! `docker-registry`, mounted through the real daemon's socket, read in every
 //! cache state, walked, and compared with the native overlay of the same
-//! tree. Asserts that every figure is produced and adds up; never timing.
-//! Takes a few seconds (needs root: FUSE, overlay, drop_caches).
+//! tree; then read inside a container through containerd (rstargz and
+//! containerd's overlayfs), cold and at once again. Asserts that every
+//! figure is produced and adds up; never timing. Takes a few seconds (needs
+//! root: FUSE, overlay, drop_caches; containerd, runc, ctr-remote,
+//! busybox-static).
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,6 +16,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::Daemon;
+use common::containerd::RunDirGuard;
+use rstargz_bench::coldstart::procs::Snapshotter;
+use rstargz_bench::container::ContainerSnapshotter;
 use rstargz_bench::io::Access;
 use rstargz_bench::read_path::{self, Options, RunReport, State, Target};
 use rstargz_bench::resources;
@@ -133,6 +139,38 @@ async fn read_path_and_resources_produce_figures() {
         .unwrap();
     check(&report, "native");
     assert!(report.prepare_ms.is_empty());
+
+    // Inside a container through a private containerd: rstargz, and
+    // containerd's own overlayfs as the baseline.
+    let _run_dir = RunDirGuard::new();
+    let proxy = ContainerSnapshotter::Proxy {
+        which: Snapshotter::Rstargz,
+        socket: daemon.socket.clone(),
+    };
+    for (label, snapshotter) in [
+        ("ctr-rstargz", proxy),
+        ("ctr-overlayfs", ContainerSnapshotter::Overlayfs),
+    ] {
+        let target = Target::Container {
+            snapshotter,
+            image: reference.clone(),
+        };
+        let mut opts = options(target, &dir.path().join(label));
+        opts.runs = vec!["reread-128k".parse().unwrap()];
+        let report = read_path::run(&opts).await.unwrap();
+        let states: Vec<State> = report
+            .runs
+            .iter()
+            .map(|r| match r {
+                RunReport::Read { state, figures, .. } => {
+                    assert_eq!(figures.bytes, FILE_LEN as u64, "{label}: {r:?}");
+                    *state
+                }
+                RunReport::Walk { .. } => panic!("{label}: a walk in {report:?}"),
+            })
+            .collect();
+        assert_eq!(states, [State::Cold, State::Reread], "{label}");
+    }
 
     let usage = resources::measure(
         &daemon.socket,

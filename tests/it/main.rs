@@ -24,9 +24,11 @@ mod snapshotter; // daemon over its socket, `du`
 #[cfg(feature = "system")]
 mod bench_coldstart; // root, containerd, runc, ctr-remote, registry, the Go reference
 #[cfg(feature = "system")]
-mod bench_readpath; // root: FUSE, overlayfs, drop_caches; registry
+mod bench_readpath; // root: FUSE, overlayfs, drop_caches, containerd, runc; registry
 #[cfg(feature = "system")]
 mod compose; // root: dockerd, docker-compose, mmdebstrap
+#[cfg(feature = "system")]
+mod container_reread; // root: containerd, runc, ctr-remote; registry
 #[cfg(feature = "system")]
 mod containerd; // root: containerd
 #[cfg(feature = "system")]
@@ -56,6 +58,8 @@ mod live_restart; // root: FUSE, overlayfs; registry
 mod mount_cli; // root: FUSE, overlayfs; registry
 #[cfg(feature = "system")]
 mod remote; // root: FUSE, overlayfs; registry
+#[cfg(feature = "system")]
+mod scale_threads; // root: FUSE, overlayfs; registry (a measurement, ignored by default)
 #[cfg(feature = "system")]
 mod security; // root: FUSE; registry
 #[cfg(feature = "system")]

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 
 use rstargz_image::build::LayerInput;
 
-const BUSYBOX: &str = "/bin/busybox";
+use super::procs::BUSYBOX;
 const PYTHON: &str = "/usr/bin/python3.11";
 const PYTHON_LIB: &str = "/usr/lib/python3.11";
 

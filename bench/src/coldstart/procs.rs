@@ -11,6 +11,9 @@ use rstargz_test_support::containerd;
 
 pub use rstargz_test_support::process::ProcessGuard as Guard;
 
+/// busybox-static on the host: the workloads' only executable.
+pub const BUSYBOX: &str = "/bin/busybox";
+
 /// Starts `cmd` under a [`Guard`], logging into `log`; the process dies
 /// with the benchmark, however the benchmark ends.
 pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> std::io::Result<Guard> {
@@ -200,12 +203,24 @@ impl Containerd {
         id: &str,
         cmd: &[String],
     ) -> anyhow::Result<String> {
+        self.run_with(&["--rm"], snapshotter, image, id, cmd)
+    }
+
+    /// Like [`Self::run`] with `extra` options of `ctr run` (`-d`, `--mount …`).
+    pub fn run_with(
+        &self,
+        extra: &[&str],
+        snapshotter: &str,
+        image: &str,
+        id: &str,
+        cmd: &[String],
+    ) -> anyhow::Result<String> {
         let fifo = self.dir.join("fifo");
         let runc = self.dir.join("runc");
         let cgroup = format!("/rstargz-bench-{}-{id}", std::process::id());
-        let mut args: Vec<&str> = vec![
-            "run",
-            "--rm",
+        let mut args: Vec<&str> = vec!["run"];
+        args.extend(extra);
+        args.extend([
             "--snapshotter",
             snapshotter,
             "--fifo-dir",
@@ -216,7 +231,7 @@ impl Containerd {
             &cgroup,
             image,
             id,
-        ];
+        ]);
         args.extend(cmd.iter().map(String::as_str));
         self.tool("ctr", &args)
     }

@@ -144,40 +144,26 @@ impl ContentDir {
         self.evictions.load(Ordering::Relaxed)
     }
 
-    /// Writes `key` through `fill` into a temporary file and, if `fill`
-    /// returns true, renames it into place and evicts down to the bound.
-    /// Returns whether the file was stored.
-    pub fn write(
-        &self,
-        key: &Digest,
-        fill: impl FnOnce(&mut File) -> io::Result<bool>,
-    ) -> io::Result<bool> {
-        let path = self.path(key);
+    /// A fresh temporary file for `key` (on the directory's filesystem),
+    /// to be [`adopt`](Self::adopt)ed or deleted by the caller.
+    pub fn temp_path(&self, key: &Digest) -> PathBuf {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.tmp.join(format!(
+        self.tmp.join(format!(
             "{}.{}.{seq}",
             hex::encode(key.0),
             std::process::id()
-        ));
-        let res = (|| {
-            let mut f = File::create(&tmp)?;
-            if !fill(&mut f)? {
-                return Ok(None);
-            }
-            let len = f.metadata()?.len();
-            if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir)?;
-            }
-            fs::rename(&tmp, &path)?;
-            Ok(Some(len))
-        })();
-        let len = match res {
-            Ok(Some(len)) => len,
-            other => {
-                let _ = fs::remove_file(&tmp);
-                return other.map(|_| false);
-            }
-        };
+        ))
+    }
+
+    /// Renames the complete temporary file `tmp` into place as `key` and
+    /// evicts down to the bound.
+    pub fn adopt(&self, key: &Digest, tmp: &Path) -> io::Result<()> {
+        let path = self.path(key);
+        let len = fs::metadata(tmp)?.len();
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::rename(tmp, &path)?;
         {
             let mut lru = self.lock();
             if let Some(old) = lru.entries.put(*key, len) {
@@ -186,7 +172,30 @@ impl ContentDir {
             lru.bytes += len;
         }
         self.evict_to(self.max_bytes);
-        Ok(true)
+        Ok(())
+    }
+
+    /// Writes `key` through `fill` into a temporary file and, if `fill`
+    /// returns true, renames it into place and evicts down to the bound.
+    /// Returns whether the file was stored.
+    pub fn write(
+        &self,
+        key: &Digest,
+        fill: impl FnOnce(&mut File) -> io::Result<bool>,
+    ) -> io::Result<bool> {
+        let tmp = self.temp_path(key);
+        let res = (|| {
+            let mut f = File::create(&tmp)?;
+            if !fill(&mut f)? {
+                return Ok(false);
+            }
+            self.adopt(key, &tmp)?;
+            Ok(true)
+        })();
+        if !matches!(res, Ok(true)) {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
     }
 
     /// The bound.

@@ -5,7 +5,9 @@
 //! - A file is keyed by [`FileStore::file_key`], the sha256 of its chunk
 //!   digests and sizes, so identical files in different layers share one copy.
 //! - A file is only handed out ([`FileStore::ready_file`]) after this process
-//!   has assembled it from verified chunks or re-verified every chunk of an
+//!   has assembled it from verified chunks, filled it with the verified bytes
+//!   of the reads that passed through ([`FileStore::record_read`], see
+//!   [`file_fill`](super::file_fill)), or re-verified every chunk of an
 //!   existing copy; a copy that fails the check is deleted. Preparation runs
 //!   off the request path and never blocks an open.
 //! - Files are written atomically and bounded in total size with LRU
@@ -28,6 +30,7 @@ use sha2::{Digest as _, Sha256};
 use super::content_dir::ContentDir;
 use super::disk::DiskCache;
 use super::error::DiskCacheError;
+use super::file_fill::Fills;
 use crate::estargz::{Chunk, Digest};
 
 /// Counters of the file store.
@@ -39,6 +42,8 @@ pub struct FileStoreStats {
     pub verified: AtomicU64,
     /// Existing files that failed verification and were deleted.
     pub corrupt: AtomicU64,
+    /// Files completed by the reads that passed through.
+    pub filled: AtomicU64,
 }
 
 #[derive(Default)]
@@ -53,6 +58,7 @@ pub struct FileStore {
     dir: ContentDir,
     state: Mutex<State>,
     stats: FileStoreStats,
+    fills: Fills,
 }
 
 impl std::fmt::Debug for State {
@@ -71,6 +77,7 @@ impl FileStore {
             dir: ContentDir::open(root.join("files"), root.join("files-tmp"), max_bytes)?,
             state: Mutex::new(State::default()),
             stats: FileStoreStats::default(),
+            fills: Fills::default(),
         })
     }
 
@@ -146,8 +153,49 @@ impl FileStore {
         st.busy.remove(&key);
         if matches!(res, Ok(true)) {
             st.ready.insert(key);
+            self.fills.forget(&key);
         }
         res
+    }
+
+    /// Records `data`, verified bytes at `offset` of the `size`-byte file
+    /// `key` that an application read; the file is ready once every byte
+    /// was recorded. Returns whether it is ready now.
+    pub fn record_read(
+        &self,
+        key: Digest,
+        size: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> io::Result<bool> {
+        {
+            let st = self.lock();
+            if st.ready.contains(&key) {
+                return Ok(true);
+            }
+            if st.busy.contains(&key) || size > self.dir.max_bytes() {
+                return Ok(false);
+            }
+        }
+        self.fills.record(
+            key,
+            size,
+            offset,
+            data,
+            || self.dir.temp_path(&key),
+            |tmp| {
+                // Under the lock: an assembly that started meanwhile (and
+                // may be checking an older copy at this path) wins.
+                let mut st = self.lock();
+                if st.busy.contains(&key) {
+                    return Ok(false);
+                }
+                self.dir.adopt(&key, tmp)?;
+                st.ready.insert(key);
+                self.stats.filled.fetch_add(1, Ordering::Relaxed);
+                Ok(true)
+            },
+        )
     }
 
     fn prepare_locked(&self, key: Digest, chunks: &[Chunk], disk: &DiskCache) -> io::Result<bool> {

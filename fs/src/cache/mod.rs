@@ -11,6 +11,7 @@
 pub mod content_dir;
 pub mod disk;
 pub mod error;
+pub mod file_fill;
 pub mod files;
 
 use std::future::Future;
@@ -21,6 +22,8 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 
 use crate::estargz::Digest;
+use crate::purpose::Purpose;
+use crate::work::BlockingWork;
 pub use content_dir::ContentDir;
 pub use disk::{DiskCache, DiskCacheStats};
 pub use error::DiskCacheError;
@@ -72,6 +75,9 @@ pub struct CacheStats {
 pub struct ChunkCacheConfig {
     /// Bound of the in-memory tier in bytes.
     pub memory_bytes: u64,
+    /// Blocking tasks (disk tier, decoding, indexing) running at once for
+    /// every layer using this cache.
+    pub work_threads: usize,
 }
 
 impl Default for ChunkCacheConfig {
@@ -80,6 +86,7 @@ impl Default for ChunkCacheConfig {
         // up to 4 MiB by default), small next to a node's memory.
         ChunkCacheConfig {
             memory_bytes: 256 << 20,
+            work_threads: BlockingWork::default_threads(),
         }
     }
 }
@@ -89,6 +96,7 @@ pub struct ChunkCache {
     memory: moka::future::Cache<ChunkKey, Bytes>,
     disk: Option<Arc<DiskCache>>,
     stats: CacheStats,
+    work: Arc<BlockingWork>,
 }
 
 impl std::fmt::Debug for ChunkCache {
@@ -110,12 +118,18 @@ impl ChunkCache {
             memory,
             disk,
             stats: CacheStats::default(),
+            work: BlockingWork::new(config.work_threads),
         }
     }
 
     /// Counters.
     pub fn stats(&self) -> &CacheStats {
         &self.stats
+    }
+
+    /// The bounded blocking threads of the layers using this cache.
+    pub fn work(&self) -> &Arc<BlockingWork> {
+        &self.work
     }
 
     /// The disk tier, if any.
@@ -140,10 +154,15 @@ impl ChunkCache {
 
     /// Returns the chunk from memory or disk, or runs `fetch` (which must
     /// return verified bytes) once for all concurrent callers and stores the
-    /// result in both tiers. Callers are joined only when they use the same
-    /// error type `E` (moka keys its waiters by it): every caller of one
-    /// cache must use one type.
-    pub async fn get_or_fetch<F, E>(&self, key: ChunkKey, fetch: F) -> Result<Bytes, Arc<E>>
+    /// result in both tiers; its disk I/O queues as `purpose`. Callers are
+    /// joined only when they use the same error type `E` (moka keys its
+    /// waiters by it): every caller of one cache must use one type.
+    pub async fn get_or_fetch<F, E>(
+        &self,
+        key: ChunkKey,
+        purpose: Purpose,
+        fetch: F,
+    ) -> Result<Bytes, Arc<E>>
     where
         F: Future<Output = Result<Bytes, E>>,
         E: Send + Sync + 'static,
@@ -153,7 +172,7 @@ impl ChunkCache {
             .memory
             .try_get_with(key, async {
                 ran = true;
-                if let Some(bytes) = self.load_from_disk(key).await {
+                if let Some(bytes) = self.load_from_disk(key, purpose).await {
                     self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(bytes);
                 }
@@ -162,7 +181,7 @@ impl ChunkCache {
                 self.stats
                     .fetched_bytes
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                self.store_on_disk(key, bytes.clone()).await;
+                self.store_on_disk(key, purpose, bytes.clone()).await;
                 Ok(bytes)
             })
             .await;
@@ -172,23 +191,27 @@ impl ChunkCache {
         res
     }
 
-    async fn load_from_disk(&self, key: ChunkKey) -> Option<Bytes> {
+    async fn load_from_disk(&self, key: ChunkKey, purpose: Purpose) -> Option<Bytes> {
         let disk = self.disk.as_ref().filter(|_| key.verifiable)?.clone();
-        tokio::task::spawn_blocking(move || disk.get(&key.digest))
+        self.work
+            .run(purpose, move || disk.get(&key.digest))
             .await
             .ok()
             .flatten()
             .map(Bytes::from)
     }
 
-    async fn store_on_disk(&self, key: ChunkKey, bytes: Bytes) {
+    async fn store_on_disk(&self, key: ChunkKey, purpose: Purpose, bytes: Bytes) {
         let Some(disk) = self.disk.as_ref().filter(|_| key.verifiable).cloned() else {
             return;
         };
         // Awaited so that a chunk a reader has seen is durable in the cache
         // directory (page cache) before the read completes; the write is a
         // local copy, small next to the fetch that preceded it.
-        let res = tokio::task::spawn_blocking(move || disk.put(&key.digest, &bytes)).await;
+        let res = self
+            .work
+            .run(purpose, move || disk.put(&key.digest, &bytes))
+            .await;
         if !matches!(res, Ok(Ok(()))) {
             self.stats.disk_write_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(chunk = %key.digest, "cannot write chunk to the disk cache");

@@ -32,6 +32,7 @@ use super::stats::FuseStats;
 use crate::cache::FileStore;
 use crate::estargz::{Index, Ino, NodeKind};
 use crate::layer::{LayerError, LayerReader};
+use crate::purpose::Purpose;
 
 const BLOCK_SIZE: u32 = 4096;
 /// Largest FUSE request we ask for: 1 MiB reads halve round trips twice
@@ -173,6 +174,22 @@ impl LayerFs {
         Some((store, FileStore::file_key(&self.index.chunks(ino))?))
     }
 
+    /// Where the bytes of a read of `ino` also go: the file's passthrough
+    /// copy, while it may be passed through and is not ready yet.
+    fn fill_target(&self, ino: Ino) -> Option<Fill> {
+        let (store, key) = self.passthrough_key(ino)?;
+        if store.is_ready(&key) {
+            return None;
+        }
+        let size = self.index.node(ino)?.size();
+        Some(Fill {
+            store: store.clone(),
+            key,
+            size,
+            ino,
+        })
+    }
+
     /// Opens `ino` in the mode the passthrough table chooses.
     fn open_file(&self, ino: Ino, reply: ReplyOpen) {
         let key = self.passthrough_key(ino);
@@ -240,9 +257,20 @@ impl LayerFs {
             return;
         };
         let (store, index) = (store.clone(), self.index.clone());
-        self.runtime.spawn_blocking(move || {
-            if let Err(e) = store.prepare(key, &index.chunks(ino), &disk) {
-                tracing::warn!(ino, error = %e, "cannot materialize file for passthrough");
+        let work = self.layer.cache().work().clone();
+        // A whole file's worth of disk I/O: behind every read someone waits for.
+        self.runtime.spawn(async move {
+            let prepared = work
+                .run(Purpose::Background, move || {
+                    store.prepare(key, &index.chunks(ino), &disk)
+                })
+                .await;
+            match prepared {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(ino, error = %e, "cannot materialize file for passthrough")
+                }
+                Err(e) => tracing::warn!(ino, error = %e, "passthrough assembly task failed"),
             }
         });
     }
@@ -363,6 +391,25 @@ impl LayerFs {
 
     fn ttl(&self) -> Duration {
         self.opts.attr_ttl
+    }
+}
+
+/// A file's passthrough copy that reads fill (see `cache::file_fill`).
+struct Fill {
+    store: Arc<FileStore>,
+    key: crate::estargz::Digest,
+    size: u64,
+    ino: Ino,
+}
+
+impl Fill {
+    /// Writes `data`, the bytes read at `offset`, into the copy. A failure
+    /// only means the file is not passed through yet (release assembles it
+    /// from the chunk cache later).
+    fn record(&self, offset: u64, data: &[u8]) {
+        if let Err(e) = self.store.record_read(self.key, self.size, offset, data) {
+            tracing::debug!(ino = self.ino, error = %e, "cannot fill the passthrough copy");
+        }
     }
 }
 
@@ -506,6 +553,7 @@ impl Filesystem for LayerFs {
         let Some(_pass) = self.live.gate.enter() else {
             return std::mem::forget(reply);
         };
+        self.stats.releases.fetch_add(1, Ordering::Relaxed);
         if let Ok(i) = Self::ino(ino) {
             if let Some(raw) = self.live.opens.release(i, fh.0) {
                 self.live.close_backing(raw);
@@ -538,8 +586,14 @@ impl Filesystem for LayerFs {
             Err(e) => return reply.error(errno(&e)),
         };
         let sequential = self.access.record(ino, offset, u64::from(size));
+        let fill = self.fill_target(ino);
         if let Some(data) = self.layer.read_cached(ino, offset, u64::from(size)) {
             self.stats.reads_inline.fetch_add(1, Ordering::Relaxed);
+            // Before the reply: the reader's next open must find the copy
+            // complete. A local write into the page cache, not network I/O.
+            if let Some(fill) = &fill {
+                fill.record(offset, &data);
+            }
             self.stats.read_latency.observe(started.elapsed());
             return reply.data(&data);
         }
@@ -556,6 +610,7 @@ impl Filesystem for LayerFs {
         };
         let gate = self.live.gate.clone();
         let reply = Held::new(reply, gate.clone());
+        let work = self.layer.cache().work().clone();
         self.runtime.spawn(async move {
             // After a handover the successor answers (the read is resent).
             let Some(_pass) = gate.enter() else { return };
@@ -582,7 +637,19 @@ impl Filesystem for LayerFs {
             stats.async_read_latency.observe(waited.elapsed());
             stats.read_latency.observe(started.elapsed());
             match res {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    let data = bytes::Bytes::from(data);
+                    if let Some(fill) = fill {
+                        let copy = data.clone();
+                        let filled = work
+                            .run(Purpose::OnDemand, move || fill.record(offset, &copy))
+                            .await;
+                        if let Err(e) = filled {
+                            tracing::debug!(ino, error = %e, "passthrough copy task failed");
+                        }
+                    }
+                    reply.data(&data)
+                }
                 Err(e) => {
                     stats.read_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(ino, offset, size, error = %e, "read failed");

@@ -57,7 +57,8 @@ pub struct MountOptions {
     /// layer's 128 KiB default, which also caps buffered read requests at
     /// 128 KiB; raising it lets sequential reads arrive as 1 MiB requests.
     pub read_ahead_kb: u32,
-    /// FUSE worker threads of this mount.
+    /// FUSE worker threads of this mount (fuser adds one that waits for
+    /// them). Two: see the daemon's `[fuse] threads_per_mount`.
     pub threads: usize,
     /// Which xattr marks opaque directories (user when overlay uses `userxattr`).
     pub opaque_xattr: OpaqueXattr,
@@ -90,7 +91,7 @@ impl Default for MountOptions {
             read_timeout: Duration::from_secs(30),
             read_ahead_chunks: 2,
             read_ahead_kb: 1024,
-            threads: 4,
+            threads: 2,
             opaque_xattr: OpaqueXattr::Trusted,
             allow_other: true,
             runtime: None,

@@ -16,6 +16,9 @@ pub struct FuseStats {
     pub readdirs: AtomicU64,
     /// open calls.
     pub opens: AtomicU64,
+    /// release calls (the kernel sends them after the last close, so a
+    /// reader's next open may arrive first).
+    pub releases: AtomicU64,
     /// Reads answered inline from memory.
     pub reads_inline: AtomicU64,
     /// Reads answered from a worker task.
@@ -45,6 +48,7 @@ impl Default for FuseStats {
             getattrs: AtomicU64::default(),
             readdirs: AtomicU64::default(),
             opens: AtomicU64::default(),
+            releases: AtomicU64::default(),
             reads_inline: AtomicU64::default(),
             reads_async: AtomicU64::default(),
             read_errors: AtomicU64::default(),
@@ -74,6 +78,7 @@ impl FuseStats {
         add(&self.getattrs, &other.getattrs);
         add(&self.readdirs, &other.readdirs);
         add(&self.opens, &other.opens);
+        add(&self.releases, &other.releases);
         add(&self.reads_inline, &other.reads_inline);
         add(&self.reads_async, &other.reads_async);
         add(&self.read_errors, &other.read_errors);

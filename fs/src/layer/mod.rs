@@ -26,6 +26,7 @@ use crate::estargz::{
     self, BlobOrder, Chunk, Compression, Digest, Index, Ino, NodeKind, OpenOptions, Opener, Step,
     Verify, decode_chunk,
 };
+use crate::work::BlockingWork;
 pub use source::{BlobSource, LocalBlob, Purpose};
 
 /// Reads of the same bytes before their decode or verification failure is
@@ -143,10 +144,11 @@ impl LayerReader {
     ) -> Result<Self, LayerError> {
         let size = source.size();
         let mut attempt = 1;
+        let work = cache.work().clone();
         let (opened, mut timings) = loop {
             let mut asked = Vec::new();
             let mut timings = OpenTimings::default();
-            match open_toc(&*source, opts, &mut asked, &mut timings).await {
+            match open_toc(&*source, opts, &work, &mut asked, &mut timings).await {
                 Ok(opened) => break (opened, timings),
                 Err(e @ LayerError::Format(_)) if attempt < FETCH_ATTEMPTS => {
                     tracing::warn!(attempt, error = %e, "layer footer or TOC unusable; fetching again");
@@ -162,12 +164,13 @@ impl LayerReader {
         let indexing = std::time::Instant::now();
         // Indexing takes ~100 ms for a 100k-entry TOC (parsing too, in
         // open_toc): never on a runtime worker.
-        let (index, footer, toc_digest) = tokio::task::spawn_blocking(move || {
-            let estargz::OpenedToc { footer, toc } = opened;
-            Index::build(&toc.toc, &footer, &limits).map(|index| (index, footer, toc.digest))
-        })
-        .await
-        .map_err(|e| LayerError::Task(e.to_string()))??;
+        let (index, footer, toc_digest) = work
+            .run(Purpose::Metadata, move || {
+                let estargz::OpenedToc { footer, toc } = opened;
+                Index::build(&toc.toc, &footer, &limits).map(|index| (index, footer, toc.digest))
+            })
+            .await
+            .map_err(|e| LayerError::Task(e.to_string()))??;
         timings.deserialize += indexing.elapsed();
         Ok(LayerReader {
             index: Arc::new(index),
@@ -322,7 +325,7 @@ impl LayerReader {
         }
         let key = self.key(ino, chunk);
         self.cache
-            .get_or_fetch(key, self.fetch_chunk(ino, chunk.clone(), purpose))
+            .get_or_fetch(key, purpose, self.fetch_chunk(ino, chunk.clone(), purpose))
             .await
             .map_err(LayerError::Shared)
             .and_then(|bytes| {
@@ -392,11 +395,14 @@ impl LayerReader {
                 self.cache_followers(std::mem::take(&mut followers), fetched, range.start);
             }
             let (compression, verify, c) = (self.compression, self.verify, chunk.clone());
-            let decoded = tokio::task::spawn_blocking(move || {
-                decode_chunk(compression, ino, &c, &compressed, verify)
-            })
-            .await
-            .map_err(|e| LayerError::Task(e.to_string()))?;
+            let decoded = self
+                .cache
+                .work()
+                .run(purpose, move || {
+                    decode_chunk(compression, ino, &c, &compressed, verify)
+                })
+                .await
+                .map_err(|e| LayerError::Task(e.to_string()))?;
             match decoded {
                 Ok(v) => return Ok(Bytes::from(v)),
                 Err(e) => {
@@ -421,6 +427,7 @@ impl LayerReader {
 async fn open_toc(
     source: &dyn BlobSource,
     opts: &OpenOptions,
+    work: &BlockingWork,
     asked: &mut Vec<std::ops::Range<u64>>,
     timings: &mut OpenTimings,
 ) -> Result<estargz::OpenedToc, LayerError> {
@@ -432,7 +439,8 @@ async fn open_toc(
         let started = std::time::Instant::now();
         let bytes = read(source, range, Purpose::Metadata).await?;
         let (read_time, decoding) = (started.elapsed(), std::time::Instant::now());
-        let step = tokio::task::spawn_blocking(move || opener.feed(&bytes))
+        let step = work
+            .run(Purpose::Metadata, move || opener.feed(&bytes))
             .await
             .map_err(|e| LayerError::Task(e.to_string()))??;
         if footer {
@@ -512,21 +520,23 @@ impl LayerReader {
                 wanted.iter().map(|(i, c, _)| (*i, c.clone())).collect();
             // One blocking task for the whole range: thousands of small
             // files would otherwise cost a task hop each.
-            tokio::task::spawn_blocking(move || {
-                chunks
-                    .into_iter()
-                    .map(|(ino, chunk)| {
-                        let r = chunk.compressed_range();
-                        let compressed =
-                            fetched.slice((r.start - start) as usize..(r.end - start) as usize);
-                        decode_chunk(compression, ino, &chunk, &compressed, verify)
-                            .map(Bytes::from)
-                            .map_err(|e| e.to_string())
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .map_err(|e| e.to_string())
+            self.cache
+                .work()
+                .run(purpose, move || {
+                    chunks
+                        .into_iter()
+                        .map(|(ino, chunk)| {
+                            let r = chunk.compressed_range();
+                            let compressed =
+                                fetched.slice((r.start - start) as usize..(r.end - start) as usize);
+                            decode_chunk(compression, ino, &chunk, &compressed, verify)
+                                .map(Bytes::from)
+                                .map_err(|e| e.to_string())
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .map_err(|e| e.to_string())
         };
         let window = &window;
         let fetch_window = &fetch_window;
@@ -541,7 +551,7 @@ impl LayerReader {
                 // this window is fetching would fetch it again.
                 let got = self
                     .cache
-                    .get_or_fetch(*key, async {
+                    .get_or_fetch(*key, purpose, async {
                         ran = true;
                         let chunk = match window.get_or_init(fetch_window).await {
                             Ok(chunks) => chunks.get(i).cloned().unwrap_or_else(|| {
@@ -599,6 +609,8 @@ impl LayerReader {
     /// at blob offset `base`) in the background.
     fn cache_followers(&self, followers: Vec<(Ino, Chunk, ChunkKey)>, fetched: Bytes, base: u64) {
         let (cache, compression, verify) = (self.cache.clone(), self.compression, self.verify);
+        // Nobody waits for them yet: queued behind on-demand work.
+        let purpose = Purpose::Prefetch;
         tokio::spawn(async move {
             for (ino, chunk, key) in followers {
                 let r = chunk.compressed_range();
@@ -608,8 +620,9 @@ impl LayerReader {
                 else {
                     return;
                 };
+                let work = cache.work().clone();
                 let decode = async move {
-                    tokio::task::spawn_blocking(move || {
+                    work.run(purpose, move || {
                         decode_chunk(compression, ino, &chunk, &compressed, verify)
                     })
                     .await
@@ -617,7 +630,7 @@ impl LayerReader {
                     .map(Bytes::from)
                     .map_err(|e| e.to_string())
                 };
-                if let Err(e) = cache.get_or_fetch(key, decode).await {
+                if let Err(e) = cache.get_or_fetch(key, purpose, decode).await {
                     tracing::debug!(ino, error = %e, "amplified chunk failed to decode or verify");
                 }
             }

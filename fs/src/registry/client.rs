@@ -20,10 +20,10 @@ use super::hosts::{HostsConfig, RegistryHost, Scheme, resolve_hosts};
 use super::http::{GatedResponse, configured_headers, header_str};
 use super::keychain::Keychain;
 use super::metrics::{FetchMetrics, MetricsSnapshot};
-use super::priority_gate::PriorityGate;
 use super::reference::Reference;
 use super::retry::{Backoff, parse_retry_after, retryable_status};
 use super::tls::{ClientCertificate, explain_refusal, load_ca_bundle, load_identity};
+use crate::priority_gate::PriorityGate;
 use crate::purpose::Purpose;
 
 /// Settings of the registry reader.

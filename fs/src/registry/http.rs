@@ -9,7 +9,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use super::error::{RegistryError, Result, describe_transport_error};
 use super::hosts::RegistryHost;
 use super::metrics::FetchMetrics;
-use super::priority_gate::GatePermit;
+use crate::priority_gate::GatePermit;
 use crate::purpose::Purpose;
 
 /// A response together with the concurrency slot it occupies.

@@ -9,8 +9,9 @@
 //! authenticate, [`client`] holds the [`Registry`] facade and its
 //! request loop (`http` has the response helpers both share), [`fetch`]
 //! reads ranges ([`BlobFetcher`]) with help from [`ranges`] and
-//! [`multipart`], [`priority_gate`] orders on-demand before background
-//! work, and [`push`]/[`manifest`] write and read images.
+//! [`multipart`] (the crate's [`PriorityGate`](crate::priority_gate::PriorityGate)
+//! per endpoint orders on-demand before background requests), and
+//! [`push`]/[`manifest`] write and read images.
 //!
 //! Guarantees: never a whole-blob download by accident, credentials never in
 //! Debug/Display/errors/logs, TLS verified unless configured otherwise.
@@ -29,7 +30,6 @@ pub mod manifest;
 pub mod metrics;
 pub mod multipart;
 pub mod oci_digest;
-pub mod priority_gate;
 pub mod push;
 pub mod ranges;
 pub mod reference;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::*;
 use fuse_common::*;
 use rstargz_fs::cache::ChunkKey;
-use rstargz_fs::layer::LayerError;
+use rstargz_fs::layer::{LayerError, Purpose};
 
 #[test]
 fn concurrent_tasks_share_one_fetch() {
@@ -62,7 +62,7 @@ fn cached_chunk_of_the_wrong_size_is_an_error_not_a_panic() {
     let (ino, _) = biggest_file(layer.index());
     let chunk = layer.index().chunks(ino)[0].clone();
     let key = ChunkKey::verified(chunk.digest().unwrap());
-    rt.block_on(cache.get_or_fetch(key, async {
+    rt.block_on(cache.get_or_fetch(key, Purpose::OnDemand, async {
         Ok::<_, LayerError>(Bytes::from_static(b"short"))
     }))
     .unwrap();

@@ -88,6 +88,7 @@ fn sequential_read_throughput() {
     let disk = Arc::new(DiskCache::open(&cache_dir, 8 << 30).unwrap());
     let memory = ChunkCacheConfig {
         memory_bytes: 2 * ((mib as u64) << 20),
+        ..ChunkCacheConfig::default()
     };
     let cache = Arc::new(ChunkCache::new(&memory, Some(disk.clone())));
     let store = Arc::new(FileStore::open(&cache_dir, 8 << 30).unwrap());

@@ -17,8 +17,8 @@ use serde::Deserialize;
 
 pub use sections::{
     BackgroundSection, BlobSection, CacheSection, DEFAULT_LIVE_RESTART_TIMEOUT_SEC,
-    DEFAULT_READ_AMPLIFY_BYTES, DEFAULT_STREAM_WINDOW_BYTES, FuseManagerSection, FuseSection,
-    ResolverHost, ResolverSection,
+    DEFAULT_READ_AMPLIFY_BYTES, DEFAULT_STREAM_WINDOW_BYTES, DEFAULT_THREADS_PER_MOUNT,
+    FuseManagerSection, FuseSection, ResolverHost, ResolverSection,
 };
 
 /// Default of `metrics_max_layer_labels`.

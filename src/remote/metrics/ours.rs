@@ -92,6 +92,20 @@ pub fn render(fs: &StargzFs, layers: &[MountedStats], out: &mut Exposition) {
         "Chunks fetched because no cache had them.",
         &[("", "", load(&cache.fetches))],
     );
+    if let Some(files) = fs.passthrough_files() {
+        let st = files.stats();
+        family(
+            out,
+            "rstargz_passthrough_files_total",
+            "counter",
+            "Files made ready for kernel passthrough: filled by the reads of them, assembled from cached chunks, or an earlier copy verified.",
+            &[
+                ("how", "filled", load(&st.filled)),
+                ("how", "assembled", load(&st.assembled)),
+                ("how", "verified", load(&st.verified)),
+            ],
+        );
+    }
     family(
         out,
         "rstargz_remote_mounts_total",
@@ -121,11 +135,16 @@ pub fn render(fs: &StargzFs, layers: &[MountedStats], out: &mut Exposition) {
             sum(&|m| load(&m.layer.stats().bad_chunks)) + load(&retired.bad_chunks),
         )],
     );
-    let ops: [(&str, FuseCounter); 6] = [
+    let ops: [(&str, FuseCounter); 8] = [
         ("lookup", |s| s.lookups.load(Ordering::Relaxed)),
         ("getattr", |s| s.getattrs.load(Ordering::Relaxed)),
         ("readdir", |s| s.readdirs.load(Ordering::Relaxed)),
         ("open", |s| s.opens.load(Ordering::Relaxed)),
+        // Opens the kernel serves from a local file without the daemon.
+        ("passthrough_open", |s| {
+            s.passthrough_opens.load(Ordering::Relaxed)
+        }),
+        ("release", |s| s.releases.load(Ordering::Relaxed)),
         ("read", FuseStats::reads),
         ("read_error", |s| s.read_errors.load(Ordering::Relaxed)),
     ];

@@ -7,6 +7,7 @@ pub mod backend;
 mod error;
 pub mod gc;
 pub mod layout;
+pub mod mount;
 pub mod overlay;
 mod snapshotter;
 mod types;

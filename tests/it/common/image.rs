@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 
 use rstargz_fs::estargz::{self, FileSource, Layer, OpenOptions};
 use rstargz_fs::registry::Registry;
+use rstargz_image::build::{self, BuildOptions, LayerInput};
 use rstargz_image::oci::{self, Descriptor};
-use rstargz_image::{ImageRef, Store};
+use rstargz_image::{ConvertOptions, ImageRef, Quiet, Store};
 use sha2::Digest as _;
 
 /// A registry client without ambient credentials and with quick retries.
@@ -207,4 +208,30 @@ fn hex_of(bytes: &[u8]) -> String {
 /// An image location for `repo:tag` on `host`.
 pub fn at(host: &str, repo: &str) -> ImageRef {
     ImageRef::parse(&format!("{host}/{repo}")).unwrap()
+}
+
+/// Builds a plain gzip image of `inputs` as `host/repo:plain` and converts
+/// it to eStargz (the converter's defaults) as `host/repo:esgz`, the way a
+/// user makes one; returns the eStargz image and how many layers it has.
+pub async fn build_estargz(
+    client: &Registry,
+    host: &str,
+    repo: &str,
+    inputs: &[LayerInput],
+) -> (ImageRef, usize) {
+    let plain = at(host, &format!("{repo}:plain"));
+    build::from_dirs(client, &plain, inputs, &BuildOptions::default())
+        .await
+        .unwrap();
+    let esgz = at(host, &format!("{repo}:esgz"));
+    let report = rstargz_image::convert(
+        client,
+        &plain,
+        &esgz,
+        &ConvertOptions::default(),
+        std::sync::Arc::new(Quiet),
+    )
+    .await
+    .unwrap();
+    (esgz, report.manifests[0].layers.len())
 }

@@ -1,6 +1,7 @@
 //! Helpers of the tests of remote (lazily pulled) layers: eStargz layers
 //! built in memory, the labels containerd's remote-snapshot handler sets, a
-//! daemon configured for a test registry, and mount inspection.
+//! daemon configured for a test registry, mount inspection and the
+//! daemon's metrics.
 
 use std::path::{Path, PathBuf};
 

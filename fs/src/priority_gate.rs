@@ -1,7 +1,8 @@
-//! Bounded concurrency per registry endpoint with priorities: a request may
-//! start only when a slot is free and no request of a more urgent
-//! [`Purpose`] (by [`Purpose::priority`]) is waiting, so on-demand reads overtake prefetch and
-//! background fetches. Cancel-safe: a dropped waiter unregisters itself.
+//! Bounded concurrency with priorities (requests per registry endpoint,
+//! blocking work in [`work`](crate::work)): a task may start only when a
+//! slot is free and no task of a more urgent [`Purpose`] (by
+//! [`Purpose::priority`]) is waiting, so on-demand reads overtake prefetch
+//! and background fetches. Cancel-safe: a dropped waiter unregisters itself.
 
 use std::sync::{Arc, Mutex};
 
