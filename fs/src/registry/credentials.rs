@@ -19,50 +19,10 @@ use tokio::io::AsyncWriteExt;
 
 use super::error::{RegistryError, Result};
 use super::keychain::Keychain;
+pub use super::secret::{Credential, Secret, normalise_host};
 
 /// How long a credential helper's answer is reused before asking again.
 const HELPER_ANSWER_TTL: Duration = Duration::from_secs(60);
-
-/// A secret string; formatting it prints `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    /// The secret itself, for building a request header.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// Credentials for one registry host.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Credential {
-    /// Username and password (basic auth, or basic auth at the token realm).
-    Basic {
-        /// User name (not secret).
-        username: String,
-        /// Password.
-        password: Secret,
-    },
-    /// An OAuth2 refresh token (`identitytoken`), exchanged at the token realm.
-    IdentityToken(Secret),
-}
 
 /// Where credentials come from: the [`Keychain`] first (credentials
 /// handed in at run time), then docker's `config.json`, re-read whenever
@@ -152,21 +112,6 @@ pub fn default_docker_config_path() -> Option<PathBuf> {
         return Some(PathBuf::from(dir).join("config.json"));
     }
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
-}
-
-/// The key docker uses for a host (`host[:port]` of a host, URL or
-/// `host/path`): docker.io's aliases share one entry.
-pub fn normalise_host(key: &str) -> String {
-    let k = key.trim();
-    let k = k
-        .strip_prefix("https://")
-        .or_else(|| k.strip_prefix("http://"))
-        .unwrap_or(k);
-    let k = k.split('/').next().unwrap_or(k);
-    match k {
-        "docker.io" | "index.docker.io" | "registry-1.docker.io" => "index.docker.io".to_string(),
-        other => other.to_string(),
-    }
 }
 
 /// Reads and parses a docker config.json; a missing file means no

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::credentials::{Credential, normalise_host};
+use super::secret::{Credential, normalise_host};
 
 /// Receives every change of a [`Keychain`], in order.
 pub trait KeychainMirror: Send + Sync {

@@ -5,7 +5,7 @@
 //! [`labels`] turns Prepare labels into a [`LayerSource`], [`hosts`] lists
 //! endpoints (mirrors, containerd's hosts.toml) and [`tls`] reads their
 //! CA and client certificate files, [`credentials`] (with the run-time
-//! [`keychain`]) and [`auth`]
+//! [`keychain`]; both hand out a [`secret`] credential) and [`auth`]
 //! authenticate, [`client`] holds the [`Registry`] facade and its
 //! request loop (`http` has the response helpers both share), [`fetch`]
 //! reads ranges ([`BlobFetcher`]) with help from [`ranges`] and
@@ -34,6 +34,7 @@ pub mod push;
 pub mod ranges;
 pub mod reference;
 pub mod retry;
+pub mod secret;
 pub mod tls;
 
 pub use crate::purpose::Purpose;

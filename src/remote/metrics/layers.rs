@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rstargz_fs::histogram::{GO_MILLISECOND_BOUNDS, HistogramSnapshot, LatencyHistogram};
 
-use super::go::LayerSample;
+use super::sample::LayerSample;
 use crate::mounts::MountedStats;
 
 /// The `layer` label value of layers beyond the bound.
