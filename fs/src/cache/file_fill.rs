@@ -110,9 +110,15 @@ impl Fills {
         if offset >= end {
             return Ok(false);
         }
-        filling
+        if let Err(e) = filling
             .file
-            .write_all_at(&data[..(end - offset) as usize], offset)?;
+            .write_all_at(&data[..(end - offset) as usize], offset)
+        {
+            // A full disk: drop the copy now (its drop deletes the file and
+            // frees what it held) rather than keep a copy with a hole.
+            self.drop_copy(&key, &filling);
+            return Err(e);
+        }
         let complete = {
             let mut covered = filling.covered.lock().unwrap_or_else(|p| p.into_inner());
             insert_range(&mut covered, offset, end);
@@ -125,6 +131,14 @@ impl Fills {
         // any other copy of the key is no longer needed.
         self.lock().pop(&key);
         adopt(&filling.tmp)
+    }
+
+    /// Drops `filling` from the table if it is still the copy of `key`.
+    fn drop_copy(&self, key: &Digest, filling: &Arc<Filling>) {
+        let mut all = self.lock();
+        if all.peek(key).is_some_and(|f| Arc::ptr_eq(f, filling)) {
+            all.pop(key);
+        }
     }
 
     /// Forgets the copy of `key` (it was made ready another way).

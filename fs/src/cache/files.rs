@@ -10,6 +10,11 @@
 //!   [`file_fill`](super::file_fill)), or re-verified every chunk of an
 //!   existing copy; a copy that fails the check is deleted. Preparation runs
 //!   off the request path and never blocks an open.
+//! - A ready file is re-used across opens without re-hashing it (that
+//!   would read the whole file per open), but each open compares the file's
+//!   identity, size and change time with those it had when it became ready:
+//!   a file truncated, rewritten or replaced behind the store's back is
+//!   dropped and prepared again, never passed through.
 //! - Files are written atomically and bounded in total size with LRU
 //!   eviction ([`ContentDir`]); evicting a file in use is harmless (open
 //!   backing fds keep the data until closed).
@@ -17,10 +22,11 @@
 //!
 //! All methods do blocking file I/O.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,9 +52,32 @@ pub struct FileStoreStats {
     pub filled: AtomicU64,
 }
 
+/// What a ready file looked like when it became ready; any write to it
+/// (or its replacement) changes one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
-    ready: HashSet<Digest>,
+    ready: HashMap<Digest, Stamp>,
     busy: HashSet<Digest>,
 }
 
@@ -116,24 +145,37 @@ impl FileStore {
 
     /// Whether `key` is verified and may be passed through.
     pub fn is_ready(&self, key: &Digest) -> bool {
-        self.lock().ready.contains(key)
+        self.lock().ready.contains_key(key)
     }
 
-    /// The verified file `key`, opened read-only.
+    /// The verified file `key`, opened read-only; `None` (and the file is
+    /// dropped) if it changed on disk since it became ready.
     pub fn ready_file(&self, key: &Digest) -> Option<File> {
-        if !self.is_ready(key) {
+        let stamp = *self.lock().ready.get(key)?;
+        let Ok(file) = File::open(self.path(key)) else {
+            self.lock().ready.remove(key);
             return None;
+        };
+        if file.metadata().is_ok_and(|m| Stamp::of(&m) == stamp) {
+            self.dir.touch(key);
+            return Some(file);
         }
-        match File::open(self.path(key)) {
-            Ok(f) => {
-                self.dir.touch(key);
-                Some(f)
-            }
-            Err(_) => {
-                self.lock().ready.remove(key);
-                None
-            }
+        tracing::warn!(path = %self.path(key).display(), "materialized file changed on disk; deleting");
+        self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.lock();
+        // Unless a fresh copy replaced it meanwhile.
+        if st.ready.get(key) == Some(&stamp) {
+            st.ready.remove(key);
+            self.dir.remove(key);
         }
+        None
+    }
+
+    /// The stamp of the file now at `key`'s path.
+    fn stamp(&self, key: &Digest) -> Option<Stamp> {
+        std::fs::metadata(self.path(key))
+            .ok()
+            .map(|m| Stamp::of(&m))
     }
 
     /// Makes `key` ready if possible: re-verifies an existing copy, or
@@ -141,7 +183,7 @@ impl FileStore {
     pub fn prepare(&self, key: Digest, chunks: &[Chunk], disk: &DiskCache) -> io::Result<bool> {
         {
             let mut st = self.lock();
-            if st.ready.contains(&key) {
+            if st.ready.contains_key(&key) {
                 return Ok(true);
             }
             if !st.busy.insert(key) {
@@ -149,13 +191,18 @@ impl FileStore {
             }
         }
         let res = self.prepare_locked(key, chunks, disk);
+        let stamp = self.stamp(&key);
         let mut st = self.lock();
         st.busy.remove(&key);
-        if matches!(res, Ok(true)) {
-            st.ready.insert(key);
-            self.fills.forget(&key);
+        match (res, stamp) {
+            (Ok(true), Some(stamp)) => {
+                st.ready.insert(key, stamp);
+                self.fills.forget(&key);
+                Ok(true)
+            }
+            (Ok(true), None) => Ok(false),
+            (res, _) => res,
         }
-        res
     }
 
     /// Records `data`, verified bytes at `offset` of the `size`-byte file
@@ -170,7 +217,7 @@ impl FileStore {
     ) -> io::Result<bool> {
         {
             let st = self.lock();
-            if st.ready.contains(&key) {
+            if st.ready.contains_key(&key) {
                 return Ok(true);
             }
             if st.busy.contains(&key) || size > self.dir.max_bytes() {
@@ -191,7 +238,10 @@ impl FileStore {
                     return Ok(false);
                 }
                 self.dir.adopt(&key, tmp)?;
-                st.ready.insert(key);
+                let Some(stamp) = self.stamp(&key) else {
+                    return Ok(false);
+                };
+                st.ready.insert(key, stamp);
                 self.stats.filled.fetch_add(1, Ordering::Relaxed);
                 Ok(true)
             },

@@ -16,7 +16,7 @@ pub mod files;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -68,6 +68,9 @@ pub struct CacheStats {
     pub fetched_bytes: AtomicU64,
     /// Failed disk writes (the chunk is still served from memory).
     pub disk_write_errors: AtomicU64,
+    /// Outages of the disk tier: runs of failing writes (a full disk),
+    /// each warned about once and ended by the next successful write.
+    pub disk_write_outages: AtomicU64,
 }
 
 /// Sizes of the cache tiers.
@@ -97,6 +100,8 @@ pub struct ChunkCache {
     disk: Option<Arc<DiskCache>>,
     stats: CacheStats,
     work: Arc<BlockingWork>,
+    /// Whether disk writes are failing now (an outage is under way).
+    disk_failing: AtomicBool,
 }
 
 impl std::fmt::Debug for ChunkCache {
@@ -119,6 +124,7 @@ impl ChunkCache {
             disk,
             stats: CacheStats::default(),
             work: BlockingWork::new(config.work_threads),
+            disk_failing: AtomicBool::new(false),
         }
     }
 
@@ -212,9 +218,27 @@ impl ChunkCache {
             .work
             .run(purpose, move || disk.put(&key.digest, &bytes))
             .await;
-        if !matches!(res, Ok(Ok(()))) {
-            self.stats.disk_write_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(chunk = %key.digest, "cannot write chunk to the disk cache");
+        let error = match res {
+            Ok(Ok(())) => {
+                if self.disk_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("disk cache writes work again; caching resumed");
+                }
+                return;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.stats.disk_write_errors.fetch_add(1, Ordering::Relaxed);
+        // A full disk fails every write until space is freed: warn once per
+        // outage, not once per chunk (the reads themselves still succeed).
+        if !self.disk_failing.swap(true, Ordering::Relaxed) {
+            self.stats
+                .disk_write_outages
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(chunk = %key.digest, error = %error,
+                "cannot write chunks to the disk cache; serving them from memory and the registry until writes work again");
+        } else {
+            tracing::debug!(chunk = %key.digest, error = %error, "cannot write chunk to the disk cache");
         }
     }
 }

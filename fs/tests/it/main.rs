@@ -21,6 +21,8 @@ mod roundtrip; // our writer, our reader, gzip/zstd/tar -t
 
 // System tier.
 #[cfg(feature = "system")]
+mod exhaust; // root: tmpfs, FUSE; registry
+#[cfg(feature = "system")]
 mod extract; // root: device nodes (mknod) and owners (lchown)
 #[cfg(feature = "system")]
 mod fuse; // root: FUSE, overlayfs
