@@ -12,6 +12,7 @@
 
 pub mod cache;
 pub mod estargz;
+pub mod file_stamp;
 pub mod fuse;
 #[doc(hidden)]
 pub mod fuzzing;

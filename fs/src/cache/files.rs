@@ -26,7 +26,6 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +37,7 @@ use super::disk::DiskCache;
 use super::error::DiskCacheError;
 use super::file_fill::Fills;
 use crate::estargz::{Chunk, Digest};
+use crate::file_stamp::FileStamp;
 
 /// Counters of the file store.
 #[derive(Debug, Default)]
@@ -52,32 +52,10 @@ pub struct FileStoreStats {
     pub filled: AtomicU64,
 }
 
-/// What a ready file looked like when it became ready; any write to it
-/// (or its replacement) changes one of these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Stamp {
-    fn of(m: &std::fs::Metadata) -> Self {
-        Stamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        }
-    }
-}
-
 #[derive(Default)]
 struct State {
-    ready: HashMap<Digest, Stamp>,
+    /// Ready files and their stamps when they became ready.
+    ready: HashMap<Digest, FileStamp>,
     busy: HashSet<Digest>,
 }
 
@@ -156,7 +134,10 @@ impl FileStore {
             self.lock().ready.remove(key);
             return None;
         };
-        if file.metadata().is_ok_and(|m| Stamp::of(&m) == stamp) {
+        if file
+            .metadata()
+            .is_ok_and(|m| FileStamp::of_metadata(&m) == stamp)
+        {
             self.dir.touch(key);
             return Some(file);
         }
@@ -172,10 +153,8 @@ impl FileStore {
     }
 
     /// The stamp of the file now at `key`'s path.
-    fn stamp(&self, key: &Digest) -> Option<Stamp> {
-        std::fs::metadata(self.path(key))
-            .ok()
-            .map(|m| Stamp::of(&m))
+    fn stamp(&self, key: &Digest) -> Option<FileStamp> {
+        FileStamp::of(&self.path(key))
     }
 
     /// Makes `key` ready if possible: re-verifies an existing copy, or

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 use super::error::{RegistryError, Result};
 use super::keychain::Keychain;
 pub use super::secret::{Credential, Secret, normalise_host};
+use crate::file_stamp::FileStamp;
 
 /// How long a credential helper's answer is reused before asking again.
 const HELPER_ANSWER_TTL: Duration = Duration::from_secs(60);
@@ -44,31 +44,6 @@ pub struct CredentialStore {
 struct DockerConfigFile {
     path: PathBuf,
     loaded: Mutex<(Option<FileStamp>, Arc<DockerConfig>)>,
-}
-
-/// What changes when a file is written or replaced (checked with one
-/// `stat` per lookup).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl FileStamp {
-    /// The file's stamp; None when it does not exist (or cannot be read).
-    fn of(path: &Path) -> Option<FileStamp> {
-        let m = std::fs::metadata(path).ok()?;
-        Some(FileStamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        })
-    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -55,6 +55,13 @@ struct Upstream {
     source: Arc<RegistrySource>,
 }
 
+impl Upstream {
+    /// The layer read from the registry through `cache`.
+    fn open(&self, rt: &tokio::runtime::Runtime, cache: Arc<ChunkCache>) -> Arc<LayerReader> {
+        open_layer(rt, self.source.clone(), cache)
+    }
+}
+
 fn upstream(rt: &tokio::runtime::Runtime) -> Upstream {
     rt.block_on(async {
         let registry = TestRegistry::start().await;
@@ -153,14 +160,7 @@ fn a_full_cache_disk_serves_from_the_registry_and_caching_resumes() {
     let up = upstream(&rt);
     let tmpfs = Tmpfs::mount("16m");
     let (cache, disk, store) = caches(&tmpfs.path);
-    let layer = Arc::new(
-        rt.block_on(LayerReader::open(
-            up.source.clone(),
-            cache.clone(),
-            &Default::default(),
-        ))
-        .unwrap(),
-    );
+    let layer = up.open(&rt, cache.clone());
     tmpfs.fill();
 
     // Full: every file still reads right, nothing is cached, one warning.
@@ -204,14 +204,7 @@ fn damaged_cache_files_are_dropped_and_fetched_again() {
     let up = upstream(&rt);
     let dir = tempfile::tempdir().unwrap();
     let (cache, disk, store) = caches(dir.path());
-    let layer = Arc::new(
-        rt.block_on(LayerReader::open(
-            up.source.clone(),
-            cache.clone(),
-            &Default::default(),
-        ))
-        .unwrap(),
-    );
+    let layer = up.open(&rt, cache.clone());
     let (ino, _) = biggest_file(layer.index());
     let chunks = layer.index().chunks(ino);
     assert!(chunks.len() >= 2, "the test needs a file of two chunks");
