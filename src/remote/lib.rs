@@ -19,6 +19,7 @@ pub mod policy;
 pub mod prefetch;
 pub mod resolver;
 pub mod restore;
+pub mod series;
 pub mod source;
 pub mod stargz;
 pub mod warm;

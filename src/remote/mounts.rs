@@ -11,7 +11,8 @@ use std::time::Duration;
 use rstargz_fs::fuse::{self, MountHandle};
 use rstargz_fs::layer::LayerReader;
 
-use super::metrics::layers::MountRecord;
+pub use super::series::MountedStats;
+use super::series::labels::MountRecord;
 use super::source::RegistryBlob;
 
 /// Aborts a task when dropped.
@@ -52,20 +53,6 @@ impl Mounted {
             record: self.record.clone(),
         }
     }
-}
-
-/// The counters of one mounted layer.
-pub struct MountedStats {
-    /// Where it is mounted.
-    pub mountpoint: PathBuf,
-    /// The layer (fetch and verification counters).
-    pub layer: Arc<LayerReader>,
-    /// Its FUSE operation counters.
-    pub fuse: Arc<fuse::FuseStats>,
-    /// Its registry blob (what it fetched, and how fast).
-    pub blob: Arc<RegistryBlob>,
-    /// The mount's label, duration and prefetch.
-    pub record: Arc<MountRecord>,
 }
 
 /// What the table needs to know of an entry.

@@ -25,7 +25,6 @@ use super::config::RemoteConfig;
 pub use super::decline::DeclineReason;
 use super::decline::{Declined, plan};
 use super::live::LiveMounts;
-use super::metrics::layers::{GoSeries, MountRecord};
 pub use super::mounts::MountedStats;
 use super::mounts::{
     AbortOnDrop, MountTable, Mounted, UnmountError, UnmountRetry, abort_and_detach,
@@ -35,6 +34,7 @@ use super::persist::LayerStore;
 use super::policy::Policies;
 use super::prefetch::{self, Activity, BackgroundLimits};
 use super::resolver::{Connect, LayerResolver};
+use super::series::labels::{GoSeries, MountRecord};
 use super::warm::WarmLayers;
 
 /// Counters of remote mounts.

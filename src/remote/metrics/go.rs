@@ -11,7 +11,7 @@
 //!   `…_size_bytes` (counters, `digest`, `mountpoint`).
 //!
 //! What each operation measures here is in the README. Series are bounded
-//! as [`super::layers`] says.
+//! as [`crate::series::labels`] says.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use rstargz_fs::histogram::HistogramSnapshot;
 
-use super::layers::{LayerLabel, OVERFLOW_LAYER};
-use super::sample::LayerSample;
 use super::text::Exposition;
 use crate::mounts::MountedStats;
+use crate::series::labels::{LayerLabel, OVERFLOW_LAYER};
+use crate::series::sample::LayerSample;
 use crate::stargz::StargzFs;
 
 /// The `layer` value Go gives measurements of no particular layer (the

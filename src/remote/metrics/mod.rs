@@ -5,9 +5,7 @@
 
 pub mod go;
 pub mod http;
-pub mod layers;
 pub mod ours;
-pub mod sample;
 pub mod text;
 
 pub use http::{serve, serve_debug};

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use rstargz_fs::histogram::{GO_MILLISECOND_BOUNDS, HistogramSnapshot, LatencyHistogram};
 
+use super::MountedStats;
 use super::sample::LayerSample;
-use crate::mounts::MountedStats;
 
 /// The `layer` label value of layers beyond the bound.
 pub const OVERFLOW_LAYER: &str = "overflow";

@@ -1,6 +1,6 @@
 //! What the Go-named metric families count of one layer, or of several
 //! merged: taken from a mount's stats, and kept after unmount for the
-//! overflow series ([`super::layers`]); rendered by [`super::go`].
+//! overflow series ([`super::labels`]); rendered by `metrics::go`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rstargz_fs::histogram::{GO_MILLISECOND_BOUNDS, HistogramSnapshot};
 
-use crate::mounts::MountedStats;
+use super::MountedStats;
 
 /// What the Go-named families count of one layer (or of several merged).
 #[derive(Debug, Clone, Default, PartialEq)]
