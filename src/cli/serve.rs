@@ -137,17 +137,18 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
         let (fs, stargz_fs, metrics) = remote_fs(&root, &config, &policies).await?;
         opts.remote = fs;
         _metrics_servers = metrics;
-        // Start-up order: (1) the mounts whose connection the fd holder
-        // still keeps are set aside for take-over; (2) every other rstargz
+        // Start-up order: (1) the FUSE session whose connection the fd
+        // holder still keeps is taken over, and its layers' bind mounts set
+        // aside (their requests wait for restore); (2) every other rstargz
         // mount under the root (no holder, live restart off, or unknown to
-        // the holder) is aborted and detached; (3) restore takes the held
-        // ones over or mounts afresh, and only then prunes the state of
-        // layers neither a snapshot nor a mount uses; (4) held mounts no
-        // snapshot claimed are aborted and detached.
+        // the holder) is detached, its connection aborted unless the
+        // session shares it; (3) restore attaches the held layers again or
+        // mounts afresh, and only then prunes the state of layers neither a
+        // snapshot nor a mount uses; (4) held layers no snapshot claimed
+        // are detached.
         let keep = stargz_fs
             .as_ref()
-            .and_then(|s| s.live())
-            .map(|l| l.find_adoptable(&root))
+            .map(|s| s.adopt_live(&root))
             .unwrap_or_default();
         rstargz_remote::restore::detach_stale_mounts(&root, &keep);
         // Before restore: the layers taken over read with these.
@@ -176,8 +177,8 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
              and allow_invalid_mounts_on_restart = false"
         );
     }
-    if let Some(live) = stargz.as_ref().and_then(|s| s.live()) {
-        live.finish_adoption();
+    if let Some(fs) = &stargz {
+        fs.finish_adoption();
     }
     let listener = bind(&address)?;
     let cri = cri_keychain(&config, &address, keychain)?;

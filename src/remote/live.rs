@@ -1,12 +1,15 @@
-//! Live restart of remote layers: each mount's FUSE connection is kept in the
-//! fd holder ([`super::fd_holder`]) from the moment it is mounted. On SIGTERM
-//! the daemon hands every mount over (open-file table into the holder, the
-//! mount left in place); the next daemon takes the connections back and
-//! serves them without remounting, so a reader only sees a pause.
+//! Live restart of remote layers. The daemon serves every layer through one
+//! FUSE session (`<root>/fuse`), each layer bind-mounted at its snapshot.
+//! The fd holder ([`super::fd_holder`]) keeps the session's connection from
+//! the moment it is mounted, and one entry per layer (its mountpoint and
+//! slot, no descriptor). On SIGTERM the daemon hands the session over
+//! (open-file table into the holder, every mount left in place); the next
+//! daemon takes the connection back and serves it without remounting, each
+//! layer in its old slot, so a reader only sees a pause.
 //!
-//! After a crash (kill -9) the connections are still held and taken over
-//! the same way, but the open-file table died with the daemon: those mounts
-//! go on without kernel passthrough (see `fuse::handover`).
+//! After a crash (kill -9) the connection is still held and taken over the
+//! same way, but the open-file table died with the daemon: the session goes
+//! on without kernel passthrough (see `fuse::handover`).
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -14,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rstargz_fs::fuse::{HandoverState, MountHandle, mountinfo};
+use rstargz_fs::fuse::{HandoverState, SharedSession, Slot, mountinfo};
 use serde::{Deserialize, Serialize};
 
 use super::fd_holder::FdStore;
@@ -23,42 +26,59 @@ use super::held_credentials::HeldCredentials;
 /// How long a handover waits for FUSE handlers already running.
 const HANDOVER_GRACE: Duration = Duration::from_secs(5);
 
-/// What the holder keeps beside a connection.
+/// What the holder keeps beside the session's connection.
 #[derive(Debug, Serialize, Deserialize)]
-struct EntryState {
-    /// Device number of the mount (checked against mountinfo on take-over).
+struct SessionEntry {
+    /// Device number of the session (checked against mountinfo on take-over).
     dev: u64,
     /// What the FUSE server needs.
     fuse: HandoverState,
 }
 
+/// What the holder keeps of a layer (no descriptor: the session's serves it).
+#[derive(Debug, Serialize, Deserialize)]
+struct LayerEntry {
+    /// The session's device.
+    dev: u64,
+    /// The layer's slot in the session.
+    slot: Slot,
+}
+
+/// The session left by a previous daemon, taken from the holder.
+type Inherited = (OwnedFd, HandoverState);
+
 /// The daemon's side of live restart.
 #[derive(Debug)]
 pub struct LiveMounts {
     store: Arc<FdStore>,
-    /// Mounts left by a previous daemon and still to be taken over.
-    adoptable: Mutex<HashMap<PathBuf, ()>>,
-    /// Device numbers of our mounts, by mountpoint.
-    devs: Mutex<HashMap<PathBuf, u64>>,
+    /// The session left by a previous daemon, until it is resumed.
+    session: Mutex<Option<Inherited>>,
+    /// Layers left by a previous daemon and still to be taken over: slots
+    /// by mountpoint.
+    adoptable: Mutex<HashMap<PathBuf, Slot>>,
 }
 
 fn key(mountpoint: &Path) -> String {
     mountpoint.to_string_lossy().into_owned()
 }
 
+/// The holder key of the session mounted at `dir` (never a layer's path).
+fn session_key(dir: &Path) -> String {
+    format!("session:{}", dir.display())
+}
+
+/// The mountinfo root of `slot`'s bind mount.
+fn slot_root(slot: Slot) -> PathBuf {
+    PathBuf::from(format!("/{slot}"))
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Aborts and detaches a mount nobody will serve: aborting fails the
-/// requests waiting on it at once instead of leaving them hanging (the
-/// device comes from the mount table, never from a `stat` on the mount).
-fn detach(mountpoint: &Path) {
-    if let Some(dev) = mountinfo::device_of(mountpoint)
-        && let Err(e) = mountinfo::abort_connection(dev)
-    {
-        tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "cannot abort FUSE connection");
-    }
+/// Lazily detaches a layer's bind mount nobody will serve (never an abort:
+/// the connection is every layer's).
+pub(crate) fn detach(mountpoint: &Path) {
     if let Err(e) = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH) {
         tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "cannot detach mount");
     }
@@ -69,8 +89,8 @@ impl LiveMounts {
     pub fn new(store: FdStore) -> Self {
         LiveMounts {
             store: Arc::new(store),
+            session: Mutex::default(),
             adoptable: Mutex::default(),
-            devs: Mutex::default(),
         }
     }
 
@@ -79,11 +99,12 @@ impl LiveMounts {
         HeldCredentials::new(self.store.clone())
     }
 
-    /// At start-up: the mounts under `root` a previous daemon left in the
-    /// holder that are still the same mounts (device numbers match); their
-    /// connections are taken over when their layers are restored. Entries
-    /// whose mount is gone are dropped.
-    pub fn find_adoptable(&self, root: &Path) -> Vec<PathBuf> {
+    /// At start-up: takes the session at `session_dir` a previous daemon
+    /// left in the holder, if it is still the same mount (device numbers
+    /// match), and the layers of it still bind-mounted under `root`. Returns
+    /// the mounts to keep (the session's and its layers'); entries whose
+    /// mount is gone are dropped.
+    pub fn find_adoptable(&self, root: &Path, session_dir: &Path) -> Vec<PathBuf> {
         let entries = match self.store.list() {
             Ok(e) => e,
             Err(e) => {
@@ -92,133 +113,169 @@ impl LiveMounts {
             }
         };
         let table = mountinfo::read().unwrap_or_default();
-        let mounts: HashMap<PathBuf, u64> = super::restore::our_mounts(table, root)
+        let mounts: HashMap<PathBuf, mountinfo::MountId> = super::restore::our_mounts(table, root)
             .into_iter()
-            .map(|m| (m.mountpoint, m.dev))
+            .map(|m| (m.mountpoint.clone(), m.id()))
             .collect();
-        let mut found = Vec::new();
-        for (k, state) in entries {
-            let path = PathBuf::from(&k);
-            let dev = serde_json::from_str::<EntryState>(&state)
-                .ok()
-                .map(|s| s.dev);
-            if dev.is_some() && mounts.get(&path) == dev.as_ref() {
-                found.push(path);
-            } else if path.starts_with(root) {
-                tracing::info!(mountpoint = %k, "held connection no longer matches its mount; dropped");
-                let _ = self.store.forget(&k);
-            }
-        }
-        *lock(&self.adoptable) = found.iter().map(|p| (p.clone(), ())).collect();
-        found
-    }
-
-    /// The connection and state of the mount at `mountpoint`, when a
-    /// previous daemon left it for us.
-    pub fn take(&self, mountpoint: &Path) -> Option<(OwnedFd, HandoverState)> {
-        lock(&self.adoptable).remove(mountpoint)?;
-        let (fd, state) = match self.store.take(&key(mountpoint)) {
-            Ok(Some(taken)) => taken,
-            Ok(None) => return None,
+        let wanted = session_key(session_dir);
+        let held = entries
+            .iter()
+            .find(|(k, _)| *k == wanted)
+            .and_then(|(_, s)| serde_json::from_str::<SessionEntry>(s).ok())
+            .filter(|s| {
+                mounts
+                    .get(session_dir)
+                    .is_some_and(|m| m.dev == s.dev && m.root == Path::new("/"))
+            });
+        let session = held.and_then(|s| match self.store.take(&wanted) {
+            Ok(Some((fd, _))) => Some((fd, s)),
+            Ok(None) => None,
             Err(e) => {
-                tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "cannot take over mount");
-                return None;
-            }
-        };
-        match serde_json::from_str::<EntryState>(&state) {
-            Ok(s) => {
-                lock(&self.devs).insert(mountpoint.to_owned(), s.dev);
-                Some((fd, s.fuse))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable handover state");
-                self.abandon(mountpoint);
+                tracing::warn!(error = %e, "cannot take over the FUSE session");
                 None
             }
+        });
+        let Some((fd, s)) = session else {
+            for (k, _) in &entries {
+                if Path::new(k).starts_with(root) || *k == wanted {
+                    let _ = self.store.forget(k);
+                }
+            }
+            return Vec::new();
+        };
+        let mut found = HashMap::new();
+        for (k, state) in &entries {
+            if *k == wanted {
+                continue;
+            }
+            let path = PathBuf::from(k);
+            let layer = serde_json::from_str::<LayerEntry>(state).ok();
+            let matches = layer.as_ref().is_some_and(|l| {
+                l.dev == s.dev
+                    && mounts
+                        .get(&path)
+                        .is_some_and(|m| m.dev == s.dev && m.root == slot_root(l.slot))
+            });
+            match layer {
+                Some(l) if matches && matches!(self.store.take_state(k), Ok(Some(_))) => {
+                    found.insert(path, l.slot);
+                }
+                _ if path.starts_with(root) => {
+                    tracing::info!(mountpoint = %k, "held layer no longer matches its mount; dropped");
+                    let _ = self.store.forget(k);
+                }
+                _ => {}
+            }
         }
+        let mut keep: Vec<PathBuf> = found.keys().cloned().collect();
+        keep.push(session_dir.to_owned());
+        *lock(&self.session) = Some((fd, s.fuse));
+        *lock(&self.adoptable) = found;
+        keep
     }
 
-    /// Gives up a mount that could not be taken over: detached, so the
-    /// layer is mounted afresh.
-    pub fn abandon(&self, mountpoint: &Path) {
-        detach(mountpoint);
-        self.forget(mountpoint);
+    /// The session found by [`Self::find_adoptable`] (once) and the slots
+    /// of the layers it still has.
+    pub fn take_session(&self) -> Option<(OwnedFd, HandoverState, Vec<Slot>)> {
+        let (fd, state) = lock(&self.session).take()?;
+        let slots = lock(&self.adoptable).values().copied().collect();
+        Some((fd, state, slots))
     }
 
-    /// Records a mount (fresh or taken over) in the holder, so a later
-    /// daemon can take it over even if this one dies.
-    pub fn register(&self, mountpoint: &Path, handle: &MountHandle, dev: Option<u64>, fresh: bool) {
-        if !handle.can_hand_over() {
+    /// The slot of the layer a previous daemon left at `mountpoint`.
+    pub fn take(&self, mountpoint: &Path) -> Option<Slot> {
+        lock(&self.adoptable).remove(mountpoint)
+    }
+
+    /// Records the session (fresh: with its connection; else its new state:
+    /// the next slot grows with every layer) so a later daemon can take it
+    /// over even if this one dies.
+    pub fn register_session(&self, session: &SharedSession, fresh: bool) {
+        if !session.can_hand_over() {
             return;
         }
-        let (Some(fuse), Some(dev)) = (
-            handle.crash_state(),
-            dev.or_else(|| lock(&self.devs).get(mountpoint).copied()),
-        ) else {
+        let (Some(fuse), Some(dev)) = (session.crash_state(), session.dev()) else {
             return;
         };
-        lock(&self.devs).insert(mountpoint.to_owned(), dev);
-        let state = match serde_json::to_string(&EntryState { dev, fuse }) {
+        let state = match serde_json::to_string(&SessionEntry { dev, fuse }) {
             Ok(s) => s,
             Err(e) => return tracing::warn!(error = %e, "cannot encode handover state"),
         };
-        let k = key(mountpoint);
+        let k = session_key(session.dir());
         let res = if fresh {
-            self.store.put(&k, handle.connection(), &state)
+            self.store.put(&k, session.connection(), &state)
         } else {
             self.store.update(&k, &state)
         };
         if let Err(e) = res {
-            tracing::warn!(mountpoint = %k, error = %e, "mount not kept for live restart");
+            tracing::warn!(error = %e, "FUSE session not kept for live restart");
         }
     }
 
-    /// Leaves the mount at `mountpoint` to the next daemon; false (and the
-    /// mount detached) when that failed.
-    pub fn hand_over(&self, mountpoint: &Path, handle: MountHandle) -> bool {
-        let dev = lock(&self.devs).get(mountpoint).copied();
-        let Some(dev) = dev.filter(|_| handle.can_hand_over()) else {
-            drop(handle);
+    /// Records a fresh layer of `session` in `slot` at `mountpoint`.
+    pub fn register(&self, session: &SharedSession, mountpoint: &Path, slot: Slot) {
+        let Some(dev) = session.dev().filter(|_| session.can_hand_over()) else {
+            return;
+        };
+        let state = match serde_json::to_string(&LayerEntry { dev, slot }) {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!(error = %e, "cannot encode layer state"),
+        };
+        if let Err(e) = self.store.put_state(&key(mountpoint), &state) {
+            tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "mount not kept for live restart");
+        }
+    }
+
+    /// Leaves the session (and every layer bind-mounted from it) to the
+    /// next daemon; false when that failed (the caller then unmounts).
+    pub fn hand_over(&self, session: &SharedSession) -> bool {
+        let Some(dev) = session.dev().filter(|_| session.can_hand_over()) else {
             return false;
         };
-        let Some(fuse) = handle.hand_over(HANDOVER_GRACE) else {
+        let Some(fuse) = session.hand_over(HANDOVER_GRACE) else {
             return false;
         };
-        let sent = serde_json::to_string(&EntryState { dev, fuse })
+        let sent = serde_json::to_string(&SessionEntry { dev, fuse })
             .map_err(|e| e.to_string())
             .and_then(|s| {
                 self.store
-                    .update(&key(mountpoint), &s)
+                    .update(&session_key(session.dir()), &s)
                     .map_err(|e| e.to_string())
             });
         match sent {
             Ok(()) => true,
             Err(e) => {
-                tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "handover failed; unmounting");
-                self.abandon(mountpoint);
+                tracing::warn!(error = %e, "handover failed; readers of the layers will get ENOTCONN");
                 false
             }
         }
     }
 
-    /// Forgets a mount that was unmounted.
+    /// Forgets a layer that was unmounted.
     pub fn forget(&self, mountpoint: &Path) {
-        lock(&self.devs).remove(mountpoint);
         if let Err(e) = self.store.forget(&key(mountpoint)) {
             tracing::debug!(error = %e, "fd holder did not forget the mount");
         }
     }
 
-    /// After restore: mounts left by the previous daemon that no snapshot
-    /// claimed (e.g. a crash between a Remove's commit and its unmount) are
-    /// aborted and detached, like the stale mounts nobody holds.
-    pub fn finish_adoption(&self) {
-        let left: Vec<PathBuf> = lock(&self.adoptable).drain().map(|(p, _)| p).collect();
-        for path in left {
-            tracing::info!(mountpoint = %path.display(), "left-over live mount detached");
-            if self.store.take(&key(&path)).is_ok() {
-                self.abandon(&path);
-            }
+    /// Forgets the session at `dir` (unmounted: the holder closes its
+    /// connection).
+    pub fn forget_session(&self, dir: &Path) {
+        if let Err(e) = self.store.forget(&session_key(dir)) {
+            tracing::debug!(error = %e, "fd holder did not forget the session");
         }
+    }
+
+    /// After restore: the layers left by the previous daemon that no
+    /// snapshot claimed (e.g. a crash between a Remove's commit and its
+    /// unmount), forgotten by the holder; the caller detaches them and
+    /// gives their slots up.
+    pub fn finish_adoption(&self) -> Vec<(PathBuf, Slot)> {
+        let left: Vec<(PathBuf, Slot)> = lock(&self.adoptable).drain().collect();
+        for (path, _) in &left {
+            tracing::info!(mountpoint = %path.display(), "left-over live mount detached");
+            self.forget(path);
+        }
+        left
     }
 }

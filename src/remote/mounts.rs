@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rstargz_fs::fuse::{self, MountHandle};
+use rstargz_fs::fuse::LayerMount;
+use rstargz_fs::fuse::mountinfo::MountId;
 use rstargz_fs::layer::LayerReader;
 
 pub use super::series::MountedStats;
@@ -26,8 +27,8 @@ impl Drop for AbortOnDrop {
 
 /// A mounted layer.
 pub struct Mounted {
-    /// The FUSE mount.
-    pub handle: MountHandle,
+    /// The layer's bind mount of the FUSE session.
+    pub handle: LayerMount,
     /// The registry blob (Check probes it).
     pub blob: Arc<RegistryBlob>,
     /// The layer served.
@@ -36,8 +37,8 @@ pub struct Mounted {
     pub fetcher: Option<AbortOnDrop>,
     /// The layer's state directory (shared by snapshots of the same layer).
     pub state: PathBuf,
-    /// Device number of the mount (finds it after its directory moved).
-    pub dev: Option<u64>,
+    /// Identity of the mount (finds it after its directory moved).
+    pub id: Option<MountId>,
     /// What the Go-named metrics keep of the mount.
     pub record: Arc<MountRecord>,
 }
@@ -57,15 +58,15 @@ impl Mounted {
 
 /// What the table needs to know of an entry.
 pub trait Entry {
-    /// Device number of the mount, when known.
-    fn dev(&self) -> Option<u64>;
+    /// Identity of the mount, when known.
+    fn id(&self) -> Option<&MountId>;
     /// The layer's state directory.
     fn state(&self) -> &Path;
 }
 
 impl Entry for Mounted {
-    fn dev(&self) -> Option<u64> {
-        self.dev
+    fn id(&self) -> Option<&MountId> {
+        self.id.as_ref()
     }
 
     fn state(&self) -> &Path {
@@ -105,20 +106,20 @@ impl<T: Entry> MountTable<T> {
     /// Takes the mount at `mountpoint` out of the table. The core may have
     /// renamed the snapshot directory since the mount (Remove moves it
     /// aside before deleting), so a path not in the table is matched by
-    /// the device `device_of` finds mounted there.
+    /// the identity (device and layer directory) `id_of` finds mounted there.
     pub fn take(
         &self,
         mountpoint: &Path,
-        device_of: impl FnOnce(&Path) -> Option<u64>,
+        id_of: impl FnOnce(&Path) -> Option<MountId>,
     ) -> Option<(PathBuf, T)> {
         let mut mounts = self.mounts.lock().ok()?;
         if let Some(m) = mounts.remove(mountpoint) {
             return Some((mountpoint.to_path_buf(), m));
         }
-        let dev = device_of(mountpoint)?;
+        let id = id_of(mountpoint)?;
         let key = mounts
             .iter()
-            .find(|(_, m)| m.dev() == Some(dev))
+            .find(|(_, m)| m.id() == Some(&id))
             .map(|(k, _)| k.clone())?;
         mounts.remove(&key).map(|m| (key, m))
     }
@@ -173,14 +174,8 @@ pub trait Unmount: Send + 'static {
 
 impl Unmount for Mounted {
     fn try_unmount(&mut self, at: &Path) -> Result<(), String> {
-        // Unmount where the mount is now; the handle then only waits for
-        // its workers (its own path may be stale).
-        match nix::mount::umount(at) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {
-                self.handle.unmount().map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e.to_string()),
-        }
+        // Where the mount is now: the handle's own path may be stale.
+        self.handle.unmount_at(at).map_err(|e| e.to_string())
     }
 }
 
@@ -268,20 +263,6 @@ pub async fn unmount_with_retry<U: Unmount>(
             last,
         },
     })
-}
-
-/// Aborts the FUSE connection of a mount that could not be unmounted
-/// (its readers get ENOTCONN instead of waiting for a server that is
-/// going away) and detaches it.
-pub fn abort_and_detach(path: &Path, dev: Option<u64>) {
-    if let Some(dev) = dev
-        && let Err(e) = fuse::mountinfo::abort_connection(dev)
-    {
-        tracing::warn!(mountpoint = %path.display(), error = %e, "cannot abort FUSE connection");
-    }
-    if let Err(e) = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
-        tracing::warn!(mountpoint = %path.display(), error = %e, "cannot detach mount");
-    }
 }
 
 #[cfg(test)]

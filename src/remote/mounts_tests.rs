@@ -11,7 +11,7 @@ use super::*;
 struct FakeMount {
     busy: u32,
     tries: Arc<AtomicU32>,
-    dev: Option<u64>,
+    id: Option<MountId>,
     state: PathBuf,
 }
 
@@ -21,7 +21,7 @@ impl FakeMount {
         let m = FakeMount {
             busy,
             tries: tries.clone(),
-            dev: None,
+            id: None,
             state: PathBuf::from("/state"),
         };
         (m, tries)
@@ -41,8 +41,8 @@ impl Unmount for FakeMount {
 }
 
 impl Entry for FakeMount {
-    fn dev(&self) -> Option<u64> {
-        self.dev
+    fn id(&self) -> Option<&MountId> {
+        self.id.as_ref()
     }
 
     fn state(&self) -> &Path {
@@ -121,13 +121,17 @@ async fn a_dead_attempt_loses_the_mount_and_says_so() {
 }
 
 #[test]
-fn the_table_finds_a_moved_mount_by_its_device() {
+fn the_table_finds_a_moved_mount_by_its_device_and_layer_directory() {
+    let id = |slot: u32| MountId {
+        dev: 7,
+        root: PathBuf::from(format!("/{slot}")),
+    };
     let table = MountTable::<FakeMount>::default();
     let (mut a, _) = FakeMount::new(0);
-    a.dev = Some(7);
+    a.id = Some(id(1));
     a.state = PathBuf::from("/layers/a");
     let (mut b, _) = FakeMount::new(0);
-    b.dev = Some(8);
+    b.id = Some(id(2));
     b.state = PathBuf::from("/layers/b");
     table.insert("/snap/1/fs".into(), a);
     table.insert("/snap/2/fs".into(), b);
@@ -141,10 +145,20 @@ fn the_table_finds_a_moved_mount_by_its_device() {
     assert_eq!(key, Path::new("/snap/1/fs"));
     assert!(!table.uses_state(Path::new("/layers/a")));
 
-    // Renamed aside by Remove: found by device, under its old key.
-    let (key, m) = table.take(Path::new("/snap/rm-2/fs"), |_| Some(8)).unwrap();
-    assert_eq!((key.as_path(), m.dev), (Path::new("/snap/2/fs"), Some(8)));
-    assert!(table.take(Path::new("/snap/x/fs"), |_| Some(9)).is_none());
+    // Renamed aside by Remove: found by its layer's directory (every layer
+    // shares the session's device), under its old key.
+    let (key, m) = table
+        .take(Path::new("/snap/rm-2/fs"), |_| Some(id(2)))
+        .unwrap();
+    assert_eq!(
+        (key.as_path(), m.id),
+        (Path::new("/snap/2/fs"), Some(id(2)))
+    );
+    assert!(
+        table
+            .take(Path::new("/snap/x/fs"), |_| Some(id(3)))
+            .is_none()
+    );
     assert!(table.take(Path::new("/snap/x/fs"), |_| None).is_none());
     assert!(table.states().is_empty() && table.take_all().is_empty());
 }

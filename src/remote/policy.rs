@@ -126,7 +126,7 @@ pub struct MountPolicy {
     pub read_timeout: Option<Duration>,
     /// Kernel passthrough for fully cached files.
     pub passthrough: bool,
-    /// FUSE worker threads per mounted layer.
+    /// FUSE worker threads of the session serving every layer.
     pub threads: usize,
     /// A debug line at each file's first open (`log_file_access`).
     pub log_file_access: bool,
@@ -201,7 +201,7 @@ impl Policies {
                 entry_ttl: config.fuse.entry_timeout.map(secs),
                 read_timeout: config.fuse.read_timeout_sec.map(secs),
                 passthrough: config.fuse.passthrough,
-                threads: config.fuse.threads_per_mount,
+                threads: config.fuse.threads,
                 log_file_access: config.log_file_access,
             },
             cache: CachePolicy {
@@ -263,7 +263,7 @@ mod tests {
         assert_eq!(p.background.stream_layer_max_bytes, 64 << 20);
         assert_eq!(p.mount.attr_ttl, None);
         assert!(p.mount.passthrough);
-        assert_eq!(p.mount.threads, 2);
+        assert_eq!(p.mount.threads, 4);
         assert_eq!(p.cache.dir, Path::new("/r/cache"));
         assert_eq!(p.check_validity, Duration::from_secs(60));
         assert_eq!(p.read_amplify_bytes, 256 << 10);
@@ -353,7 +353,7 @@ check_always = true
 [fuse]
 attr_timeout = 1
 read_timeout_sec = 7
-threads_per_mount = 3
+threads = 3
 [directory_cache]
 dir = "/elsewhere"
 "#,

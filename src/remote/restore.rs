@@ -46,6 +46,27 @@ pub fn to_detach(table: Vec<MountEntry>, root: &Path, keep: &[PathBuf]) -> Vec<M
         .collect()
 }
 
+/// The devices of `detached` whose connections may be aborted: those no
+/// kept mount of `table` under `root` shares (aborting the shared session's
+/// connection would fail every layer, kept ones included).
+pub fn devices_to_abort(
+    table: Vec<MountEntry>,
+    root: &Path,
+    keep: &[PathBuf],
+    detached: &[MountEntry],
+) -> HashSet<u64> {
+    let kept: HashSet<u64> = our_mounts(table, root)
+        .into_iter()
+        .filter(|m| keep.contains(&m.mountpoint))
+        .map(|m| m.dev)
+        .collect();
+    detached
+        .iter()
+        .map(|m| m.dev)
+        .filter(|d| !kept.contains(d))
+        .collect()
+}
+
 /// The saved layer states to delete: those of no snapshot in `in_use` and
 /// of no mount (`mounted`: the mounts' state directories).
 pub fn states_to_prune(
@@ -77,8 +98,9 @@ pub async fn prune_states(store: &LayerStore, in_use: &[Labels], mounted: Vec<Pa
 }
 
 /// Aborts and lazily detaches every rstargz FUSE mount under `root` except
-/// those in `keep` (held connections this daemon takes over); returns how
-/// many were detached. Aborting first matters: a killed daemon whose thread
+/// those in `keep` (held connections this daemon takes over: the session's
+/// mount and its layers' bind mounts); returns how many were detached.
+/// Connections a kept mount shares are not aborted. Aborting first matters: a killed daemon whose thread
 /// waited on its own mount cannot exit until its connection is aborted, and
 /// until then the mount hangs whoever touches it instead of failing.
 /// Failures are logged: a mount that stays blocks only its own layer.
@@ -91,11 +113,14 @@ pub fn detach_stale_mounts(root: &Path, keep: &[PathBuf]) -> usize {
         }
     };
     let mut detached = 0;
-    for m in to_detach(table, root, keep) {
-        let path = &m.mountpoint;
-        if let Err(e) = mountinfo::abort_connection(m.dev) {
-            tracing::warn!(mountpoint = %path.display(), error = %e, "cannot abort stale FUSE connection");
+    let stale = to_detach(table.clone(), root, keep);
+    for dev in devices_to_abort(table, root, keep, &stale) {
+        if let Err(e) = mountinfo::abort_connection(dev) {
+            tracing::warn!(dev, error = %e, "cannot abort stale FUSE connection");
         }
+    }
+    for m in stale {
+        let path = &m.mountpoint;
         match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
             Ok(()) => {
                 tracing::info!(mountpoint = %path.display(), "detached stale FUSE mount");

@@ -58,6 +58,33 @@ fn held_mounts_are_kept_and_the_rest_detached_deepest_first() {
     );
 }
 
+#[test]
+fn a_kept_session_keeps_its_connection_while_its_stale_layers_go() {
+    let info = "\
+36 35 0:30 / /r/fuse rw - fuse.rstargz rstargz ro
+37 35 0:30 /1 /r/snapshots/1/fs rw - fuse.rstargz rstargz ro
+38 35 0:30 /2 /r/snapshots/2/fs rw - fuse.rstargz rstargz ro
+39 35 0:31 / /r/old/fs rw - fuse.rstargz rstargz ro
+";
+    let keep = [PathBuf::from("/r/fuse"), PathBuf::from("/r/snapshots/1/fs")];
+    let table = mountinfo::parse(info);
+    let stale = to_detach(table.clone(), Path::new("/r"), &keep);
+    let paths: Vec<_> = stale.iter().map(|m| m.mountpoint.clone()).collect();
+    assert_eq!(
+        paths,
+        [
+            PathBuf::from("/r/snapshots/2/fs"),
+            PathBuf::from("/r/old/fs")
+        ]
+    );
+    let aborted = devices_to_abort(table.clone(), Path::new("/r"), &keep, &stale);
+    assert_eq!(aborted, HashSet::from([libc::makedev(0, 31)]));
+    // Nothing kept: every connection goes.
+    let stale = to_detach(table.clone(), Path::new("/r"), &[]);
+    let aborted = devices_to_abort(table, Path::new("/r"), &[], &stale);
+    assert_eq!(aborted.len(), 2);
+}
+
 fn labels_of(digest: &str) -> Labels {
     use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE};
     [

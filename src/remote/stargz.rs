@@ -1,19 +1,21 @@
 //! [`StargzFs`]: the [`RemoteFs`] of eStargz layers in registries.
 //!
 //! Mount: labels → [`plan`] (or a [`DeclineReason`]) → [`LayerResolver`]
-//! (or a warm layer opened ahead) → FUSE mount (or the live mount a
+//! (or a warm layer opened ahead) → a slot of the daemon's one FUSE session
+//! (`<root>/fuse`), bind-mounted at the snapshot (or the live mount a
 //! previous daemon left) → prefetch and background fetch. What is mounted
 //! where is in the [`MountTable`]; each layer's saved state in
 //! [`persist`](super::persist).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use rstargz_fs::cache::{ChunkCache, ChunkCacheConfig, DiskCache, FileStore};
 use rstargz_fs::estargz;
-use rstargz_fs::fuse::{self, MountHandle, MountOptions};
+use rstargz_fs::fuse::mountinfo::MountId;
+use rstargz_fs::fuse::{self, LayerMount, MountOptions, SharedSession};
 use rstargz_fs::layer::LayerReader;
 use rstargz_fs::registry::{Registry, RegistryError};
 
@@ -27,8 +29,7 @@ use super::decline::{Declined, plan};
 use super::live::LiveMounts;
 pub use super::mounts::MountedStats;
 use super::mounts::{
-    AbortOnDrop, MountTable, Mounted, UnmountError, UnmountRetry, abort_and_detach,
-    unmount_with_retry,
+    AbortOnDrop, MountTable, Mounted, UnmountError, UnmountRetry, unmount_with_retry,
 };
 use super::persist::LayerStore;
 use super::policy::Policies;
@@ -57,6 +58,12 @@ pub struct StargzFs {
     background: Arc<BackgroundLimits>,
     /// One remount at a time: two at once would stack two mounts.
     remount: tokio::sync::Mutex<()>,
+    /// Where the FUSE session serving every layer is mounted.
+    session_dir: PathBuf,
+    /// That session, once the first layer is mounted (or taken over).
+    session: Mutex<Option<Arc<SharedSession>>>,
+    /// One session mount at a time.
+    session_init: tokio::sync::Mutex<()>,
     /// Counters of layers already unmounted, so the totals exported as
     /// Prometheus counters never decrease.
     retired: Retired,
@@ -143,6 +150,9 @@ impl StargzFs {
             metrics: RemoteMetrics::default(),
             background,
             remount: tokio::sync::Mutex::new(()),
+            session_dir: root.join("fuse"),
+            session: Mutex::new(None),
+            session_init: tokio::sync::Mutex::new(()),
             retired: Retired::default(),
             access_log: None,
             live: None,
@@ -163,55 +173,142 @@ impl StargzFs {
         self.live.as_ref()
     }
 
+    /// At start-up with live restart: takes over the FUSE session a
+    /// previous daemon left and learns which of its layers are still
+    /// mounted (their requests wait until restore attaches them again).
+    /// Returns the mounts to keep; every other rstargz mount under `root`
+    /// is stale. Without a session to take over, nothing is kept.
+    pub fn adopt_live(&self, root: &Path) -> Vec<PathBuf> {
+        let Some(live) = &self.live else {
+            return Vec::new();
+        };
+        let keep = live.find_adoptable(root, &self.session_dir);
+        let Some((conn, state, pending)) = live.take_session() else {
+            return keep;
+        };
+        let opts = self.mount_options("");
+        match SharedSession::resume(&self.session_dir, &opts, conn, &state, &pending) {
+            Ok(session) => {
+                tracing::info!(layers = pending.len(), "FUSE session taken over");
+                live.register_session(&session, false);
+                *lock(&self.session) = Some(session);
+                keep
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take over the FUSE session; mounting every layer afresh");
+                let _ = live.finish_adoption();
+                live.forget_session(&self.session_dir);
+                Vec::new()
+            }
+        }
+    }
+
+    /// After restore: the layers a previous daemon left that no snapshot
+    /// claimed are detached and their slots given up (requests that waited
+    /// for them fail with ENOENT).
+    pub fn finish_adoption(&self) {
+        let Some(live) = &self.live else { return };
+        let session = lock(&self.session).clone();
+        for (path, slot) in live.finish_adoption() {
+            super::live::detach(&path);
+            if let Some(session) = &session {
+                session.abandon(slot);
+            }
+        }
+    }
+
     /// Leaves every mount to the next daemon (SIGTERM with live restart);
-    /// returns how many were handed over. Mounts that cannot be are
-    /// unmounted.
+    /// returns how many layers were handed over. Without live restart (or
+    /// a kernel that cannot resend requests) every layer is unmounted.
     pub fn hand_over_all(&self) -> usize {
+        let session = lock(&self.session).clone();
+        let (Some(live), Some(session)) = (&self.live, session) else {
+            self.unmount_all();
+            return 0;
+        };
+        if !session.can_hand_over() {
+            self.unmount_all();
+            return 0;
+        }
         let mut handed = 0;
-        for (path, mounted) in self.mounts.take_all() {
+        for (_, mounted) in self.mounts.take_all() {
             let Mounted {
                 handle, fetcher, ..
             } = mounted;
             drop(fetcher);
-            // Without live restart the handle unmounts as it drops.
-            if let Some(live) = &self.live
-                && live.hand_over(&path, handle)
-            {
-                handed += 1;
-            }
+            handle.hand_over();
+            handed += 1;
         }
+        lock(&self.session).take();
+        // A failed update leaves the holder the state of a crash: the next
+        // daemon still takes the session over, without passthrough.
+        live.hand_over(&session);
         handed
     }
 
-    /// Full stop: unmounts every layer; returns how many unmounted cleanly.
-    /// A mount still busy (a file open in it) has its connection aborted
-    /// (its readers get ENOTCONN) and is detached, and the fd holder lets go
-    /// of every connection: a stopped daemon leaves no mount that waits
-    /// forever for a server.
+    /// Full stop: unmounts every layer, then the session; returns how many
+    /// layers unmounted cleanly. A layer still busy (a file open in it) is
+    /// detached, and the session's connection aborted (its readers get
+    /// ENOTCONN), and the fd holder lets go of everything: a stopped daemon
+    /// leaves no mount that waits forever for a server.
     pub fn unmount_all(&self) -> usize {
         let mut clean = 0;
         for (path, mounted) in self.mounts.take_all() {
             let Mounted {
                 mut handle,
                 fetcher,
-                dev,
                 ..
             } = mounted;
             drop(fetcher);
             match handle.unmount() {
                 Ok(()) => clean += 1,
                 Err(e) => {
-                    tracing::warn!(mountpoint = %path.display(), error = %e, "layer busy at stop; aborting its connection");
-                    abort_and_detach(&path, dev);
+                    tracing::warn!(mountpoint = %path.display(), error = %e, "layer busy at stop; detaching it");
+                    handle.detach_at(&path);
                 }
             }
             if let Some(live) = &self.live {
                 live.forget(&path);
             }
-            // With the connection gone the workers stop: dropping joins them.
-            drop(handle);
+        }
+        if let Some(session) = lock(&self.session).take() {
+            if let Err(e) = session.unmount() {
+                tracing::warn!(error = %e, "cannot unmount the FUSE session");
+            }
+            if let Some(live) = &self.live {
+                live.forget_session(session.dir());
+            }
         }
         clean
+    }
+
+    /// The FUSE session serving the layers, mounted with the first one.
+    async fn session(&self) -> Result<Arc<SharedSession>, Declined> {
+        if let Some(s) = lock(&self.session).clone() {
+            return Ok(s);
+        }
+        let _guard = self.session_init.lock().await;
+        if let Some(s) = lock(&self.session).clone() {
+            return Ok(s);
+        }
+        let dir = self.session_dir.clone();
+        let opts = self.mount_options("");
+        let mounted = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|source| fuse::MountError::Mount {
+                path: dir.clone(),
+                source,
+            })?;
+            SharedSession::mount(&dir, &opts)
+        })
+        .await
+        .map_err(|e| DeclineReason::MountFailed.decline(e))?
+        .map_err(|e| DeclineReason::MountFailed.decline(e))?;
+        tracing::info!(dir = %self.session_dir.display(), "FUSE session mounted");
+        if let Some(live) = &self.live {
+            live.register_session(&mounted, true);
+        }
+        *lock(&self.session) = Some(mounted.clone());
+        Ok(mounted)
     }
 
     /// Counters of mounts and declines.
@@ -273,17 +370,28 @@ impl StargzFs {
         layer.set_read_amplification(p.read_amplify_bytes);
         let layer = Arc::new(layer);
         let digest = source.layer.digest.as_str();
-        let (handle, fresh) = match self.resume_fuse(mountpoint, layer.clone(), digest).await {
-            Some(handle) => (handle, false),
-            None => (
-                self.mount_fuse(mountpoint, layer.clone(), digest).await?,
-                true,
-            ),
+        let session = self.session().await?;
+        let adopted = self.live.as_ref().and_then(|l| l.take(mountpoint));
+        let handle = match adopted {
+            Some(slot) => {
+                tracing::info!(mountpoint = %mountpoint.display(), slot, "live mount taken over");
+                let opts = self.mount_options(digest);
+                session.adopt(slot, mountpoint, layer.clone(), opts)
+            }
+            None => {
+                let handle = self
+                    .attach(&session, mountpoint, layer.clone(), digest)
+                    .await?;
+                if let Some(live) = &self.live {
+                    live.register(&session, mountpoint, handle.slot());
+                }
+                handle
+            }
         };
-        let dev = handle.dev();
-        if let Some(live) = &self.live {
-            live.register(mountpoint, &handle, dev, fresh);
-        }
+        let id = session.dev().map(|dev| MountId {
+            dev,
+            root: PathBuf::from(format!("/{}", handle.slot())),
+        });
         let end = p.prefetch.end(&layer, source.prefetch_size);
         let record = Arc::new(self.series.record_mount(digest, started.elapsed()));
         let fetcher = self.start_fetching(layer.clone(), buffered, end, record.clone());
@@ -298,7 +406,7 @@ impl StargzFs {
                 layer,
                 fetcher,
                 state: self.resolver.store().state_dir(&source.layer.digest),
-                dev,
+                id,
                 record,
             },
         );
@@ -353,37 +461,6 @@ impl StargzFs {
         Some(AbortOnDrop(task))
     }
 
-    /// Takes over the live mount a previous daemon left at `mountpoint`.
-    async fn resume_fuse(
-        &self,
-        mountpoint: &Path,
-        layer: Arc<LayerReader>,
-        digest: &str,
-    ) -> Option<MountHandle> {
-        let live = self.live.as_ref()?;
-        let (conn, state) = live.take(mountpoint)?;
-        let opts = self.mount_options(digest);
-        let at = mountpoint.to_path_buf();
-        let resumed =
-            tokio::task::spawn_blocking(move || fuse::resume(&at, layer, opts, conn, &state)).await;
-        match resumed {
-            Ok(Ok(handle)) => {
-                tracing::info!(mountpoint = %mountpoint.display(), "live mount taken over");
-                Some(handle)
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot take over live mount; mounting afresh");
-                live.abandon(mountpoint);
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "take-over task failed; mounting afresh");
-                live.abandon(mountpoint);
-                None
-            }
-        }
-    }
-
     /// The options of a mount of the layer `digest`.
     fn mount_options(&self, digest: &str) -> MountOptions {
         let mut opts = MountOptions {
@@ -397,15 +474,23 @@ impl StargzFs {
         opts
     }
 
-    async fn mount_fuse(
+    /// Serves `layer` in a new slot of `session`, bind-mounted at
+    /// `mountpoint`. The slot is recorded in the holder before the kernel
+    /// sees it: slots are never reused, even by the next daemon.
+    async fn attach(
         &self,
+        session: &Arc<SharedSession>,
         mountpoint: &Path,
         layer: Arc<LayerReader>,
         digest: &str,
-    ) -> Result<MountHandle, Declined> {
+    ) -> Result<LayerMount, Declined> {
+        let slot = session.reserve();
+        if let Some(live) = &self.live {
+            live.register_session(session, false);
+        }
         let opts = self.mount_options(digest);
-        let at = mountpoint.to_path_buf();
-        tokio::task::spawn_blocking(move || fuse::mount(&at, layer, opts))
+        let (session, at) = (session.clone(), mountpoint.to_path_buf());
+        tokio::task::spawn_blocking(move || session.attach(slot, &at, layer, opts))
             .await
             .map_err(|e| DeclineReason::MountFailed.decline(e))?
             .map_err(|e| DeclineReason::MountFailed.decline(e))
@@ -483,7 +568,7 @@ impl StargzFs {
 
     async fn unmount_layer(&self, mountpoint: &Path) -> Result<(), RemoteError> {
         // From the mount table: a stat on our own mount could hang a kill.
-        let taken = self.mounts.take(mountpoint, fuse::mountinfo::device_of);
+        let taken = self.mounts.take(mountpoint, fuse::mountinfo::id_of);
         let Some((key, mut mounted)) = taken else {
             return Ok(());
         };
@@ -513,6 +598,10 @@ impl StargzFs {
             }
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RemoteFs for StargzFs {

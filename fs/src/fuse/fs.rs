@@ -1,9 +1,11 @@
-//! The fuser [`Filesystem`] of one layer: a thin, read-only translation of
-//! kernel requests onto the [`LayerReader`] and the [`OverlayView`].
+//! One layer of a shared session ([`super::shared::SharedFs`] routes each
+//! request here by its node id): a thin, read-only translation of kernel
+//! requests onto the [`LayerReader`] and the [`OverlayView`].
 //!
 //! Contract:
-//! - Inode numbers are the index's (stable across restarts); FUSE's root (1)
-//!   is the index root.
+//! - Node ids are the index's inode numbers (stable across restarts) offset
+//!   by the layer's slot (`super::slots`); the index root is the layer's
+//!   directory in the session root.
 //! - Metadata requests are answered from memory on the calling FUSE thread.
 //! - A read whose chunks are all in memory is answered inline; any other read
 //!   moves its reply into a tokio task, so a FUSE worker thread never waits
@@ -16,16 +18,15 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyXattr,
 };
 
 use super::MountOptions;
 use super::access::AccessPattern;
 use super::freeze_gate::Held;
-use super::handover::{InitParams, Live};
+use super::handover::Live;
 use super::overlay_view::OverlayView;
 use super::passthrough::OpenMode;
 use super::stats::FuseStats;
@@ -34,10 +35,7 @@ use crate::estargz::{Index, Ino, NodeKind};
 use crate::layer::{LayerError, LayerReader};
 use crate::purpose::Purpose;
 
-const BLOCK_SIZE: u32 = 4096;
-/// Largest FUSE request we ask for: 1 MiB reads halve round trips twice
-/// over the 128 KiB default (kernel max_pages is 256 here).
-const MAX_REQUEST: u32 = 1 << 20;
+pub(crate) const BLOCK_SIZE: u32 = 4096;
 
 /// Why a request failed; mapped to an errno by [`errno`].
 #[derive(Debug, thiserror::Error)]
@@ -102,26 +100,20 @@ pub struct LayerFs {
     access: AccessPattern,
     /// Files already named in a "file accessed" line (`log_file_access`).
     logged_opens: std::sync::Mutex<std::collections::HashSet<Ino>>,
+    /// Node id of the layer's inode 0 (its slot's base).
+    base: u64,
 }
 
 impl LayerFs {
-    /// Builds the filesystem (computes the overlay view once).
-    pub fn new(
-        layer: Arc<LayerReader>,
-        opts: MountOptions,
-        runtime: tokio::runtime::Handle,
-        stats: Arc<FuseStats>,
-    ) -> Self {
-        Self::with_live(layer, opts, runtime, stats, Arc::new(Live::new()))
-    }
-
-    /// Builds the filesystem around `live` (a fresh or an inherited table).
-    pub(crate) fn with_live(
+    /// Builds the filesystem of a layer whose node ids start at `base`,
+    /// around its session's `live` state (computes the overlay view once).
+    pub(crate) fn new(
         layer: Arc<LayerReader>,
         opts: MountOptions,
         runtime: tokio::runtime::Handle,
         stats: Arc<FuseStats>,
         live: Arc<Live>,
+        base: u64,
     ) -> Self {
         let index = layer.index().clone();
         let view = OverlayView::new(&index, opts.opaque_xattr);
@@ -141,6 +133,7 @@ impl LayerFs {
             live,
             access: AccessPattern::default(),
             logged_opens: std::sync::Mutex::default(),
+            base,
             negative: FileAttr {
                 ino: INodeNo(0),
                 size: 0,
@@ -196,7 +189,7 @@ impl LayerFs {
         // SAFETY: raw ids come from the previous server of this very
         // connection, which left them open; the table owns them from now on.
         let wrap = |raw| unsafe { reply.wrap_backing(raw) };
-        let mode = self.live.opens.open(ino, wrap, || {
+        let mode = self.live.opens.open(self.node(ino), wrap, || {
             let (store, key) = key?;
             let Some(file) = store.ready_file(&key) else {
                 self.schedule_prepare(ino);
@@ -275,8 +268,34 @@ impl LayerFs {
         });
     }
 
-    fn ino(ino: INodeNo) -> Result<Ino, FsError> {
-        Ino::try_from(ino.0).map_err(|_| FsError::NotFound)
+    /// The layer's inode of node id `ino` (node ids of other slots, and
+    /// 0, are no inode of this layer).
+    fn ino(&self, ino: INodeNo) -> Result<Ino, FsError> {
+        ino.0
+            .checked_sub(self.base)
+            .and_then(|i| Ino::try_from(i).ok())
+            .filter(|i| *i != 0)
+            .ok_or(FsError::NotFound)
+    }
+
+    /// The node id of the layer's inode `ino`.
+    fn node(&self, ino: Ino) -> u64 {
+        self.base + u64::from(ino)
+    }
+
+    /// The statistics of the layer's mount.
+    pub(crate) fn stats(&self) -> &Arc<FuseStats> {
+        &self.stats
+    }
+
+    /// Blocks of the layer's regular files (its share of `statfs`).
+    pub(crate) fn total_blocks(&self) -> u64 {
+        self.total_blocks
+    }
+
+    /// Inodes of the layer.
+    pub(crate) fn inodes(&self) -> u64 {
+        self.index.len() as u64
     }
 
     fn attr(&self, ino: Ino) -> Result<FileAttr, FsError> {
@@ -290,7 +309,7 @@ impl LayerFs {
         }
         .unwrap_or(UNIX_EPOCH);
         let mut attr = FileAttr {
-            ino: INodeNo(u64::from(ino)),
+            ino: INodeNo(self.node(ino)),
             size: node.size(),
             blocks: node.size().div_ceil(512),
             atime: mtime,
@@ -315,7 +334,7 @@ impl LayerFs {
     }
 
     fn dir(&self, ino: INodeNo) -> Result<Ino, FsError> {
-        let ino = Self::ino(ino)?;
+        let ino = self.ino(ino)?;
         match self.index.node(ino) {
             None => Err(FsError::NotFound),
             Some(n) if n.kind() != NodeKind::Dir => Err(FsError::NotDir),
@@ -375,7 +394,7 @@ impl LayerFs {
     }
 
     fn xattrs(&self, ino: INodeNo) -> Result<Vec<(&str, &[u8])>, FsError> {
-        let ino = Self::ino(ino)?;
+        let ino = self.ino(ino)?;
         self.index.node(ino).ok_or(FsError::NotFound)?;
         if self.view.is_whiteout(ino) {
             return Ok(Vec::new());
@@ -441,42 +460,28 @@ fn reply_xattr_bytes(reply: ReplyXattr, size: u32, data: &[u8]) {
     }
 }
 
-impl Filesystem for LayerFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_write(MAX_REQUEST);
-        let max_readahead = match config.set_max_readahead(MAX_REQUEST) {
-            Ok(_) => MAX_REQUEST,
-            Err(max) => {
-                let _ = config.set_max_readahead(max);
-                max
-            }
-        };
-        let abi = config.kernel_abi();
-        *self.live.init.lock().unwrap_or_else(|p| p.into_inner()) = Some(InitParams {
-            major: abi.0,
-            minor: abi.1,
-            max_readahead,
-            capabilities: config.capabilities().bits(),
-        });
-        let _ = config.set_max_background(64);
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_PARALLEL_DIROPS;
-        let _ = config.add_capabilities(wanted & config.capabilities());
-        if self.opts.passthrough.is_some()
-            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-        {
-            // Depth 1 keeps room for the overlay mounted on top (the kernel
-            // allows two stacked levels); backing files live on a plain fs.
-            if config.set_max_stack_depth(1).is_ok() {
-                self.live.passthrough_on.store(true, Ordering::Relaxed);
-            }
+/// The requests of the layer, as [`super::shared::SharedFs`] hands them on.
+impl LayerFs {
+    /// The entry of the layer's root, looked up in the session root.
+    pub(crate) fn lookup_root(&self, reply: ReplyEntry) {
+        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        match self.attr(crate::estargz::ROOT_INO) {
+            Ok(attr) => reply.entry_with_ttls(
+                &self.opts.entry_ttl,
+                &self.opts.attr_ttl,
+                &attr,
+                Generation(0),
+            ),
+            Err(e) => reply.error(errno(&e)),
         }
-        Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    /// The root's attributes (for the session root's listing).
+    pub(crate) fn root_attr(&self) -> Option<FileAttr> {
+        self.attr(crate::estargz::ROOT_INO).ok()
+    }
+
+    pub(crate) fn lookup(&self, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.stats.lookups.fetch_add(1, Ordering::Relaxed);
         let ttl = (&self.opts.entry_ttl, &self.opts.attr_ttl);
         match self.lookup_entry(parent, name) {
@@ -488,16 +493,16 @@ impl Filesystem for LayerFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    pub(crate) fn getattr(&self, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.stats.getattrs.fetch_add(1, Ordering::Relaxed);
-        match Self::ino(ino).and_then(|i| self.attr(i)) {
+        match self.ino(ino).and_then(|i| self.attr(i)) {
             Ok(attr) => reply.attr(&self.ttl(), &attr),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let target = Self::ino(ino).and_then(|i| {
+    pub(crate) fn readlink(&self, ino: INodeNo, reply: ReplyData) {
+        let target = self.ino(ino).and_then(|i| {
             self.index
                 .symlink_target(i)
                 .ok_or(if self.index.node(i).is_some() {
@@ -512,13 +517,13 @@ impl Filesystem for LayerFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    pub(crate) fn open(&self, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         // Handed over: the successor answers it (after FUSE_NOTIFY_RESEND).
         let Some(_pass) = self.live.gate.enter() else {
             return std::mem::forget(reply);
         };
         self.stats.opens.fetch_add(1, Ordering::Relaxed);
-        let res = Self::ino(ino).and_then(|i| {
+        let res = self.ino(ino).and_then(|i| {
             let node = self.index.node(i).ok_or(FsError::NotFound)?;
             if flags.acc_mode() != OpenAccMode::O_RDONLY {
                 return Err(FsError::ReadOnly);
@@ -540,9 +545,8 @@ impl Filesystem for LayerFs {
         }
     }
 
-    fn release(
+    pub(crate) fn release(
         &self,
-        _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -554,8 +558,8 @@ impl Filesystem for LayerFs {
             return std::mem::forget(reply);
         };
         self.stats.releases.fetch_add(1, Ordering::Relaxed);
-        if let Ok(i) = Self::ino(ino) {
-            if let Some(raw) = self.live.opens.release(i, fh.0) {
+        if let Ok(i) = self.ino(ino) {
+            if let Some(raw) = self.live.opens.release(self.node(i), fh.0) {
                 self.live.close_backing(raw);
             }
             if fh.0 == 0 {
@@ -566,9 +570,8 @@ impl Filesystem for LayerFs {
         reply.ok();
     }
 
-    fn read(
+    pub(crate) fn read(
         &self,
-        _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -581,7 +584,7 @@ impl Filesystem for LayerFs {
         self.stats
             .max_read_request
             .fetch_max(u64::from(size), Ordering::Relaxed);
-        let ino = match Self::ino(ino) {
+        let ino = match self.ino(ino) {
             Ok(i) => i,
             Err(e) => return reply.error(errno(&e)),
         };
@@ -659,7 +662,7 @@ impl Filesystem for LayerFs {
         });
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    pub(crate) fn opendir(&self, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.dir(ino) {
             // Listings never change: let the kernel cache them.
             Ok(_) => reply.opened(
@@ -670,9 +673,8 @@ impl Filesystem for LayerFs {
         }
     }
 
-    fn readdir(
+    pub(crate) fn readdir(
         &self,
-        _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -686,9 +688,8 @@ impl Filesystem for LayerFs {
         }
     }
 
-    fn readdirplus(
+    pub(crate) fn readdirplus(
         &self,
-        _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -703,21 +704,7 @@ impl Filesystem for LayerFs {
         }
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        // Used = layer content; nothing free (read-only), so `df` is truthful.
-        reply.statfs(
-            self.total_blocks,
-            0,
-            0,
-            self.index.len() as u64,
-            0,
-            BLOCK_SIZE,
-            255,
-            BLOCK_SIZE,
-        );
-    }
-
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    pub(crate) fn getxattr(&self, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let value = self.xattrs(ino).and_then(|xs| {
             xs.into_iter()
                 .find(|(n, _)| OsStr::new(n) == name)
@@ -730,7 +717,7 @@ impl Filesystem for LayerFs {
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    pub(crate) fn listxattr(&self, ino: INodeNo, size: u32, reply: ReplyXattr) {
         match self.xattrs(ino) {
             Ok(xs) => {
                 let mut list = Vec::new();
@@ -744,10 +731,10 @@ impl Filesystem for LayerFs {
         }
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+    pub(crate) fn access(&self, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         // Permission bits are enforced by the kernel (default_permissions);
         // here only existence and read-onlyness are answered.
-        let res = Self::ino(ino).and_then(|i| {
+        let res = self.ino(ino).and_then(|i| {
             self.index.node(i).ok_or(FsError::NotFound)?;
             if mask.contains(AccessFlags::W_OK) {
                 return Err(FsError::ReadOnly);

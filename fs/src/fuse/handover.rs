@@ -41,6 +41,10 @@ pub struct HandoverState {
     /// The open-file table, present only when the previous server handed the
     /// mount over; `None` after a crash (its table died with it).
     pub opens: Option<OpenTable>,
+    /// The first layer slot the previous server never handed out (slots are
+    /// never reused within a connection).
+    #[serde(default)]
+    pub next_slot: u32,
 }
 
 impl HandoverState {
@@ -132,6 +136,7 @@ impl Live {
                 .passthrough_on
                 .load(std::sync::atomic::Ordering::Relaxed),
             opens: None,
+            next_slot: 0,
         })
     }
 
@@ -209,6 +214,7 @@ mod tests {
             },
             passthrough: true,
             opens: Some(OpenTable::default()),
+            next_slot: 1,
         };
         let flags2 = |m: &[u8]| u32::from_ne_bytes(m[56..60].try_into().expect("4 bytes"));
         let msg = state.init_request();

@@ -22,6 +22,29 @@ pub struct MountEntry {
     pub fstype: String,
     /// Mount source (the FUSE `fsname`).
     pub source: String,
+    /// The directory of the filesystem the mount shows (`/` for a whole
+    /// filesystem, `/<slot>` for a layer's bind mount of a shared session).
+    pub root: PathBuf,
+}
+
+impl MountEntry {
+    /// What identifies the mount wherever its mountpoint moves.
+    pub fn id(&self) -> MountId {
+        MountId {
+            dev: self.dev,
+            root: self.root.clone(),
+        }
+    }
+}
+
+/// A mount's identity: its device and the directory it shows (bind mounts
+/// of one filesystem share the device).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MountId {
+    /// Device number of the superblock.
+    pub dev: u64,
+    /// The directory of the filesystem shown.
+    pub root: PathBuf,
 }
 
 /// Parses a mountinfo text; malformed lines are skipped.
@@ -31,13 +54,15 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
             // id parent maj:min root mountpoint opts [optional…] - fstype source superopts
             let mut fields = line.split(' ');
             let (maj, min) = fields.nth(2)?.split_once(':')?;
-            let mountpoint = fields.nth(1)?;
+            let root = fields.next()?;
+            let mountpoint = fields.next()?;
             let mut tail = line.split(" - ").nth(1)?.split(' ');
             Some(MountEntry {
                 mountpoint: unescape(mountpoint).into(),
                 dev: libc::makedev(maj.parse().ok()?, min.parse().ok()?),
                 fstype: tail.next()?.to_string(),
                 source: tail.next()?.to_string(),
+                root: unescape(root).into(),
             })
         })
         .collect()
@@ -57,15 +82,20 @@ fn resolve(path: &Path) -> Option<PathBuf> {
     }
 }
 
+/// The topmost mount at `mountpoint`, if any.
+pub fn mount_at(mountpoint: &Path) -> Option<MountEntry> {
+    let at = resolve(mountpoint)?;
+    read().ok()?.into_iter().rev().find(|m| m.mountpoint == at)
+}
+
 /// The device of the topmost mount at `mountpoint`, if any.
 pub fn device_of(mountpoint: &Path) -> Option<u64> {
-    let at = resolve(mountpoint)?;
-    read()
-        .ok()?
-        .into_iter()
-        .rev()
-        .find(|m| m.mountpoint == at)
-        .map(|m| m.dev)
+    mount_at(mountpoint).map(|m| m.dev)
+}
+
+/// The identity of the topmost mount at `mountpoint`, if any.
+pub fn id_of(mountpoint: &Path) -> Option<MountId> {
+    mount_at(mountpoint).map(|m| m.id())
 }
 
 /// Whether something is mounted at `path`.
@@ -138,7 +168,7 @@ mod tests {
     #[test]
     fn parses_devices_types_and_escaped_paths() {
         let t = parse(
-            "36 35 0:30 / /r/snapshots/1/fs rw - fuse rstargz ro\n\
+            "36 35 0:30 /7 /r/snapshots/1/fs rw - fuse rstargz ro\n\
              40 35 8:1 / /r/with\\040space rw shared:5 - ext4 /dev/sda1 rw\n\
              garbage\n",
         );
@@ -148,6 +178,8 @@ mod tests {
             (t[0].dev, t[0].fstype.as_str(), t[0].source.as_str()),
             (30, "fuse", "rstargz")
         );
+        assert_eq!(t[0].root, Path::new("/7"));
+        assert_eq!(t[1].root, Path::new("/"));
         assert_eq!(t[1].mountpoint, Path::new("/r/with space"));
         assert_eq!(t[1].dev, libc::makedev(8, 1));
     }

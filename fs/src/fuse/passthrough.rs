@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex, Weak};
 use fuser::BackingId;
 use serde::{Deserialize, Serialize};
 
-use crate::estargz::Ino;
+/// A FUSE node id: a layer's inode within the session's inode space
+/// (see `super::slots`), so one table serves every layer of a connection.
+type Ino = u64;
 
 /// How an open is served.
 #[derive(Debug)]

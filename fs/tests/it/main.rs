@@ -33,6 +33,8 @@ mod fuse_data; // root: FUSE
 #[cfg(feature = "system")]
 mod fuse_passthrough; // root: FUSE passthrough
 #[cfg(feature = "system")]
+mod fuse_shared; // root: FUSE, bind mounts
+#[cfg(feature = "system")]
 mod registry_auth; // registry (htpasswd), token server in the fault proxy
 #[cfg(feature = "system")]
 mod registry_fetch; // registry, fault proxy

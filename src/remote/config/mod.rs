@@ -16,8 +16,8 @@ use rstargz_fs::registry::{Backoff, HostsConfig, RegistryConfig};
 use serde::Deserialize;
 
 pub use sections::{
-    BackgroundSection, BlobSection, CacheSection, DEFAULT_LIVE_RESTART_TIMEOUT_SEC,
-    DEFAULT_READ_AMPLIFY_BYTES, DEFAULT_STREAM_WINDOW_BYTES, DEFAULT_THREADS_PER_MOUNT,
+    BackgroundSection, BlobSection, CacheSection, DEFAULT_FUSE_THREADS,
+    DEFAULT_LIVE_RESTART_TIMEOUT_SEC, DEFAULT_READ_AMPLIFY_BYTES, DEFAULT_STREAM_WINDOW_BYTES,
     FuseManagerSection, FuseSection, ResolverHost, ResolverSection,
 };
 

@@ -123,18 +123,20 @@ pub struct FuseSection {
     pub merge_buffer_size: Option<i64>,
     /// Go's workers assembling passthrough files; no effect.
     pub merge_worker_count: Option<i64>,
-    /// Threads reading each layer's FUSE requests (our key; fuser adds one
-    /// more per mount that only waits for them). Handlers never wait on
-    /// disk or network; two keep a reader's request from waiting behind
-    /// the read-ahead the kernel sent just before it (one thread halved
-    /// random 4 KiB reads from memory, four did no better than two). Every
-    /// thread counts once per mounted layer: 1,000 layers at 5 threads
-    /// would pass systemd's default TasksMax.
-    pub threads_per_mount: usize,
+    /// Threads reading the FUSE requests of every layer (our key; fuser
+    /// adds one more that only waits for them). One FUSE session serves
+    /// all layers, so the count stays flat however many are mounted.
+    /// Handlers never wait on disk or network; more than one keeps a
+    /// reader's request from waiting behind the read-ahead the kernel sent
+    /// just before it.
+    pub threads: usize,
+    /// Threads per mounted layer: accepted from older configs, no effect
+    /// (one session serves every layer; see `threads`).
+    pub threads_per_mount: Option<usize>,
 }
 
-/// Default of `[fuse] threads_per_mount`.
-pub const DEFAULT_THREADS_PER_MOUNT: usize = 2;
+/// Default of `[fuse] threads`.
+pub const DEFAULT_FUSE_THREADS: usize = 4;
 
 /// Default of `[fuse] live_restart_timeout_sec`: long enough for a service
 /// manager to restart a crashed daemon.
@@ -151,7 +153,8 @@ impl Default for FuseSection {
             live_restart_timeout_sec: DEFAULT_LIVE_RESTART_TIMEOUT_SEC,
             merge_buffer_size: None,
             merge_worker_count: None,
-            threads_per_mount: DEFAULT_THREADS_PER_MOUNT,
+            threads: DEFAULT_FUSE_THREADS,
+            threads_per_mount: None,
         }
     }
 }

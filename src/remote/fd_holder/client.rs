@@ -32,7 +32,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(crate) enum Request {
-    /// Keep the attached fd under `key` with `state` (replaces an entry).
+    /// Keep the attached fd (if any) under `key` with `state` (replaces an entry).
     Put { key: String, state: String },
     /// Replace the state of an entry this connection owns.
     Update { key: String, state: String },
@@ -301,6 +301,15 @@ impl FdStore {
         self.call(&req, Some(fd)).map(drop)
     }
 
+    /// Keeps `state` alone under `key` (no connection), owned by this daemon.
+    pub fn put_state(&self, key: &str, state: &str) -> Result<(), FdStoreError> {
+        let req = Request::Put {
+            key: key.into(),
+            state: state.into(),
+        };
+        self.call(&req, None).map(drop)
+    }
+
     /// Replaces the state of an entry this daemon owns.
     pub fn update(&self, key: &str, state: &str) -> Result<(), FdStoreError> {
         let req = Request::Update {
@@ -316,6 +325,16 @@ impl FdStore {
         match self.call(&Request::Take { key: key.into() }, None) {
             Ok((reply, Some(fd))) => Ok(Some((fd, reply.state.unwrap_or_default()))),
             Ok((_, None)) => Err(FdStoreError::Protocol("take answered without fd".into())),
+            Err(FdStoreError::Refused(e)) if e == "missing" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes an entry of state alone ([`Self::put_state`]) left by a previous
+    /// daemon, or `None` when there is no such entry.
+    pub fn take_state(&self, key: &str) -> Result<Option<String>, FdStoreError> {
+        match self.call(&Request::Take { key: key.into() }, None) {
+            Ok((reply, _)) => Ok(Some(reply.state.unwrap_or_default())),
             Err(FdStoreError::Refused(e)) if e == "missing" => Ok(None),
             Err(e) => Err(e),
         }

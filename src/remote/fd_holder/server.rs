@@ -27,7 +27,9 @@ use super::client::{FdStoreError, HeldSecret, Reply, Request, recv, send, seqpac
 const STARTUP_GRACE: Duration = Duration::from_secs(10);
 
 struct Entry {
-    fd: OwnedFd,
+    /// The connection; `None` for an entry of state only (a layer of a
+    /// shared FUSE session, whose connection is the session's entry).
+    fd: Option<OwnedFd>,
     state: String,
     owner: Option<u64>,
 }
@@ -91,10 +93,15 @@ pub fn run(socket: &Path, orphan_timeout: Duration) -> Result<(), FdStoreError> 
             );
             // No events asked: only POLLERR, which a connection reports once
             // it is aborted (unmounted).
+            let polled: Vec<(usize, &OwnedFd)> = keys
+                .iter()
+                .enumerate()
+                .filter_map(|(i, k)| Some((i, entries.get(k)?.fd.as_ref()?)))
+                .collect();
             fds.extend(
-                keys.iter()
-                    .filter_map(|k| entries.get(k))
-                    .map(|e| PollFd::new(e.fd.as_fd(), PollFlags::empty())),
+                polled
+                    .iter()
+                    .map(|(_, fd)| PollFd::new(fd.as_fd(), PollFlags::empty())),
             );
             match poll(&mut fds, PollTimeout::from(1000u16)) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -106,7 +113,12 @@ pub fn run(socket: &Path, orphan_timeout: Duration) -> Result<(), FdStoreError> 
                 .collect();
             let (l, rest) = ev.split_at(1);
             let (c, e) = rest.split_at(clients.len());
-            (l[0], c.to_vec(), e.to_vec())
+            // Back to one event per key (none for entries without fd).
+            let mut per_key = vec![PollFlags::empty(); keys.len()];
+            for ((i, _), ev) in polled.iter().zip(e) {
+                per_key[*i] = *ev;
+            }
+            (l[0], c.to_vec(), per_key)
         };
         for (key, ev) in keys.iter().zip(entry_ev) {
             if ev.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL) {
@@ -181,20 +193,17 @@ fn handle<'a>(
         ..Reply::default()
     };
     match req {
-        Request::Put { key, state } => match fd {
-            Some(fd) => {
-                entries.insert(
-                    key,
-                    Entry {
-                        fd,
-                        state,
-                        owner: Some(id),
-                    },
-                );
-                (Reply::default(), None)
-            }
-            None => (err("put without fd"), None),
-        },
+        Request::Put { key, state } => {
+            entries.insert(
+                key,
+                Entry {
+                    fd,
+                    state,
+                    owner: Some(id),
+                },
+            );
+            (Reply::default(), None)
+        }
         Request::Update { key, state } => match entries.get_mut(&key) {
             Some(e) if e.owner == Some(id) => {
                 e.state = state;
@@ -210,7 +219,7 @@ fn handle<'a>(
                     state: Some(e.state.clone()),
                     ..Reply::default()
                 };
-                (reply, Some(e.fd.as_fd()))
+                (reply, e.fd.as_ref().map(|fd| fd.as_fd()))
             }
             Some(_) => (err("busy"), None),
             None => (err("missing"), None),

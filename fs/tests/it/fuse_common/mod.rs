@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rstargz_fs::cache::{ChunkCache, ChunkCacheConfig, DiskCache};
 use rstargz_fs::estargz::OpenOptions;
-use rstargz_fs::fuse::{MountHandle, MountOptions, mount};
+use rstargz_fs::fuse::{LayerMount, MountOptions, SharedSession};
 use rstargz_fs::layer::{BlobSource, LayerReader, Purpose};
 
 /// What a [`TestSource`] does with chunk (non-metadata) reads.
@@ -103,10 +103,12 @@ pub fn open_layer(
     )
 }
 
-/// A layer mounted at a temporary directory; unmounted on drop.
+/// A layer mounted at a temporary directory (a session of its own at
+/// `<dir>/fuse`, the layer bind-mounted at `<dir>/fs`); unmounted on drop.
 pub struct Mounted {
-    pub handle: Option<MountHandle>,
+    pub handle: Option<LayerMount>,
     pub path: PathBuf,
+    pub session: Arc<SharedSession>,
     _dir: tempfile::TempDir,
 }
 
@@ -136,14 +138,20 @@ pub fn mount_layer(
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fs");
     std::fs::create_dir(&path).unwrap();
+    let fuse = dir.path().join("fuse");
+    std::fs::create_dir(&fuse).unwrap();
     let opts = MountOptions {
         runtime: Some(rt.handle().clone()),
         ..opts
     };
-    let handle = mount(&path, layer, opts).unwrap();
+    let session = SharedSession::mount(&fuse, &opts).unwrap();
+    let handle = session
+        .attach(session.reserve(), &path, layer, opts)
+        .unwrap();
     Mounted {
         handle: Some(handle),
         path,
+        session,
         _dir: dir,
     }
 }
