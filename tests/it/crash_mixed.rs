@@ -496,17 +496,38 @@ async fn check_state(round: usize, d: &Daemon, c: &mut Client, s: &Shared) {
         );
     }
 
-    // Mounts under the root: exactly one FUSE mount per remote layer.
+    // Mounts under the root: the one FUSE session (when a remote layer is
+    // mounted) and exactly one bind mount of it per remote layer.
     let snapshots = d.snapshots_dir();
-    let mut mounted: Vec<PathBuf> = mount_table()
+    let session = d.root.join("fuse");
+    let ours: Vec<_> = mount_table()
         .into_iter()
         .filter(|m| m.mountpoint.starts_with(&d.root))
-        .map(|m| {
+        .inspect(|m| {
             assert!(
                 m.fstype.starts_with("fuse") && m.source == "rstargz",
                 "round {round}: unexpected mount {m:?}"
             );
-            m.mountpoint
+        })
+        .collect();
+    let sessions: Vec<_> = ours.iter().filter(|m| m.mountpoint == session).collect();
+    assert!(sessions.len() <= 1, "round {round}: {sessions:?}");
+    let mut mounted: Vec<PathBuf> = ours
+        .iter()
+        .filter(|m| m.mountpoint != session)
+        .map(|m| {
+            let dev = sessions.first().map(|s| &s.dev);
+            assert_eq!(
+                Some(&m.dev),
+                dev,
+                "round {round}: a layer outside the session: {m:?}"
+            );
+            assert_ne!(
+                m.root,
+                Path::new("/"),
+                "round {round}: not a layer's bind mount: {m:?}"
+            );
+            m.mountpoint.clone()
         })
         .collect();
     mounted.sort();

@@ -1,5 +1,7 @@
-//! Threads of the daemon per mounted layer: a measurement, not a check
-//! (ignored by default; figures are printed, never asserted).
+//! Threads of the daemon per mounted layer. The check: the daemon's
+//! threads do not grow with the layers it mounts (one FUSE session serves
+//! them all). The measurement (ignored by default; figures are printed,
+//! never asserted):
 //!
 //! `RSTARGZ_SCALE_LAYERS` layers (default 100) of 100 small files each, in
 //! images of at most 100 layers, are mounted through the Snapshots socket
@@ -31,8 +33,13 @@ const FILES_PER_LAYER: usize = 100;
 const LAYERS_PER_IMAGE: usize = 100;
 
 fn small_layer(seed: usize) -> TestLayer {
+    layer_of(seed, FILES_PER_LAYER)
+}
+
+/// A layer of `files` small files under `l<seed>/`.
+fn layer_of(seed: usize, files: usize) -> TestLayer {
     let mut b = tar::Builder::new(Vec::new());
-    for f in 0..FILES_PER_LAYER {
+    for f in 0..files {
         let data = test_blob(1024 + (f * 31 + seed) % 3072, (seed * 1000 + f) as u64);
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o644);
@@ -112,6 +119,76 @@ fn read_all(dir: &Path) -> u64 {
         }
     }
     bytes
+}
+
+/// FUSE threads of a thread census: the workers and fuser's joiner.
+fn fuser_threads(kinds: &BTreeMap<String, usize>) -> usize {
+    kinds
+        .iter()
+        .filter(|(k, _)| k.starts_with("fuser"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Issue 18's bound on the daemon's threads at 1,000 layers, bursts included.
+const MAX_THREADS: usize = 64;
+
+/// Mounting 10 layers, then 90 more, leaves the daemon the same FUSE
+/// threads (before the shared session: 2 more per layer), and its peak
+/// thread count through both stays within issue 18's bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_threads_do_not_grow_with_mounted_layers() {
+    let registry = TestRegistry::start().await;
+    let (few, many) = (10, 90);
+    let mut images = Vec::new();
+    for (i, range) in [0..few, few..few + many].into_iter().enumerate() {
+        let made: Vec<TestLayer> = range.map(|s| layer_of(s, 4)).collect();
+        let reference = registry.reference(&format!("flat/image{i}"));
+        push_image(&reference, &made).await;
+        images.push(reference);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let pid = daemon.pid();
+    let sampler = Sampler::start(pid);
+    let mut client = Snapshotter::connect(&daemon.socket).await.unwrap();
+    let mut mounted = Vec::new();
+    let mut census = Vec::new();
+    for (i, reference) in images.iter().enumerate() {
+        let image = remote_layer::resolve(reference).await.unwrap();
+        let at = dir.path().join(format!("root{i}"));
+        mounted.push(
+            client
+                .mount(&image, &format!("flat{i}"), &at)
+                .await
+                .unwrap(),
+        );
+        census.push(threads(pid));
+    }
+    let (peak, kinds_at_peak) = sampler.finish();
+    // Every layer is served: a file of the first and of the last reads back.
+    let top = &mounted[1].dir;
+    assert_eq!(
+        std::fs::read(top.join("l0/f0")).unwrap().len(),
+        std::fs::read(mounted[0].dir.join("l0/f0")).unwrap().len()
+    );
+    assert!(top.join(format!("l{}/f3", few + many - 1)).is_file());
+    let (at_few, at_many) = (&census[0].1, &census[1].1);
+    assert!(fuser_threads(at_few) > 0, "{at_few:?}");
+    assert_eq!(
+        fuser_threads(at_many),
+        fuser_threads(at_few),
+        "FUSE threads at {few} layers: {at_few:?}; at {}: {at_many:?}",
+        few + many
+    );
+    assert!(
+        peak <= MAX_THREADS,
+        "peak of {peak} threads: {kinds_at_peak:?}"
+    );
+    for m in &mounted {
+        client.unmount(m).await.unwrap();
+    }
+    daemon.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

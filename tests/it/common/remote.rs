@@ -133,6 +133,11 @@ pub struct MountInfo {
     pub source: String,
     /// Superblock options (`user_id=0,…` for FUSE).
     pub super_options: Vec<String>,
+    /// Device number of the superblock (`maj:min`).
+    pub dev: String,
+    /// The directory of the filesystem shown (`/<slot>` for a layer's bind
+    /// mount of the FUSE session).
+    pub root: PathBuf,
 }
 
 /// The mount table of this process (shared with the daemon it started).
@@ -145,6 +150,8 @@ pub fn mount_table() -> Vec<MountInfo> {
             let mut tail = tail.split(' ');
             Some(MountInfo {
                 mountpoint: PathBuf::from(unescape(fields.get(4)?)),
+                dev: fields.get(2)?.to_string(),
+                root: PathBuf::from(unescape(fields.get(3)?)),
                 options: fields.get(5)?.split(',').map(String::from).collect(),
                 fstype: tail.next()?.to_string(),
                 source: tail.next()?.to_string(),
