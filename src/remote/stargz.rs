@@ -208,12 +208,13 @@ impl StargzFs {
     /// for them fail with ENOENT).
     pub fn finish_adoption(&self) {
         let Some(live) = &self.live else { return };
-        let session = lock(&self.session).clone();
-        for (path, slot) in live.finish_adoption() {
-            super::live::detach(&path);
-            if let Some(session) = &session {
-                session.abandon(slot);
-            }
+        let left = live.finish_adoption();
+        for (path, _) in &left {
+            super::live::detach(path);
+        }
+        if let Some(session) = lock(&self.session).clone() {
+            let slots: Vec<_> = left.iter().map(|(_, slot)| *slot).collect();
+            session.abandon(&slots);
         }
     }
 

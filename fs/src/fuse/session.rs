@@ -310,17 +310,33 @@ impl SharedSession {
         }
     }
 
-    /// Gives up a pending slot: its waiting requests fail with ENOENT.
-    pub fn abandon(&self, slot: Slot) {
-        self.retire(slot);
+    /// Gives up pending slots: their waiting requests fail with ENOENT.
+    pub fn abandon(&self, slots: &[Slot]) {
+        // Every waiting request answered first: a waiting lookup in the
+        // session root holds the root's lock, which dropping a cached entry
+        // needs.
+        for slot in slots {
+            self.slots.retire(*slot);
+        }
+        for slot in slots {
+            self.forget_cached(*slot);
+        }
     }
 
     /// Empties `slot` and lets the kernel drop what it cached of it.
     fn retire(&self, slot: Slot) {
         self.slots.retire(slot);
-        // Drops the layer's dentries and inodes (and their page cache) from
-        // the kernel now rather than under memory pressure. Never called on
-        // a session thread: the kernel takes the root's lock for it.
+        self.forget_cached(slot);
+    }
+
+    /// Drops `slot`'s dentries and inodes (and their page cache) from the
+    /// kernel now rather than under memory pressure. Never on a session
+    /// thread, and not while a slot is pending: the kernel takes the
+    /// root's lock for it, which a lookup waiting in a pending slot holds.
+    fn forget_cached(&self, slot: Slot) {
+        if !self.slots.pending().is_empty() {
+            return;
+        }
         let name = slot.to_string();
         match self.notifier.inval_entry(INodeNo(1), name.as_ref()) {
             Ok(()) => {}

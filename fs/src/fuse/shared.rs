@@ -174,13 +174,13 @@ impl Filesystem for SharedFs {
         _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
-        flags: OpenFlags,
-        lock_owner: Option<LockOwner>,
-        flush: bool,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
         reply: ReplyEmpty,
     ) {
         self.route(ino, reply, ReplyEmpty::error, move |fs, reply| {
-            fs.release(ino, fh, flags, lock_owner, flush, reply)
+            fs.release(ino, fh, reply)
         });
     }
 
@@ -188,15 +188,15 @@ impl Filesystem for SharedFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
-        flags: OpenFlags,
-        lock_owner: Option<LockOwner>,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
         self.route(ino, reply, ReplyData::error, move |fs, reply| {
-            fs.read(ino, fh, offset, size, flags, lock_owner, reply)
+            fs.read(ino, offset, size, reply)
         });
     }
 
