@@ -357,3 +357,73 @@ fn the_fd_holder_keeps_credentials_for_the_next_daemon_and_only_in_time() {
     // Nobody came back in time: they are forgotten and the holder exits.
     wait_for("the holder to exit", || !socket.exists());
 }
+
+/// The slots (`/<slot>`, the mountinfo root of each layer's bind mount of
+/// the FUSE session) of the layers mounted under `root`, by mountpoint.
+fn layer_slots(root: &Path) -> std::collections::BTreeMap<PathBuf, u32> {
+    remote::mount_table()
+        .into_iter()
+        .filter(|m| m.mountpoint.starts_with(root.join("snapshots")) && m.source == "rstargz")
+        .map(|m| {
+            let slot = m.root.to_str().unwrap().trim_start_matches('/');
+            (m.mountpoint, slot.parse().unwrap())
+        })
+        .collect()
+}
+
+/// A retired layer's slot is never handed out again, not even by the next
+/// daemon after a restart (the kernel may still cache the retired layer's
+/// inodes under its node ids), and a layer kept across the restart keeps
+/// its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_are_never_reused_across_a_restart() {
+    let registry = TestRegistry::start().await;
+    let reference = format!("{}/live/slots:latest", registry.host());
+    let layer = layer(&files());
+    let digests = push_image(&reference, std::slice::from_ref(&layer)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = start(dir.path());
+    let root = daemon.root.clone();
+    let mut c = daemon.client().await;
+    let toc = layer.toc_digest.clone().unwrap();
+    let mount = async |c: &mut Client, chain: &str| {
+        let labels = [
+            ("containerd.io/snapshot.ref", chain),
+            (STARGZ_REFERENCE, reference.as_str()),
+            (STARGZ_DIGEST, digests[0].as_str()),
+            (TOC_DIGEST, toc.as_str()),
+        ];
+        let err = prepare(c, &format!("extract-{chain}"), "", &labels)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+    };
+    mount(&mut c, "chain-a").await;
+    mount(&mut c, "chain-b").await;
+    let first = layer_slots(&root);
+    assert_eq!(first.len(), 2, "{first:?}");
+    let highest = *first.values().max().unwrap();
+    remove(&mut c, "chain-b").await.unwrap();
+    let kept = layer_slots(&root);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+
+    daemon.stop_for_restart();
+    daemon = start(dir.path());
+    let mut c = daemon.client().await;
+    assert_eq!(layer_slots(&root), kept, "the kept layer keeps its slot");
+    mount(&mut c, "chain-c").await;
+    let now = layer_slots(&root);
+    let new: Vec<u32> = now
+        .iter()
+        .filter(|(p, _)| !kept.contains_key(*p))
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(new.len(), 1, "{now:?}");
+    assert!(
+        new[0] > highest,
+        "slot {} handed out again: {now:?}",
+        new[0]
+    );
+    daemon.stop();
+    assert!(layer_slots(&root).is_empty());
+}
