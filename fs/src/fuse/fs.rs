@@ -134,23 +134,7 @@ impl LayerFs {
             access: AccessPattern::default(),
             logged_opens: std::sync::Mutex::default(),
             base,
-            negative: FileAttr {
-                ino: INodeNo(0),
-                size: 0,
-                blocks: 0,
-                atime: UNIX_EPOCH,
-                mtime: UNIX_EPOCH,
-                ctime: UNIX_EPOCH,
-                crtime: UNIX_EPOCH,
-                kind: FileType::RegularFile,
-                perm: 0,
-                nlink: 0,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                blksize: BLOCK_SIZE,
-                flags: 0,
-            },
+            negative: bare_attr(0, FileType::RegularFile, 0, 0),
         }
     }
 
@@ -429,6 +413,28 @@ impl Fill {
         if let Err(e) = self.store.record_read(self.key, self.size, offset, data) {
             tracing::debug!(ino = self.ino, error = %e, "cannot fill the passthrough copy");
         }
+    }
+}
+
+/// Attributes of `kind` with only the node id, permissions and link count
+/// set (times at the epoch, owned by root, empty).
+pub(crate) fn bare_attr(ino: u64, kind: FileType, perm: u16, nlink: u32) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind,
+        perm,
+        nlink,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: BLOCK_SIZE,
+        flags: 0,
     }
 }
 

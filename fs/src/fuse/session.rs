@@ -73,7 +73,48 @@ fn session_config(opts: &MountOptions) -> Config {
     config
 }
 
+/// What a fresh and a taken-over session are built from.
+struct Parts {
+    slots: Arc<Slots>,
+    live: Arc<Live>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Parts {
+    /// The filesystem fuser serves over these parts.
+    fn fs(&self, opts: &MountOptions) -> SharedFs {
+        SharedFs {
+            slots: self.slots.clone(),
+            live: self.live.clone(),
+            passthrough: opts.passthrough.is_some(),
+        }
+    }
+}
+
 impl SharedSession {
+    /// The session serving over `parts` once fuser's workers run.
+    fn serving(
+        dir: &Path,
+        parts: Parts,
+        session: BackgroundSession,
+        conn: OwnedFd,
+        resend: bool,
+        dev: Option<u64>,
+    ) -> Arc<SharedSession> {
+        Arc::new(SharedSession {
+            dir: dir.to_owned(),
+            slots: parts.slots,
+            live: parts.live,
+            notifier: session.notifier(),
+            session: Mutex::new(Some(session)),
+            conn,
+            resend,
+            dev,
+            runtime: parts.runtime,
+            pinned: AtomicBool::new(false),
+        })
+    }
+
     /// Mounts an empty session at `dir`. When this returns, the FUSE
     /// handshake is done and the mount serves requests.
     pub fn mount(dir: &Path, opts: &MountOptions) -> Result<Arc<SharedSession>, MountError> {
@@ -93,14 +134,12 @@ impl SharedSession {
             path: dir.to_owned(),
             source,
         };
-        let slots = Arc::new(Slots::new(1, &[]));
-        let live = Arc::new(Live::new());
-        let fs = SharedFs {
-            slots: slots.clone(),
-            live: live.clone(),
-            passthrough: opts.passthrough.is_some(),
+        let parts = Parts {
+            slots: Arc::new(Slots::new(1, &[])),
+            live: Arc::new(Live::new()),
+            runtime,
         };
-        let session = fuser::Session::new(fs, dir, &config).map_err(err)?;
+        let session = fuser::Session::new(parts.fs(opts), dir, &config).map_err(err)?;
         let conn = handover::dup(&session).map_err(err)?;
         // Nothing is in flight yet, so resending is a harmless probe.
         let resend = handover::notify_resend(conn.as_fd()).is_ok();
@@ -114,18 +153,7 @@ impl SharedSession {
             }
             None => tracing::warn!(dir = %dir.display(), "new mount not in the mount table"),
         }
-        Ok(Arc::new(SharedSession {
-            dir: dir.to_owned(),
-            slots,
-            live,
-            notifier: session.notifier(),
-            session: Mutex::new(Some(session)),
-            conn,
-            resend,
-            dev,
-            runtime,
-            pinned: AtomicBool::new(false),
-        }))
+        Ok(Self::serving(dir, parts, session, conn, resend, dev))
     }
 
     /// Goes on serving the session at `dir` whose connection `conn` a
@@ -148,12 +176,10 @@ impl SharedSession {
         };
         let runtime = session_runtime(dir, opts)?;
         let config = session_config(opts);
-        let slots = Arc::new(Slots::new(state.next_slot, pending));
-        let live = Arc::new(Live::resumed(state, handover::dup(&conn).map_err(err)?));
-        let fs = SharedFs {
-            slots: slots.clone(),
-            live: live.clone(),
-            passthrough: opts.passthrough.is_some(),
+        let parts = Parts {
+            slots: Arc::new(Slots::new(state.next_slot, pending)),
+            live: Arc::new(Live::resumed(state, handover::dup(&conn).map_err(err)?)),
+            runtime,
         };
         // The handshake runs against a socket holding the kernel's INIT of
         // this connection, then the session's fd is pointed at the connection.
@@ -165,7 +191,8 @@ impl SharedSession {
         )
         .map_err(|e| err(e.into()))?;
         nix::unistd::write(&ours, &state.init_request()).map_err(|e| err(e.into()))?;
-        let session = fuser::Session::from_fd(fs, theirs, config.acl, config).map_err(err)?;
+        let acl = config.acl;
+        let session = fuser::Session::from_fd(parts.fs(opts), theirs, acl, config).map_err(err)?;
         let mut reply = [0u8; 256];
         let n = nix::unistd::read(&ours, &mut reply).map_err(|e| err(e.into()))?;
         handover::check_init_reply(&reply[..n]).map_err(err)?;
@@ -174,20 +201,10 @@ impl SharedSession {
         // (not ours in flight) are queued again.
         handover::notify_resend(conn.as_fd()).map_err(err)?;
         let session = session.spawn().map_err(err)?;
-        Ok(Arc::new(SharedSession {
-            dir: dir.to_owned(),
-            slots,
-            live,
-            notifier: session.notifier(),
-            session: Mutex::new(Some(session)),
-            conn,
-            resend: true,
-            // The mount table, not a stat: a stat on our own mount would
-            // wait for the resent requests this process has yet to answer.
-            dev: mountinfo::device_of(dir),
-            runtime,
-            pinned: AtomicBool::new(false),
-        }))
+        // The mount table, not a stat: a stat on our own mount would wait
+        // for the resent requests this process has yet to answer.
+        let dev = mountinfo::device_of(dir);
+        Ok(Self::serving(dir, parts, session, conn, true, dev))
     }
 
     /// Where the session is mounted.

@@ -6,7 +6,7 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -14,7 +14,7 @@ use fuser::{
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
-use super::fs::{BLOCK_SIZE, LayerFs};
+use super::fs::{BLOCK_SIZE, LayerFs, bare_attr};
 use super::handover::{InitParams, Live};
 use super::slots::{Slot, Slots, slot_of};
 
@@ -38,23 +38,7 @@ pub(crate) struct SharedFs {
 }
 
 fn root_attr() -> FileAttr {
-    FileAttr {
-        ino: INodeNo(ROOT),
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: FileType::Directory,
-        perm: 0o755,
-        nlink: 2,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: BLOCK_SIZE,
-        flags: 0,
-    }
+    bare_attr(ROOT, FileType::Directory, 0o755, 2)
 }
 
 /// How long the kernel may keep the root's attributes: its listing
