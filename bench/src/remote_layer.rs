@@ -205,6 +205,20 @@ impl Snapshotter {
         })
     }
 
+    /// Times one Mounts call for `key` (containerd makes one per container
+    /// start; it checks every remote layer of the chain).
+    pub async fn time_mounts(&mut self, key: &str) -> Result<std::time::Duration, MountError> {
+        let started = Instant::now();
+        self.client
+            .mounts(pb::MountsRequest {
+                snapshotter: String::new(),
+                key: key.to_owned(),
+            })
+            .await
+            .map_err(rpc("Mounts", key))?;
+        Ok(started.elapsed())
+    }
+
     /// Unmounts the container root and removes its snapshots (top first).
     pub async fn unmount(&mut self, m: &MountedImage) -> Result<(), MountError> {
         nix::mount::umount2(&m.dir, nix::mount::MntFlags::MNT_DETACH)

@@ -161,7 +161,8 @@ fn now_nanos() -> u128 {
         .unwrap_or_default()
 }
 
-fn percentile_ms(sorted: &[Duration], pct: usize) -> f64 {
+/// The `pct` percentile of `sorted` durations, in milliseconds (0 when empty).
+pub fn percentile_ms(sorted: &[Duration], pct: usize) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -25,12 +25,15 @@ use std::time::Duration;
 
 use crate::common::Daemon;
 use rstargz_bench::remote_layer::{self, Snapshotter};
+use rstargz_bench::snapshot_ops::percentile_ms;
 use rstargz_fs::estargz::WriterOptions;
 use rstargz_test_support::registry::TestRegistry;
 use rstargz_test_support::{TestLayer, push_image, test_blob};
 
 const FILES_PER_LAYER: usize = 100;
 const LAYERS_PER_IMAGE: usize = 100;
+/// Mounts calls timed per container root.
+const MOUNTS_CALLS: usize = 20;
 
 fn small_layer(seed: usize) -> TestLayer {
     layer_of(seed, FILES_PER_LAYER)
@@ -250,6 +253,25 @@ async fn scale_threads_per_mounted_layer() {
         );
     }
     let mount_secs = started.elapsed().as_secs_f64();
+    // Time per layer's Prepare, and Mounts of each container root (which
+    // checks every layer of its chain), as containerd calls them.
+    let mut prepares: Vec<Duration> = mounted
+        .iter()
+        .flat_map(|m| {
+            m.prepare_ms
+                .iter()
+                .map(|ms| Duration::from_secs_f64(ms / 1e3))
+        })
+        .collect();
+    let mut mounts_calls = Vec::new();
+    for m in &mounted {
+        for _ in 0..MOUNTS_CALLS {
+            mounts_calls.push(client.time_mounts(&m.active).await.unwrap());
+        }
+    }
+    prepares.sort();
+    mounts_calls.sort();
+    let ms = |v: &[Duration], pct| percentile_ms(v, pct);
     // Prefetch and streaming of the small layers run on after the mounts.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (peak_mount, kinds_mount) = sampler.finish();
@@ -269,9 +291,15 @@ async fn scale_threads_per_mounted_layer() {
     eprintln!(
         "SCALE layers={layers} mount_s={mount_secs:.1} read_bytes={bytes} idle={idle} \
          peak_mount={peak_mount} peak_read={peak_read} steady={steady} \
-         steady_per_layer={per_layer:.2} rss_mib={} fds={fds}\n  at mount peak: {kinds_mount:?}\n  \
+         steady_per_layer={per_layer:.2} rss_mib={} fds={fds} \
+         prepare_ms_p50={:.1} prepare_ms_p99={:.1} mounts_ms_p50={:.1} mounts_ms_p99={:.1}\n  \
+         at mount peak: {kinds_mount:?}\n  \
          at read peak: {kinds_read:?}\n  steady: {kinds_steady:?}",
-        rss_kib / 1024
+        rss_kib / 1024,
+        ms(&prepares, 50),
+        ms(&prepares, 99),
+        ms(&mounts_calls, 50),
+        ms(&mounts_calls, 99),
     );
     for m in &mounted {
         client.unmount(m).await.unwrap();
