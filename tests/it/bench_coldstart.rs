@@ -6,6 +6,8 @@
 //! containerd, runc, ctr-remote, docker-registry, busybox-static (from
 //! scripts/setup.sh), DejaVu fonts and the Go reference daemon (from
 //! scripts/setup-bench.sh); a missing one fails the test. Takes about 40 s.
+//! The same through containerd's CRI plugin (`--cri`, loopback only): a
+//! figure for the full pull and both rstargz modes.
 
 #![allow(clippy::unwrap_used)]
 
@@ -82,4 +84,62 @@ fn quick_cold_start_produces_every_figure() {
     }
     // The snapshotter logs of every run are kept for inspection.
     assert!(out.join("logs").read_dir().unwrap().count() >= 2 * MODES.len());
+}
+
+#[test]
+fn quick_cri_cold_start_produces_its_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, work) = (tmp.path().join("out"), tmp.path().join("work"));
+    let rstargz = Path::new(env!("CARGO_BIN_EXE_rstargz"));
+    let bench = rstargz.with_file_name("rstargz-bench");
+    assert!(bench.is_file(), "{} not built", bench.display());
+    let run = Command::new(&bench)
+        .args([
+            "cold-start",
+            "--quick",
+            "--cri",
+            "--loopback-only",
+            "--no-background-fetch",
+        ])
+        .arg("--rstargz")
+        .arg(rstargz)
+        .arg("--out")
+        .arg(&out)
+        .arg("--work")
+        .arg(&work)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["cri"], true);
+    let plain = report["images"][0]["plain_bytes"].as_u64().unwrap();
+    let samples = report["samples"].as_array().unwrap();
+    for mode in ["overlayfs", "rstargz", "rstargz-prio"] {
+        let s = samples
+            .iter()
+            .find(|s| s["mode"] == mode)
+            .unwrap_or_else(|| panic!("no CRI figure for {mode}"));
+        let bytes = s["bytes"].as_u64().unwrap();
+        assert!(s["total_s"].as_f64().unwrap() > 0.0, "{s}");
+        if mode == "overlayfs" {
+            assert!(bytes >= plain, "the full pull fetched {bytes} of {plain}");
+        } else {
+            assert!(bytes * 2 < plain, "{mode} was not lazy: {s}");
+        }
+    }
+    assert!(
+        !samples.iter().any(|s| s["mode"] == "go"),
+        "the Go reference is not run through CRI"
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("Cold start through CRI over loopback") && md.contains("overlayfs"),
+        "{md}"
+    );
 }
