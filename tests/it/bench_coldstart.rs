@@ -11,16 +11,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const MODES: [&str; 5] = ["overlayfs", "rstargz", "rstargz-prio", "go", "go-prio"];
 const LINKS: [&str; 2] = ["loopback", "20ms-100mbit"];
 
-#[test]
-fn quick_cold_start_produces_every_figure() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (out, work) = (tmp.path().join("out"), tmp.path().join("work"));
+/// Runs `rstargz-bench cold-start --quick --no-background-fetch` with
+/// `extra` options under `dir`, asserting success; returns its output dir.
+fn cold_start(dir: &Path, extra: &[&str]) -> PathBuf {
+    let (out, work) = (dir.join("out"), dir.join("work"));
     let rstargz = Path::new(env!("CARGO_BIN_EXE_rstargz"));
     let bench = rstargz.with_file_name("rstargz-bench");
     assert!(
@@ -30,8 +30,9 @@ fn quick_cold_start_produces_every_figure() {
     );
     let run = Command::new(&bench)
         // Without background fetch the bytes counted are what pull and
-        // workload asked for, which is what the laziness check below needs.
+        // workload asked for, which is what the laziness checks need.
         .args(["cold-start", "--quick", "--no-background-fetch"])
+        .args(extra)
         .arg("--rstargz")
         .arg(rstargz)
         .arg("--out")
@@ -46,6 +47,13 @@ fn quick_cold_start_produces_every_figure() {
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
+    out
+}
+
+#[test]
+fn quick_cold_start_produces_every_figure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = cold_start(tmp.path(), &[]);
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     let image = &report["images"][0];
@@ -89,32 +97,7 @@ fn quick_cold_start_produces_every_figure() {
 #[test]
 fn quick_cri_cold_start_produces_its_figures() {
     let tmp = tempfile::tempdir().unwrap();
-    let (out, work) = (tmp.path().join("out"), tmp.path().join("work"));
-    let rstargz = Path::new(env!("CARGO_BIN_EXE_rstargz"));
-    let bench = rstargz.with_file_name("rstargz-bench");
-    assert!(bench.is_file(), "{} not built", bench.display());
-    let run = Command::new(&bench)
-        .args([
-            "cold-start",
-            "--quick",
-            "--cri",
-            "--loopback-only",
-            "--no-background-fetch",
-        ])
-        .arg("--rstargz")
-        .arg(rstargz)
-        .arg("--out")
-        .arg(&out)
-        .arg("--work")
-        .arg(&work)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let out = cold_start(tmp.path(), &["--cri", "--loopback-only"]);
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["cri"], true);

@@ -29,7 +29,7 @@ use rstargz_image::Store;
 use rstargz_image::build::{self, BuildOptions, LayerInput};
 use rstargz_proto::cri;
 use rstargz_snapshotter::snapshot::REMOTE_LABEL;
-use rstargz_test_support::cri::{CgroupParent, Cri, Pod};
+use rstargz_test_support::cri::{CgroupParent, Cri, PAUSE_ENTRYPOINT, Pod, pause_layer};
 use rstargz_test_support::host::mounts_under;
 
 /// The proxy plugin's name, as CRI configs usually spell it.
@@ -52,19 +52,11 @@ fn start_daemon(dir: &Path) -> Daemon {
     Daemon::start_with(dir, &["--config", config.to_str().unwrap()])
 }
 
-/// The pause image: busybox-static alone, its entrypoint a long sleep (CRI
-/// kills it with SIGKILL on StopPodSandbox).
+/// The pause image ([`pause_layer`]).
 pub(crate) async fn push_pause_image(dir: &Path, host: &str, repo: &str) {
-    let layer = dir.join("l-pause");
-    std::fs::create_dir_all(layer.join("bin")).unwrap();
-    std::fs::copy(BUSYBOX, layer.join("bin/busybox")).unwrap();
-    for d in ["proc", "sys", "dev", "etc"] {
-        std::fs::create_dir_all(layer.join(d)).unwrap();
-    }
+    let layer = pause_layer(dir, Path::new(BUSYBOX)).unwrap();
     let opts = BuildOptions {
-        entrypoint: ["/bin/busybox", "sleep", "86400"]
-            .map(String::from)
-            .to_vec(),
+        entrypoint: PAUSE_ENTRYPOINT.map(String::from).to_vec(),
         ..BuildOptions::default()
     };
     build::from_dirs(

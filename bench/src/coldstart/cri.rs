@@ -15,13 +15,15 @@ use rstargz_fs::registry::Registry;
 use rstargz_image::ImageRef;
 use rstargz_image::build::{self, BuildOptions, LayerInput};
 use rstargz_test_support::containerd::{Containerd, CriConfig};
-use rstargz_test_support::cri::{CgroupParent, Cri, Pod, pod_config};
+use rstargz_test_support::cri::{
+    CgroupParent, Cri, PAUSE_ENTRYPOINT, Pod, pause_layer, pod_config,
+};
 use rstargz_test_support::proxy::Shaper;
 
 use super::images::Workload;
 use super::model::{LinkCase, Mode, Sample};
 use super::procs::{self, BUSYBOX, Snapshotter};
-use super::{Options, clean, keep_logs};
+use super::{Options, clean, keep_logs, sample};
 
 /// Modes measured through CRI (the Go reference is not run under CRI).
 pub const MODES: [Mode; 3] = [Mode::Overlayfs, Mode::Rstargz, Mode::RstargzPrio];
@@ -29,18 +31,11 @@ pub const MODES: [Mode; 3] = [Mode::Overlayfs, Mode::Rstargz, Mode::RstargzPrio]
 /// Pushes the pause image (busybox-static, its entrypoint a long sleep) to
 /// `registry`; returns its reference.
 pub async fn push_pause(client: &Registry, registry: &str, work: &Path) -> anyhow::Result<String> {
-    let layer = work.join("pause");
-    std::fs::create_dir_all(layer.join("bin"))?;
-    std::fs::copy(BUSYBOX, layer.join("bin/busybox"))
-        .with_context(|| format!("{BUSYBOX} (install busybox-static)"))?;
-    for d in ["proc", "sys", "dev", "etc"] {
-        std::fs::create_dir_all(layer.join(d))?;
-    }
+    let layer = pause_layer(work, Path::new(BUSYBOX))
+        .with_context(|| format!("the pause image from {BUSYBOX} (install busybox-static)"))?;
     let reference = format!("{registry}/bench/pause:1");
     let opts = BuildOptions {
-        entrypoint: ["/bin/busybox", "sleep", "86400"]
-            .map(String::from)
-            .to_vec(),
+        entrypoint: PAUSE_ENTRYPOINT.map(String::from).to_vec(),
         ..BuildOptions::default()
     };
     build::from_dirs(
@@ -164,18 +159,14 @@ async fn timed_run(
         None
     };
     pod.remove(&mut cri).await?;
-    Ok(Sample {
-        image: w.kind,
-        link: link.name.clone(),
+    Ok(sample(
+        w,
+        link,
         mode,
         run,
-        pull_s: pulled.as_secs_f64(),
-        total_s: total.as_secs_f64(),
-        bytes: counted.bytes_down,
-        requests: counted.requests,
-        connections: counted.connections,
+        (pulled, total, counted),
         local_run_s,
-    })
+    ))
 }
 
 /// Fails unless every layer of the image was mounted remotely; the pause

@@ -33,7 +33,7 @@ use self::images::{Kind, LargeShape, Workload};
 use self::procs::{Binaries, Containerd, Snapshotter};
 use rstargz_image::build::{self, BuildOptions};
 use rstargz_image::{self as image, ConvertOptions, ImageRef, Quiet};
-use rstargz_test_support::proxy::{Link, Shaper};
+use rstargz_test_support::proxy::{Counters, Link, Shaper};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -435,7 +435,26 @@ fn timed_run(
     } else {
         None
     };
-    Ok(Sample {
+    Ok(sample(
+        w,
+        link,
+        mode,
+        run,
+        (pulled, total, counted),
+        local_run_s,
+    ))
+}
+
+/// The sample of one timed window: `(pull, total, registry counters)`.
+fn sample(
+    w: &Workload,
+    link: &LinkCase,
+    mode: Mode,
+    run: usize,
+    (pulled, total, counted): (Duration, Duration, Counters),
+    local_run_s: Option<f64>,
+) -> Sample {
+    Sample {
         image: w.kind,
         link: link.name.clone(),
         mode,
@@ -446,7 +465,7 @@ fn timed_run(
         requests: counted.requests,
         connections: counted.connections,
         local_run_s,
-    })
+    }
 }
 
 /// Copies the run's daemon logs to `<out>/logs/<name>-*.log`.

@@ -15,6 +15,23 @@ use tonic::transport::Channel;
 
 use crate::daemon::DEADLINE;
 
+/// The pause image's entrypoint: a long sleep (CRI stops the pod with
+/// SIGKILL after its grace period; a pid 1 ignores SIGTERM).
+pub const PAUSE_ENTRYPOINT: [&str; 3] = ["/bin/busybox", "sleep", "86400"];
+
+/// Writes the pause image's one layer under `dir` (busybox-static from
+/// `busybox` alone, the directories a container needs) and returns it;
+/// the image's entrypoint is [`PAUSE_ENTRYPOINT`].
+pub fn pause_layer(dir: &Path, busybox: &Path) -> std::io::Result<PathBuf> {
+    let layer = dir.join("l-pause");
+    std::fs::create_dir_all(layer.join("bin"))?;
+    std::fs::copy(busybox, layer.join("bin/busybox"))?;
+    for d in ["proc", "sys", "dev", "etc"] {
+        std::fs::create_dir_all(layer.join(d))?;
+    }
+    Ok(layer)
+}
+
 /// How long a container may take to run to its end.
 pub const RUN_DEADLINE: Duration = Duration::from_secs(120);
 
