@@ -203,7 +203,10 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(md, " {:.1} |", needed as f64 / 1e6);
         }
     }
-    md.push_str(&targets(r));
+    // The targets are those of the `ctr` cold start (issue 8).
+    if !r.cri {
+        md.push_str(&targets(r));
+    }
     md
 }
 
