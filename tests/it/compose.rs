@@ -199,7 +199,10 @@ fn dev_stack_lazy_pulls_and_runs() {
         .lines()
         .filter(|l| l.contains(" /var/lib/rstargz/snapshots/") && l.contains(" - fuse "))
         .count();
-    assert_eq!(fuse, LAYERS, "one FUSE mount per layer: {mounts}");
+    assert_eq!(
+        fuse, LAYERS,
+        "one bind mount of the FUSE session per layer: {mounts}"
+    );
     lap("checked");
 
     // The pause image, as the README makes it, then one pod through CRI.

@@ -135,7 +135,8 @@ pub(crate) fn prepared(d: &Daemon, v: &str) -> usize {
         .count()
 }
 
-/// FUSE mounts under the daemon's snapshots directory.
+/// FUSE mounts under the daemon's snapshots directory (the layers' bind mounts
+/// of its one session).
 pub(crate) fn fuse_mounts(d: &Daemon) -> usize {
     rstargz_fs::fuse::mountinfo::read()
         .unwrap()
@@ -262,7 +263,7 @@ async fn cri_pull_and_run_through_containerd() {
     assert_eq!(
         fuse_mounts(&d),
         esgz_layers.len(),
-        "one FUSE mount per layer"
+        "one bind mount of the FUSE session per layer"
     );
 
     let mut pod = run_pod(&mut cri, &ctrd, &sandbox).await;

@@ -251,7 +251,11 @@ async fn private_layers_read_with_the_pull_credentials_across_restarts() {
         labels.iter().all(|l| l.contains_key(REMOTE_LABEL)),
         "{labels:?}"
     );
-    assert_eq!(fuse_mounts(&d), p.digests.len(), "one FUSE mount per layer");
+    assert_eq!(
+        fuse_mounts(&d),
+        p.digests.len(),
+        "one bind mount of the FUSE session per layer"
+    );
 
     let mut pod = run_pod(&mut cri, &ctrd, &sandbox).await;
     assert_eq!(
