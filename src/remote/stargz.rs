@@ -64,6 +64,9 @@ pub struct StargzFs {
     session: Mutex<Option<Arc<SharedSession>>>,
     /// One session mount at a time.
     session_init: tokio::sync::Mutex<()>,
+    /// Held shared by a layer's mount from taking the session until the
+    /// layer is attached, alone by the unmount of the idle session.
+    session_use: tokio::sync::RwLock<()>,
     /// Counters of layers already unmounted, so the totals exported as
     /// Prometheus counters never decrease.
     retired: Retired,
@@ -153,6 +156,7 @@ impl StargzFs {
             session_dir: root.join("fuse"),
             session: Mutex::new(None),
             session_init: tokio::sync::Mutex::new(()),
+            session_use: tokio::sync::RwLock::new(()),
             retired: Retired::default(),
             access_log: None,
             live: None,
@@ -283,6 +287,30 @@ impl StargzFs {
         clean
     }
 
+    /// Unmounts the FUSE session once it serves no layer, so an idle
+    /// daemon keeps no mount and no FUSE thread; the next layer mounts a
+    /// new one (new connection, so its slots may start again at 1).
+    async fn unmount_idle_session(&self) {
+        let _alone = self.session_use.write().await;
+        let idle = lock(&self.session)
+            .as_ref()
+            .is_some_and(|s| s.layers() == 0 && s.pending().is_empty());
+        let Some(session) = lock(&self.session).take_if(|_| idle) else {
+            return;
+        };
+        let dir = session.dir().to_path_buf();
+        match tokio::task::spawn_blocking(move || session.unmount()).await {
+            Ok(Ok(())) => {
+                tracing::info!(dir = %dir.display(), "FUSE session unmounted (no layer left)")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot unmount the idle FUSE session"),
+            Err(e) => tracing::warn!(error = %e, "unmount task of the idle FUSE session failed"),
+        }
+        if let Some(live) = &self.live {
+            live.forget_session(&dir);
+        }
+    }
+
     /// The FUSE session serving the layers, mounted with the first one.
     async fn session(&self) -> Result<Arc<SharedSession>, Declined> {
         if let Some(s) = lock(&self.session).clone() {
@@ -371,6 +399,9 @@ impl StargzFs {
         layer.set_read_amplification(p.read_amplify_bytes);
         let layer = Arc::new(layer);
         let digest = source.layer.digest.as_str();
+        // Until the layer is in the table: the idle session is not
+        // unmounted under it.
+        let _using = self.session_use.read().await;
         let session = self.session().await?;
         let adopted = self.live.as_ref().and_then(|l| l.take(mountpoint));
         let handle = match adopted {
@@ -582,6 +613,8 @@ impl StargzFs {
                 }
                 self.retire(&mounted, &key);
                 self.forget_state(&mounted.state).await;
+                drop(mounted);
+                self.unmount_idle_session().await;
                 Ok(())
             }
             Err(failure) => {
