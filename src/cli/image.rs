@@ -16,7 +16,9 @@ use rstargz_fs::registry::{Registry, RegistryConfig};
 use rstargz_image::build::{BuildOptions, LayerCompression, LayerInput};
 use rstargz_image::platform::PlatformSpec;
 use rstargz_image::progress::{mb, short};
-use rstargz_image::{self as image, ConvertOptions, ImageRef, Progress, StderrLines};
+use rstargz_image::{
+    self as image, ConvertOptions, ConvertReport, ImageRef, Progress, StderrLines,
+};
 
 /// Arguments of `rstargz image`.
 #[derive(Debug, clap::Args)]
@@ -29,6 +31,9 @@ pub struct ImageArgs {
 enum ImageCommand {
     /// Convert an image (registry reference or oci:DIR[:TAG]) to eStargz or zstd:chunked.
     Convert(ConvertArgs),
+    /// Run an image's workload in a container (runc) over the image mounted
+    /// lazily, and convert it with the files it opened prioritized.
+    Optimize(Box<super::optimize::OptimizeArgs>),
     /// Build a plain image from directories or tar files (for tests).
     #[command(hide = true)]
     BuildTestImage(BuildArgs),
@@ -42,17 +47,17 @@ enum CompressionArg {
 
 /// Registry access shared by the subcommands.
 #[derive(Debug, clap::Args)]
-struct RegistryArgs {
+pub(crate) struct RegistryArgs {
     /// Use plain HTTP for the source and destination registries
     /// (loopback registries always use it).
     #[arg(long)]
-    plain_http: bool,
+    pub(crate) plain_http: bool,
     /// containerd-style hosts directory (`<dir>/<host>/hosts.toml`).
     #[arg(long, value_name = "DIR")]
-    hosts_dir: Option<PathBuf>,
+    pub(crate) hosts_dir: Option<PathBuf>,
     /// docker config.json with credentials (default: $DOCKER_CONFIG or ~/.docker).
     #[arg(long, value_name = "FILE")]
-    docker_config: Option<PathBuf>,
+    pub(crate) docker_config: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +66,13 @@ struct ConvertArgs {
     src: String,
     /// Destination image, same forms.
     dst: String,
+    #[command(flatten)]
+    flags: ConvertFlags,
+}
+
+/// The conversion flags, shared by `convert` and `optimize`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ConvertFlags {
     /// Layer compression: gzip (eStargz) or zstd (zstd:chunked).
     #[arg(long, value_enum, default_value = "gzip")]
     compression: CompressionArg,
@@ -109,11 +121,11 @@ struct ConvertArgs {
     /// Layers converted at once.
     #[arg(long, default_value_t = 4)]
     jobs: usize,
-    /// Directory for temporary layer files.
+    /// Directory for temporary files (layers; `optimize`'s mounts and container).
     #[arg(long, value_name = "DIR")]
     temp_dir: Option<PathBuf>,
     #[command(flatten)]
-    registry: RegistryArgs,
+    pub(crate) registry: RegistryArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -132,6 +144,9 @@ struct BuildArgs {
 
 /// Runs `rstargz image`.
 pub fn run(args: ImageArgs) -> anyhow::Result<()> {
+    if let ImageCommand::Optimize(a) = args.command {
+        return super::optimize::run(*a);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -139,11 +154,12 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
     match args.command {
         ImageCommand::Convert(a) => runtime.block_on(convert(a)),
         ImageCommand::BuildTestImage(a) => runtime.block_on(build(a)),
+        ImageCommand::Optimize(_) => unreachable!("handled above"),
     }
 }
 
 /// Off a terminal, only what the user must know (skipped index entries) is printed.
-struct NotesOnly;
+pub(crate) struct NotesOnly;
 
 impl Progress for NotesOnly {
     fn event(&self, event: &image::Event<'_>) {
@@ -153,7 +169,7 @@ impl Progress for NotesOnly {
     }
 }
 
-fn client(args: &RegistryArgs, locations: &[&ImageRef]) -> anyhow::Result<Registry> {
+pub(crate) fn client(args: &RegistryArgs, locations: &[&ImageRef]) -> anyhow::Result<Registry> {
     let mut config = RegistryConfig {
         docker_config: args.docker_config.clone(),
         ..RegistryConfig::default()
@@ -194,70 +210,92 @@ fn prioritized_paths(text: &str, file: &std::path::Path) -> anyhow::Result<Vec<S
     Ok(paths)
 }
 
-async fn convert(a: ConvertArgs) -> anyhow::Result<()> {
-    if a.estargz_keep_diff_id {
-        anyhow::bail!(
-            "--estargz-keep-diff-id is not supported: ctr-remote keeps the diffID by moving \
-             the TOC into a separate image (--estargz-external-toc), and rstargz writes the \
-             TOC into each layer, which changes its diffID"
-        );
-    }
-    let src = ImageRef::parse(&a.src)?;
-    let dst = ImageRef::parse(&a.dst)?;
-    let platforms = if a.platforms.is_empty() || a.all_platforms {
-        None
-    } else {
-        Some(
-            a.platforms
-                .iter()
-                .map(|p| PlatformSpec::parse(p))
-                .collect::<Result<Vec<_>, _>>()?,
-        )
-    };
-    let client = client(&a.registry, &[&src, &dst])?;
-    let mut prioritized = a.prioritized;
-    if let Some(file) = &a.prioritize_file {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        prioritized.extend(prioritized_paths(&text, file)?);
-    }
-    let defaults = WriterOptions::default();
-    let opts = ConvertOptions {
-        writer: WriterOptions {
-            compression: match a.compression {
-                _ if a.estargz => Compression::Gzip,
-                _ if a.zstdchunked => Compression::Zstd,
-                CompressionArg::Gzip => Compression::Gzip,
-                CompressionArg::Zstd => Compression::Zstd,
+impl ConvertFlags {
+    /// The conversion these flags ask for.
+    pub(crate) fn options(&self) -> anyhow::Result<ConvertOptions> {
+        if self.estargz_keep_diff_id {
+            anyhow::bail!(
+                "--estargz-keep-diff-id is not supported: ctr-remote keeps the diffID by moving \
+                 the TOC into a separate image (--estargz-external-toc), and rstargz writes the \
+                 TOC into each layer, which changes its diffID"
+            );
+        }
+        let platforms = if self.platforms.is_empty() || self.all_platforms {
+            None
+        } else {
+            Some(
+                self.platforms
+                    .iter()
+                    .map(|p| PlatformSpec::parse(p))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+        };
+        let mut prioritized = self.prioritized.clone();
+        if let Some(file) = &self.prioritize_file {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            prioritized.extend(prioritized_paths(&text, file)?);
+        }
+        let defaults = WriterOptions::default();
+        Ok(ConvertOptions {
+            writer: WriterOptions {
+                compression: match self.compression {
+                    _ if self.estargz => Compression::Gzip,
+                    _ if self.zstdchunked => Compression::Zstd,
+                    CompressionArg::Gzip => Compression::Gzip,
+                    CompressionArg::Zstd => Compression::Zstd,
+                },
+                // ctr-remote's 0 means "the default".
+                chunk_size: match self.chunk_size {
+                    0 => DEFAULT_CHUNK_SIZE,
+                    n => n,
+                },
+                min_chunk_size: self.min_chunk_size,
+                prioritized,
+                gzip_level: self
+                    .estargz_compression_level
+                    .unwrap_or(defaults.gzip_level),
+                zstd_level: self
+                    .zstdchunked_compression_level
+                    .unwrap_or(defaults.zstd_level),
             },
-            // ctr-remote's 0 means "the default".
-            chunk_size: match a.chunk_size {
-                0 => DEFAULT_CHUNK_SIZE,
-                n => n,
-            },
-            min_chunk_size: a.min_chunk_size,
-            prioritized,
-            gzip_level: a.estargz_compression_level.unwrap_or(defaults.gzip_level),
-            zstd_level: a
-                .zstdchunked_compression_level
-                .unwrap_or(defaults.zstd_level),
-        },
-        parallelism: a.jobs.max(1),
-        temp_dir: a.temp_dir,
-        oci: a.oci,
-        platforms,
-    };
-    let terminal = std::io::stderr().is_terminal();
-    let progress: Arc<dyn Progress> = if terminal {
+            parallelism: self.jobs.max(1),
+            temp_dir: self.temp_dir.clone(),
+            oci: self.oci,
+            platforms,
+        })
+    }
+}
+
+/// Progress lines on a terminal, only the notes elsewhere.
+pub(crate) fn progress() -> Arc<dyn Progress> {
+    if std::io::stderr().is_terminal() {
         Arc::new(StderrLines)
     } else {
         Arc::new(NotesOnly)
-    };
+    }
+}
+
+async fn convert(a: ConvertArgs) -> anyhow::Result<()> {
+    let opts = a.flags.options()?;
+    let src = ImageRef::parse(&a.src)?;
+    let dst = ImageRef::parse(&a.dst)?;
+    let client = client(&a.flags.registry, &[&src, &dst])?;
     let started = std::time::Instant::now();
-    let report = image::convert(&client, &src, &dst, &opts, progress)
+    let report = image::convert(&client, &src, &dst, &opts, progress())
         .await
         .with_context(|| format!("converting {src} to {dst}"))?;
-    if terminal {
+    print_report(&report, started, serde_json::Map::new());
+    Ok(())
+}
+
+/// The per-layer table (on a terminal) and the result line on stdout, with `extra` fields.
+pub(crate) fn print_report(
+    report: &ConvertReport,
+    started: std::time::Instant,
+    extra: serde_json::Map<String, serde_json::Value>,
+) {
+    if std::io::stderr().is_terminal() {
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
             "{:<24} {:<24} {:>10} {:>10}  uploaded",
@@ -280,15 +318,15 @@ async fn convert(a: ConvertArgs) -> anyhow::Result<()> {
         }
         eprintln!("done in {secs:.1}s");
     }
-    println!(
-        "{}",
-        serde_json::json!({
-            "reference": report.destination,
-            "digest": report.digest.to_string(),
-            "mediaType": report.media_type,
-        })
-    );
-    Ok(())
+    let mut line = serde_json::json!({
+        "reference": report.destination,
+        "digest": report.digest.to_string(),
+        "mediaType": report.media_type,
+    });
+    if let Some(fields) = line.as_object_mut() {
+        fields.extend(extra);
+    }
+    println!("{line}");
 }
 
 async fn build(a: BuildArgs) -> anyhow::Result<()> {

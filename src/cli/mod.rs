@@ -4,6 +4,7 @@ pub mod fd_holder;
 pub mod image;
 pub mod layer;
 pub mod mount;
+pub mod optimize;
 pub mod serve;
 
 /// Bound of the tokio blocking pool of `serve` and `mount` (FUSE mounts and
