@@ -2,6 +2,7 @@
 
 pub mod fd_holder;
 pub mod image;
+pub mod image_flags;
 pub mod layer;
 pub mod mount;
 pub mod optimize;

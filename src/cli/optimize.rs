@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rstargz_fs::fuse::AccessLog;
-use rstargz_image::ImageRef;
 use rstargz_image::optimize::spec::{self, MountSpec, WorkloadOverrides};
 use rstargz_image::optimize::{BoxError, LazyRoot, OptimizeOptions, optimize};
+use rstargz_image::{ConvertOptions, ImageRef};
 use rstargz_remote::image_mount::{MountedImage, Stacking, mount_image};
 use rstargz_remote::{RemoteConfig, StargzFs};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::image::{ConvertFlags, client, print_report, progress};
+use super::image_flags::{ConvertFlags, client, print_report, progress};
 
 /// Arguments of `rstargz image optimize`.
 #[derive(Debug, clap::Args)]
@@ -99,7 +99,22 @@ pub fn run(args: OptimizeArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    super::service_runtime()?.block_on(run_async(args))
+    let convert = args.convert.options()?;
+    let work_dir = convert.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let state = tempfile::Builder::new()
+        .prefix("rstargz-optimize-state-")
+        .tempdir_in(&work_dir)
+        .with_context(|| format!("create a state directory in {}", work_dir.display()))?;
+    let runtime = super::service_runtime()?;
+    let result = runtime.block_on(run_async(args, convert, work_dir, state.path()));
+    // The remote layers' background tasks may still write to the state
+    // directory: stop them before removing it.
+    runtime.shutdown_timeout(Duration::from_secs(10));
+    let state_dir = state.path().to_path_buf();
+    if let Err(e) = state.close() {
+        tracing::warn!(dir = %state_dir.display(), error = %e, "cannot remove the state directory");
+    }
+    result
 }
 
 fn overrides(args: &OptimizeArgs) -> anyhow::Result<WorkloadOverrides> {
@@ -125,8 +140,12 @@ fn overrides(args: &OptimizeArgs) -> anyhow::Result<WorkloadOverrides> {
     })
 }
 
-async fn run_async(args: OptimizeArgs) -> anyhow::Result<()> {
-    let convert = args.convert.options()?;
+async fn run_async(
+    args: OptimizeArgs,
+    convert: ConvertOptions,
+    work_dir: PathBuf,
+    state: &Path,
+) -> anyhow::Result<()> {
     let workload = overrides(&args)?;
     let src = ImageRef::parse(&args.src)?;
     let dst = ImageRef::parse(&args.dst)?;
@@ -143,12 +162,7 @@ async fn run_async(args: OptimizeArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let work_dir = convert.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let state = tempfile::Builder::new()
-        .prefix("rstargz-optimize-state-")
-        .tempdir_in(&work_dir)
-        .with_context(|| format!("create a state directory in {}", work_dir.display()))?;
-    let mut fs = StargzFs::new(state.path(), config).context("set up remote layers")?;
+    let mut fs = StargzFs::new(state, config).context("set up remote layers")?;
     let log = AccessLog::default();
     fs.record_opens(log.clone());
     let root = FuseRoot { fs, log };

@@ -192,7 +192,23 @@ async fn estargz_image(tmp: &Path, reg: &TestRegistry, repo: &str) -> (ImageRef,
     (esgz, layers)
 }
 
-const NEVER_EXITS: &str = r#"["cd / && /bin/busybox cat /data/b.bin > /dev/null && echo started && while :; do /bin/busybox sleep 1; done"]"#;
+/// `optimize SRC DST` of a workload that reads `/data/b.bin`, says
+/// `started` and never exits, for up to `period` seconds.
+fn never_exiting(tmp: &Path, work: &Path, period: &str, src: &ImageRef, dst: &str) -> Command {
+    const SCRIPT: &str = r#"["cd / && /bin/busybox cat /data/b.bin > /dev/null && echo started && while :; do /bin/busybox sleep 1; done"]"#;
+    let entrypoint = r#"["/bin/busybox","sh","-c"]"#;
+    let args = [
+        "--entrypoint",
+        entrypoint,
+        "--args",
+        SCRIPT,
+        "--period",
+        period,
+    ];
+    let mut cmd = optimize_cmd(tmp, work, &args);
+    cmd.arg(src.to_string()).arg(dst);
+    cmd
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn period_stops_a_workload_that_never_exits() {
@@ -202,24 +218,11 @@ async fn period_stops_a_workload_that_never_exits() {
     let (src, layers) = estargz_image(tmp, &reg, "period/app").await;
     let dst = format!("{}/period/optimized:v1", reg.host());
     let work = tmp.join("work");
-    let child = optimize_cmd(
-        tmp,
-        &work,
-        &[
-            "--entrypoint",
-            r#"["/bin/busybox","sh","-c"]"#,
-            "--args",
-            NEVER_EXITS,
-            "--period",
-            "2",
-            &src.to_string(),
-            &dst,
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let child = never_exiting(tmp, &work, "2", &src, &dst)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -257,24 +260,11 @@ async fn ctrl_c_cleans_up_and_tags_nothing() {
     let dst = format!("{}/intr/optimized:v1", reg.host());
     let work = tmp.join("work");
     let log = tmp.join("optimize.log");
-    let mut child: Child = optimize_cmd(
-        tmp,
-        &work,
-        &[
-            "--entrypoint",
-            r#"["/bin/busybox","sh","-c"]"#,
-            "--args",
-            NEVER_EXITS,
-            "--period",
-            "600",
-            &src.to_string(),
-            &dst,
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(&log).unwrap())
-    .spawn()
-    .unwrap();
+    let mut child: Child = never_exiting(tmp, &work, "600", &src, &dst)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
     let pid = child.id();
     wait_for("the workload to start", || {
         std::fs::read_to_string(&log).unwrap().contains("started")
