@@ -228,7 +228,11 @@ pub async fn optimize<R: LazyRoot>(
         })?;
     let ran = run_workload(&dirs, &config, opts, root, &runc, &mut stop, &note).await;
     root.unmount(mounted).await;
-    let ended = ran?;
+    let ended = match ran? {
+        // A stop request that came as the workload ended still stops.
+        Ended::Exited(_) if *stop.borrow() => Ended::Interrupted,
+        ended => ended,
+    };
     let recorded = root.opened();
     match ended {
         Ended::Exited(status) if !status.success() => {

@@ -105,6 +105,10 @@ impl Runc {
             .stdin(Stdio::null())
             .stdout(Stdio::from(output))
             .stderr(Stdio::from(errors))
+            // Its own process group: a terminal's Ctrl-C reaches only us,
+            // and we stop the container (runc would forward it to the
+            // workload, which may ignore it as pid 1).
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(io)?;
