@@ -95,7 +95,15 @@ pub fn run(args: OptimizeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // The recorded list is applied to every layer, so the
+                // writer's "prioritized file not in the layer" is expected;
+                // fuser's notes (ioctls it does not serve, its second
+                // unmount of a layer we unmounted) say nothing to a user.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "warn,fuser=error,rstargz_fs::estargz::writer=error",
+                    )
+                }),
         )
         .with_writer(std::io::stderr)
         .init();
