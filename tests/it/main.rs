@@ -65,4 +65,6 @@ mod scale_threads; // root: FUSE, overlayfs; registry (a measurement, ignored by
 #[cfg(feature = "system")]
 mod security; // root: FUSE; registry
 #[cfg(feature = "system")]
+mod soak; // root: containerd, runc, ctr-remote, FUSE; registry behind the fault proxy (RSTARGZ_SOAK_SECS)
+#[cfg(feature = "system")]
 mod systemd; // systemd-analyze; the daemon under a NOTIFY_SOCKET
