@@ -7,8 +7,10 @@
 //! Modes: containerd's overlayfs with a full pull of the plain image,
 //! rstargz and the Go reference with the eStargz image without and with
 //! a prioritized list (recorded by running the workload once through
-//! `rstargz mount --record`).
+//! `rstargz mount --record`). With [`Options::cri`] the pull and run go
+//! through containerd's CRI plugin instead of `ctr` ([`cri`]).
 
+pub mod cri;
 pub mod floor;
 pub mod images;
 pub mod model;
@@ -31,7 +33,7 @@ use self::images::{Kind, LargeShape, Workload};
 use self::procs::{Binaries, Containerd, Snapshotter};
 use rstargz_image::build::{self, BuildOptions};
 use rstargz_image::{self as image, ConvertOptions, ImageRef, Quiet};
-use rstargz_test_support::proxy::{Link, Shaper};
+use rstargz_test_support::proxy::{Counters, Link, Shaper};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -55,6 +57,9 @@ pub struct Options {
     /// Lazy snapshotters keep their default background fetch (false:
     /// `no_background_fetch = true` for both, the method before issue 8).
     pub background_fetch: bool,
+    /// Pull and run through containerd's CRI plugin, as kubelet does
+    /// (modes [`cri::MODES`]).
+    pub cri: bool,
 }
 
 /// Runs the benchmark and writes `report.json`, `report.md` and the plots into `opts.out`.
@@ -69,7 +74,15 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     ] {
         which(bin)?;
     }
-    if !opts.bins.go_reference.exists() {
+    let modes: Vec<Mode> = Mode::ALL
+        .into_iter()
+        .filter(|m| opts.modes.is_empty() || opts.modes.contains(m))
+        .filter(|m| !opts.cri || cri::MODES.contains(m))
+        .collect();
+    let go = modes
+        .iter()
+        .any(|m| m.snapshotter() == Some(Snapshotter::GoReference));
+    if go && !opts.bins.go_reference.exists() {
         bail!(
             "{} is missing: build it with scripts/setup-bench.sh (kit: GO_REFERENCE_DIR, default ../shared/bench/go-reference)",
             opts.bins.go_reference.display()
@@ -116,19 +129,27 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         facts.push(f);
     }
 
+    let pause = if opts.cri {
+        Some(cri::push_pause(&client, &direct, &opts.work).await?)
+    } else {
+        None
+    };
     let mut samples = Vec::new();
     for link in &opts.links {
         shaper.set_link(link.link());
         for w in &workloads {
             for run in 0..opts.runs {
-                for mode in Mode::ALL {
-                    if !opts.modes.is_empty() && !opts.modes.contains(&mode) {
-                        continue;
-                    }
+                for &mode in &modes {
                     let reference = format!("{shaped}/bench/{}:{}", w.kind.name(), mode.tag());
-                    let s = measure(opts, &shaper, w, &reference, mode, link, run).with_context(
-                        || format!("{} {} {} run {run}", w.kind.name(), link.name, mode.label()),
-                    )?;
+                    let s = match &pause {
+                        Some(pause) => {
+                            cri::measure(opts, &shaper, w, &reference, pause, mode, link, run).await
+                        }
+                        None => measure(opts, &shaper, w, &reference, mode, link, run),
+                    }
+                    .with_context(|| {
+                        format!("{} {} {} run {run}", w.kind.name(), link.name, mode.label())
+                    })?;
                     eprintln!(
                         "{:<7} {:<12} {:<22} run {run}: {:>7.2} s (pull {:>6.2} s) {:>9.2} MB {:>5} requests",
                         w.kind.name(),
@@ -157,6 +178,7 @@ fn report(opts: &Options, facts: &[ImageFacts], samples: &[Sample]) -> Report {
         links: opts.links.clone(),
         runs: opts.runs,
         background_fetch: opts.background_fetch,
+        cri: opts.cri,
         images: facts.to_vec(),
         samples: samples.to_vec(),
     }
@@ -413,7 +435,26 @@ fn timed_run(
     } else {
         None
     };
-    Ok(Sample {
+    Ok(sample(
+        w,
+        link,
+        mode,
+        run,
+        (pulled, total, counted),
+        local_run_s,
+    ))
+}
+
+/// The sample of one timed window: `(pull, total, registry counters)`.
+fn sample(
+    w: &Workload,
+    link: &LinkCase,
+    mode: Mode,
+    run: usize,
+    (pulled, total, counted): (Duration, Duration, Counters),
+    local_run_s: Option<f64>,
+) -> Sample {
+    Sample {
         image: w.kind,
         link: link.name.clone(),
         mode,
@@ -424,7 +465,7 @@ fn timed_run(
         requests: counted.requests,
         connections: counted.connections,
         local_run_s,
-    })
+    }
 }
 
 /// Copies the run's daemon logs to `<out>/logs/<name>-*.log`.

@@ -161,6 +161,8 @@ pub struct Report {
     pub runs: usize,
     /// Whether the lazy snapshotters ran with their default background fetch.
     pub background_fetch: bool,
+    /// Whether pulls and runs went through containerd's CRI plugin.
+    pub cri: bool,
     /// Images.
     pub images: Vec<ImageFacts>,
     /// Every run.

@@ -93,40 +93,61 @@ fn ratio(a: f64, b: f64) -> String {
 pub fn markdown(r: &Report) -> String {
     let mut md = String::new();
     let images: Vec<Kind> = r.images.iter().map(|f| f.image).collect();
+    // The modes this run measured, in table order.
+    let modes: Vec<Mode> = Mode::ALL
+        .into_iter()
+        .filter(|m| r.samples.iter().any(|s| s.mode == *m))
+        .collect();
     for link in &r.links {
+        let (through, what, baseline) = if r.cri {
+            (
+                "through CRI ",
+                "CRI PullImage + RunPodSandbox + CreateContainer + StartContainer to the workload's end (pause image already local)",
+                "× containerd's overlayfs through CRI in the same run",
+            )
+        } else {
+            (
+                "",
+                "Pull + create + run to the workload's end",
+                "× the Go reference in the same mode",
+            )
+        };
         let _ = writeln!(
             md,
-            "\n### Cold start over {} (median of {} runs)\n",
+            "\n### Cold start {through}over {} (median of {} runs)\n",
             describe(link),
             r.runs
         );
         let _ = writeln!(
             md,
-            "Pull + create + run to the workload's end. rstargz cells: time (× the Go reference in the same mode, × the floor); others: time (× the floor). Floor = needed bytes / bandwidth + {} round trips × RTT, plus the container's run with the image already local.\n",
+            "{what}. rstargz cells: time ({baseline}, × the floor); others: time (× the floor). Floor = needed bytes / bandwidth + {} round trips × RTT, plus the container's run with the image already local.\n",
             super::floor::MIN_ROUND_TRIPS
         );
         let _ = write!(md, "| image |");
-        for m in Mode::ALL {
+        for m in &modes {
             let _ = write!(md, " {} |", m.label());
         }
         let _ = writeln!(md, " floor (network + local) |");
-        let _ = writeln!(md, "|---|{}---|", "---|".repeat(Mode::ALL.len()));
+        let _ = writeln!(md, "|---|{}---|", "---|".repeat(modes.len()));
         for image in &images {
             let floor = r.floor(*image, link);
             let floor_total = floor.map(|(n, l)| n + l);
             let _ = write!(md, "| {} |", image.name());
-            for m in Mode::ALL {
+            for &m in &modes {
                 let Some(c) = r.cell(*image, &link.name, m) else {
                     let _ = write!(md, " — |");
                     continue;
                 };
-                let go = match m {
-                    Mode::Rstargz => r.cell(*image, &link.name, Mode::Go),
-                    Mode::RstargzPrio => r.cell(*image, &link.name, Mode::GoPrio),
-                    _ => None,
+                let (base, name) = match (m, r.cri) {
+                    (Mode::Rstargz | Mode::RstargzPrio, true) => {
+                        (r.cell(*image, &link.name, Mode::Overlayfs), "overlayfs")
+                    }
+                    (Mode::Rstargz, false) => (r.cell(*image, &link.name, Mode::Go), "Go"),
+                    (Mode::RstargzPrio, false) => (r.cell(*image, &link.name, Mode::GoPrio), "Go"),
+                    _ => (None, ""),
                 };
                 let vs: Vec<String> = [
-                    go.map(|g| format!("{} Go", ratio(c.total_s, g.total_s))),
+                    base.map(|g| format!("{} {name}", ratio(c.total_s, g.total_s))),
                     floor_total.map(|f| format!("{} floor", ratio(c.total_s, f))),
                 ]
                 .into_iter()
@@ -157,14 +178,14 @@ pub fn markdown(r: &Report) -> String {
             "\nRegistry bytes (MB) / requests in the measured window (medians; {fetch}):\n"
         );
         let _ = write!(md, "| image |");
-        for m in Mode::ALL {
+        for m in &modes {
             let _ = write!(md, " {} |", m.label());
         }
         let _ = writeln!(md, " needed |");
-        let _ = writeln!(md, "|---|{}---|", "---|".repeat(Mode::ALL.len()));
+        let _ = writeln!(md, "|---|{}---|", "---|".repeat(modes.len()));
         for image in &images {
             let _ = write!(md, "| {} |", image.name());
-            for m in Mode::ALL {
+            for &m in &modes {
                 match r.cell(*image, &link.name, m) {
                     Some(c) => {
                         let _ = write!(md, " {:.1} / {:.0} |", c.bytes / 1e6, c.requests);
@@ -182,7 +203,10 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(md, " {:.1} |", needed as f64 / 1e6);
         }
     }
-    md.push_str(&targets(r));
+    // The targets are those of the `ctr` cold start (issue 8).
+    if !r.cri {
+        md.push_str(&targets(r));
+    }
     md
 }
 
