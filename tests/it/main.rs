@@ -47,6 +47,8 @@ mod image_convert; // registry
 #[cfg(feature = "system")]
 mod image_convert_flags; // registry; root, containerd, runc, ctr-remote, the Go reference
 #[cfg(feature = "system")]
+mod image_optimize; // root: FUSE, overlayfs, runc; registry; containerd, the Go reference
+#[cfg(feature = "system")]
 mod layer_cli; // root: `layer extract` sets owners (lchown)
 #[cfg(feature = "system")]
 mod lcow_scratch; // qemu-img, e2fsck, mkfs.ext4
