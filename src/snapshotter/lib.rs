@@ -6,6 +6,7 @@
 pub mod client;
 pub mod grpc;
 pub mod lcow;
+pub mod model;
 pub mod remote_fs;
 pub mod snapshot;
 pub mod store;

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 
-use crate::snapshot::Labels;
+use crate::model::Labels;
 
 /// A boxed, sendable future (keeps `RemoteFs` object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -23,7 +23,8 @@ use super::scratch::{
     ROOTFS_SIZE_LABEL, SANDBOX_FILE_NAME, ScratchError, cleanup_stale_temps, create_sandbox,
     ensure_scratch, scratch_size_from_label,
 };
-use crate::snapshot::{Error, Kind, Labels, Layout, LocalBackend, Mount, NewSnapshot, Result};
+use crate::model::{Error, Kind, Labels, Mount, Result};
+use crate::snapshot::{Layout, LocalBackend, NewSnapshot};
 use crate::store::{Snapshot, Store, Tx};
 
 /// Label naming the directory that holds the cached scratch (default: root).

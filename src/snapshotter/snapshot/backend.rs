@@ -10,9 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::error::{Context, Error, Result};
 use super::layout::Layout;
-use super::types::{Kind, Labels, Mount};
+use crate::model::{Context, Error, Result};
+use crate::model::{Kind, Labels, Mount};
 use crate::store::{Snapshot, Store, Tx};
 
 /// What a backend gets to fill a snapshot's new directory.

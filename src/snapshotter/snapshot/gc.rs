@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use rstargz_fs::fuse::mountinfo::MountPoints;
 
 use super::backend::LocalBackend;
-use super::error::{Context, Error, Result};
 use super::layout::{Layout, sync_dir, unique_suffix};
 use super::layout::{NEW_PREFIX, REMOVED_PREFIX};
+use crate::model::{Context, Error, Result};
 use crate::remote_fs::RemoteFs;
 use crate::store::Store;
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use super::error::{Context, Result};
+use crate::model::{Context, Result};
 
 /// Paths under the snapshotter root.
 #[derive(Debug, Clone)]

@@ -12,9 +12,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::backend::{LocalBackend, NewSnapshot};
-use super::error::{Context, Error, Result};
 use super::layout::{Layout, mkdir_mode};
-use super::types::{Kind, Mount};
+use crate::model::{Context, Error, Result};
+use crate::model::{Kind, Mount};
 use crate::store::{Snapshot, Store};
 
 /// Kernel-dependent overlay mount options, decided once at start-up.

@@ -20,12 +20,12 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::backend::{LocalBackend, NewSnapshot, check_backend_marker};
-use super::error::{Context, Error, Result};
 use super::gc;
 use super::layout::{Layout, NEW_PREFIX, mkdir_mode, sync_dir, unique_suffix};
 use super::overlay::OverlayBackend;
-use super::types::{Info, Kind, Labels, Mount, Usage, validate_key, validate_labels};
 use super::usage::disk_usage;
+use crate::model::{Context, Error, Result};
+use crate::model::{Info, Kind, Labels, Mount, Usage, validate_key, validate_labels};
 use crate::remote_fs::{NoRemote, RemoteFs};
 use crate::store::{Snapshot, Store};
 

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use super::error::{Context, Result};
-use super::types::Usage;
+use crate::model::Usage;
+use crate::model::{Context, Result};
 
 /// Walks `root` and sums its distinct inodes.
 pub fn disk_usage(root: &Path) -> Result<Usage> {

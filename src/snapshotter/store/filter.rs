@@ -11,7 +11,7 @@
 
 use regex::Regex;
 
-use crate::snapshot::{Error, Info, Result};
+use crate::model::{Error, Info, Result};
 
 /// One parsed filter: every selector must match.
 #[derive(Debug)]

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::snapshot::{Context, Error, Info, Kind, Labels, Result, Usage};
+use crate::model::{Context, Error, Info, Kind, Labels, Result, Usage};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS snapshots (
