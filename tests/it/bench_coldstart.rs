@@ -69,7 +69,7 @@ fn quick_cold_start_produces_every_figure() {
             .iter()
             .find(|c| c["converter"] == converter)
             .unwrap_or_else(|| panic!("no image by {converter}: {image}"));
-        let bytes = c["layer_bytes"].as_u64().unwrap();
+        let bytes = c["needs"]["layer_bytes"].as_u64().unwrap();
         assert!(bytes > plain / 2 && bytes < plain * 2, "{c}");
     }
     let samples = report["samples"].as_array().unwrap();

@@ -9,11 +9,13 @@
 //! a prioritized list (recorded by running the workload once through
 //! `rstargz mount --record`).
 
+pub mod analysis;
 pub mod converters;
 pub mod floor;
 pub mod images;
 pub mod model;
 pub mod plot;
+pub mod probe;
 pub mod procs;
 pub mod report;
 
@@ -230,7 +232,9 @@ async fn publish(
         &BuildOptions::default(),
     )
     .await?;
+    let started = Instant::now();
     let recorded = converters::rstargz::publish(client, &src, opts).await?;
+    let ours_s = started.elapsed().as_secs_f64();
     let tag = |c: Converter, prioritized| {
         c.tag(prioritized)
             .with_context(|| format!("{} makes no such image", c.name()))
@@ -250,8 +254,12 @@ async fn publish(
             converted.push(Converted {
                 converter: *c,
                 tag: t.to_string(),
-                layer_bytes: layer_bytes(client, &src.at(t)).await?,
-                seconds: started.elapsed().as_secs_f64(),
+                needs: floor::needs(client, &src.at(t)).await?,
+                seconds: if *c == Converter::Rstargz {
+                    ours_s
+                } else {
+                    started.elapsed().as_secs_f64()
+                },
             });
         }
     }
@@ -303,7 +311,16 @@ fn measure(
             .map(|s| procs::start_snapshotter(s, &opts.bins, &dir, opts.background_fetch))
             .transpose()?;
         let ctrd = Containerd::start(&dir.join("containerd"), &sockets)?;
-        let sample = timed_run(&ctrd, shaper, w, reference, (mode, converter), link, run);
+        let sample = timed_run(
+            &ctrd,
+            shaper,
+            snap.as_ref(),
+            w,
+            reference,
+            (mode, converter),
+            link,
+            run,
+        );
         ctrd.stop();
         drop(snap);
         keep_logs(
@@ -327,9 +344,11 @@ fn measure(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 fn timed_run(
     ctrd: &Containerd,
     shaper: &Shaper,
+    daemon: Option<&procs::Daemon>,
     w: &Workload,
     reference: &str,
     (mode, converter): (Mode, Option<Converter>),
@@ -338,6 +357,8 @@ fn timed_run(
 ) -> anyhow::Result<Sample> {
     let plugin = mode.snapshotter().map_or("overlayfs", Snapshotter::plugin);
     procs::drop_caches()?;
+    let cpu = |d: &procs::Daemon| probe::process_cpu(d.guard.id());
+    let cpu_before = daemon.map(cpu).transpose()?;
     let before = shaper.counters();
     let start = Instant::now();
     match mode {
@@ -372,6 +393,17 @@ fn timed_run(
     let out = ctrd.run(plugin, reference, &format!("cold-{run}"), &w.cmd)?;
     let total = start.elapsed();
     let counted = shaper.counters().since(&before);
+    let probe = match (daemon, cpu_before) {
+        (Some(d), Some(cpu_before)) => Some(probe::Probe {
+            daemon_cpu_s: cpu(d)?.saturating_sub(cpu_before).as_secs_f64(),
+            rstargz: d
+                .metrics
+                .map(probe::scrape)
+                .transpose()
+                .context("read rstargz's metrics")?,
+        }),
+        _ => None,
+    };
     if !out.contains(&w.expect) {
         bail!("unexpected output: {out}");
     }
@@ -395,6 +427,7 @@ fn timed_run(
         requests: counted.requests,
         connections: counted.connections,
         local_run_s,
+        probe,
     })
 }
 

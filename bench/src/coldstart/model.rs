@@ -126,6 +126,8 @@ pub struct Sample {
     /// Overlayfs only: the same container again with the image local and
     /// the page cache dropped (the local part of the floor), s.
     pub local_run_s: Option<f64>,
+    /// What the lazy snapshotter spent in the window (none for the full pull).
+    pub probe: Option<super::probe::Probe>,
 }
 
 /// Facts of one image.
@@ -156,8 +158,8 @@ pub struct Converted {
     pub converter: Converter,
     /// Its tag.
     pub tag: String,
-    /// Compressed bytes of its layers.
-    pub layer_bytes: u64,
+    /// Its bytes: layers, chunks, and what its prioritized prefix holds.
+    pub needs: Needs,
     /// Time the converter took (pull, convert, push), s.
     pub seconds: f64,
 }

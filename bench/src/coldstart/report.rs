@@ -23,7 +23,8 @@ pub struct Cell {
     pub runs: usize,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (NaN when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -194,6 +195,7 @@ pub fn markdown(r: &Report) -> String {
             }
         }
     }
+    md.push_str(&super::analysis::markdown(r));
     md.push_str(&targets(r));
     md
 }
