@@ -28,6 +28,8 @@ pub struct Needs {
     pub layer_bytes: u64,
     /// Layers.
     pub layers: usize,
+    /// Compressed bytes before the layers' `.prefetch.landmark`s.
+    pub prioritized_bytes: u64,
     /// Chunks of all regular files (the converter's chunking).
     pub chunks: u64,
     /// Largest chunk, uncompressed bytes.
@@ -75,6 +77,7 @@ pub async fn needs(registry: &Registry, reference: &str) -> anyhow::Result<Needs
             .await
             .with_context(|| format!("layer {}", layer.digest))?;
         needs.needed_bytes += prefix + toc;
+        needs.prioritized_bytes += prefix;
         needs.chunks += chunks.0;
         needs.largest_chunk = needs.largest_chunk.max(chunks.1);
         needs.layer_bytes += layer.size;

