@@ -11,6 +11,17 @@ if [ ! -x /usr/local/bin/rstargz ]; then
 fi
 mkdir -p /run/rstargz /var/lib/rstargz /var/lib/containerd
 
+# containerd's config with the stack's registry: CRI's pause image comes
+# from it, over plain HTTP.
+registry=${RSTARGZ_REGISTRY:-127.0.0.1:5000}
+sed "s|@RSTARGZ_REGISTRY@|$registry|g" /etc/containerd/config.toml.in >/etc/containerd/config.toml
+mkdir -p "/etc/containerd/certs.d/$registry"
+cat >"/etc/containerd/certs.d/$registry/hosts.toml" <<EOF
+server = "http://$registry"
+[host."http://$registry"]
+  capabilities = ["pull", "resolve"]
+EOF
+
 rstargz serve --config /etc/rstargz/config.toml &
 rstargz_pid=$!
 # containerd dials the snapshotter lazily, but a Prepare right after start-up

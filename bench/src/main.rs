@@ -140,6 +140,11 @@ struct ColdStartArgs {
     /// what pull and workload ask for is fetched) instead of their defaults.
     #[arg(long)]
     no_background_fetch: bool,
+    /// Pull and run through containerd's CRI plugin, as kubelet does
+    /// (PullImage, RunPodSandbox, CreateContainer, StartContainer); modes
+    /// overlayfs, rstargz and rstargz-prio.
+    #[arg(long)]
+    cri: bool,
     /// The Go reference daemon.
     #[arg(long, default_value = "/usr/local/bin/containerd-stargz-grpc")]
     go_reference: PathBuf,
@@ -368,6 +373,7 @@ fn cold_start(a: ColdStartArgs) -> anyhow::Result<()> {
         modes,
         converters,
         background_fetch: !a.no_background_fetch,
+        cri: a.cri,
         work: a.work,
         out: a.out.clone(),
         images,

@@ -3,20 +3,16 @@
 //! `convert` prints one JSON line on stdout (destination, digest, media
 //! type); progress lines and a per-layer summary go to stderr only when
 //! stderr is a terminal. Its flags also answer to `ctr-remote image
-//! convert`'s names where they mean the same.
+//! convert`'s names where they mean the same. `optimize` (in `optimize.rs`)
+//! runs a workload first.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context as _;
-use rstargz_fs::estargz::{Compression, WriterOptions, writer::DEFAULT_CHUNK_SIZE};
-use rstargz_fs::registry::{Registry, RegistryConfig};
-
 use rstargz_image::build::{BuildOptions, LayerCompression, LayerInput};
-use rstargz_image::platform::PlatformSpec;
-use rstargz_image::progress::{mb, short};
-use rstargz_image::{self as image, ConvertOptions, ImageRef, Progress, StderrLines};
+use rstargz_image::{self as image, ImageRef};
+
+use super::image_flags::{ConvertFlags, RegistryArgs, client, print_report, progress};
 
 /// Arguments of `rstargz image`.
 #[derive(Debug, clap::Args)]
@@ -29,30 +25,12 @@ pub struct ImageArgs {
 enum ImageCommand {
     /// Convert an image (registry reference or oci:DIR[:TAG]) to eStargz or zstd:chunked.
     Convert(ConvertArgs),
+    /// Run an image's workload in a container (runc) over the image mounted
+    /// lazily, and convert it with the files it opened prioritized.
+    Optimize(Box<super::optimize::OptimizeArgs>),
     /// Build a plain image from directories or tar files (for tests).
     #[command(hide = true)]
     BuildTestImage(BuildArgs),
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum CompressionArg {
-    Gzip,
-    Zstd,
-}
-
-/// Registry access shared by the subcommands.
-#[derive(Debug, clap::Args)]
-struct RegistryArgs {
-    /// Use plain HTTP for the source and destination registries
-    /// (loopback registries always use it).
-    #[arg(long)]
-    plain_http: bool,
-    /// containerd-style hosts directory (`<dir>/<host>/hosts.toml`).
-    #[arg(long, value_name = "DIR")]
-    hosts_dir: Option<PathBuf>,
-    /// docker config.json with credentials (default: $DOCKER_CONFIG or ~/.docker).
-    #[arg(long, value_name = "FILE")]
-    docker_config: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,59 +39,8 @@ struct ConvertArgs {
     src: String,
     /// Destination image, same forms.
     dst: String,
-    /// Layer compression: gzip (eStargz) or zstd (zstd:chunked).
-    #[arg(long, value_enum, default_value = "gzip")]
-    compression: CompressionArg,
-    /// eStargz layers: `--compression gzip`, the default (ctr-remote's name).
-    #[arg(long, conflicts_with_all = ["compression", "zstdchunked"])]
-    estargz: bool,
-    /// zstd:chunked layers: `--compression zstd` (ctr-remote's name).
-    #[arg(long, conflicts_with = "compression")]
-    zstdchunked: bool,
-    /// Uncompressed chunk size of large files, in bytes (0: the default).
-    #[arg(long, visible_aliases = ["estargz-chunk-size", "zstdchunked-chunk-size"], default_value_t = DEFAULT_CHUNK_SIZE)]
-    chunk_size: u64,
-    /// Small files share a compressed member until it holds this many
-    /// bytes (0: never); readers older than stargz-snapshotter 0.13 cannot read such layers.
-    #[arg(long, visible_alias = "estargz-min-chunk-size", default_value_t = 0)]
-    min_chunk_size: u64,
-    /// gzip level of eStargz layers, 0-9 [default: 6; ctr-remote's is 9].
-    #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(u32).range(0..=9))]
-    estargz_compression_level: Option<u32>,
-    /// zstd level of zstd:chunked layers, 1-22 [default: 3].
-    #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(i32).range(1..=22))]
-    zstdchunked_compression_level: Option<i32>,
-    /// Not supported: ctr-remote keeps the diffID by moving the TOC into a
-    /// separate image (--estargz-external-toc), which rstargz does not write.
-    #[arg(long)]
-    estargz_keep_diff_id: bool,
-    /// Write OCI media types (a docker schema2 image becomes an OCI one).
-    #[arg(long)]
-    oci: bool,
-    /// Convert only this platform of an index (`os[/arch[/variant]]`, as
-    /// containerd spells it); repeatable or comma-separated [default: all].
-    #[arg(long = "platform", value_name = "PLATFORM", value_delimiter = ',')]
-    platforms: Vec<String>,
-    /// Convert every platform of an index (the default here; ctr-remote's
-    /// default is the host's platform only).
-    #[arg(long, conflicts_with = "platforms")]
-    all_platforms: bool,
-    /// File to prefetch, applied to every layer (absent files are ignored); repeatable.
-    #[arg(long = "prioritize", value_name = "PATH")]
-    prioritized: Vec<String>,
-    /// File listing files to prefetch in priority order, after any
-    /// --prioritize: one path a line (as `rstargz mount --record` writes
-    /// it) or ctr-remote's record file (JSON lines with a "path").
-    #[arg(long, visible_aliases = ["estargz-record-in", "zstdchunked-record-in"], value_name = "FILE")]
-    prioritize_file: Option<PathBuf>,
-    /// Layers converted at once.
-    #[arg(long, default_value_t = 4)]
-    jobs: usize,
-    /// Directory for temporary layer files.
-    #[arg(long, value_name = "DIR")]
-    temp_dir: Option<PathBuf>,
     #[command(flatten)]
-    registry: RegistryArgs,
+    flags: ConvertFlags,
 }
 
 #[derive(Debug, clap::Args)]
@@ -132,6 +59,9 @@ struct BuildArgs {
 
 /// Runs `rstargz image`.
 pub fn run(args: ImageArgs) -> anyhow::Result<()> {
+    if let ImageCommand::Optimize(a) = args.command {
+        return super::optimize::run(*a);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -139,155 +69,20 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
     match args.command {
         ImageCommand::Convert(a) => runtime.block_on(convert(a)),
         ImageCommand::BuildTestImage(a) => runtime.block_on(build(a)),
+        ImageCommand::Optimize(_) => unreachable!("handled above"),
     }
-}
-
-/// Off a terminal, only what the user must know (skipped index entries) is printed.
-struct NotesOnly;
-
-impl Progress for NotesOnly {
-    fn event(&self, event: &image::Event<'_>) {
-        if let image::Event::Note(_) = event {
-            StderrLines.event(event);
-        }
-    }
-}
-
-fn client(args: &RegistryArgs, locations: &[&ImageRef]) -> anyhow::Result<Registry> {
-    let mut config = RegistryConfig {
-        docker_config: args.docker_config.clone(),
-        ..RegistryConfig::default()
-    };
-    config.hosts.certs_dir = args.hosts_dir.clone();
-    if args.plain_http {
-        for at in locations {
-            if let ImageRef::Registry(r) = at {
-                config.hosts.insecure_hosts.push(r.registry.clone());
-            }
-        }
-    }
-    Registry::new(config).context("setting up the registry client")
-}
-
-/// The paths of a prioritized-files list: one path a line, or ctr-remote's
-/// record file (one JSON object with a `path` a line); first mention wins.
-fn prioritized_paths(text: &str, file: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let mut paths: Vec<String> = Vec::new();
-    for (n, line) in text.lines().map(str::trim).enumerate() {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let path = if line.starts_with('{') {
-            let entry: serde_json::Value = serde_json::from_str(line)
-                .with_context(|| format!("{} line {}: not JSON", file.display(), n + 1))?;
-            entry["path"]
-                .as_str()
-                .with_context(|| format!("{} line {}: no \"path\"", file.display(), n + 1))?
-                .to_owned()
-        } else {
-            line.to_owned()
-        };
-        if !paths.contains(&path) {
-            paths.push(path);
-        }
-    }
-    Ok(paths)
 }
 
 async fn convert(a: ConvertArgs) -> anyhow::Result<()> {
-    if a.estargz_keep_diff_id {
-        anyhow::bail!(
-            "--estargz-keep-diff-id is not supported: ctr-remote keeps the diffID by moving \
-             the TOC into a separate image (--estargz-external-toc), and rstargz writes the \
-             TOC into each layer, which changes its diffID"
-        );
-    }
+    let opts = a.flags.options()?;
     let src = ImageRef::parse(&a.src)?;
     let dst = ImageRef::parse(&a.dst)?;
-    let platforms = if a.platforms.is_empty() || a.all_platforms {
-        None
-    } else {
-        Some(
-            a.platforms
-                .iter()
-                .map(|p| PlatformSpec::parse(p))
-                .collect::<Result<Vec<_>, _>>()?,
-        )
-    };
-    let client = client(&a.registry, &[&src, &dst])?;
-    let mut prioritized = a.prioritized;
-    if let Some(file) = &a.prioritize_file {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        prioritized.extend(prioritized_paths(&text, file)?);
-    }
-    let defaults = WriterOptions::default();
-    let opts = ConvertOptions {
-        writer: WriterOptions {
-            compression: match a.compression {
-                _ if a.estargz => Compression::Gzip,
-                _ if a.zstdchunked => Compression::Zstd,
-                CompressionArg::Gzip => Compression::Gzip,
-                CompressionArg::Zstd => Compression::Zstd,
-            },
-            // ctr-remote's 0 means "the default".
-            chunk_size: match a.chunk_size {
-                0 => DEFAULT_CHUNK_SIZE,
-                n => n,
-            },
-            min_chunk_size: a.min_chunk_size,
-            prioritized,
-            gzip_level: a.estargz_compression_level.unwrap_or(defaults.gzip_level),
-            zstd_level: a
-                .zstdchunked_compression_level
-                .unwrap_or(defaults.zstd_level),
-        },
-        parallelism: a.jobs.max(1),
-        temp_dir: a.temp_dir,
-        oci: a.oci,
-        platforms,
-    };
-    let terminal = std::io::stderr().is_terminal();
-    let progress: Arc<dyn Progress> = if terminal {
-        Arc::new(StderrLines)
-    } else {
-        Arc::new(NotesOnly)
-    };
+    let client = client(&a.flags.registry, &[&src, &dst])?;
     let started = std::time::Instant::now();
-    let report = image::convert(&client, &src, &dst, &opts, progress)
+    let report = image::convert(&client, &src, &dst, &opts, progress())
         .await
         .with_context(|| format!("converting {src} to {dst}"))?;
-    if terminal {
-        let secs = started.elapsed().as_secs_f64();
-        eprintln!(
-            "{:<24} {:<24} {:>10} {:>10}  uploaded",
-            "source", "converted", "in", "out"
-        );
-        for m in &report.manifests {
-            if let Some(p) = &m.platform {
-                eprintln!("{p}:");
-            }
-            for l in &m.layers {
-                eprintln!(
-                    "{:<24} {:<24} {:>10} {:>10}  {}",
-                    short(&l.source_digest),
-                    short(&l.digest),
-                    mb(l.source_size),
-                    mb(l.size),
-                    if l.uploaded { "yes" } else { "no" }
-                );
-            }
-        }
-        eprintln!("done in {secs:.1}s");
-    }
-    println!(
-        "{}",
-        serde_json::json!({
-            "reference": report.destination,
-            "digest": report.digest.to_string(),
-            "mediaType": report.media_type,
-        })
-    );
+    print_report(&report, started, serde_json::Map::new());
     Ok(())
 }
 

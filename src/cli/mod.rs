@@ -2,8 +2,10 @@
 
 pub mod fd_holder;
 pub mod image;
+pub mod image_flags;
 pub mod layer;
 pub mod mount;
+pub mod optimize;
 pub mod serve;
 
 /// Bound of the tokio blocking pool of `serve` and `mount` (FUSE mounts and

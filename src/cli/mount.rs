@@ -3,21 +3,16 @@
 //! read-only overlayfs at DIR — until Ctrl-C or SIGTERM, then unmounts
 //! everything. For demos, debugging and benchmarks.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, bail};
-use nix::mount::MntFlags;
+use anyhow::Context;
 use rstargz_fs::fuse::AccessLog;
-use rstargz_fs::registry::labels::{STARGZ_DIGEST, STARGZ_REFERENCE, TOC_DIGEST};
-use rstargz_fs::registry::{Reference, Registry};
-use serde::Deserialize;
+use rstargz_fs::registry::Reference;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
 use rstargz_remote::StargzFs;
-use rstargz_snapshotter::remote_fs::RemoteFs;
-use rstargz_snapshotter::snapshot::mount;
+use rstargz_remote::image_mount::{Stacking, mount_image};
 
 /// Arguments of `rstargz mount`.
 #[derive(Debug, clap::Args)]
@@ -44,29 +39,6 @@ pub struct MountArgs {
     pub log_level: String,
 }
 
-#[derive(Deserialize)]
-struct Descriptor {
-    digest: String,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
-    #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Deserialize)]
-struct Platform {
-    architecture: String,
-    os: String,
-}
-
-#[derive(Deserialize)]
-struct Manifest {
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-}
-
 /// Runs the mount until a signal.
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
     // As `serve` does. Without it each FUSE worker's 16 MiB request buffer
@@ -81,39 +53,6 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         .init();
     let runtime = super::service_runtime()?;
     runtime.block_on(mount(args))
-}
-
-/// The image manifest of `reference`, resolving an index to this machine's platform.
-async fn image_layers(
-    registry: &Registry,
-    reference: &Reference,
-) -> anyhow::Result<Vec<Descriptor>> {
-    let fetched = registry.get_manifest(reference).await?;
-    let manifest: Manifest = serde_json::from_slice(&fetched.bytes).context("parse manifest")?;
-    if manifest.manifests.is_empty() {
-        return Ok(manifest.layers);
-    }
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    let chosen = manifest
-        .manifests
-        .iter()
-        .find(|m| {
-            m.platform
-                .as_ref()
-                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
-        })
-        .with_context(|| format!("no linux/{arch} image in the index"))?;
-    let pinned = Reference::parse(&format!(
-        "{}/{}@{}",
-        reference.registry, reference.repository, chosen.digest
-    ))?;
-    let fetched = registry.get_manifest(&pinned).await?;
-    let manifest: Manifest = serde_json::from_slice(&fetched.bytes).context("parse manifest")?;
-    Ok(manifest.layers)
 }
 
 async fn mount(args: MountArgs) -> anyhow::Result<()> {
@@ -135,34 +74,16 @@ async fn mount(args: MountArgs) -> anyhow::Result<()> {
     if let Some(log) = &access_log {
         fs.record_opens(log.clone());
     }
-    let layers = image_layers(fs.registry(), &reference).await?;
-    if layers.is_empty() {
-        bail!("{} has no layers", args.reference);
-    }
-    let mut mounted: Vec<PathBuf> = Vec::new();
-    let result = async {
-        for (i, layer) in layers.iter().enumerate() {
-            let dir = layers_root.join(i.to_string());
-            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-            let mut labels = BTreeMap::new();
-            labels.insert(STARGZ_REFERENCE.to_string(), args.reference.clone());
-            labels.insert(STARGZ_DIGEST.to_string(), layer.digest.clone());
-            if let Some(toc) = layer.annotations.get(TOC_DIGEST) {
-                labels.insert(TOC_DIGEST.to_string(), toc.clone());
-            }
-            fs.mount(&dir, &labels)
-                .await
-                .with_context(|| format!("layer {i} ({})", layer.digest))?;
-            mounted.push(dir);
-        }
-        stack(&mounted, &args.dir)
-    }
-    .await;
-    if let Err(e) = result {
-        unmount_layers(&fs, &mounted, &layers_root).await;
-        return Err(e);
-    }
-    tracing::info!(reference = %args.reference, dir = %args.dir.display(), layers = mounted.len(), "mounted; Ctrl-C to unmount");
+    let image = mount_image(
+        &fs,
+        &args.reference,
+        &layers_root,
+        &args.dir,
+        Stacking::ReadOnly,
+    )
+    .await
+    .with_context(|| format!("mount {}", args.reference))?;
+    tracing::info!(reference = %args.reference, dir = %args.dir.display(), layers = image.layer_count(), "mounted; Ctrl-C to unmount");
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     tokio::select! {
@@ -181,30 +102,7 @@ async fn mount(args: MountArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if let Err(e) = nix::mount::umount(&args.dir) {
-        tracing::warn!(dir = %args.dir.display(), error = %e, "busy; detaching");
-        nix::mount::umount2(&args.dir, MntFlags::MNT_DETACH)
-            .with_context(|| format!("unmount {}", args.dir.display()))?;
-    }
-    unmount_layers(&fs, &mounted, &layers_root).await;
+    image.unmount(&fs).await;
     tracing::info!("unmounted");
     Ok(())
-}
-
-/// Stacks the layer mounts (bottom first) read-only at `target`.
-fn stack(layers: &[PathBuf], target: &Path) -> anyhow::Result<()> {
-    let uppermost_first: Vec<PathBuf> = layers.iter().rev().cloned().collect();
-    mount::mount_read_only(&uppermost_first, target)
-        .with_context(|| format!("mount the image at {}", target.display()))
-}
-
-async fn unmount_layers(fs: &StargzFs, mounted: &[PathBuf], root: &Path) {
-    for dir in mounted.iter().rev() {
-        if let Err(e) = fs.unmount(dir).await {
-            tracing::warn!(dir = %dir.display(), error = %e, "layer unmount failed");
-        }
-    }
-    if let Err(e) = std::fs::remove_dir_all(root) {
-        tracing::warn!(dir = %root.display(), error = %e, "cannot remove layer mountpoints");
-    }
 }

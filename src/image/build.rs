@@ -50,6 +50,8 @@ pub struct BuildOptions {
     pub docker: bool,
     /// `os`/`architecture` of the config.
     pub platform: (String, String),
+    /// The config's `Entrypoint` (empty: no entrypoint, `Cmd` `/bin/sh`).
+    pub entrypoint: Vec<String>,
 }
 
 impl Default for BuildOptions {
@@ -58,6 +60,7 @@ impl Default for BuildOptions {
             compression: LayerCompression::Gzip,
             docker: false,
             platform: ("linux".into(), "amd64".into()),
+            entrypoint: Vec::new(),
         }
     }
 }
@@ -146,7 +149,11 @@ async fn build_manifest(
     let config = serde_json::json!({
         "architecture": opts.platform.1,
         "os": opts.platform.0,
-        "config": {"Cmd": ["/bin/sh"]},
+        "config": if opts.entrypoint.is_empty() {
+            serde_json::json!({"Cmd": ["/bin/sh"]})
+        } else {
+            serde_json::json!({"Entrypoint": opts.entrypoint})
+        },
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": history,
     });

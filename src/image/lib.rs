@@ -6,13 +6,15 @@
 //! that reads and writes blobs and manifests (registry or `oci:DIR[:TAG]`),
 //! [`layout`] the OCI layout format, [`oci`] media types and descriptors,
 //! [`platform`] the `--platform` selection, [`progress`] the events a
-//! caller may show.
+//! caller may show; [`optimize`] runs an image's workload in a container
+//! and converts it with the files it opened prioritized.
 
 pub mod build;
 pub mod convert;
 pub mod error;
 pub mod layout;
 pub mod oci;
+pub mod optimize;
 pub mod platform;
 pub mod progress;
 pub mod store;

@@ -10,6 +10,7 @@ pub mod cri_keychain;
 pub mod decline;
 pub mod fd_holder;
 pub mod held_credentials;
+pub mod image_mount;
 pub mod live;
 pub mod memory;
 pub mod metrics;

@@ -7,11 +7,13 @@
 //! less than the full pull, not how fast anything is. Needs root,
 //! containerd, runc, ctr-remote, docker-registry, busybox-static (from
 //! scripts/setup.sh), DejaVu fonts and the Go reference daemon (from
-//! scripts/setup-bench.sh); a missing one fails the test. Takes about 2 minutes.
+//! scripts/setup-bench.sh); a missing one fails the test. Takes about 2 minutes
+//! on a loaded machine. The same through containerd's CRI plugin (`--cri`,
+//! loopback only): a figure for the full pull and both rstargz modes.
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Each converter and the modes that pull the kind of image it makes
@@ -23,10 +25,10 @@ const CELLS: [(&str, &[&str]); 3] = [
 ];
 const LINKS: [&str; 2] = ["loopback", "20ms-100mbit"];
 
-#[test]
-fn quick_cold_start_produces_every_figure() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (out, work) = (tmp.path().join("out"), tmp.path().join("work"));
+/// Runs `rstargz-bench cold-start --quick --no-background-fetch` with
+/// `extra` options under `dir`, asserting success; returns its output dir.
+fn cold_start(dir: &Path, extra: &[&str]) -> PathBuf {
+    let (out, work) = (dir.join("out"), dir.join("work"));
     let rstargz = Path::new(env!("CARGO_BIN_EXE_rstargz"));
     let bench = rstargz.with_file_name("rstargz-bench");
     assert!(
@@ -36,8 +38,9 @@ fn quick_cold_start_produces_every_figure() {
     );
     let run = Command::new(&bench)
         // Without background fetch the bytes counted are what pull and
-        // workload asked for, which is what the laziness check below needs.
+        // workload asked for, which is what the laziness checks need.
         .args(["cold-start", "--quick", "--no-background-fetch"])
+        .args(extra)
         .arg("--rstargz")
         .arg(rstargz)
         .arg("--out")
@@ -52,6 +55,13 @@ fn quick_cold_start_produces_every_figure() {
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
+    out
+}
+
+#[test]
+fn quick_cold_start_produces_every_figure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = cold_start(tmp.path(), &[]);
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     let image = &report["images"][0];
@@ -115,4 +125,39 @@ fn quick_cold_start_produces_every_figure() {
     }
     // The snapshotter and containerd logs of every lazy run are kept for inspection.
     assert!(out.join("logs").read_dir().unwrap().count() >= 2 * lazy_cells);
+}
+
+#[test]
+fn quick_cri_cold_start_produces_its_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = cold_start(tmp.path(), &["--cri", "--loopback-only"]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["cri"], true);
+    let plain = report["images"][0]["plain_bytes"].as_u64().unwrap();
+    let samples = report["samples"].as_array().unwrap();
+    for mode in ["overlayfs", "rstargz", "rstargz-prio"] {
+        let s = samples
+            .iter()
+            .find(|s| s["mode"] == mode)
+            .unwrap_or_else(|| panic!("no CRI figure for {mode}"));
+        let bytes = s["bytes"].as_u64().unwrap();
+        assert!(s["total_s"].as_f64().unwrap() > 0.0, "{s}");
+        if mode == "overlayfs" {
+            assert!(bytes >= plain, "the full pull fetched {bytes} of {plain}");
+        } else {
+            assert!(bytes * 2 < plain, "{mode} was not lazy: {s}");
+        }
+    }
+    assert!(
+        !samples.iter().any(|s| s["mode"] == "go"),
+        "the Go reference is not run through CRI"
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("Cold start through CRI over loopback")
+            && md.contains("× overlayfs")
+            && !md.contains("### Targets"),
+        "{md}"
+    );
 }

@@ -5,8 +5,13 @@
 //! pushed with docker into the stack's registry, then inside the node
 //! `rstargz image convert`, `ctr-remote image rpull` and `ctr run`. The
 //! container's checksums must match the files, and every layer must be a
-//! remote (FUSE-mounted) snapshot. Needs root, docker.io, docker-compose,
-//! mmdebstrap and busybox-static: a missing one fails the test.
+//! remote (FUSE-mounted) snapshot. Then the same image as a pod through the
+//! node's CRI plugin, driven from here over containerd's socket (the node's
+//! /run/containerd is a directory of ours) with the CRI tests' client, the
+//! pause image built from deploy/Dockerfile as the README says: the same
+//! checksums, every layer again remote. Needs root, docker.io,
+//! docker-compose, mmdebstrap and busybox-static: a missing one fails the
+//! test.
 
 #![allow(clippy::unwrap_used)]
 
@@ -19,9 +24,12 @@ use std::time::{Duration, Instant};
 use common::containerd::RunDirGuard;
 use common::workload::{cgroup_dirs, expected_sums, image_layers, sums_script};
 use docker::{BUILD_LIMIT, COMMAND_LIMIT, Compose, Dockerd, base_rootfs, poll};
+use rstargz_test_support::cri::{CgroupParent, Cri, Pod, pod_config};
 
 /// Layers of the test image (one per `COPY`).
 const LAYERS: usize = 3;
+/// The node's containerd state directory, a directory of ours inside.
+const NODE_RUN: &str = "/run/containerd";
 /// Base image tag in the scratch dockerd.
 const BASE_TAG: &str = "rstargz-base:test";
 
@@ -72,6 +80,12 @@ fn dev_stack_lazy_pulls_and_runs() {
     let _cgroups = CgroupGuard::new("default");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
+    // The pod's cgroup parent, made by the node's containerd in the host's
+    // hierarchies; removed (it must be empty) after the stack is down.
+    let pod_cgroup = format!("rstargz-compose-{}", std::process::id());
+    let _pod_cgroup = CgroupParent(pod_cgroup.clone());
+    // The node's /run/containerd.
+    let node_run = dir.join("node-run");
 
     let rootfs = base_rootfs();
     lap("base rootfs ready");
@@ -92,6 +106,7 @@ fn dev_stack_lazy_pulls_and_runs() {
             ("RSTARGZ_BASE", BASE_TAG),
             ("RSTARGZ_BIN", env!("CARGO_BIN_EXE_rstargz")),
             ("RSTARGZ_REGISTRY_PORT", &port),
+            ("RSTARGZ_CONTAINERD_RUN", node_run.to_str().unwrap()),
         ],
     );
     compose.ok(&["build"], BUILD_LIMIT);
@@ -186,7 +201,98 @@ fn dev_stack_lazy_pulls_and_runs() {
         .count();
     assert_eq!(fuse, LAYERS, "one FUSE mount per layer: {mounts}");
     lap("checked");
+
+    // The pause image, as the README makes it, then one pod through CRI.
+    let pause = format!("{registry}/rstargz-pause:1");
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    dockerd.ok(
+        &[
+            "build",
+            "--network",
+            "host",
+            "--build-arg",
+            &format!("BASE={BASE_TAG}"),
+            "--target",
+            "pause",
+            "-t",
+            &pause,
+            deploy.to_str().unwrap(),
+        ],
+        BUILD_LIMIT,
+    );
+    dockerd.ok(&["push", &pause], COMMAND_LIMIT);
+    lap("pause image pushed");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let out = rt.block_on(cri_pod(&compose, &node_run, &esgz, &pod_cgroup));
+    lap("pod run through CRI");
+    assert_eq!(out, expected_sums(&layers));
+    let log = compose.logs("node");
+    assert_eq!(
+        (
+            log.matches("remote-snapshot-prepared=\"true\"").count(),
+            log.matches("remote-snapshot-prepared=\"false\"").count()
+        ),
+        (2 * LAYERS, 1),
+        "the CRI pull: every layer remote, the (plain) pause image on the fallback: {log}"
+    );
+    let infos = compose.exec_ok(
+        "node",
+        &[
+            "sh",
+            "-c",
+            "for k in $(ctr -n k8s.io snapshots --snapshotter stargz ls | awk '$NF == \"Committed\" {print $1}'); \
+             do ctr -n k8s.io snapshots --snapshotter stargz info \"$k\"; done",
+        ],
+    );
+    assert_eq!(
+        (
+            infos.matches("\"containerd.io/snapshot/remote\":").count(),
+            infos
+                .matches(&format!(
+                    "\"containerd.io/snapshot/cri.image-ref\": \"{esgz}\""
+                ))
+                .count()
+        ),
+        (LAYERS, LAYERS),
+        "the CRI image's snapshots are remote, made from the CRI labels: {infos}"
+    );
     drop(compose);
     drop(dockerd);
     lap("torn down");
+}
+
+/// Runs the checksum script in a pod of `image` through the node's CRI
+/// plugin, over containerd's socket in `node_run` (the node's
+/// /run/containerd); returns the container's stdout.
+async fn cri_pod(compose: &Compose<'_>, node_run: &Path, image: &str, cgroup: &str) -> String {
+    let socket = node_run.join("containerd.sock");
+    let mut cri = Cri::connect(&socket, &socket)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", compose.logs("node")))
+        .map_logs(Path::new(NODE_RUN), node_run);
+    let logs = Path::new(NODE_RUN).join("pod-logs");
+    std::fs::create_dir_all(node_run.join("pod-logs")).unwrap();
+    let sandbox = pod_config("rstargz-compose", &logs, cgroup);
+    let image_ref = cri
+        .pull(image, Some(&sandbox), None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", compose.logs("node")));
+    let mut pod = Pod::run(&mut cri, &sandbox)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", compose.logs("node")));
+    let command: Vec<String> = vec![
+        "/bin/busybox".into(),
+        "sh".into(),
+        "-c".into(),
+        sums_script(),
+    ];
+    let out = cri
+        .run_container(pod.id(), &sandbox, &image_ref, "sums", &command)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", compose.logs("node")));
+    pod.remove(&mut cri).await.unwrap();
+    out
 }

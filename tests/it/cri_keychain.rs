@@ -14,8 +14,8 @@
 use crate::common;
 use crate::common::image as image_common;
 use crate::cri::{
-    CgroupParent, Cri, PLUGIN, Pod, committed_labels, fuse_mounts, layer_digests, pod_config,
-    prepared, pull_request, push_pause_image, push_workload,
+    PLUGIN, committed_labels, connect, fuse_mounts, layer_digests, pod_config, prepared,
+    push_pause_image, push_workload, run_pod, run_sums,
 };
 
 use std::path::{Path, PathBuf};
@@ -27,6 +27,7 @@ use image_common::registry::TestRegistry;
 use rstargz_fs::registry::Registry;
 use rstargz_proto::cri;
 use rstargz_snapshotter::snapshot::REMOTE_LABEL;
+use rstargz_test_support::cri::{CgroupParent, Cri, pull_request};
 use rstargz_test_support::{docker_config, test_config};
 
 const USER: &str = "kubelet";
@@ -134,6 +135,7 @@ fn containerd(dir: &Path, d: &Daemon, p: &Private) -> Containerd {
         &CriConfig {
             sandbox_image: format!("{}/kc/pause:v1", p.plain.host()),
             plain_http_registries: vec![p.plain.host(), p.registry.host()],
+            ..CriConfig::default()
         },
     )
 }
@@ -224,7 +226,7 @@ async fn private_layers_read_with_the_pull_credentials_across_restarts() {
     // rstargz starts before containerd (its ImageService connects lazily).
     let mut d = start(dir, true);
     let ctrd = containerd(dir, &d, p);
-    let mut cri = Cri::connect_with_images(&ctrd, &d.socket).await;
+    let mut cri = connect(&ctrd, &d.socket).await;
     assert_passed_through(
         &mut cri,
         &ctrd,
@@ -234,8 +236,9 @@ async fn private_layers_read_with_the_pull_credentials_across_restarts() {
 
     let sandbox = pod_config(dir, "rstargz-kc-remote", cgroup_parent);
     let image_ref = cri
-        .pull_with_auth(&p.image, Some(&sandbox), Some(pull_secret()))
-        .await;
+        .pull(&p.image, Some(&sandbox), Some(pull_secret()))
+        .await
+        .unwrap();
     let log = d.log_text();
     assert!(
         !log.contains("remote-snapshot-prepared=\"false\"")
@@ -250,11 +253,9 @@ async fn private_layers_read_with_the_pull_credentials_across_restarts() {
     );
     assert_eq!(fuse_mounts(&d), p.digests.len(), "one FUSE mount per layer");
 
-    let mut pod = Pod::run(&mut cri, &ctrd, &sandbox).await;
-    let sandbox_id = pod.id.clone().unwrap();
+    let mut pod = run_pod(&mut cri, &ctrd, &sandbox).await;
     assert_eq!(
-        cri.run_sums(&sandbox_id, &sandbox, &image_ref, "sums")
-            .await,
+        run_sums(&mut cri, &pod, &sandbox, &image_ref, "sums").await,
         expected_sums(&p.layers)
     );
 
@@ -283,7 +284,7 @@ async fn private_layers_read_with_the_pull_credentials_across_restarts() {
 
     // Teardown as kubelet does; a full stop leaves nothing in the holder.
     ctrd.wait_snapshotter(PLUGIN);
-    pod.remove(&mut cri).await;
+    pod.remove(&mut cri).await.unwrap();
     drop(cri);
     drop(ctrd);
     let holder = d.root.join("fdstore.sock");
@@ -302,11 +303,12 @@ async fn without_the_keychain_a_private_pull_falls_back_and_says_why() {
     let d = start(dir, false);
     let ctrd = containerd(dir, &d, p);
     // kubelet talks to containerd alone.
-    let mut cri = Cri::connect(&ctrd).await;
+    let mut cri = connect(&ctrd, &ctrd.socket).await;
     let sandbox = pod_config(dir, "rstargz-kc-fallback", cgroup_parent);
     let image_ref = cri
-        .pull_with_auth(&p.image, Some(&sandbox), Some(pull_secret()))
-        .await;
+        .pull(&p.image, Some(&sandbox), Some(pull_secret()))
+        .await
+        .unwrap();
     let log = d.log_text();
     assert_eq!(prepared(&d, "true"), 0, "{log}");
     assert_eq!(prepared(&d, "false"), p.digests.len(), "{log}");
@@ -321,14 +323,12 @@ async fn without_the_keychain_a_private_pull_falls_back_and_says_why() {
         "the reason names the credentials: {log}"
     );
 
-    let mut pod = Pod::run(&mut cri, &ctrd, &sandbox).await;
-    let sandbox_id = pod.id.clone().unwrap();
+    let mut pod = run_pod(&mut cri, &ctrd, &sandbox).await;
     assert_eq!(
-        cri.run_sums(&sandbox_id, &sandbox, &image_ref, "sums")
-            .await,
+        run_sums(&mut cri, &pod, &sandbox, &image_ref, "sums").await,
         expected_sums(&p.layers)
     );
-    pod.remove(&mut cri).await;
+    pod.remove(&mut cri).await.unwrap();
     drop(cri);
     drop(ctrd);
     d.stop();

@@ -47,6 +47,8 @@ mod image_convert; // registry
 #[cfg(feature = "system")]
 mod image_convert_flags; // registry; root, containerd, runc, ctr-remote, the Go reference
 #[cfg(feature = "system")]
+mod image_optimize; // root: FUSE, overlayfs, runc; registry; containerd, the Go reference
+#[cfg(feature = "system")]
 mod layer_cli; // root: `layer extract` sets owners (lchown)
 #[cfg(feature = "system")]
 mod lcow_scratch; // qemu-img, e2fsck, mkfs.ext4
@@ -62,5 +64,7 @@ mod remote; // root: FUSE, overlayfs; registry
 mod scale_threads; // root: FUSE, overlayfs; registry (a measurement, ignored by default)
 #[cfg(feature = "system")]
 mod security; // root: FUSE; registry
+#[cfg(feature = "system")]
+mod soak; // root: containerd, runc, ctr-remote, FUSE; registry behind the fault proxy (RSTARGZ_SOAK_SECS)
 #[cfg(feature = "system")]
 mod systemd; // systemd-analyze; the daemon under a NOTIFY_SOCKET

@@ -7,10 +7,12 @@
 //! Modes: containerd's overlayfs with a full pull of the plain image,
 //! rstargz and the Go reference with the eStargz image without and with
 //! a prioritized list (recorded by running the workload once through
-//! `rstargz mount --record`).
+//! `rstargz mount --record`). With [`Options::cri`] the pull and run go
+//! through containerd's CRI plugin instead of `ctr` ([`cri`]).
 
 pub mod analysis;
 pub mod converters;
+pub mod cri;
 pub mod floor;
 pub mod images;
 pub mod model;
@@ -24,7 +26,7 @@ pub use model::{Converted, ImageFacts, LinkCase, Machine, Mode, Report, Sample};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rstargz_fs::registry::{Registry, RegistryConfig};
@@ -33,7 +35,7 @@ use self::images::{Kind, LargeShape, Workload};
 use self::procs::{Binaries, Containerd, Snapshotter};
 use rstargz_image::ImageRef;
 use rstargz_image::build::{self, BuildOptions};
-use rstargz_test_support::proxy::{Link, Shaper};
+use rstargz_test_support::proxy::{Counters, Link, Shaper};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -60,6 +62,9 @@ pub struct Options {
     /// Lazy snapshotters keep their default background fetch (false:
     /// `no_background_fetch = true` for both, the method before issue 8).
     pub background_fetch: bool,
+    /// Pull and run through containerd's CRI plugin, as kubelet does
+    /// (modes [`cri::MODES`]).
+    pub cri: bool,
 }
 
 /// Runs the benchmark and writes `report.json`, `report.md` and the plots into `opts.out`.
@@ -74,7 +79,15 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     ] {
         which(bin)?;
     }
-    if !opts.bins.go_reference.exists() {
+    let modes: Vec<Mode> = Mode::ALL
+        .into_iter()
+        .filter(|m| opts.modes.is_empty() || opts.modes.contains(m))
+        .filter(|m| !opts.cri || cri::MODES.contains(m))
+        .collect();
+    let go = modes
+        .iter()
+        .any(|m| m.snapshotter() == Some(Snapshotter::GoReference));
+    if go && !opts.bins.go_reference.exists() {
         bail!(
             "{} is missing: build it with scripts/setup-bench.sh (kit: GO_REFERENCE_DIR, default ../shared/bench/go-reference)",
             opts.bins.go_reference.display()
@@ -121,6 +134,11 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         facts.push(f);
     }
 
+    let pause = if opts.cri {
+        Some(cri::push_pause(&client, &direct, &opts.work).await?)
+    } else {
+        None
+    };
     let mut samples = Vec::new();
     for link in &opts.links {
         shaper.set_link(link.link());
@@ -133,10 +151,17 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
                     };
                     let reference = format!("{shaped}/bench/{}:{tag}", w.kind.name());
                     let label = model::cell_label(mode, converter);
-                    let s = measure(opts, &shaper, w, &reference, (mode, converter), link, run)
-                        .with_context(|| {
-                            format!("{} {} {label} run {run}", w.kind.name(), link.name)
-                        })?;
+                    let s = match &pause {
+                        Some(pause) => {
+                            cri::measure(opts, &shaper, w, &reference, pause, mode, link, run)
+                                .await
+                                .map(|s| Sample { converter, ..s })
+                        }
+                        None => measure(opts, &shaper, w, &reference, (mode, converter), link, run),
+                    }
+                    .with_context(|| {
+                        format!("{} {} {label} run {run}", w.kind.name(), link.name)
+                    })?;
                     eprintln!(
                         "{:<7} {:<12} {:<44} run {run}: {:>7.2} s (pull {:>6.2} s) {:>9.2} MB {:>5} requests",
                         w.kind.name(),
@@ -163,7 +188,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
 /// full pull once (it pulls the plain image), then every lazy mode on
 /// every converter's image of the kind the mode pulls.
 fn cells(opts: &Options) -> Vec<(Mode, Option<Converter>)> {
-    let chosen = |m: &Mode| opts.modes.is_empty() || opts.modes.contains(m);
+    let chosen = |m: &Mode| {
+        (opts.modes.is_empty() || opts.modes.contains(m)) && (!opts.cri || cri::MODES.contains(m))
+    };
     let mut out = Vec::new();
     if chosen(&Mode::Overlayfs) {
         out.push((Mode::Overlayfs, None));
@@ -185,6 +212,7 @@ fn report(opts: &Options, facts: &[ImageFacts], samples: &[Sample]) -> Report {
         runs: opts.runs,
         background_fetch: opts.background_fetch,
         converters: opts.converters.clone(),
+        cri: opts.cri,
         images: facts.to_vec(),
         samples: samples.to_vec(),
     }
@@ -425,10 +453,26 @@ fn timed_run(
         None
     };
     Ok(Sample {
+        converter,
+        probe,
+        ..sample(w, link, mode, run, (pulled, total, counted), local_run_s)
+    })
+}
+
+/// The sample of one timed window: `(pull, total, registry counters)`.
+fn sample(
+    w: &Workload,
+    link: &LinkCase,
+    mode: Mode,
+    run: usize,
+    (pulled, total, counted): (Duration, Duration, Counters),
+    local_run_s: Option<f64>,
+) -> Sample {
+    Sample {
         image: w.kind,
         link: link.name.clone(),
         mode,
-        converter,
+        converter: None,
         run,
         pull_s: pulled.as_secs_f64(),
         total_s: total.as_secs_f64(),
@@ -436,8 +480,8 @@ fn timed_run(
         requests: counted.requests,
         connections: counted.connections,
         local_run_s,
-        probe,
-    })
+        probe: None,
+    }
 }
 
 /// Copies the run's daemon logs to `<out>/logs/<name>-*.log`.

@@ -196,6 +196,8 @@ pub struct Report {
     pub background_fetch: bool,
     /// Who made the eStargz images, in table order.
     pub converters: Vec<Converter>,
+    /// Whether pulls and runs went through containerd's CRI plugin.
+    pub cri: bool,
     /// Images.
     pub images: Vec<ImageFacts>,
     /// Every run.

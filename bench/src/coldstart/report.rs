@@ -99,20 +99,26 @@ fn ratio(a: f64, b: f64) -> String {
 }
 
 /// The header and separator of a table with one column per mode.
-fn header(md: &mut String, last: &str) {
+fn header(md: &mut String, modes: &[Mode], last: &str) {
     let _ = write!(md, "| image | converter |");
-    for m in Mode::ALL {
+    for m in modes {
         let _ = write!(md, " {} |", m.label());
     }
     let _ = writeln!(md, " {last} |");
-    let _ = writeln!(md, "|---|---|{}---|", "---|".repeat(Mode::ALL.len()));
+    let _ = writeln!(md, "|---|---|{}---|", "---|".repeat(modes.len()));
 }
 
-/// The markdown tables: one row per image and converter.
+/// The markdown tables: one row per image and converter, one column per
+/// measured mode.
 pub fn markdown(r: &Report) -> String {
     let mut md = String::new();
     let images: Vec<Kind> = r.images.iter().map(|f| f.image).collect();
     let converters = r.converters.clone();
+    // The modes this run measured, in table order.
+    let modes: Vec<Mode> = Mode::ALL
+        .into_iter()
+        .filter(|m| r.samples.iter().any(|s| s.mode == *m))
+        .collect();
     let _ = writeln!(
         md,
         "\nConverters (who made the eStargz images the lazy modes pull):\n"
@@ -121,33 +127,52 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(md, "- `{}`: {}", c.name(), c.describe());
     }
     for link in &r.links {
+        let (through, what, baseline) = if r.cri {
+            (
+                "through CRI ",
+                "CRI PullImage + RunPodSandbox + CreateContainer + StartContainer to the workload's end (pause image already local)",
+                "× containerd's overlayfs through CRI in the same run",
+            )
+        } else {
+            (
+                "",
+                "Pull + create + run to the workload's end",
+                "× the Go reference in the same mode on the same converter's image",
+            )
+        };
         let _ = writeln!(
             md,
-            "\n### Cold start over {} (median of {} runs)\n",
+            "\n### Cold start {through}over {} (median of {} runs)\n",
             describe(link),
             r.runs
         );
         let _ = writeln!(
             md,
-            "Pull + create + run to the workload's end. rstargz cells: time (× the Go reference in the same mode on the same converter's image, × the floor); others: time (× the floor). Floor = needed bytes / bandwidth + {} round trips × RTT, plus the container's run with the image already local. The full pull pulls the plain image: the same figure in every row of an image.\n",
+            "{what}. rstargz cells: time ({baseline}, × the floor); others: time (× the floor). Floor = needed bytes / bandwidth + {} round trips × RTT, plus the container's run with the image already local. The full pull pulls the plain image: the same figure in every row of an image.\n",
             super::floor::MIN_ROUND_TRIPS
         );
-        header(&mut md, "floor (network + local)");
+        header(&mut md, &modes, "floor (network + local)");
         for image in &images {
             let floor = r.floor(*image, link);
             let floor_total = floor.map(|(n, l)| n + l);
             for c in &converters {
                 let _ = write!(md, "| {} | {} |", image.name(), c.name());
-                for m in Mode::ALL {
+                for &m in &modes {
                     let Some(cell) = r.cell(*image, &link.name, m, *c) else {
                         let _ = write!(md, " — |");
                         continue;
                     };
-                    let go = (m.go_counterpart() != m)
-                        .then(|| r.cell(*image, &link.name, m.go_counterpart(), *c))
-                        .flatten();
+                    let (base, name) = match (m, r.cri) {
+                        (Mode::Rstargz | Mode::RstargzPrio, true) => {
+                            (r.cell(*image, &link.name, Mode::Overlayfs, *c), "overlayfs")
+                        }
+                        (Mode::Rstargz | Mode::RstargzPrio, false) => {
+                            (r.cell(*image, &link.name, m.go_counterpart(), *c), "Go")
+                        }
+                        _ => (None, ""),
+                    };
                     let vs: Vec<String> = [
-                        go.map(|g| format!("{} Go", ratio(cell.total_s, g.total_s))),
+                        base.map(|g| format!("{} {name}", ratio(cell.total_s, g.total_s))),
                         floor_total.map(|f| format!("{} floor", ratio(cell.total_s, f))),
                     ]
                     .into_iter()
@@ -174,7 +199,7 @@ pub fn markdown(r: &Report) -> String {
             md,
             "\nRegistry bytes (MB) / requests in the measured window (medians; {fetch}):\n"
         );
-        header(&mut md, "needed");
+        header(&mut md, &modes, "needed");
         for image in &images {
             let needed = r
                 .images
@@ -183,7 +208,7 @@ pub fn markdown(r: &Report) -> String {
                 .map_or(0, |f| f.needs.needed_bytes);
             for c in &converters {
                 let _ = write!(md, "| {} | {} |", image.name(), c.name());
-                for m in Mode::ALL {
+                for &m in &modes {
                     let _ = match r.cell(*image, &link.name, m, *c) {
                         Some(cell) => {
                             write!(md, " {:.1} / {:.0} |", cell.bytes / 1e6, cell.requests)
@@ -196,7 +221,10 @@ pub fn markdown(r: &Report) -> String {
         }
     }
     md.push_str(&super::analysis::markdown(r));
-    md.push_str(&targets(r));
+    // The targets are those of the `ctr` cold start (issues 8 and 19).
+    if !r.cri {
+        md.push_str(&targets(r));
+    }
     md
 }
 

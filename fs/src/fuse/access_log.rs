@@ -30,6 +30,14 @@ impl AccessLog {
         }
     }
 
+    /// Forgets every open recorded so far: the next open of any file is
+    /// recorded again.
+    pub fn clear(&self) {
+        if let Ok(mut opens) = self.0.lock() {
+            *opens = Opens::default();
+        }
+    }
+
     /// The opened paths (`/`-rooted) in first-open order, each once.
     pub fn paths(&self) -> Vec<String> {
         let Ok(opens) = self.0.lock() else {

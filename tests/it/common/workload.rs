@@ -70,10 +70,7 @@ pub fn expected_sums(layers: &[PathBuf]) -> String {
         .collect()
 }
 
-/// Runs [`sums_script`] in a fresh container of `image` (namespace
-/// `namespace`, snapshotter `snapshotter`), with runc's state under `dir`
-/// and a one-level cgroup runc removes with the container; asserts the
-/// container left no cgroup behind. Returns its output.
+/// Runs [`sums_script`] in a fresh container of `image` (see [`run_script`]).
 pub fn run_sums(
     ctrd: &Containerd,
     dir: &Path,
@@ -82,7 +79,22 @@ pub fn run_sums(
     image: &str,
     id: &str,
 ) -> String {
-    let script = sums_script();
+    run_script(ctrd, dir, namespace, snapshotter, image, id, &sums_script())
+}
+
+/// Runs the shell command `script` in a fresh container of `image`
+/// (namespace `namespace`, snapshotter `snapshotter`), with runc's state
+/// under `dir` and a one-level cgroup runc removes with the container;
+/// asserts the container left no cgroup behind. Returns its output.
+pub fn run_script(
+    ctrd: &Containerd,
+    dir: &Path,
+    namespace: &str,
+    snapshotter: &str,
+    image: &str,
+    id: &str,
+    script: &str,
+) -> String {
     let fifo_dir = dir.join("fifo");
     let runc_root = dir.join("runc");
     let cgroup = format!("rstargz-e2e-{}-{id}", std::process::id());
@@ -104,7 +116,7 @@ pub fn run_sums(
         "/bin/busybox",
         "sh",
         "-c",
-        &script,
+        script,
     ]);
     assert_eq!(cgroup_dirs(&cgroup), Vec::<PathBuf>::new(), "cgroup leaked");
     out

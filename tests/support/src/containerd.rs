@@ -99,12 +99,13 @@ impl Containerd {
                 "{proxy}[{cri_plugin}]\n  sandbox_image = {sandbox:?}\n  \
                  restrict_oom_score_adj = true\n  disable_apparmor = true\n  \
                  enable_selinux = false\n\
-                 [{cri_plugin}.containerd]\n  snapshotter = {plugin:?}\n  \
+                 [{cri_plugin}.containerd]\n  snapshotter = {snapshotter:?}\n  \
                  disable_snapshot_annotations = false\n\
                  [{cri_plugin}.cni]\n  bin_dir = {cni_bin:?}\n  conf_dir = {cni_conf:?}\n\
                  [{cri_plugin}.registry]\n  config_path = {certs:?}\n",
                 proxy = proxy_plugin(plugin, snapshotter_socket),
                 sandbox = cri.sandbox_image,
+                snapshotter = cri.snapshotter.as_deref().unwrap_or(plugin),
             ),
         )
     }
@@ -241,12 +242,15 @@ impl Drop for Containerd {
 }
 
 /// What [`Containerd::start_cri`] configures in the CRI plugin.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CriConfig {
     /// The pause image (its entrypoint must keep running).
     pub sandbox_image: String,
     /// `host:port` of the registries to reach over plain HTTP.
     pub plain_http_registries: Vec<String>,
+    /// The CRI plugin's snapshotter when not the proxy plugin (e.g.
+    /// `overlayfs`, a baseline).
+    pub snapshotter: Option<String>,
 }
 
 /// containerd 1.6 puts shim sockets under `/run/containerd/s` whatever its

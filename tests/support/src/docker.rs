@@ -33,6 +33,7 @@ const BASE_PACKAGES: &[&str] = &[
     "stargz-snapshotter",
     "fuse3",
     "docker-registry",
+    "busybox-static",
 ];
 
 /// Runs `cmd` (stdin closed) until it exits or `limit` passes; a command

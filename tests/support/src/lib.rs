@@ -2,13 +2,14 @@
 //! `docker-registry` per test ([`registry`]), the proxies in front of it
 //! ([`proxy`]: faults for the tests, a shaped link for the benchmarks), the golden eStargz cases with checkers
 //! ([`golden`]), process guards for the daemon ([`daemon`]), a scratch
-//! containerd ([`containerd`]) and a scratch dockerd ([`docker`]) over one
+//! containerd ([`containerd`]) with a CRI client ([`cri`]) and a scratch dockerd ([`docker`]) over one
 //! process guard ([`process`]), host
 //! checks ([`host`]) and small helpers. Test code: it panics on any setup
 //! failure, and a missing prerequisite fails, never skips.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod containerd;
+pub mod cri;
 pub mod daemon;
 pub mod docker;
 pub mod golden;
