@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rstargz_test_support::containerd;
@@ -283,4 +284,24 @@ pub fn is_mountpoint(dir: &Path) -> bool {
             .filter_map(|l| l.split(' ').nth(4))
             .any(|m| Path::new(m) == dir)
     })
+}
+
+/// Unmounts and removes `dir` (a previous run's leftovers included).
+pub fn clean(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        unmount_under(dir);
+        // Lazy unmounts of FUSE mounts finish asynchronously; retry briefly.
+        let start = Instant::now();
+        loop {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => break,
+                Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                    tracing::debug!(error = %e, "retrying removal of {}", dir.display());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e).with_context(|| format!("remove {}", dir.display())),
+            }
+        }
+    }
+    Ok(())
 }
