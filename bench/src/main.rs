@@ -126,7 +126,7 @@ struct ColdStartArgs {
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
     /// Who makes the eStargz images (rstargz, ctr-remote,
-    /// ctr-remote-optimize); each lazy mode runs on every converter's
+    /// ctr-remote-optimize, rstargz-optimize); each lazy mode runs on every converter's
     /// image of its kind (with or without a list) [default: all].
     #[arg(long, value_delimiter = ',')]
     converters: Vec<String>,

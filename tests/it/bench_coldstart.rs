@@ -2,7 +2,8 @@
 //! --quick` end to end (tiny image, one run, loopback and the shaped link)
 //! must produce a figure for every mode, including the Go reference, on
 //! the images of every converter (rstargz's and the Go tooling's
-//! `ctr-remote image convert` and `image optimize`), plus the markdown
+//! `ctr-remote image convert` and `image optimize`, and `rstargz image
+//! optimize`), plus the markdown
 //! report and the PNG plots. Checks that the lazy modes fetch
 //! less than the full pull, not how fast anything is. Needs root,
 //! containerd, runc, ctr-remote, docker-registry, busybox-static (from
@@ -18,10 +19,11 @@ use std::process::Command;
 
 /// Each converter and the modes that pull the kind of image it makes
 /// (without a list: rstargz, go; with one: rstargz-prio, go-prio).
-const CELLS: [(&str, &[&str]); 3] = [
+const CELLS: [(&str, &[&str]); 4] = [
     ("rstargz", &["rstargz", "rstargz-prio", "go", "go-prio"]),
     ("ctr-remote", &["rstargz", "go"]),
     ("ctr-remote-optimize", &["rstargz-prio", "go-prio"]),
+    ("rstargz-optimize", &["rstargz-prio", "go-prio"]),
 ];
 const LINKS: [&str; 2] = ["loopback", "20ms-100mbit"];
 

@@ -252,6 +252,7 @@ async fn publish(
         registry,
         workload: w,
         work: &opts.work.join("convert"),
+        rstargz: &opts.bins.rstargz,
     };
     build::from_dirs(
         client,

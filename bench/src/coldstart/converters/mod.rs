@@ -13,6 +13,7 @@
 
 pub mod ctr_remote;
 pub mod rstargz;
+pub mod rstargz_optimize;
 
 use std::path::Path;
 
@@ -32,14 +33,18 @@ pub enum Converter {
     /// `ctr-remote image optimize --oci` with the workload as the sample
     /// container's command (its own recorded list).
     CtrRemoteOptimize,
+    /// `rstargz image optimize --oci` with the same workload (runc over
+    /// the image mounted lazily by our FUSE; its own list).
+    RstargzOptimize,
 }
 
 impl Converter {
     /// Every converter, in table order.
-    pub const ALL: [Converter; 3] = [
+    pub const ALL: [Converter; 4] = [
         Converter::Rstargz,
         Converter::CtrRemote,
         Converter::CtrRemoteOptimize,
+        Converter::RstargzOptimize,
     ];
 
     /// Its name on the command line, in tables and in `report.json`.
@@ -48,6 +53,7 @@ impl Converter {
             Converter::Rstargz => "rstargz",
             Converter::CtrRemote => "ctr-remote",
             Converter::CtrRemoteOptimize => "ctr-remote-optimize",
+            Converter::RstargzOptimize => "rstargz-optimize",
         }
     }
 
@@ -70,7 +76,10 @@ impl Converter {
             (Converter::Rstargz, true) => Some("prio"),
             (Converter::CtrRemote, false) => Some("ctr-esgz"),
             (Converter::CtrRemoteOptimize, true) => Some("ctr-opt"),
-            (Converter::CtrRemote, true) | (Converter::CtrRemoteOptimize, false) => None,
+            (Converter::RstargzOptimize, true) => Some("rs-opt"),
+            (Converter::CtrRemote, true)
+            | (Converter::CtrRemoteOptimize, false)
+            | (Converter::RstargzOptimize, false) => None,
         }
     }
 
@@ -83,6 +92,9 @@ impl Converter {
             Converter::CtrRemote => "`ctr-remote image convert --estargz --oci` (no list)",
             Converter::CtrRemoteOptimize => {
                 "`ctr-remote image optimize --oci`, the workload as the sample container's entrypoint and args (its own list)"
+            }
+            Converter::RstargzOptimize => {
+                "`rstargz image optimize --oci`, the same workload as entrypoint and args, in runc over the image mounted lazily by rstargz (its own list)"
             }
         }
     }
@@ -97,6 +109,8 @@ pub struct Source<'a> {
     pub workload: &'a Workload,
     /// A scratch directory of the converter's own.
     pub work: &'a Path,
+    /// The `rstargz` binary (for `rstargz image optimize`).
+    pub rstargz: &'a Path,
 }
 
 impl Source<'_> {
@@ -117,6 +131,7 @@ pub fn publish(converter: Converter, src: &Source) -> anyhow::Result<()> {
         Converter::Rstargz => Ok(()),
         Converter::CtrRemote => ctr_remote::publish(ctr_remote::How::Convert, src),
         Converter::CtrRemoteOptimize => ctr_remote::publish(ctr_remote::How::Optimize, src),
+        Converter::RstargzOptimize => rstargz_optimize::publish(src),
     }
 }
 
