@@ -7,8 +7,7 @@ use std::fmt::Write as _;
 
 use super::converters::Converter;
 use super::images::Kind;
-use super::model::{LinkCase, Mode, Report, Sample, describe};
-use super::report::median;
+use super::model::{LinkCase, Mode, Report, Sample, describe, median};
 
 fn samples<'a>(
     r: &'a Report,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::converters::Converter;
 use super::images::Kind;
-use super::model::{LinkCase, Mode, Report, Sample, describe};
+use super::model::{LinkCase, Mode, Report, Sample, describe, median};
 
 /// Median of the samples of one cell.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -21,20 +21,6 @@ pub struct Cell {
     pub requests: f64,
     /// Runs.
     pub runs: usize,
-}
-
-/// The median of `v` (NaN when empty).
-pub fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 impl Report {
