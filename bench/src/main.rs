@@ -125,6 +125,11 @@ struct ColdStartArgs {
     /// Modes (overlayfs, rstargz, rstargz-prio, go, go-prio) [default: all].
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
+    /// Who makes the eStargz images (rstargz, ctr-remote,
+    /// ctr-remote-optimize, rstargz-optimize); each lazy mode runs on every converter's
+    /// image of its kind (with or without a list) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    converters: Vec<String>,
     /// Only loopback (no shaped link).
     #[arg(long, conflicts_with = "shaped_only")]
     loopback_only: bool,
@@ -356,8 +361,17 @@ fn cold_start(a: ColdStartArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("unknown mode {m:?}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let converters = if a.converters.is_empty() {
+        coldstart::Converter::ALL.to_vec()
+    } else {
+        a.converters
+            .iter()
+            .map(|c| coldstart::Converter::parse(c))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
     let opts = coldstart::Options {
         modes,
+        converters,
         background_fetch: !a.no_background_fetch,
         cri: a.cri,
         work: a.work,

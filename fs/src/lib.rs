@@ -21,4 +21,5 @@ pub mod layer;
 pub mod priority_gate;
 pub mod purpose;
 pub mod registry;
+pub mod thread_sched;
 pub mod work;

@@ -9,11 +9,17 @@
 //! and 514 threads were measured during one image's background fetch. Here
 //! a task waits (as a future, holding no thread) for one of a fixed number
 //! of slots, and an on-demand read's chunk overtakes queued background work.
+//! Background tasks also run as `SCHED_IDLE` (when the daemon may leave that
+//! class again): once started they still yield the CPU to the container and
+//! to on-demand work. The CPU every task takes is counted per priority class.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::priority_gate::PriorityGate;
 use crate::purpose::Purpose;
+use crate::thread_sched::{IdleClass, thread_cpu_time};
 
 /// A blocking task was lost (it panicked or its runtime shut down).
 #[derive(Debug, thiserror::Error)]
@@ -25,15 +31,39 @@ pub struct WorkError(String);
 pub struct BlockingWork {
     gate: Arc<PriorityGate>,
     threads: usize,
+    /// Background tasks run as `SCHED_IDLE`.
+    idle_background: bool,
+    /// CPU nanoseconds taken by tasks, per priority class.
+    cpu_ns: Arc<[AtomicU64; Purpose::PRIORITIES]>,
 }
 
 impl BlockingWork {
-    /// Runs at most `threads` tasks at once (at least 1).
+    /// Runs at most `threads` tasks at once (at least 1); background tasks
+    /// as `SCHED_IDLE` when available.
     pub fn new(threads: usize) -> Arc<Self> {
+        Self::with_idle_background(threads, true)
+    }
+
+    /// Like [`Self::new`]; `idle_background` false keeps background tasks
+    /// in the normal class (`[background_fetch] idle_cpu = false`).
+    pub fn with_idle_background(threads: usize, idle_background: bool) -> Arc<Self> {
         Arc::new(BlockingWork {
             gate: PriorityGate::new(threads),
             threads: threads.max(1),
+            idle_background: idle_background && idle_class_usable(),
+            cpu_ns: Arc::default(),
         })
+    }
+
+    /// Whether background tasks run as `SCHED_IDLE`.
+    pub fn idle_background(&self) -> bool {
+        self.idle_background
+    }
+
+    /// CPU taken by tasks so far, per priority class (in
+    /// [`Purpose::BY_PRIORITY`] order).
+    pub fn cpu_by_priority(&self) -> [Duration; Purpose::PRIORITIES] {
+        std::array::from_fn(|i| Duration::from_nanos(self.cpu_ns[i].load(Ordering::Relaxed)))
     }
 
     /// Two per core, between 4 and 16: enough to keep the cores busy while
@@ -62,13 +92,29 @@ impl BlockingWork {
         T: Send + 'static,
     {
         let permit = self.gate.acquire(purpose).await;
+        let idle = self.idle_background && purpose == Purpose::Background;
+        let cpu_ns = self.cpu_ns.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            f()
+            let _class = idle.then(IdleClass::enter);
+            let start = thread_cpu_time();
+            let out = f();
+            let took = thread_cpu_time().saturating_sub(start);
+            cpu_ns[purpose.priority()].fetch_add(
+                u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            out
         })
         .await
         .map_err(|e| WorkError(e.to_string()))
     }
+}
+
+/// [`crate::thread_sched::idle_class_available`], tried once per process.
+fn idle_class_usable() -> bool {
+    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USABLE.get_or_init(crate::thread_sched::idle_class_available)
 }
 
 #[cfg(test)]
@@ -112,5 +158,37 @@ mod tests {
         let failed = work.run(Purpose::OnDemand, || panic!("boom")).await;
         assert!(failed.is_err());
         assert_eq!(work.run(Purpose::OnDemand, || 7).await.unwrap(), 7);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cpu_is_counted_per_priority_and_background_runs_idle_class() {
+        let policy = crate::thread_sched::policy;
+        let work = BlockingWork::new(2);
+        let spin = || {
+            let start = std::time::Instant::now();
+            let mut x = 0u64;
+            while start.elapsed() < Duration::from_millis(20) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            x
+        };
+        work.run(Purpose::OnDemand, spin).await.unwrap();
+        let in_background = work.run(Purpose::Background, policy).await.unwrap();
+        let cpu = work.cpu_by_priority();
+        assert!(cpu[0] > Duration::ZERO, "{cpu:?}");
+        assert_eq!(cpu[1], Duration::ZERO, "{cpu:?}");
+        // Root (as the tests run) may leave SCHED_IDLE again.
+        assert!(work.idle_background() || !nix::unistd::geteuid().is_root());
+        if work.idle_background() {
+            assert_eq!(in_background, libc::SCHED_IDLE);
+        }
+        // The pool's threads are back in the normal class afterwards.
+        for _ in 0..4 {
+            let after = work.run(Purpose::OnDemand, policy).await.unwrap();
+            assert_eq!(after, libc::SCHED_OTHER);
+        }
+        let plain = BlockingWork::with_idle_background(1, false);
+        let in_background = plain.run(Purpose::Background, policy).await.unwrap();
+        assert_eq!(in_background, libc::SCHED_OTHER);
     }
 }

@@ -113,6 +113,8 @@ pub struct BackgroundPolicy {
     pub stream_layer_max_bytes: u64,
     /// Compressed bytes per request when streaming.
     pub stream_window_bytes: u64,
+    /// Background decoding and verification run as `SCHED_IDLE`.
+    pub idle_cpu: bool,
 }
 
 /// FUSE mount settings; `None` keeps the FUSE layer's own default.
@@ -195,6 +197,7 @@ impl Policies {
                     .stream_window_bytes
                     .or(chunk_size)
                     .unwrap_or(DEFAULT_STREAM_WINDOW_BYTES),
+                idle_cpu: config.background_fetch.idle_cpu,
             },
             mount: MountPolicy {
                 attr_ttl: config.fuse.attr_timeout.map(secs),

@@ -127,6 +127,7 @@ impl StargzFs {
         let chunks = ChunkCache::new(
             &ChunkCacheConfig {
                 memory_bytes: cache.memory_bytes,
+                idle_background: policies.background.idle_cpu,
                 ..ChunkCacheConfig::default()
             },
             Some(Arc::new(disk)),

@@ -382,9 +382,9 @@ async fn go_reference_runs_image_converted_with_go_flags() {
         "the Go reference daemon is missing: scripts/setup-bench.sh installs it"
     );
     let go = Snapshotter::GoReference;
-    let (go_guard, go_socket) = start_snapshotter(go, &bins, &go_dir, false).unwrap();
+    let go_daemon = start_snapshotter(go, &bins, &go_dir, false).unwrap();
     std::fs::create_dir_all(dir.join("containerd")).unwrap();
-    let ctrd = Containerd::start(&dir.join("containerd"), &go_socket, go.plugin());
+    let ctrd = Containerd::start(&dir.join("containerd"), &go_daemon.socket, go.plugin());
     ctrd.rpull(NAMESPACE, go.plugin(), &esgz);
     // Every layer is a FUSE mount of the Go daemon: pulled lazily.
     let go_root = go_dir.join(format!("{}-root", go.plugin()));
@@ -406,6 +406,6 @@ async fn go_reference_runs_image_converted_with_go_flags() {
         expected_sums(&layers)
     );
     drop(ctrd);
-    drop(go_guard);
+    drop(go_daemon);
     unmount_all_under(dir);
 }

@@ -22,8 +22,9 @@ use rstargz_test_support::proxy::Shaper;
 
 use super::images::Workload;
 use super::model::{LinkCase, Mode, Sample};
+use super::procs::clean;
 use super::procs::{self, BUSYBOX, Snapshotter};
-use super::{Options, clean, keep_logs, sample};
+use super::{Options, keep_logs, sample};
 
 /// Modes measured through CRI (the Go reference is not run under CRI).
 pub const MODES: [Mode; 3] = [Mode::Overlayfs, Mode::Rstargz, Mode::RstargzPrio];

@@ -28,6 +28,12 @@ pub struct Needs {
     pub layer_bytes: u64,
     /// Layers.
     pub layers: usize,
+    /// Compressed bytes before the layers' `.prefetch.landmark`s.
+    pub prioritized_bytes: u64,
+    /// Chunks of all regular files (the converter's chunking).
+    pub chunks: u64,
+    /// Largest chunk, uncompressed bytes.
+    pub largest_chunk: u64,
 }
 
 impl Needs {
@@ -62,27 +68,31 @@ pub async fn needs(registry: &Registry, reference: &str) -> anyhow::Result<Needs
         serde_json::from_slice(&fetched.bytes).context("parse the manifest")?;
     let mut needs = Needs {
         needed_bytes: fetched.bytes.len() as u64 + manifest.config.size,
-        layer_bytes: 0,
         layers: manifest.layers.len(),
+        ..Needs::default()
     };
     for layer in &manifest.layers {
         let digest = OciDigest::parse(&layer.digest)?;
-        let (prefix, toc) = layer_needs(registry, &r, &digest, layer.size)
+        let (prefix, toc, chunks) = layer_needs(registry, &r, &digest, layer.size)
             .await
             .with_context(|| format!("layer {}", layer.digest))?;
         needs.needed_bytes += prefix + toc;
+        needs.prioritized_bytes += prefix;
+        needs.chunks += chunks.0;
+        needs.largest_chunk = needs.largest_chunk.max(chunks.1);
         needs.layer_bytes += layer.size;
     }
     Ok(needs)
 }
 
-/// The landmark's offset and the TOC-plus-footer size of one layer.
+/// The landmark's offset, the TOC-plus-footer size, and the chunk count
+/// and largest chunk of one layer.
 async fn layer_needs(
     registry: &Registry,
     reference: &Reference,
     digest: &OciDigest,
     size: u64,
-) -> anyhow::Result<(u64, u64)> {
+) -> anyhow::Result<(u64, u64, (u64, u64))> {
     let fetcher = registry.open_blob(reference, digest, Some(size)).await?;
     let tail_start = size.saturating_sub(64 << 10);
     let tail = fetch(&fetcher, tail_start..size).await?;
@@ -105,7 +115,16 @@ async fn layer_needs(
         Prefetch::Range { end } => end,
         Prefetch::Disabled | Prefetch::Unknown => 0,
     };
-    Ok((prefix, size - footer.toc_offset))
+    let index = layer.index();
+    let (mut chunks, mut largest) = (0u64, 0u64);
+    for ino in 0..u32::try_from(index.len())? {
+        for c in index.chunks(ino) {
+            chunks += 1;
+            let r = c.file_range();
+            largest = largest.max(r.end - r.start);
+        }
+    }
+    Ok((prefix, size - footer.toc_offset, (chunks, largest)))
 }
 
 async fn fetch(

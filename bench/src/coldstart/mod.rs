@@ -10,29 +10,31 @@
 //! `rstargz mount --record`). With [`Options::cri`] the pull and run go
 //! through containerd's CRI plugin instead of `ctr` ([`cri`]).
 
+pub mod analysis;
+pub mod converters;
 pub mod cri;
 pub mod floor;
 pub mod images;
 pub mod model;
 pub mod plot;
+pub mod probe;
 pub mod procs;
 pub mod report;
 
-pub use model::{ImageFacts, LinkCase, Machine, Mode, Report, Sample};
+pub use converters::Converter;
+pub use model::{Converted, ImageFacts, LinkCase, Machine, Mode, Report, Sample};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rstargz_fs::estargz::WriterOptions;
 use rstargz_fs::registry::{Registry, RegistryConfig};
 
 use self::images::{Kind, LargeShape, Workload};
 use self::procs::{Binaries, Containerd, Snapshotter};
+use rstargz_image::ImageRef;
 use rstargz_image::build::{self, BuildOptions};
-use rstargz_image::{self as image, ConvertOptions, ImageRef, Quiet};
 use rstargz_test_support::proxy::{Counters, Link, Shaper};
 
 /// What to measure.
@@ -54,6 +56,9 @@ pub struct Options {
     pub bins: Binaries,
     /// Modes to run (all when empty).
     pub modes: Vec<Mode>,
+    /// Who makes the eStargz images the lazy modes pull (each lazy mode
+    /// runs on every converter's image of its kind).
+    pub converters: Vec<Converter>,
     /// Lazy snapshotters keep their default background fetch (false:
     /// `no_background_fetch = true` for both, the method before issue 8).
     pub background_fetch: bool,
@@ -139,22 +144,29 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         shaper.set_link(link.link());
         for w in &workloads {
             for run in 0..opts.runs {
-                for &mode in &modes {
-                    let reference = format!("{shaped}/bench/{}:{}", w.kind.name(), mode.tag());
+                for (mode, converter) in cells(opts) {
+                    let tag = match converter {
+                        Some(c) => c.tag(mode.prioritized()).context("no image for the mode")?,
+                        None => "plain",
+                    };
+                    let reference = format!("{shaped}/bench/{}:{tag}", w.kind.name());
+                    let label = model::cell_label(mode, converter);
                     let s = match &pause {
                         Some(pause) => {
-                            cri::measure(opts, &shaper, w, &reference, pause, mode, link, run).await
+                            cri::measure(opts, &shaper, w, &reference, pause, mode, link, run)
+                                .await
+                                .map(|s| Sample { converter, ..s })
                         }
-                        None => measure(opts, &shaper, w, &reference, mode, link, run),
+                        None => measure(opts, &shaper, w, &reference, (mode, converter), link, run),
                     }
                     .with_context(|| {
-                        format!("{} {} {} run {run}", w.kind.name(), link.name, mode.label())
+                        format!("{} {} {label} run {run}", w.kind.name(), link.name)
                     })?;
                     eprintln!(
-                        "{:<7} {:<12} {:<22} run {run}: {:>7.2} s (pull {:>6.2} s) {:>9.2} MB {:>5} requests",
+                        "{:<7} {:<12} {:<44} run {run}: {:>7.2} s (pull {:>6.2} s) {:>9.2} MB {:>5} requests",
                         w.kind.name(),
                         link.name,
-                        mode.label(),
+                        label,
                         s.total_s,
                         s.pull_s,
                         mb(s.bytes),
@@ -172,12 +184,34 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// The (mode, converter) cells of one image and run, in run order: the
+/// full pull once (it pulls the plain image), then every lazy mode on
+/// every converter's image of the kind the mode pulls.
+fn cells(opts: &Options) -> Vec<(Mode, Option<Converter>)> {
+    let chosen = |m: &Mode| {
+        (opts.modes.is_empty() || opts.modes.contains(m)) && (!opts.cri || cri::MODES.contains(m))
+    };
+    let mut out = Vec::new();
+    if chosen(&Mode::Overlayfs) {
+        out.push((Mode::Overlayfs, None));
+    }
+    for c in &opts.converters {
+        for m in Mode::ALL.into_iter().filter(|m| *m != Mode::Overlayfs) {
+            if chosen(&m) && c.tag(m.prioritized()).is_some() {
+                out.push((m, Some(*c)));
+            }
+        }
+    }
+    out
+}
+
 fn report(opts: &Options, facts: &[ImageFacts], samples: &[Sample]) -> Report {
     Report {
         machine: machine(&opts.bins),
         links: opts.links.clone(),
         runs: opts.runs,
         background_fetch: opts.background_fetch,
+        converters: opts.converters.clone(),
         cri: opts.cri,
         images: facts.to_vec(),
         samples: samples.to_vec(),
@@ -189,7 +223,7 @@ fn mb(b: u64) -> f64 {
 }
 
 /// Where `bin` is on the PATH.
-fn which(bin: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn which(bin: &str) -> anyhow::Result<PathBuf> {
     std::env::var_os("PATH")
         .and_then(|p| {
             std::env::split_paths(&p)
@@ -204,9 +238,9 @@ fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
     Ok(l.local_addr()?)
 }
 
-/// Pushes the plain image, converts it to eStargz, records the workload's
-/// opened files through `rstargz mount --record`, converts again with them
-/// prioritized, and reads what the workload needs.
+/// Pushes the plain image, makes rstargz's eStargz images (without and
+/// with the recorded list), reads what the workload needs, then makes the
+/// other converters' images.
 async fn publish(
     client: &Registry,
     w: &Workload,
@@ -214,43 +248,59 @@ async fn publish(
     opts: &Options,
 ) -> anyhow::Result<ImageFacts> {
     let name = w.kind.name();
-    let at = |tag: &str| ImageRef::parse(&format!("{registry}/bench/{name}:{tag}"));
-    build::from_dirs(client, &at("plain")?, &w.layers, &BuildOptions::default()).await?;
-    let convert = |prioritized: Vec<String>| {
-        let (src, dst) = (
-            at("plain"),
-            at(if prioritized.is_empty() {
-                "esgz"
-            } else {
-                "prio"
-            }),
-        );
-        async move {
-            let copts = ConvertOptions {
-                writer: WriterOptions {
-                    prioritized,
-                    ..WriterOptions::default()
-                },
-                // One layer at a time: the large image's temporary files
-                // would otherwise need several GB at once.
-                parallelism: 1,
-                temp_dir: Some(opts.work.join("tmp")),
-                ..ConvertOptions::default()
-            };
-            image::convert(client, &src?, &dst?, &copts, Arc::new(Quiet)).await?;
-            anyhow::Ok(())
-        }
+    let src = converters::Source {
+        registry,
+        workload: w,
+        work: &opts.work.join("convert"),
+        rstargz: &opts.bins.rstargz,
     };
-    std::fs::create_dir_all(opts.work.join("tmp"))?;
-    convert(Vec::new()).await?;
-    let recorded = record(w, &format!("{registry}/bench/{name}:esgz"), opts)?;
-    if recorded.is_empty() {
-        bail!("recording {name}'s workload saw no opened files");
+    build::from_dirs(
+        client,
+        &ImageRef::parse(&src.at("plain"))?,
+        &w.layers,
+        &BuildOptions::default(),
+    )
+    .await?;
+    let started = Instant::now();
+    let recorded = converters::rstargz::publish(client, &src, opts).await?;
+    let ours_s = started.elapsed().as_secs_f64();
+    let tag = |c: Converter, prioritized| {
+        c.tag(prioritized)
+            .with_context(|| format!("{} makes no such image", c.name()))
+    };
+    let needs = floor::needs(client, &src.at(tag(Converter::Rstargz, true)?)).await?;
+    let esgz = floor::needs(client, &src.at(tag(Converter::Rstargz, false)?)).await?;
+    let plain = layer_bytes(client, &src.at("plain")).await?;
+    let mut converted = Vec::new();
+    let measured = cells(opts);
+    for c in &opts.converters {
+        if !measured.iter().any(|(_, x)| *x == Some(*c)) {
+            continue;
+        }
+        let started = Instant::now();
+        converters::publish(*c, &src).with_context(|| format!("{name} by {}", c.name()))?;
+        for (prioritized, t) in [false, true]
+            .into_iter()
+            .filter_map(|p| c.tag(p).map(|t| (p, t)))
+        {
+            let needs = floor::needs(client, &src.at(t)).await?;
+            // A workload that failed while its list was recorded leaves an
+            // image without a prioritized prefix.
+            if prioritized && needs.prioritized_bytes == 0 {
+                bail!("{name}:{t} by {} has no prioritized files", c.name());
+            }
+            converted.push(Converted {
+                converter: *c,
+                tag: t.to_string(),
+                needs,
+                seconds: if *c == Converter::Rstargz {
+                    ours_s
+                } else {
+                    started.elapsed().as_secs_f64()
+                },
+            });
+        }
     }
-    convert(recorded.clone()).await?;
-    let needs = floor::needs(client, &format!("{registry}/bench/{name}:prio")).await?;
-    let esgz = floor::needs(client, &format!("{registry}/bench/{name}:esgz")).await?;
-    let plain = layer_bytes(client, &format!("{registry}/bench/{name}:plain")).await?;
     Ok(ImageFacts {
         image: w.kind,
         layers: needs.layers,
@@ -259,6 +309,7 @@ async fn publish(
         needs,
         prioritized_files: recorded.len(),
         command: w.cmd.clone(),
+        converted,
     })
 }
 
@@ -275,81 +326,18 @@ async fn layer_bytes(client: &Registry, reference: &str) -> anyhow::Result<u64> 
         .sum())
 }
 
-/// Runs the workload once in a chroot of `rstargz mount --record` of
-/// `reference`; returns the files it opened, in first-open order.
-fn record(w: &Workload, reference: &str, opts: &Options) -> anyhow::Result<Vec<String>> {
-    let dir = opts.work.join("record");
-    if dir.exists() {
-        procs::unmount_under(&dir);
-        std::fs::remove_dir_all(&dir)?;
-    }
-    let rootfs = dir.join("rootfs");
-    std::fs::create_dir_all(&rootfs)?;
-    let config = dir.join("mount.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "no_background_fetch = true\n[resolver]\ndocker_config = \"{}\"\n",
-            dir.join("none.json").display()
-        ),
-    )?;
-    let list = dir.join("record.txt");
-    let mut cmd = Command::new(&opts.bins.rstargz);
-    cmd.arg("mount")
-        .arg(reference)
-        .arg(&rootfs)
-        .arg("--plain-http")
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--record")
-        .arg(&list);
-    let mut mount = procs::spawn("rstargz mount", cmd, &dir.join("mount.log"))?;
-    mount.wait_until(|| procs::is_mountpoint(&rootfs))?;
-    // The workloads redirect to /dev/null: lend the host's /dev.
-    let dev = rootfs.join("dev");
-    nix::mount::mount(
-        Some("/dev"),
-        &dev,
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .context("bind /dev into the recording chroot")?;
-    let out = Command::new(which("chroot")?)
-        .arg(&rootfs)
-        .args(&w.cmd)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .output();
-    let _ = nix::mount::umount2(&dev, nix::mount::MntFlags::MNT_DETACH);
-    mount.stop();
-    let out = out.context("chroot")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || !stdout.contains(&w.expect) {
-        bail!(
-            "the workload failed in the recording chroot: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = std::fs::read_to_string(&list)
-        .with_context(|| format!("no record at {}", list.display()))?;
-    Ok(text.lines().map(str::to_owned).collect())
-}
-
 /// One cold start of `reference` in `mode`.
 fn measure(
     opts: &Options,
     shaper: &Shaper,
     w: &Workload,
     reference: &str,
-    mode: Mode,
+    (mode, converter): (Mode, Option<Converter>),
     link: &LinkCase,
     run: usize,
 ) -> anyhow::Result<Sample> {
     let dir = opts.work.join("run");
-    clean(&dir)?;
+    procs::clean(&dir)?;
     std::fs::create_dir_all(&dir)?;
     let sockets = [
         (Snapshotter::Rstargz, dir.join("rstargz.sock")),
@@ -361,13 +349,28 @@ fn measure(
             .map(|s| procs::start_snapshotter(s, &opts.bins, &dir, opts.background_fetch))
             .transpose()?;
         let ctrd = Containerd::start(&dir.join("containerd"), &sockets)?;
-        let sample = timed_run(&ctrd, shaper, w, reference, mode, link, run);
+        let sample = timed_run(
+            &ctrd,
+            shaper,
+            snap.as_ref(),
+            w,
+            reference,
+            (mode, converter),
+            link,
+            run,
+        );
         ctrd.stop();
         drop(snap);
         keep_logs(
             &dir,
             &opts.out,
-            &format!("{}-{}-{:?}-{run}", w.kind.name(), link.name, mode),
+            &format!(
+                "{}-{}-{:?}-{}-{run}",
+                w.kind.name(),
+                link.name,
+                mode,
+                converter.map_or("plain", Converter::name)
+            ),
         );
         let sample = sample?;
         if let Some(s) = mode.snapshotter() {
@@ -375,21 +378,25 @@ fn measure(
         }
         anyhow::Ok(sample)
     })();
-    clean(&dir)?;
+    procs::clean(&dir)?;
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 fn timed_run(
     ctrd: &Containerd,
     shaper: &Shaper,
+    daemon: Option<&procs::Daemon>,
     w: &Workload,
     reference: &str,
-    mode: Mode,
+    (mode, converter): (Mode, Option<Converter>),
     link: &LinkCase,
     run: usize,
 ) -> anyhow::Result<Sample> {
     let plugin = mode.snapshotter().map_or("overlayfs", Snapshotter::plugin);
     procs::drop_caches()?;
+    let cpu = |d: &procs::Daemon| probe::process_cpu(d.guard.id());
+    let cpu_before = daemon.map(cpu).transpose()?;
     let before = shaper.counters();
     let start = Instant::now();
     match mode {
@@ -424,6 +431,17 @@ fn timed_run(
     let out = ctrd.run(plugin, reference, &format!("cold-{run}"), &w.cmd)?;
     let total = start.elapsed();
     let counted = shaper.counters().since(&before);
+    let probe = match (daemon, cpu_before) {
+        (Some(d), Some(cpu_before)) => Some(probe::Probe {
+            daemon_cpu_s: cpu(d)?.saturating_sub(cpu_before).as_secs_f64(),
+            rstargz: d
+                .metrics
+                .map(probe::scrape)
+                .transpose()
+                .context("read rstargz's metrics")?,
+        }),
+        _ => None,
+    };
     if !out.contains(&w.expect) {
         bail!("unexpected output: {out}");
     }
@@ -435,14 +453,11 @@ fn timed_run(
     } else {
         None
     };
-    Ok(sample(
-        w,
-        link,
-        mode,
-        run,
-        (pulled, total, counted),
-        local_run_s,
-    ))
+    Ok(Sample {
+        converter,
+        probe,
+        ..sample(w, link, mode, run, (pulled, total, counted), local_run_s)
+    })
 }
 
 /// The sample of one timed window: `(pull, total, registry counters)`.
@@ -458,6 +473,7 @@ fn sample(
         image: w.kind,
         link: link.name.clone(),
         mode,
+        converter: None,
         run,
         pull_s: pulled.as_secs_f64(),
         total_s: total.as_secs_f64(),
@@ -465,6 +481,7 @@ fn sample(
         requests: counted.requests,
         connections: counted.connections,
         local_run_s,
+        probe: None,
     }
 }
 
@@ -498,26 +515,6 @@ fn check_remote(log: &Path, which: Snapshotter) -> anyhow::Result<()> {
             which.plugin(),
             log.display()
         );
-    }
-    Ok(())
-}
-
-/// Unmounts and removes `dir` (a previous run's leftovers included).
-fn clean(dir: &Path) -> anyhow::Result<()> {
-    if dir.exists() {
-        procs::unmount_under(dir);
-        // Lazy unmounts of FUSE mounts finish asynchronously; retry briefly.
-        let start = Instant::now();
-        loop {
-            match std::fs::remove_dir_all(dir) {
-                Ok(()) => break,
-                Err(e) if start.elapsed() < Duration::from_secs(10) => {
-                    tracing::debug!(error = %e, "retrying removal of {}", dir.display());
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => return Err(e).with_context(|| format!("remove {}", dir.display())),
-            }
-        }
     }
     Ok(())
 }

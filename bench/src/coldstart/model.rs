@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::converters::Converter;
 use super::floor::Needs;
 use super::images::Kind;
 use super::procs::Snapshotter;
@@ -54,13 +55,26 @@ impl Mode {
         }
     }
 
-    /// The image tag this mode pulls.
-    pub(super) fn tag(self) -> &'static str {
+    /// Whether this mode pulls an image with a prioritized list.
+    pub fn prioritized(self) -> bool {
+        matches!(self, Mode::RstargzPrio | Mode::GoPrio)
+    }
+
+    /// The same kind of image on the Go reference (itself for the others).
+    pub fn go_counterpart(self) -> Mode {
         match self {
-            Mode::Overlayfs => "plain",
-            Mode::Rstargz | Mode::Go => "esgz",
-            Mode::RstargzPrio | Mode::GoPrio => "prio",
+            Mode::Rstargz => Mode::Go,
+            Mode::RstargzPrio => Mode::GoPrio,
+            other => other,
         }
+    }
+}
+
+/// A cell's name in logs: the mode, and the converter of its image.
+pub fn cell_label(mode: Mode, converter: Option<Converter>) -> String {
+    match converter {
+        Some(c) => format!("{} on {}", mode.label(), c.name()),
+        None => mode.label().to_string(),
     }
 }
 
@@ -95,6 +109,8 @@ pub struct Sample {
     pub link: String,
     /// Mode.
     pub mode: Mode,
+    /// Who made the image (none: the plain image of the full pull).
+    pub converter: Option<Converter>,
     /// Run number.
     pub run: usize,
     /// Pull (or rpull) wall time, s.
@@ -110,6 +126,8 @@ pub struct Sample {
     /// Overlayfs only: the same container again with the image local and
     /// the page cache dropped (the local part of the floor), s.
     pub local_run_s: Option<f64>,
+    /// What the lazy snapshotter spent in the window (none for the full pull).
+    pub probe: Option<super::probe::Probe>,
 }
 
 /// Facts of one image.
@@ -129,6 +147,21 @@ pub struct ImageFacts {
     pub prioritized_files: usize,
     /// The workload.
     pub command: Vec<String>,
+    /// The images each converter made.
+    pub converted: Vec<Converted>,
+}
+
+/// One converter's image of one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Converted {
+    /// Who made it.
+    pub converter: Converter,
+    /// Its tag.
+    pub tag: String,
+    /// Its bytes: layers, chunks, and what its prioritized prefix holds.
+    pub needs: Needs,
+    /// Time the converter took (pull, convert, push), s.
+    pub seconds: f64,
 }
 
 /// Machine and versions.
@@ -161,6 +194,8 @@ pub struct Report {
     pub runs: usize,
     /// Whether the lazy snapshotters ran with their default background fetch.
     pub background_fetch: bool,
+    /// Who made the eStargz images, in table order.
+    pub converters: Vec<Converter>,
     /// Whether pulls and runs went through containerd's CRI plugin.
     pub cri: bool,
     /// Images.
@@ -178,5 +213,19 @@ pub fn describe(link: &LinkCase) -> String {
             "a shaped link ({} ms RTT, {} Mbit/s)",
             link.rtt_ms, link.rate_mbit
         )
+    }
+}
+
+/// The median of `v` (NaN when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }

@@ -1,6 +1,6 @@
 //! PNG plots of the cold-start benchmark: one figure per link, one panel
-//! per image (each with its own scale), one bar per mode, the floor as a
-//! line. Drawn with plotters into a memory bitmap and encoded with `png`;
+//! per image (columns) and converter (rows), each with its own scale, one
+//! bar per mode, the floor as a line. Drawn with plotters into a memory bitmap and encoded with `png`;
 //! text uses DejaVu Sans read from Debian's fonts-dejavu-core (no system
 //! font libraries).
 
@@ -11,6 +11,7 @@ use anyhow::{Context, anyhow};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
+use super::converters::Converter;
 use super::model::{LinkCase, Mode, Report, describe};
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -56,8 +57,9 @@ fn color(m: Mode) -> RGBColor {
 pub fn cold_start(r: &Report, link: &LinkCase, path: &Path) -> anyhow::Result<()> {
     register_font()?;
     let panels = r.images.len().max(1) as u32;
+    let rows = r.converters.len().max(1) as u32;
     // Wide enough for the title even with one panel.
-    let (w, h) = ((PANEL_WIDTH * panels).max(900), HEIGHT);
+    let (w, h) = ((PANEL_WIDTH * panels).max(900), HEIGHT * rows);
     let mut buf = vec![0u8; (w * h * 3) as usize];
     draw(r, link, &mut buf, (w, h)).map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
     let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
@@ -86,13 +88,20 @@ fn draw(
         ),
         ("sans-serif", 20),
     )?;
-    let panels = root.split_evenly((1, r.images.len().max(1)));
-    for (panel, facts) in panels.iter().zip(&r.images) {
+    let mut converters = r.converters.clone();
+    if converters.is_empty() {
+        converters.push(Converter::Rstargz);
+    }
+    let panels = root.split_evenly((converters.len(), r.images.len().max(1)));
+    let grid = converters
+        .iter()
+        .flat_map(|c| r.images.iter().map(move |f| (*c, f)));
+    for (panel, (converter, facts)) in panels.iter().zip(grid) {
         let values: Vec<(usize, Mode, f64)> = Mode::ALL
             .iter()
             .enumerate()
             .filter_map(|(i, m)| {
-                r.cell(facts.image, &link.name, *m)
+                r.cell(facts.image, &link.name, *m, converter)
                     .map(|c| (i, *m, c.total_s))
             })
             .collect();
@@ -110,8 +119,9 @@ fn draw(
         let mut chart = ChartBuilder::on(panel)
             .caption(
                 format!(
-                    "{} ({:.0} MB, needs {:.1} MB)",
+                    "{} on {} ({:.0} MB, needs {:.1} MB)",
                     facts.image.name(),
+                    converter.name(),
                     facts.plain_bytes as f64 / 1e6,
                     facts.needs.needed_bytes as f64 / 1e6
                 ),

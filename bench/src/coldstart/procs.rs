@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rstargz_test_support::containerd;
@@ -68,7 +69,18 @@ pub struct Binaries {
     pub go_reference: PathBuf,
 }
 
-/// Starts `which` with a fresh root under `dir`; returns it and its socket.
+/// A running snapshotter daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    /// Stops it when dropped.
+    pub guard: Guard,
+    /// Its gRPC socket.
+    pub socket: PathBuf,
+    /// Its metrics endpoint (rstargz only).
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// Starts `which` with a fresh root under `dir`.
 /// With `background_fetch` false both daemons run with
 /// `no_background_fetch = true` (the bytes counted are then only what the
 /// pull and the workload asked for); otherwise each keeps its default.
@@ -77,7 +89,7 @@ pub fn start_snapshotter(
     bins: &Binaries,
     dir: &Path,
     background_fetch: bool,
-) -> anyhow::Result<(Guard, PathBuf)> {
+) -> anyhow::Result<Daemon> {
     let root = dir.join(format!("{}-root", which.plugin()));
     let socket = dir.join(format!("{}.sock", which.plugin()));
     let config = dir.join(format!("{}.toml", which.plugin()));
@@ -87,12 +99,19 @@ pub fn start_snapshotter(
     } else {
         "no_background_fetch = true\n"
     };
+    let metrics = match which {
+        Snapshotter::Rstargz => Some(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?),
+        Snapshotter::GoReference => None,
+    };
     let cmd = match which {
         Snapshotter::Rstargz => {
+            let metrics_line = metrics
+                .map(|a| format!("metrics_address = \"{a}\"\n"))
+                .unwrap_or_default();
             std::fs::write(
                 &config,
                 format!(
-                    "{top}{}\n[resolver]\ndocker_config = \"{}\"\n",
+                    "{top}{metrics_line}{}\n[resolver]\ndocker_config = \"{}\"\n",
                     std::env::var("RSTARGZ_BENCH_CONFIG").unwrap_or_default(),
                     dir.join("no-docker-config.json").display()
                 ),
@@ -125,7 +144,11 @@ pub fn start_snapshotter(
     let log = dir.join(format!("{}.log", which.plugin()));
     let mut g = spawn(which.plugin(), cmd, &log)?;
     g.wait_until(|| socket_up(&socket))?;
-    Ok((g, socket))
+    Ok(Daemon {
+        guard: g,
+        socket,
+        metrics,
+    })
 }
 
 /// A private containerd (own root, state, sockets; CRI off) with both
@@ -283,4 +306,24 @@ pub fn is_mountpoint(dir: &Path) -> bool {
             .filter_map(|l| l.split(' ').nth(4))
             .any(|m| Path::new(m) == dir)
     })
+}
+
+/// Unmounts and removes `dir` (a previous run's leftovers included).
+pub fn clean(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        unmount_under(dir);
+        // Lazy unmounts of FUSE mounts finish asynchronously; retry briefly.
+        let start = Instant::now();
+        loop {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => break,
+                Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                    tracing::debug!(error = %e, "retrying removal of {}", dir.display());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e).with_context(|| format!("remove {}", dir.display())),
+            }
+        }
+    }
+    Ok(())
 }

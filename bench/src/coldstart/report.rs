@@ -4,8 +4,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use super::converters::Converter;
 use super::images::Kind;
-use super::model::{LinkCase, Mode, Report, Sample, describe};
+use super::model::{LinkCase, Mode, Report, Sample, describe, median};
 
 /// Median of the samples of one cell.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -22,30 +23,24 @@ pub struct Cell {
     pub runs: usize,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 impl Report {
-    fn samples(&self, image: Kind, link: &str, mode: Mode) -> Vec<&Sample> {
+    fn samples(&self, image: Kind, link: &str, mode: Mode, converter: Converter) -> Vec<&Sample> {
         self.samples
             .iter()
-            .filter(|s| s.image == image && s.link == link && s.mode == mode)
+            .filter(|s| {
+                s.image == image
+                    && s.link == link
+                    && s.mode == mode
+                    // The full pull's plain image is the same for every converter.
+                    && (mode == Mode::Overlayfs || s.converter == Some(converter))
+            })
             .collect()
     }
 
-    /// The median cell, if measured.
-    pub fn cell(&self, image: Kind, link: &str, mode: Mode) -> Option<Cell> {
-        let s = self.samples(image, link, mode);
+    /// The median cell of `mode` on `converter`'s image, if measured (the
+    /// full pull ignores `converter`).
+    pub fn cell(&self, image: Kind, link: &str, mode: Mode, converter: Converter) -> Option<Cell> {
+        let s = self.samples(image, link, mode, converter);
         if s.is_empty() {
             return None;
         }
@@ -66,7 +61,7 @@ impl Report {
         let facts = self.images.iter().find(|f| f.image == image)?;
         let net = facts.needs.floor(link.link()).as_secs_f64();
         let local: Vec<f64> = self
-            .samples(image, &link.name, Mode::Overlayfs)
+            .samples(image, &link.name, Mode::Overlayfs, Converter::Rstargz)
             .iter()
             .filter_map(|s| s.local_run_s)
             .collect();
@@ -89,15 +84,34 @@ fn ratio(a: f64, b: f64) -> String {
     format!("{:.2}×", a / b)
 }
 
-/// The markdown tables.
+/// The header and separator of a table with one column per mode.
+fn header(md: &mut String, modes: &[Mode], last: &str) {
+    let _ = write!(md, "| image | converter |");
+    for m in modes {
+        let _ = write!(md, " {} |", m.label());
+    }
+    let _ = writeln!(md, " {last} |");
+    let _ = writeln!(md, "|---|---|{}---|", "---|".repeat(modes.len()));
+}
+
+/// The markdown tables: one row per image and converter, one column per
+/// measured mode.
 pub fn markdown(r: &Report) -> String {
     let mut md = String::new();
     let images: Vec<Kind> = r.images.iter().map(|f| f.image).collect();
+    let converters = r.converters.clone();
     // The modes this run measured, in table order.
     let modes: Vec<Mode> = Mode::ALL
         .into_iter()
         .filter(|m| r.samples.iter().any(|s| s.mode == *m))
         .collect();
+    let _ = writeln!(
+        md,
+        "\nConverters (who made the eStargz images the lazy modes pull):\n"
+    );
+    for c in &converters {
+        let _ = writeln!(md, "- `{}`: {}", c.name(), c.describe());
+    }
     for link in &r.links {
         let (through, what, baseline) = if r.cri {
             (
@@ -109,7 +123,7 @@ pub fn markdown(r: &Report) -> String {
             (
                 "",
                 "Pull + create + run to the workload's end",
-                "× the Go reference in the same mode",
+                "× the Go reference in the same mode on the same converter's image",
             )
         };
         let _ = writeln!(
@@ -120,52 +134,46 @@ pub fn markdown(r: &Report) -> String {
         );
         let _ = writeln!(
             md,
-            "{what}. rstargz cells: time ({baseline}, × the floor); others: time (× the floor). Floor = needed bytes / bandwidth + {} round trips × RTT, plus the container's run with the image already local.\n",
+            "{what}. rstargz cells: time ({baseline}, × the floor); others: time (× the floor). Floor = needed bytes / bandwidth + {} round trips × RTT, plus the container's run with the image already local. The full pull pulls the plain image: the same figure in every row of an image.\n",
             super::floor::MIN_ROUND_TRIPS
         );
-        let _ = write!(md, "| image |");
-        for m in &modes {
-            let _ = write!(md, " {} |", m.label());
-        }
-        let _ = writeln!(md, " floor (network + local) |");
-        let _ = writeln!(md, "|---|{}---|", "---|".repeat(modes.len()));
+        header(&mut md, &modes, "floor (network + local)");
         for image in &images {
             let floor = r.floor(*image, link);
             let floor_total = floor.map(|(n, l)| n + l);
-            let _ = write!(md, "| {} |", image.name());
-            for &m in &modes {
-                let Some(c) = r.cell(*image, &link.name, m) else {
-                    let _ = write!(md, " — |");
-                    continue;
-                };
-                let (base, name) = match (m, r.cri) {
-                    (Mode::Rstargz | Mode::RstargzPrio, true) => {
-                        (r.cell(*image, &link.name, Mode::Overlayfs), "overlayfs")
-                    }
-                    (Mode::Rstargz, false) => (r.cell(*image, &link.name, Mode::Go), "Go"),
-                    (Mode::RstargzPrio, false) => (r.cell(*image, &link.name, Mode::GoPrio), "Go"),
-                    _ => (None, ""),
-                };
-                let vs: Vec<String> = [
-                    base.map(|g| format!("{} {name}", ratio(c.total_s, g.total_s))),
-                    floor_total.map(|f| format!("{} floor", ratio(c.total_s, f))),
-                ]
-                .into_iter()
-                .flatten()
-                .collect();
-                let _ = if vs.is_empty() {
-                    write!(md, " {} |", secs(c.total_s))
-                } else {
-                    write!(md, " {} ({}) |", secs(c.total_s), vs.join(", "))
-                };
-            }
-            match floor {
-                Some((n, l)) => {
-                    let _ = writeln!(md, " {} ({} + {}) |", secs(n + l), secs(n), secs(l));
+            for c in &converters {
+                let _ = write!(md, "| {} | {} |", image.name(), c.name());
+                for &m in &modes {
+                    let Some(cell) = r.cell(*image, &link.name, m, *c) else {
+                        let _ = write!(md, " — |");
+                        continue;
+                    };
+                    let (base, name) = match (m, r.cri) {
+                        (Mode::Rstargz | Mode::RstargzPrio, true) => {
+                            (r.cell(*image, &link.name, Mode::Overlayfs, *c), "overlayfs")
+                        }
+                        (Mode::Rstargz | Mode::RstargzPrio, false) => {
+                            (r.cell(*image, &link.name, m.go_counterpart(), *c), "Go")
+                        }
+                        _ => (None, ""),
+                    };
+                    let vs: Vec<String> = [
+                        base.map(|g| format!("{} {name}", ratio(cell.total_s, g.total_s))),
+                        floor_total.map(|f| format!("{} floor", ratio(cell.total_s, f))),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                    let _ = if vs.is_empty() {
+                        write!(md, " {} |", secs(cell.total_s))
+                    } else {
+                        write!(md, " {} ({}) |", secs(cell.total_s), vs.join(", "))
+                    };
                 }
-                None => {
-                    let _ = writeln!(md, " — |");
-                }
+                let _ = match floor {
+                    Some((n, l)) => writeln!(md, " {} ({} + {}) |", secs(n + l), secs(n), secs(l)),
+                    None => writeln!(md, " — |"),
+                };
             }
         }
         let fetch = if r.background_fetch {
@@ -177,46 +185,46 @@ pub fn markdown(r: &Report) -> String {
             md,
             "\nRegistry bytes (MB) / requests in the measured window (medians; {fetch}):\n"
         );
-        let _ = write!(md, "| image |");
-        for m in &modes {
-            let _ = write!(md, " {} |", m.label());
-        }
-        let _ = writeln!(md, " needed |");
-        let _ = writeln!(md, "|---|{}---|", "---|".repeat(modes.len()));
+        header(&mut md, &modes, "needed");
         for image in &images {
-            let _ = write!(md, "| {} |", image.name());
-            for &m in &modes {
-                match r.cell(*image, &link.name, m) {
-                    Some(c) => {
-                        let _ = write!(md, " {:.1} / {:.0} |", c.bytes / 1e6, c.requests);
-                    }
-                    None => {
-                        let _ = write!(md, " — |");
-                    }
-                }
-            }
             let needed = r
                 .images
                 .iter()
                 .find(|f| f.image == *image)
                 .map_or(0, |f| f.needs.needed_bytes);
-            let _ = writeln!(md, " {:.1} |", needed as f64 / 1e6);
+            for c in &converters {
+                let _ = write!(md, "| {} | {} |", image.name(), c.name());
+                for &m in &modes {
+                    let _ = match r.cell(*image, &link.name, m, *c) {
+                        Some(cell) => {
+                            write!(md, " {:.1} / {:.0} |", cell.bytes / 1e6, cell.requests)
+                        }
+                        None => write!(md, " — |"),
+                    };
+                }
+                let _ = writeln!(md, " {:.1} |", needed as f64 / 1e6);
+            }
         }
     }
-    // The targets are those of the `ctr` cold start (issue 8).
+    md.push_str(&super::analysis::markdown(r));
+    // The targets are those of the `ctr` cold start (issues 8 and 19).
     if !r.cri {
         md.push_str(&targets(r));
     }
     md
 }
 
-/// The issue's targets, checked against this run's figures.
+fn mark(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+/// The issues' targets, checked against this run's figures.
 fn targets(r: &Report) -> String {
-    let mut md = String::from("\n### Targets\n\n");
-    let mark = |ok: bool| if ok { "met" } else { "**missed**" };
+    let mut md = String::from("\n### Targets\n\nIssue 8 (rstargz's own images):\n\n");
+    let rs = Converter::Rstargz;
     for link in &r.links {
         for f in &r.images {
-            let cell = |m| r.cell(f.image, &link.name, m);
+            let cell = |m| r.cell(f.image, &link.name, m, rs);
             if let (Some(ours), Some(go)) = (cell(Mode::RstargzPrio), cell(Mode::GoPrio)) {
                 let x = ours.total_s / go.total_s;
                 let _ = writeln!(
@@ -258,6 +266,50 @@ fn targets(r: &Report) -> String {
                     describe(link),
                     mark(x >= 5.0)
                 );
+            }
+        }
+    }
+    md.push_str(&issue_19_targets(r));
+    md
+}
+
+/// Issue 19: on every converter's image, ≤ 0.9× the Go reference in the
+/// same mode on every link, and ≤ 1.25× the floor on shaped links.
+fn issue_19_targets(r: &Report) -> String {
+    let mut md = String::from("\nIssue 19 (every converter's images):\n\n");
+    for link in &r.links {
+        for f in &r.images {
+            for c in r.converters.clone() {
+                for m in [Mode::Rstargz, Mode::RstargzPrio] {
+                    let Some(ours) = r.cell(f.image, &link.name, m, c) else {
+                        continue;
+                    };
+                    let what = format!(
+                        "{} on {} over {}: {}",
+                        f.image.name(),
+                        c.name(),
+                        describe(link),
+                        m.label()
+                    );
+                    if let Some(go) = r.cell(f.image, &link.name, m.go_counterpart(), c) {
+                        let x = ours.total_s / go.total_s;
+                        let _ = writeln!(
+                            md,
+                            "- {what} at {x:.2}× the Go reference (target ≤ 0.9×): {}",
+                            mark(x <= 0.9)
+                        );
+                    }
+                    if link.rate_mbit > 0
+                        && let Some((n, l)) = r.floor(f.image, link)
+                    {
+                        let x = ours.total_s / (n + l);
+                        let _ = writeln!(
+                            md,
+                            "- {what} at {x:.2}× the floor (target ≤ 1.25×): {}",
+                            mark(x <= 1.25)
+                        );
+                    }
+                }
             }
         }
     }

@@ -81,6 +81,8 @@ pub struct ChunkCacheConfig {
     /// Blocking tasks (disk tier, decoding, indexing) running at once for
     /// every layer using this cache.
     pub work_threads: usize,
+    /// Background tasks run as `SCHED_IDLE` (when available).
+    pub idle_background: bool,
 }
 
 impl Default for ChunkCacheConfig {
@@ -90,6 +92,7 @@ impl Default for ChunkCacheConfig {
         ChunkCacheConfig {
             memory_bytes: 256 << 20,
             work_threads: BlockingWork::default_threads(),
+            idle_background: true,
         }
     }
 }
@@ -123,7 +126,7 @@ impl ChunkCache {
             memory,
             disk,
             stats: CacheStats::default(),
-            work: BlockingWork::new(config.work_threads),
+            work: BlockingWork::with_idle_background(config.work_threads, config.idle_background),
             disk_failing: AtomicBool::new(false),
         }
     }

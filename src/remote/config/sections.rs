@@ -25,6 +25,10 @@ pub struct BackgroundSection {
     /// Compressed bytes per request when a layer is streamed (default:
     /// `[blob] chunk_size` when set, else 1 MiB).
     pub stream_window_bytes: Option<u64>,
+    /// Decoding and verifying what background fetch and streaming bring
+    /// runs as `SCHED_IDLE` (our key): it takes only CPU that neither the
+    /// containers nor on-demand reads want.
+    pub idle_cpu: bool,
 }
 
 /// Default of `[background_fetch] stream_window_bytes`.
@@ -37,6 +41,7 @@ impl Default for BackgroundSection {
             silence_period_msec: 3000,
             stream_layer_max_bytes: 64 << 20,
             stream_window_bytes: None,
+            idle_cpu: true,
         }
     }
 }

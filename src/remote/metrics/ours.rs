@@ -92,6 +92,17 @@ pub fn render(fs: &StargzFs, layers: &[MountedStats], out: &mut Exposition) {
         "Chunks fetched because no cache had them.",
         &[("", "", load(&cache.fetches))],
     );
+    let cpu = fs.cache().work().cpu_by_priority();
+    let name = "rstargz_blocking_cpu_seconds_total";
+    out.family(
+        name,
+        "counter",
+        "CPU taken by the blocking pool (decoding, verifying, disk cache, indexing) by purpose.",
+    );
+    for p in Purpose::BY_PRIORITY {
+        let secs = cpu[p.priority()].as_secs_f64();
+        out.sample(name, &[("purpose", purpose_name(p))], secs);
+    }
     if let Some(files) = fs.passthrough_files() {
         let st = files.stats();
         family(
