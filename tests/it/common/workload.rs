@@ -79,13 +79,24 @@ pub fn run_sums(
     image: &str,
     id: &str,
 ) -> String {
-    run_script(ctrd, dir, namespace, snapshotter, image, id, &sums_script())
+    run_script(
+        ctrd,
+        dir,
+        namespace,
+        snapshotter,
+        image,
+        id,
+        &[],
+        &sums_script(),
+    )
 }
 
 /// Runs the shell command `script` in a fresh container of `image`
 /// (namespace `namespace`, snapshotter `snapshotter`), with runc's state
 /// under `dir` and a one-level cgroup runc removes with the container;
-/// asserts the container left no cgroup behind. Returns its output.
+/// asserts the container left no cgroup behind. `extra` goes to `ctr run`
+/// before the image (e.g. `--mount`). Returns its output.
+#[allow(clippy::too_many_arguments)]
 pub fn run_script(
     ctrd: &Containerd,
     dir: &Path,
@@ -93,31 +104,33 @@ pub fn run_script(
     snapshotter: &str,
     image: &str,
     id: &str,
+    extra: &[&str],
     script: &str,
 ) -> String {
     let fifo_dir = dir.join("fifo");
     let runc_root = dir.join("runc");
     let cgroup = format!("rstargz-e2e-{}-{id}", std::process::id());
-    let out = ctrd.ctr(&[
-        "--namespace",
-        namespace,
-        "run",
-        "--rm",
-        "--snapshotter",
-        snapshotter,
-        "--fifo-dir",
-        fifo_dir.to_str().unwrap(),
-        "--runc-root",
-        runc_root.to_str().unwrap(),
-        "--cgroup",
-        &format!("/{cgroup}"),
-        image,
-        id,
-        "/bin/busybox",
-        "sh",
-        "-c",
-        script,
-    ]);
+    let cgroup_path = format!("/{cgroup}");
+    let args = [
+        &[
+            "--namespace",
+            namespace,
+            "run",
+            "--rm",
+            "--snapshotter",
+            snapshotter,
+            "--fifo-dir",
+            fifo_dir.to_str().unwrap(),
+            "--runc-root",
+            runc_root.to_str().unwrap(),
+            "--cgroup",
+            &cgroup_path,
+        ][..],
+        extra,
+        &[image, id, "/bin/busybox", "sh", "-c", script][..],
+    ]
+    .concat();
+    let out = ctrd.ctr(&args);
     assert_eq!(cgroup_dirs(&cgroup), Vec::<PathBuf>::new(), "cgroup leaked");
     out
 }
