@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::containerd::{Containerd, RunDirGuard};
 use crate::common::image::{at, build_estargz, check_converted, client};
+use crate::common::wait_for_up_to;
 use crate::common::workload::{
     cgroup_dirs, expected_sums, image_layers, run_sums, unmount_all_under,
 };
@@ -240,15 +241,8 @@ async fn period_stops_a_workload_that_never_exits() {
 }
 
 /// Polls `cond` for up to a minute.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    wait_for_up_to(Duration::from_secs(60), what, cond)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,16 +74,6 @@ fn sha(data: &[u8]) -> Vec<u8> {
     sha2::Sha256::digest(data).to_vec()
 }
 
-/// Drops the file's pages so the next read goes to the daemon again.
-fn forget_pages(f: &std::fs::File) {
-    let _ = nix::fcntl::posix_fadvise(
-        f.as_fd(),
-        0,
-        0,
-        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-    );
-}
-
 /// What the readers saw.
 #[derive(Default)]
 struct Seen {

@@ -5,9 +5,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::image::{build_estargz, client};
+use crate::common::wait_for_up_to;
 use rstargz_image::build::LayerInput;
 use rstargz_test_support::golden::check_tree;
 use rstargz_test_support::registry::TestRegistry;
@@ -23,14 +24,6 @@ fn mounts_under(prefix: &Path) -> usize {
 
 fn wait_for(what: &str, cond: impl FnMut() -> bool) {
     wait_for_up_to(Duration::from_secs(30), what, cond)
-}
-
-fn wait_for_up_to(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A config without ambient registry credentials, in `dir`.

@@ -19,7 +19,6 @@
 use crate::common;
 use crate::common::image as image_common;
 
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -206,12 +205,7 @@ fn host_reader(layer: PathBuf, stop: Arc<AtomicBool>, seen: Arc<Seen>) {
             let res = std::fs::File::open(&path).and_then(|mut f| {
                 let mut buf = Vec::new();
                 std::io::Read::read_to_end(&mut f, &mut buf)?;
-                let _ = nix::fcntl::posix_fadvise(
-                    f.as_fd(),
-                    0,
-                    0,
-                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-                );
+                forget_pages(&f);
                 Ok(buf)
             });
             match res {
@@ -447,12 +441,7 @@ fn drop_pages_under(dir: &Path) {
             Ok(t) if t.is_dir() => drop_pages_under(&path),
             Ok(t) if t.is_file() => {
                 if let Ok(f) = std::fs::File::open(&path) {
-                    let _ = nix::fcntl::posix_fadvise(
-                        f.as_fd(),
-                        0,
-                        0,
-                        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-                    );
+                    forget_pages(&f);
                 }
             }
             _ => {}

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rstargz_proto::snapshots as pb;
-pub use rstargz_test_support::daemon::{Client, Daemon, wait_for};
+pub use rstargz_test_support::daemon::{Client, Daemon, wait_for, wait_for_up_to};
 
 /// The support crate finds the binary cargo built for these tests.
 #[test]
@@ -168,4 +168,14 @@ pub fn entries(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// Drops the file's pages, so the next read of it reaches the daemon again.
+pub fn forget_pages(f: &std::fs::File) {
+    let _ = nix::fcntl::posix_fadvise(
+        std::os::fd::AsFd::as_fd(f),
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
 }

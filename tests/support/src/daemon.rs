@@ -50,10 +50,16 @@ pub struct Daemon {
 }
 
 /// Polls `cond` until it holds or `DEADLINE` passes.
-pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    wait_for_up_to(DEADLINE, what, cond)
+}
+
+/// Polls `cond` until it holds or `limit` passes (for waits longer than
+/// start-up's, such as a container's run).
+pub fn wait_for_up_to(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
