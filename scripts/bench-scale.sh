@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Scale on one node (issue 18), side by side with the Go reference in one run:
+#   layers    - N = 10, 100, 1,000 mounted remote layers: threads, RSS, fds,
+#               time per mount, Prepare/Mounts p50/p99; rpull of a 100-layer image
+#   snapshots - snapshot metadata at 10k and 100k snapshots, start-up with
+#               1,000 remote snapshots and the registry down, ops through containerd
+#   drain     - 20 pods from 20 eStargz images started at once over a shaped link
+# Run as root after scripts/setup.sh (it runs scripts/setup-bench.sh for the
+# Go reference). Figures and plots go to $OUT (default bench-out/scale).
+#   usage: scripts/bench-scale.sh [PART...]   (default: every part)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+goref=${GO_STARGZ:-/usr/local/bin/containerd-stargz-grpc}
+GO_STARGZ=$goref bash scripts/setup-bench.sh  # builds the Go reference when missing
+cargo build -q --release -p rstargz --bin rstargz -p rstargz-bench --bin rstargz-bench
+bin=${CARGO_TARGET_DIR:-target}/release/rstargz
+bench_bin=${CARGO_TARGET_DIR:-target}/release/rstargz-bench
+out=${OUT:-bench-out/scale}
+mkdir -p "$out"
+parts=("$@")
+[ ${#parts[@]} -gt 0 ] || parts=(layers snapshots drain)
+echo "machine: $(nproc) cores, kernel $(uname -r), $(containerd --version | awk '{print $3}')" >&2
+
+for part in "${parts[@]}"; do
+  case $part in
+    layers)
+      echo "part layers: not built yet" >&2
+      ;;
+
+    snapshots)
+      echo "part snapshots: not built yet" >&2
+      ;;
+
+    drain)
+      echo "part drain: not built yet" >&2
+      ;;
+
+    *) echo "bench-scale: unknown part '$part' (layers, snapshots, drain)" >&2; exit 2 ;;
+  esac
+done
