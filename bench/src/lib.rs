@@ -3,6 +3,7 @@
 
 pub mod coldstart;
 pub mod container;
+pub mod drain;
 pub mod io;
 pub mod read_path;
 pub mod remote_layer;

@@ -30,8 +30,49 @@ enum BenchCommand {
     Resources(ResourcesArgs),
     /// Cold start (pull + create + run) per image, link and mode, with the Go reference.
     ColdStart(ColdStartArgs),
+    /// A node drain: many pods from as many eStargz images started at once
+    /// through CRI over one shaped link, with the Go reference and the full pull.
+    Drain(DrainArgs),
     /// A link-shaping TCP proxy (delay, shared bandwidth cap, counters) until Ctrl-C.
     Shape(ShapeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DrainArgs {
+    /// Where report.json, report.md and drain.png go.
+    #[arg(long, default_value = "bench-out/drain")]
+    out: PathBuf,
+    /// Scratch directory (registry data, image trees, run roots).
+    #[arg(long, default_value = "/var/tmp/rstargz-drain")]
+    work: PathBuf,
+    /// Pods started at once, each from its own image.
+    #[arg(long, default_value_t = 20)]
+    pods: usize,
+    /// Runs per mode.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Tiny images (a few dozen files each): a smoke test of the pipeline.
+    #[arg(long)]
+    tiny: bool,
+    /// Round trip of the shared link (0 with --rate-mbit 0: loopback).
+    #[arg(long, default_value_t = 20)]
+    rtt_ms: u64,
+    /// Bandwidth of the shared link, Mbit/s.
+    #[arg(long, default_value_t = 100)]
+    rate_mbit: u64,
+    /// Modes (overlayfs, rstargz, rstargz-prio, go, go-prio) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    modes: Vec<String>,
+    /// A name for this configuration in the report (e.g. the memory tier
+    /// set through RSTARGZ_BENCH_CONFIG).
+    #[arg(long, default_value = "default config")]
+    label: String,
+    /// The Go reference daemon.
+    #[arg(long, default_value = "/usr/local/bin/containerd-stargz-grpc")]
+    go_reference: PathBuf,
+    /// The rstargz binary (default: `rstargz` beside this one).
+    #[arg(long)]
+    rstargz: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -253,6 +294,7 @@ fn main() -> anyhow::Result<()> {
         }
         BenchCommand::ColdStart(a) => cold_start(a),
         BenchCommand::Shape(a) => runtime()?.block_on(shape(a)),
+        BenchCommand::Drain(a) => drain(a),
         BenchCommand::SnapshotOps(a) => {
             let runtime = runtime()?;
             let opts = snapshot_ops::Options {
@@ -346,21 +388,7 @@ fn cold_start(a: ColdStartArgs) -> anyhow::Result<()> {
             rate_mbit: a.rate_mbit,
         });
     }
-    let modes = a
-        .modes
-        .iter()
-        .map(|m| {
-            coldstart::Mode::ALL
-                .into_iter()
-                .find(|x| {
-                    serde_json::to_value(x)
-                        .ok()
-                        .and_then(|v| v.as_str().map(|s| s == m))
-                        == Some(true)
-                })
-                .with_context(|| format!("unknown mode {m:?}"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let modes = parse_modes(&a.modes)?;
     let converters = if a.converters.is_empty() {
         coldstart::Converter::ALL.to_vec()
     } else {
@@ -395,6 +423,76 @@ fn cold_start(a: ColdStartArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let report = runtime.block_on(coldstart::run(&opts))?;
     print!("{}", coldstart::report::markdown(&report));
+    eprintln!("report: {}", a.out.display());
+    Ok(())
+}
+
+/// Modes by their names in `report.json`.
+fn parse_modes(names: &[String]) -> anyhow::Result<Vec<coldstart::Mode>> {
+    names
+        .iter()
+        .map(|m| {
+            coldstart::Mode::ALL
+                .into_iter()
+                .find(|x| {
+                    serde_json::to_value(x)
+                        .ok()
+                        .and_then(|v| v.as_str().map(|s| s == m))
+                        == Some(true)
+                })
+                .with_context(|| format!("unknown mode {m:?}"))
+        })
+        .collect()
+}
+
+fn drain(a: DrainArgs) -> anyhow::Result<()> {
+    use rstargz_bench::drain;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                // The list names files of both layers; each warns about the other's.
+                .unwrap_or_else(|_| "warn,rstargz_fs::estargz::writer=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let modes = if a.modes.is_empty() {
+        coldstart::Mode::ALL.to_vec()
+    } else {
+        parse_modes(&a.modes)?
+    };
+    let link = if a.rtt_ms == 0 && a.rate_mbit == 0 {
+        "loopback".to_string()
+    } else {
+        format!("{}ms-{}mbit", a.rtt_ms, a.rate_mbit)
+    };
+    let opts = drain::Options {
+        work: a.work,
+        out: a.out.clone(),
+        pods: a.pods.max(1),
+        shape: if a.tiny {
+            drain::images::AppShape::TINY
+        } else {
+            drain::images::AppShape::FULL
+        },
+        link: coldstart::LinkCase {
+            name: link,
+            rtt_ms: a.rtt_ms,
+            rate_mbit: a.rate_mbit,
+        },
+        runs: a.runs.max(1),
+        modes,
+        label: a.label,
+        bins: coldstart::procs::Binaries {
+            rstargz: match a.rstargz {
+                Some(path) => path,
+                None => beside_this_binary("rstargz")?,
+            },
+            go_reference: a.go_reference,
+        },
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    let report = runtime.block_on(drain::run(&opts))?;
+    print!("{}", drain::report::markdown(&report));
     eprintln!("report: {}", a.out.display());
     Ok(())
 }

@@ -24,6 +24,8 @@ mod snapshotter; // daemon over its socket, `du`
 #[cfg(feature = "system")]
 mod bench_coldstart; // root, containerd, runc, ctr-remote, registry, the Go reference
 #[cfg(feature = "system")]
+mod bench_drain; // root, containerd's CRI plugin, runc, registry, the Go reference
+#[cfg(feature = "system")]
 mod bench_readpath; // root: FUSE, overlayfs, drop_caches, containerd, runc; registry
 #[cfg(feature = "system")]
 mod compose; // root: dockerd, docker-compose, mmdebstrap

@@ -172,7 +172,7 @@ pub fn prepare(kind: Kind, dir: &Path, large: LargeShape) -> anyhow::Result<Work
     }
 }
 
-fn sh(script: &str) -> Vec<String> {
+pub(crate) fn sh(script: &str) -> Vec<String> {
     vec![
         "/bin/busybox".into(),
         "sh".into(),
@@ -182,7 +182,7 @@ fn sh(script: &str) -> Vec<String> {
 }
 
 /// busybox as `/bin/busybox` and `/bin/sh`, and the usual empty directories.
-fn busybox_root(root: &Path) -> anyhow::Result<()> {
+pub(crate) fn busybox_root(root: &Path) -> anyhow::Result<()> {
     if !Path::new(BUSYBOX).exists() {
         bail!("{BUSYBOX} is missing: install busybox-static (scripts/setup.sh)");
     }
@@ -321,7 +321,7 @@ fn tar_of(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// `len` incompressible bytes from a xorshift generator.
-fn write_random(path: &Path, len: u64, seed: u64) -> anyhow::Result<()> {
+pub(crate) fn write_random(path: &Path, len: u64, seed: u64) -> anyhow::Result<()> {
     let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut block = vec![0u8; 1 << 16];

@@ -233,7 +233,7 @@ pub(crate) fn which(bin: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("{bin} is not installed (scripts/setup.sh)"))
 }
 
-fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
+pub(crate) fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?)
 }
@@ -313,7 +313,7 @@ async fn publish(
     })
 }
 
-async fn layer_bytes(client: &Registry, reference: &str) -> anyhow::Result<u64> {
+pub(crate) async fn layer_bytes(client: &Registry, reference: &str) -> anyhow::Result<u64> {
     let fetched = client
         .get_manifest(&rstargz_fs::registry::Reference::parse(reference)?)
         .await?;
@@ -486,7 +486,7 @@ fn sample(
 }
 
 /// Copies the run's daemon logs to `<out>/logs/<name>-*.log`.
-fn keep_logs(dir: &Path, out: &Path, name: &str) {
+pub(crate) fn keep_logs(dir: &Path, out: &Path, name: &str) {
     let logs = out.join("logs");
     if std::fs::create_dir_all(&logs).is_err() {
         return;
@@ -519,7 +519,7 @@ fn check_remote(log: &Path, which: Snapshotter) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn machine(bins: &Binaries) -> Machine {
+pub(crate) fn machine(bins: &Binaries) -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()

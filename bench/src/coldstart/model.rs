@@ -47,7 +47,7 @@ impl Mode {
     }
 
     /// The lazy snapshotter this mode runs (none for the full pull).
-    pub(super) fn snapshotter(self) -> Option<Snapshotter> {
+    pub(crate) fn snapshotter(self) -> Option<Snapshotter> {
         match self {
             Mode::Overlayfs => None,
             Mode::Rstargz | Mode::RstargzPrio => Some(Snapshotter::Rstargz),

@@ -18,7 +18,7 @@ const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const PANEL_WIDTH: u32 = 480;
 const HEIGHT: u32 = 520;
 
-fn register_font() -> anyhow::Result<()> {
+pub(crate) fn register_font() -> anyhow::Result<()> {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
         let bytes = std::fs::read(FONT).map_err(|e| {
@@ -33,7 +33,7 @@ fn register_font() -> anyhow::Result<()> {
     .map_err(|e| anyhow!(e))
 }
 
-fn short(m: Mode) -> &'static str {
+pub(crate) fn short(m: Mode) -> &'static str {
     match m {
         Mode::Overlayfs => "overlayfs",
         Mode::Rstargz => "rstargz",
@@ -43,7 +43,7 @@ fn short(m: Mode) -> &'static str {
     }
 }
 
-fn color(m: Mode) -> RGBColor {
+pub(crate) fn color(m: Mode) -> RGBColor {
     match m {
         Mode::Overlayfs => RGBColor(140, 140, 140),
         Mode::Rstargz => RGBColor(230, 120, 40),
@@ -60,8 +60,17 @@ pub fn cold_start(r: &Report, link: &LinkCase, path: &Path) -> anyhow::Result<()
     let rows = r.converters.len().max(1) as u32;
     // Wide enough for the title even with one panel.
     let (w, h) = ((PANEL_WIDTH * panels).max(900), HEIGHT * rows);
+    write_png(path, (w, h), |buf, size| draw(r, link, buf, size))
+}
+
+/// Draws into an RGB bitmap of `(w, h)` with `draw` and writes it as the PNG at `path`.
+pub(crate) fn write_png(
+    path: &Path,
+    (w, h): (u32, u32),
+    draw: impl FnOnce(&mut [u8], (u32, u32)) -> Result<(), Box<dyn std::error::Error>>,
+) -> anyhow::Result<()> {
     let mut buf = vec![0u8; (w * h * 3) as usize];
-    draw(r, link, &mut buf, (w, h)).map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
+    draw(&mut buf, (w, h)).map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
     let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
     enc.set_color(png::ColorType::Rgb);
