@@ -392,7 +392,8 @@ impl LayerReader {
             }
             let compressed = fetched.slice(..(range.end - range.start) as usize);
             if !followers.is_empty() {
-                self.cache_followers(std::mem::take(&mut followers), fetched, range.start);
+                self.cache_followers(std::mem::take(&mut followers), fetched, range.start)
+                    .await;
             }
             let (compression, verify, c) = (self.compression, self.verify, chunk.clone());
             let decoded = self
@@ -606,35 +607,80 @@ impl LayerReader {
     }
 
     /// Decodes, verifies and caches `followers` from `fetched` (which starts
-    /// at blob offset `base`) in the background.
-    fn cache_followers(&self, followers: Vec<(Ino, Chunk, ChunkKey)>, fetched: Bytes, base: u64) {
+    /// at blob offset `base`) in one blocking task, and returns once every
+    /// follower's cache entry is in flight: from then on a read of one of
+    /// them joins it instead of fetching the chunk again. A sequential
+    /// reader's next file is most often among them, and with many layers
+    /// read at once (a node drain) the decode could otherwise still be
+    /// queued when that read comes, and every such read would fetch its
+    /// own amplified range again. They came with an on-demand read and are
+    /// decoded as one.
+    async fn cache_followers(
+        &self,
+        followers: Vec<(Ino, Chunk, ChunkKey)>,
+        fetched: Bytes,
+        base: u64,
+    ) {
         let (cache, compression, verify) = (self.cache.clone(), self.compression, self.verify);
-        // Nobody waits for them yet: queued behind on-demand work.
-        let purpose = Purpose::Prefetch;
+        let purpose = Purpose::OnDemand;
+        let (registered_tx, registered) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            for (ino, chunk, key) in followers {
-                let r = chunk.compressed_range();
-                let Some(compressed) = fetched
-                    .get((r.start - base) as usize..(r.end - base) as usize)
-                    .map(|_| fetched.slice((r.start - base) as usize..(r.end - base) as usize))
-                else {
-                    return;
-                };
-                let work = cache.work().clone();
-                let decode = async move {
-                    work.run(purpose, move || {
-                        decode_chunk(compression, ino, &chunk, &compressed, verify)
+            let decoded: tokio::sync::OnceCell<Result<Vec<Result<Bytes, String>>, String>> =
+                tokio::sync::OnceCell::new();
+            let decode_all = || async {
+                let chunks: Vec<(Ino, Chunk)> =
+                    followers.iter().map(|(i, c, _)| (*i, c.clone())).collect();
+                let fetched = fetched.clone();
+                cache
+                    .work()
+                    .run(purpose, move || {
+                        chunks
+                            .into_iter()
+                            .map(|(ino, chunk)| {
+                                let r = chunk.compressed_range();
+                                let compressed = fetched
+                                    .get((r.start - base) as usize..(r.end - base) as usize)
+                                    .ok_or("chunk outside the fetched range")?;
+                                decode_chunk(compression, ino, &chunk, compressed, verify)
+                                    .map(Bytes::from)
+                                    .map_err(|e| e.to_string())
+                            })
+                            .collect::<Vec<_>>()
                     })
                     .await
-                    .map_err(|e| e.to_string())?
-                    .map(Bytes::from)
                     .map_err(|e| e.to_string())
-                };
-                if let Err(e) = cache.get_or_fetch(key, purpose, decode).await {
+            };
+            let (decoded, decode_all, cache) = (&decoded, &decode_all, &cache);
+            let entries = followers.iter().enumerate().map(|(i, (ino, _, key))| async move {
+                // `chunk`'s error type, so that moka lets a reader join.
+                let got = cache
+                    .get_or_fetch(*key, purpose, async {
+                        match decoded.get_or_init(decode_all).await {
+                            Ok(chunks) => chunks.get(i).cloned().unwrap_or_else(|| {
+                                Err("chunk missing from its window".to_string())
+                            }),
+                            Err(e) => Err(e.clone()),
+                        }
+                        .map_err(LayerError::Task)
+                    })
+                    .await;
+                if let Err(e) = got {
                     tracing::debug!(ino, error = %e, "amplified chunk failed to decode or verify");
                 }
-            }
+            });
+            let mut all = std::pin::pin!(futures_util::future::join_all(entries));
+            let mut registered_tx = Some(registered_tx);
+            // The first poll puts every entry in flight; say so then.
+            std::future::poll_fn(|cx| {
+                let polled = all.as_mut().poll(cx);
+                if let Some(tx) = registered_tx.take() {
+                    let _ = tx.send(());
+                }
+                polled
+            })
+            .await;
         });
+        let _ = registered.await;
     }
 }
 

@@ -472,3 +472,56 @@ async fn the_async_open_refuses_what_the_opener_refuses_and_forgets_what_it_read
     let longest = source.longest.load(Ordering::SeqCst);
     assert_eq!(longest, estargz::footer::MAX_FOOTER_SIZE as u64);
 }
+
+/// Many small files, each a chunk of a few KiB, in one blob.
+fn small_files_blob(files: u32) -> (Vec<Vec<u8>>, Vec<u8>, Digest) {
+    let contents: Vec<Vec<u8>> = (0..files).map(|i| noise(3000 + i * 100)).collect();
+    let mut b = tar::Builder::new(Vec::new());
+    for (i, content) in contents.iter().enumerate() {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(content.len() as u64);
+        b.append_data(&mut h, format!("f{i:02}"), &content[..])
+            .unwrap();
+    }
+    let mut blob = Vec::new();
+    let made = convert(
+        &b.into_inner().unwrap()[..],
+        &mut blob,
+        &WriterOptions::default(),
+    )
+    .unwrap();
+    (contents, blob, made.toc_digest)
+}
+
+#[tokio::test]
+async fn a_sequential_reader_finds_the_next_files_in_flight_with_the_first_read() {
+    // The amplified range of the first read holds the next files; reading
+    // them right after (before the decode of those followers has had a
+    // chance to run, as when many layers are read at once) joins that
+    // decode instead of fetching each file's range again.
+    let (contents, blob, toc_digest) = small_files_blob(12);
+    let opts = OpenOptions {
+        expected_toc_digest: Some(toc_digest),
+        ..OpenOptions::default()
+    };
+    let cache = Arc::new(ChunkCache::new(&ChunkCacheConfig::default(), None));
+    let source = flaky(blob, 0);
+    let mut layer = LayerReader::open(source.clone(), cache, &opts)
+        .await
+        .unwrap();
+    layer.set_read_amplification(256 << 10);
+    let before = source.reads.load(Ordering::SeqCst);
+    for (i, content) in contents.iter().enumerate() {
+        let ino = layer.index().lookup_path(&format!("f{i:02}")).unwrap();
+        assert!(
+            layer.read(ino, 0, 1 << 20).await.unwrap() == *content,
+            "f{i:02}"
+        );
+    }
+    assert_eq!(
+        source.reads.load(Ordering::SeqCst) - before,
+        1,
+        "the followers were fetched again"
+    );
+}
