@@ -32,7 +32,19 @@ for part in "${parts[@]}"; do
       ;;
 
     drain)
-      echo "part drain: not built yet" >&2
+      # Every mode with each daemon's default config, then rstargz alone
+      # with a smaller and a larger memory tier (time and peak RSS against
+      # the default's). DRAIN_RUNS (default 3) runs per mode.
+      d_out=$out/drain
+      "$bench_bin" drain --rstargz "$bin" --go-reference "$goref" \
+        --runs "${DRAIN_RUNS:-3}" --out "$d_out/default"
+      for mib in ${DRAIN_TIERS:-64 1024}; do
+        RSTARGZ_BENCH_CONFIG="[directory_cache]
+memory_bytes = $((mib << 20))" \
+          "$bench_bin" drain --rstargz "$bin" --modes rstargz,rstargz-prio \
+          --runs "${DRAIN_RUNS:-3}" --label "memory tier $mib MiB" --out "$d_out/tier-$mib"
+      done
+      echo "drain: $d_out/*/report.md, $d_out/default/drain.png" >&2
       ;;
 
     *) echo "bench-scale: unknown part '$part' (layers, snapshots, drain)" >&2; exit 2 ;;

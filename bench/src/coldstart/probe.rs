@@ -42,6 +42,8 @@ pub struct Counters {
     pub waited_s: f64,
     /// Blocking pool CPU by purpose, s.
     pub blocking_cpu_s: [f64; 3],
+    /// Bytes in the memory tier at the end.
+    pub memory_cache_bytes: u64,
 }
 
 /// CPU (user + system) the process `pid` has used so far, all threads.
@@ -91,6 +93,7 @@ pub fn parse(body: &str) -> Counters {
             ("rstargz_fetch_requests_total", Some(i)) => c.fetch_requests[i] = v as u64,
             ("rstargz_blocking_cpu_seconds_total", Some(i)) => c.blocking_cpu_s[i] = v,
             ("rstargz_cache_misses_total", _) => c.cache_misses = v as u64,
+            ("rstargz_memory_cache_bytes", _) => c.memory_cache_bytes = v as u64,
             ("rstargz_fuse_async_read_seconds_count", _) => c.waited_reads = v as u64,
             ("rstargz_fuse_async_read_seconds_sum", _) => c.waited_s = v,
             _ => {}
@@ -111,6 +114,7 @@ mod tests {
             rstargz_fetch_requests_total{purpose=\"prefetch\"} 2\n\
             rstargz_blocking_cpu_seconds_total{purpose=\"background\"} 0.25\n\
             rstargz_cache_misses_total 7\n\
+            rstargz_memory_cache_bytes 4096\n\
             rstargz_fuse_async_read_seconds_bucket{le=\"+Inf\"} 9\n\
             rstargz_fuse_async_read_seconds_sum 0.5\n\
             rstargz_fuse_async_read_seconds_count 9\n";
@@ -119,6 +123,7 @@ mod tests {
         assert_eq!(c.fetch_requests, [0, 2, 0]);
         assert_eq!(c.blocking_cpu_s, [0.0, 0.0, 0.25]);
         assert_eq!((c.cache_misses, c.waited_reads), (7, 9));
+        assert_eq!(c.memory_cache_bytes, 4096);
         assert!((c.waited_s - 0.5).abs() < 1e-9);
     }
 

@@ -136,6 +136,11 @@ impl ChunkCache {
         &self.stats
     }
 
+    /// Bytes of decoded chunks the memory tier holds now.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.weighted_size()
+    }
+
     /// The bounded blocking threads of the layers using this cache.
     pub fn work(&self) -> &Arc<BlockingWork> {
         &self.work

@@ -92,6 +92,13 @@ pub fn render(fs: &StargzFs, layers: &[MountedStats], out: &mut Exposition) {
         "Chunks fetched because no cache had them.",
         &[("", "", load(&cache.fetches))],
     );
+    family(
+        out,
+        "rstargz_memory_cache_bytes",
+        "gauge",
+        "Bytes of decoded chunks in the memory tier now.",
+        &[("", "", fs.cache().memory_bytes())],
+    );
     let cpu = fs.cache().work().cpu_by_priority();
     let name = "rstargz_blocking_cpu_seconds_total";
     out.family(
