@@ -418,4 +418,78 @@ mod tests {
             .await;
         assert_eq!(start.elapsed(), Duration::ZERO);
     }
+
+    /// An in-memory blob counting its reads.
+    struct Counted {
+        data: bytes::Bytes,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl rstargz_fs::layer::BlobSource for Counted {
+        async fn read_range(&self, range: Range<u64>, _: Purpose) -> io::Result<bytes::Bytes> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok(self.data.slice(range.start as usize..range.end as usize))
+        }
+
+        fn size(&self) -> u64 {
+            self.data.len() as u64
+        }
+    }
+
+    #[tokio::test]
+    async fn a_layer_streams_only_between_any_layers_on_demand_reads() {
+        // All layers share one Activity (one per daemon): the on-demand
+        // read of one pod's layer holds back another pod's layer streaming,
+        // so the first read does not share the link with a window.
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..4u32 {
+            let content: Vec<u8> = (0..20_000u32).map(|x| (x * 7 + i) as u8).collect();
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(content.len() as u64);
+            b.append_data(&mut h, format!("f{i}"), &content[..])
+                .expect("tar");
+        }
+        let mut blob = Vec::new();
+        let tar = b.into_inner().expect("tar");
+        rstargz_fs::estargz::convert(&tar[..], &mut blob, &Default::default()).expect("convert");
+        let source = Arc::new(Counted {
+            data: blob.into(),
+            reads: Default::default(),
+        });
+        let cache = Arc::new(rstargz_fs::cache::ChunkCache::new(
+            &Default::default(),
+            None,
+        ));
+        let layer = Arc::new(
+            LayerReader::open(source.clone(), cache, &Default::default())
+                .await
+                .expect("open"),
+        );
+        let opened = source.reads.load(Ordering::SeqCst);
+        let activity = Arc::new(Activity::default());
+        let limits = Arc::new(BackgroundLimits::new(
+            2,
+            0,
+            Duration::from_secs(3),
+            activity.clone(),
+        ));
+        let other_layers_read = activity.on_demand();
+        let stream = tokio::spawn(stream_layer(layer, limits, 1 << 20));
+        for _ in 0..200 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            source.reads.load(Ordering::SeqCst),
+            opened,
+            "a window went out while another layer's read was in flight"
+        );
+        drop(other_layers_read);
+        tokio::time::timeout(Duration::from_secs(10), stream)
+            .await
+            .expect("streamed once the read ended")
+            .expect("stream task");
+        assert!(source.reads.load(Ordering::SeqCst) > opened);
+    }
 }
