@@ -46,8 +46,9 @@ pub struct DrainSample {
     pub bytes: u64,
     /// HTTP requests to the registry in the window.
     pub requests: u64,
-    /// Overlayfs only: every pod's workload again, all at once, with the
-    /// images local and the page cache dropped, s.
+    /// Overlayfs only: every pod started again (new sandboxes and
+    /// workloads), all at once, with the images local and the page cache
+    /// dropped, until the last workload ended, s.
     pub local_run_s: Option<f64>,
     /// The snapshotter daemon's peak RSS in the window (none for overlayfs).
     pub peak_rss_bytes: Option<u64>,
