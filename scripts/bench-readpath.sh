@@ -24,6 +24,7 @@ random_ops=${RANDOM_OPS:-256}
 repeat=${REPEAT:-3}
 tree_files=${TREE_FILES:-100000}
 only=${ONLY:-}  # ONLY=container: only the runs inside a container
+start_after=${START_AFTER:-0}  # seconds a container waits before its reads
 bench=${BENCH_DIR:-/var/tmp/rstargz-readpath}
 go_bin=${GO_STARGZ:-/usr/local/bin/containerd-stargz-grpc}
 
@@ -161,7 +162,8 @@ container() { # KIND RUN: reads of the big file in a container through container
   local kind=$1 run=$2
   record "ctr-$kind" "$bench_bin" read-path --container "$kind" \
     $([ "$kind" = overlayfs ] || echo "--address $work/$kind.sock") --image "$img_big" \
-    --work "$work/ctr-$kind" --run "$run" --max-seconds 300 --random-ops "$random_ops"
+    --work "$work/ctr-$kind" --run "$run" --max-seconds 300 --random-ops "$random_ops" \
+    --start-after "$start_after"
 }
 native() { # TREE RUNS
   record native "$bench_bin" read-path --native "$bench/data/$1" --work "$work/mnt-native" \
