@@ -122,16 +122,20 @@ impl RegistryBlob {
         }
     }
 
-    /// Cheap connectivity check that also refreshes auth and redirects,
-    /// skipped when the registry answered within `validity`.
-    pub async fn check(&self, validity: std::time::Duration) -> Result<(), RegistryError> {
-        let recent = self
-            .last_success
+    /// Whether the registry answered for this blob within `validity`: a
+    /// [`Self::check`] now would return at once, without a request.
+    pub fn answered_within(&self, validity: std::time::Duration) -> bool {
+        self.last_success
             .lock()
             .ok()
             .and_then(|t| *t)
-            .is_some_and(|t| t.elapsed() < validity);
-        if recent {
+            .is_some_and(|t| t.elapsed() < validity)
+    }
+
+    /// Cheap connectivity check that also refreshes auth and redirects,
+    /// skipped when the registry answered within `validity`.
+    pub async fn check(&self, validity: std::time::Duration) -> Result<(), RegistryError> {
+        if self.answered_within(validity) {
             return Ok(());
         }
         match self.fetcher.get() {

@@ -54,6 +54,15 @@ pub trait RemoteFs: Send + Sync + std::fmt::Debug {
         labels: &'a Labels,
     ) -> BoxFuture<'a, Result<(), RemoteError>>;
 
+    /// Whether the layer mounted at `mountpoint` passed a check recently
+    /// enough that [`Self::check`] would succeed at once: decided from
+    /// memory, without blocking or waiting, so Mounts of a deep chain
+    /// spawns and awaits nothing for such layers.
+    fn checked_recently(&self, mountpoint: &Path) -> bool {
+        let _ = mountpoint;
+        false
+    }
+
     /// Unmounts the layer at `mountpoint` and frees its resources.
     fn unmount<'a>(&'a self, mountpoint: &'a Path) -> BoxFuture<'a, Result<(), RemoteError>>;
 

@@ -183,18 +183,23 @@ impl Snapshotter {
 
     /// The mounts of an Active or View snapshot.
     pub async fn mounts(&self, key: String) -> Result<Vec<Mount>> {
-        let snap = self
+        // One trip to the blocking pool for the snapshot and the remote
+        // layers of its chain.
+        let (snap, remote) = self
             .blocking(move |s| {
-                let snap = s.store.read(|tx| tx.snapshot(&key))?;
-                if snap.kind == Kind::Committed {
-                    return Err(Error::FailedPrecondition(format!(
-                        "snapshot {key:?} is committed, not active or view"
-                    )));
-                }
-                Ok(snap)
+                s.store.read(|tx| {
+                    let snap = tx.snapshot(&key)?;
+                    if snap.kind == Kind::Committed {
+                        return Err(Error::FailedPrecondition(format!(
+                            "snapshot {key:?} is committed, not active or view"
+                        )));
+                    }
+                    let remote = tx.labelled(&snap.parent_ids, REMOTE_LABEL)?;
+                    Ok((snap, remote))
+                })
             })
             .await?;
-        self.check_remote_layers(&snap.parent_ids).await?;
+        self.check_remote(remote).await?;
         Ok(self.inner.backend.mounts(&self.inner.layout, &snap))
     }
 
@@ -223,10 +228,21 @@ impl Snapshotter {
         let remote = self
             .blocking(move |s| s.store.read(|tx| tx.labelled(&ids, REMOTE_LABEL)))
             .await?;
+        self.check_remote(remote).await
+    }
+
+    /// Checks the remote layers `remote` (id, labels). A layer checked
+    /// recently is answered from memory; only the others get a task (and
+    /// perhaps a request to their registry), so a deep chain of busy
+    /// layers costs no task, lock or request that background work holds.
+    async fn check_remote(&self, remote: Vec<(i64, Labels)>) -> Result<()> {
         let mut checks = tokio::task::JoinSet::new();
         for (id, labels) in remote {
-            let fs = Arc::clone(&self.inner.remote);
             let dir = self.inner.layout.fs_dir(id);
+            if self.inner.remote.checked_recently(&dir) {
+                continue;
+            }
+            let fs = Arc::clone(&self.inner.remote);
             checks.spawn(async move { fs.check(&dir, &labels).await.map_err(|e| (dir, e)) });
         }
         while let Some(joined) = checks.join_next().await {
