@@ -194,7 +194,7 @@ impl Snapshotter {
                             "snapshot {key:?} is committed, not active or view"
                         )));
                     }
-                    let remote = tx.labelled(&snap.parent_ids, REMOTE_LABEL)?;
+                    let remote = tx.flagged(&snap.parent_ids, REMOTE_LABEL)?;
                     Ok((snap, remote))
                 })
             })
@@ -226,22 +226,35 @@ impl Snapshotter {
     async fn check_remote_layers(&self, ids: &[i64]) -> Result<()> {
         let ids = ids.to_vec();
         let remote = self
-            .blocking(move |s| s.store.read(|tx| tx.labelled(&ids, REMOTE_LABEL)))
+            .blocking(move |s| s.store.read(|tx| tx.flagged(&ids, REMOTE_LABEL)))
             .await?;
         self.check_remote(remote).await
     }
 
-    /// Checks the remote layers `remote` (id, labels). A layer checked
-    /// recently is answered from memory; only the others get a task (and
-    /// perhaps a request to their registry), so a deep chain of busy
-    /// layers costs no task, lock or request that background work holds.
-    async fn check_remote(&self, remote: Vec<(i64, Labels)>) -> Result<()> {
+    /// Checks the remote layers `remote`. A layer checked recently is
+    /// answered from memory; only the others have their labels read and
+    /// get a task (and perhaps a request to their registry), so a deep
+    /// chain of busy layers costs no task, label copy, lock or request that
+    /// background work holds.
+    async fn check_remote(&self, remote: Vec<i64>) -> Result<()> {
+        let stale: Vec<i64> = remote
+            .into_iter()
+            .filter(|&id| {
+                !self
+                    .inner
+                    .remote
+                    .checked_recently(&self.inner.layout.fs_dir(id))
+            })
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let stale = self
+            .blocking(move |s| s.store.read(|tx| tx.labelled(&stale, REMOTE_LABEL)))
+            .await?;
         let mut checks = tokio::task::JoinSet::new();
-        for (id, labels) in remote {
+        for (id, labels) in stale {
             let dir = self.inner.layout.fs_dir(id);
-            if self.inner.remote.checked_recently(&dir) {
-                continue;
-            }
             let fs = Arc::clone(&self.inner.remote);
             checks.spawn(async move { fs.check(&dir, &labels).await.map_err(|e| (dir, e)) });
         }
