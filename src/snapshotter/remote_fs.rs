@@ -54,10 +54,10 @@ pub trait RemoteFs: Send + Sync + std::fmt::Debug {
         labels: &'a Labels,
     ) -> BoxFuture<'a, Result<(), RemoteError>>;
 
-    /// Whether the layer mounted at `mountpoint` passed a check recently
-    /// enough that [`Self::check`] would succeed at once: decided from
-    /// memory, without blocking or waiting, so Mounts of a deep chain
-    /// spawns and awaits nothing for such layers.
+    /// Whether the layer mounted at `mountpoint` may be taken as usable
+    /// without waiting for [`Self::check`] (it passed one recently, or one
+    /// is refreshed in the background): decided from memory, without
+    /// blocking, so Mounts of a deep chain awaits nothing for such layers.
     fn checked_recently(&self, mountpoint: &Path) -> bool {
         let _ = mountpoint;
         false
