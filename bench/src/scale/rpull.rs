@@ -58,11 +58,14 @@ fn once(which: Which, bins: &Binaries, image: &str, dir: &Path) -> anyhow::Resul
     );
     let seconds = started.elapsed().as_secs_f64();
     let threads = procstat::threads(daemon.guard.id());
-    // Snapshots go with containerd's and the daemon's roots.
+    // Removing the image and its snapshots unmounts the layers, so the
+    // daemon's fd holder has nothing left to keep and exits with it.
+    let removed = ctrd.tool("ctr", &["image", "rm", "--sync", image]);
     ctrd.stop();
     daemon.guard.stop();
     procs::clean(dir)?;
     pulled?;
+    removed?;
     Ok((seconds, threads))
 }
 
