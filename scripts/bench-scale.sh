@@ -24,7 +24,15 @@ echo "machine: $(nproc) cores, kernel $(uname -r), $(containerd --version | awk 
 for part in "${parts[@]}"; do
   case $part in
     layers)
-      echo "part layers: not built yet" >&2
+      # N = 10, 100, 1,000 mounted layers and a 100-layer rpull, rstargz and
+      # the Go reference fresh per N, same run; LAYERS / GO_MAX_LAYERS /
+      # RPULL_RUNS override. report.md, report.json, scale-layers.png.
+      echo "part layers: load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+      "$bench_bin" scale-layers --rstargz "$bin" --go-reference "$goref" \
+        --layers "${LAYERS:-10,100,1000}" --go-max-layers "${GO_MAX_LAYERS:-1000}" \
+        --rpull-runs "${RPULL_RUNS:-3}" \
+        --out "$out/layers" --work "${WORK:-/var/tmp/rstargz-scale}/layers"
+      echo "part layers: done, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
       ;;
 
     snapshots)

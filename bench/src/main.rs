@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use rstargz_bench::coldstart::procs::Snapshotter;
 use rstargz_bench::container::ContainerSnapshotter;
-use rstargz_bench::{coldstart, read_path, resources, snapshot_ops};
+use rstargz_bench::{coldstart, read_path, resources, scale, snapshot_ops};
 use rstargz_test_support::proxy::{Link, Shaper};
 
 /// rstargz-bench: benchmarks of rstargz against its baselines.
@@ -30,6 +30,9 @@ enum BenchCommand {
     Resources(ResourcesArgs),
     /// Cold start (pull + create + run) per image, link and mode, with the Go reference.
     ColdStart(ColdStartArgs),
+    /// Mounted remote layers at N = 10, 100, 1,000 (threads, RSS, fds, mount
+    /// time, Prepare/Mounts latency) and a many-layer rpull, with the Go reference.
+    ScaleLayers(ScaleLayersArgs),
     /// A node drain: many pods from as many eStargz images started at once
     /// through CRI over one shaped link, with the Go reference and the full pull.
     Drain(DrainArgs),
@@ -201,6 +204,48 @@ struct ColdStartArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct ScaleLayersArgs {
+    /// Where report.json, report.md and scale-layers.png go.
+    #[arg(long, default_value = "bench-out/scale")]
+    out: PathBuf,
+    /// Scratch directory (registry data, daemon roots, mountpoints); wiped.
+    #[arg(long, default_value = "/var/tmp/rstargz-scale")]
+    work: PathBuf,
+    /// Layer counts to mount, each with fresh daemons.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    layers: Vec<usize>,
+    /// The Go reference is not run above this many layers.
+    #[arg(long, default_value_t = 1000)]
+    go_max_layers: usize,
+    /// Files (1-4 KiB) per mounted layer.
+    #[arg(long, default_value_t = 100)]
+    files_per_layer: usize,
+    /// Layers of the rpull image (0: no rpull).
+    #[arg(long, default_value_t = 100)]
+    rpull_layers: usize,
+    /// Files per layer of the rpull image (100 layers of 40: the issue's
+    /// 4,000 small files).
+    #[arg(long, default_value_t = 40)]
+    rpull_files: usize,
+    /// rpull runs per daemon (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    rpull_runs: usize,
+    /// Seconds to let prefetch and background fetch run after the mounts.
+    #[arg(long, default_value_t = 5.0)]
+    settle_seconds: f64,
+    /// Seconds idle after the reads before the steady figures (longer
+    /// than tokio and Go keep idle threads).
+    #[arg(long, default_value_t = 15.0)]
+    idle_seconds: f64,
+    /// The Go reference daemon.
+    #[arg(long, default_value = "/usr/local/bin/containerd-stargz-grpc")]
+    go_reference: PathBuf,
+    /// The rstargz binary (default: `rstargz` beside this one).
+    #[arg(long)]
+    rstargz: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 struct ShapeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -312,6 +357,7 @@ fn main() -> anyhow::Result<()> {
             print_labelled(&report, a.label)
         }
         BenchCommand::ColdStart(a) => cold_start(a),
+        BenchCommand::ScaleLayers(a) => scale_layers(a),
         BenchCommand::Shape(a) => runtime()?.block_on(shape(a)),
         BenchCommand::Drain(a) => drain(a),
         BenchCommand::SnapshotOps(a) => {
@@ -441,6 +487,36 @@ fn cold_start(a: ColdStartArgs) -> anyhow::Result<()> {
     };
     let report = bench_runtime()?.block_on(coldstart::run(&opts))?;
     print!("{}", coldstart::report::markdown(&report));
+    eprintln!("report: {}", a.out.display());
+    Ok(())
+}
+
+fn scale_layers(a: ScaleLayersArgs) -> anyhow::Result<()> {
+    let mut counts = a.layers;
+    counts.sort_unstable();
+    counts.dedup();
+    let opts = scale::Options {
+        counts,
+        go_max_layers: a.go_max_layers,
+        files_per_layer: a.files_per_layer,
+        rpull_layers: a.rpull_layers,
+        rpull_files: a.rpull_files,
+        rpull_runs: a.rpull_runs.max(1),
+        settle: std::time::Duration::from_secs_f64(a.settle_seconds),
+        idle: std::time::Duration::from_secs_f64(a.idle_seconds),
+        bins: coldstart::procs::Binaries {
+            rstargz: match a.rstargz {
+                Some(path) => path,
+                None => beside_this_binary("rstargz")?,
+            },
+            go_reference: a.go_reference,
+        },
+        work: a.work,
+        out: a.out.clone(),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    let report = runtime.block_on(scale::run(&opts))?;
+    print!("{}", scale::report::markdown(&report));
     eprintln!("report: {}", a.out.display());
     Ok(())
 }

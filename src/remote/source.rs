@@ -51,6 +51,10 @@ pub struct RegistryBlob {
     size: u64,
     fetcher: OnceCell<BlobFetcher>,
     last_success: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The last check's request failed (cleared by any success).
+    check_failed: std::sync::atomic::AtomicBool,
+    /// A check started by [`RegistryBlob::usable_now`] is in flight.
+    refreshing: std::sync::atomic::AtomicBool,
     activity: Arc<Activity>,
     stats: BlobStats,
 }
@@ -74,6 +78,8 @@ impl RegistryBlob {
             size,
             fetcher: OnceCell::new_with(Some(fetcher)),
             last_success: std::sync::Mutex::new(Some(std::time::Instant::now())),
+            check_failed: Default::default(),
+            refreshing: Default::default(),
             activity,
             stats,
         })
@@ -92,6 +98,8 @@ impl RegistryBlob {
             size,
             fetcher: OnceCell::new(),
             last_success: std::sync::Mutex::new(None),
+            check_failed: Default::default(),
+            refreshing: Default::default(),
             activity,
             stats: BlobStats::default(),
         }
@@ -120,25 +128,66 @@ impl RegistryBlob {
         if let Ok(mut t) = self.last_success.lock() {
             *t = Some(std::time::Instant::now());
         }
+        self.check_failed.store(false, Ordering::Relaxed);
+    }
+
+    fn last_success(&self) -> Option<std::time::Instant> {
+        self.last_success.lock().ok().and_then(|t| *t)
+    }
+
+    /// Whether the registry answered for this blob within `validity`: a
+    /// [`Self::check`] now would return at once, without a request.
+    pub fn answered_within(&self, validity: std::time::Duration) -> bool {
+        self.last_success().is_some_and(|t| t.elapsed() < validity)
+    }
+
+    /// Whether a caller (Mounts) may take the blob as usable without
+    /// waiting for a check: its registry answered within `validity`, or it
+    /// answered before and no check since failed; then the check runs in
+    /// the background (one at a time), and a failure makes the next caller
+    /// wait for its own check. Never with `validity` zero (check always),
+    /// nor for a blob that never answered (restored while its registry is
+    /// down) or whose last check failed.
+    pub fn usable_now(self: &Arc<Self>, validity: std::time::Duration) -> bool {
+        if validity.is_zero() {
+            return false;
+        }
+        if self.answered_within(validity) {
+            return true;
+        }
+        if self.last_success().is_none() || self.check_failed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        if !self.refreshing.swap(true, Ordering::AcqRel) {
+            let blob = Arc::clone(self);
+            runtime.spawn(async move {
+                if let Err(e) = blob.check(validity).await {
+                    tracing::warn!(error = %e, "background check of a layer's registry failed");
+                }
+                blob.refreshing.store(false, Ordering::Release);
+            });
+        }
+        true
     }
 
     /// Cheap connectivity check that also refreshes auth and redirects,
     /// skipped when the registry answered within `validity`.
     pub async fn check(&self, validity: std::time::Duration) -> Result<(), RegistryError> {
-        let recent = self
-            .last_success
-            .lock()
-            .ok()
-            .and_then(|t| *t)
-            .is_some_and(|t| t.elapsed() < validity);
-        if recent {
+        if self.answered_within(validity) {
             return Ok(());
         }
-        match self.fetcher.get() {
-            Some(f) => f.check().await?,
+        let checked = match self.fetcher.get() {
+            Some(f) => f.check().await,
             // Connecting is the check.
-            None => drop(self.fetcher().await?),
+            None => self.fetcher().await.map(drop),
+        };
+        if checked.is_err() {
+            self.check_failed.store(true, Ordering::Relaxed);
         }
+        checked?;
         self.record_success();
         Ok(())
     }
@@ -187,3 +236,8 @@ impl BlobSource for RegistryBlob {
         self.size
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+#[path = "source_tests.rs"]
+mod tests;

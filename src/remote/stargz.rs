@@ -666,6 +666,12 @@ impl RemoteFs for StargzFs {
         })
     }
 
+    fn checked_recently(&self, mountpoint: &Path) -> bool {
+        self.mounts
+            .blob_at(mountpoint)
+            .is_some_and(|b| b.usable_now(self.policies.check_validity))
+    }
+
     fn unmount<'a>(&'a self, mountpoint: &'a Path) -> BoxFuture<'a, Result<(), RemoteError>> {
         Box::pin(self.unmount_layer(mountpoint))
     }

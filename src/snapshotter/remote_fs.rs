@@ -54,6 +54,15 @@ pub trait RemoteFs: Send + Sync + std::fmt::Debug {
         labels: &'a Labels,
     ) -> BoxFuture<'a, Result<(), RemoteError>>;
 
+    /// Whether the layer mounted at `mountpoint` may be taken as usable
+    /// without waiting for [`Self::check`] (it passed one recently, or one
+    /// is refreshed in the background): decided from memory, without
+    /// blocking, so Mounts of a deep chain awaits nothing for such layers.
+    fn checked_recently(&self, mountpoint: &Path) -> bool {
+        let _ = mountpoint;
+        false
+    }
+
     /// Unmounts the layer at `mountpoint` and frees its resources.
     fn unmount<'a>(&'a self, mountpoint: &'a Path) -> BoxFuture<'a, Result<(), RemoteError>>;
 

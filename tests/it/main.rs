@@ -28,6 +28,8 @@ mod bench_drain; // root, containerd's CRI plugin, runc, registry, the Go refere
 #[cfg(feature = "system")]
 mod bench_readpath; // root: FUSE, overlayfs, drop_caches, containerd, runc; registry
 #[cfg(feature = "system")]
+mod bench_scale; // root: FUSE, overlayfs, containerd, runc, ctr-remote; registry; the Go reference
+#[cfg(feature = "system")]
 mod compose; // root: dockerd, docker-compose, mmdebstrap
 #[cfg(feature = "system")]
 mod container_reread; // root: containerd, runc, ctr-remote; registry
@@ -63,7 +65,7 @@ mod mount_cli; // root: FUSE, overlayfs; registry
 #[cfg(feature = "system")]
 mod remote; // root: FUSE, overlayfs; registry
 #[cfg(feature = "system")]
-mod scale_threads; // root: FUSE, overlayfs; registry (a measurement, ignored by default)
+mod scale_threads; // root: FUSE, overlayfs; registry
 #[cfg(feature = "system")]
 mod security; // root: FUSE; registry
 #[cfg(feature = "system")]

@@ -18,6 +18,7 @@ const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const PANEL_WIDTH: u32 = 480;
 const HEIGHT: u32 = 520;
 
+/// Registers DejaVu Sans as plotters' "sans-serif" (once per process).
 pub(crate) fn register_font() -> anyhow::Result<()> {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
@@ -33,6 +34,7 @@ pub(crate) fn register_font() -> anyhow::Result<()> {
     .map_err(|e| anyhow!(e))
 }
 
+/// A mode's short name on a plot's axis.
 pub(crate) fn short(m: Mode) -> &'static str {
     match m {
         Mode::Overlayfs => "overlayfs",
@@ -43,6 +45,7 @@ pub(crate) fn short(m: Mode) -> &'static str {
     }
 }
 
+/// A mode's bar colour.
 pub(crate) fn color(m: Mode) -> RGBColor {
     match m {
         Mode::Overlayfs => RGBColor(140, 140, 140),
@@ -60,17 +63,17 @@ pub fn cold_start(r: &Report, link: &LinkCase, path: &Path) -> anyhow::Result<()
     let rows = r.converters.len().max(1) as u32;
     // Wide enough for the title even with one panel.
     let (w, h) = ((PANEL_WIDTH * panels).max(900), HEIGHT * rows);
-    write_png(path, (w, h), |buf, size| draw(r, link, buf, size))
+    write_png(path, (w, h), |buf| draw(r, link, buf, (w, h)))
 }
 
-/// Draws into an RGB bitmap of `(w, h)` with `draw` and writes it as the PNG at `path`.
+/// Draws an RGB bitmap of `size` with `draw` and writes it as a PNG at `path`.
 pub(crate) fn write_png(
     path: &Path,
     (w, h): (u32, u32),
-    draw: impl FnOnce(&mut [u8], (u32, u32)) -> Result<(), Box<dyn std::error::Error>>,
+    draw: impl FnOnce(&mut [u8]) -> Result<(), Box<dyn std::error::Error>>,
 ) -> anyhow::Result<()> {
     let mut buf = vec![0u8; (w * h * 3) as usize];
-    draw(&mut buf, (w, h)).map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
+    draw(&mut buf).map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
     let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
     enc.set_color(png::ColorType::Rgb);

@@ -96,7 +96,7 @@ fn median_run(r: &DrainReport, mode: Mode) -> Option<&super::DrainSample> {
 
 fn plot(r: &DrainReport, path: &Path) -> anyhow::Result<()> {
     register_font()?;
-    write_png(path, (1000, 560), |buf, size| draw(r, buf, size))
+    write_png(path, (1000, 560), |buf| draw(r, buf, (1000, 560)))
 }
 
 fn draw(

@@ -15,6 +15,22 @@ struct BindRemote {
     source: PathBuf,
     healthy: AtomicBool,
     unmounts: AtomicUsize,
+    /// What `checked_recently` answers.
+    recent: AtomicBool,
+    /// `check` calls so far.
+    checks: AtomicUsize,
+}
+
+impl BindRemote {
+    fn new(source: &Path) -> BindRemote {
+        BindRemote {
+            source: source.to_path_buf(),
+            healthy: AtomicBool::new(true),
+            unmounts: AtomicUsize::new(0),
+            recent: AtomicBool::new(false),
+            checks: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl RemoteFs for BindRemote {
@@ -42,6 +58,7 @@ impl RemoteFs for BindRemote {
     }
 
     fn check<'a>(&'a self, _: &'a Path, _: &'a Labels) -> BoxFuture<'a, Result<(), RemoteError>> {
+        self.checks.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             if self.healthy.load(Ordering::SeqCst) {
                 Ok(())
@@ -49,6 +66,10 @@ impl RemoteFs for BindRemote {
                 Err(RemoteError::Unavailable("registry unreachable".into()))
             }
         })
+    }
+
+    fn checked_recently(&self, _: &Path) -> bool {
+        self.recent.load(Ordering::SeqCst)
     }
 
     fn unmount<'a>(&'a self, mountpoint: &'a Path) -> BoxFuture<'a, Result<(), RemoteError>> {
@@ -75,11 +96,7 @@ async fn remote_prepare_commits_as_target_and_checks_chain() {
     let source = dir.path().join("layer");
     std::fs::create_dir_all(&source).unwrap();
     std::fs::write(source.join("file"), b"remote").unwrap();
-    let remote = Arc::new(BindRemote {
-        source: source.clone(),
-        healthy: AtomicBool::new(true),
-        unmounts: AtomicUsize::new(0),
-    });
+    let remote = Arc::new(BindRemote::new(&source));
     let mut opts = Options::new(dir.path().join("root"));
     opts.remote = remote.clone();
     let sn = Snapshotter::open(opts).unwrap();
@@ -157,4 +174,57 @@ async fn remote_prepare_commits_as_target_and_checks_chain() {
             .next()
             .is_none()
     );
+}
+
+/// Mounts of a container on a chain of remote layers asks the remote
+/// filesystem to check only the layers it has not checked recently: a
+/// layer whose registry answered lately (as it does all along while its
+/// background fetch runs) costs Mounts no task, no request and no lock of
+/// the fetch; the others are checked as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounts_checks_only_layers_not_checked_recently() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("layer");
+    std::fs::create_dir_all(&source).unwrap();
+    let remote = Arc::new(BindRemote::new(&source));
+    let mut opts = Options::new(dir.path().join("root"));
+    opts.remote = remote.clone();
+    let sn = Snapshotter::open(opts).unwrap();
+    let depth = 3;
+    let mut parent = String::new();
+    for i in 0..depth {
+        let name = format!("L{i}");
+        let err = sn
+            .prepare(
+                format!("extract-{i}"),
+                parent.clone(),
+                labels(&[(TARGET_REF_LABEL, &name), ("test/remote", "yes")]),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::AlreadyExists(_)), "{err}");
+        parent = name;
+    }
+    sn.prepare("c".into(), parent, Labels::new()).await.unwrap();
+
+    remote.recent.store(true, Ordering::SeqCst);
+    remote.checks.store(0, Ordering::SeqCst);
+    let m = sn.mounts("c".into()).await.unwrap();
+    assert_eq!(remote.checks.load(Ordering::SeqCst), 0);
+    assert_eq!(m[0].kind, "overlay");
+
+    remote.recent.store(false, Ordering::SeqCst);
+    sn.mounts("c".into()).await.unwrap();
+    assert_eq!(remote.checks.load(Ordering::SeqCst), depth);
+    // A layer not checked recently still fails Mounts when unusable.
+    remote.healthy.store(false, Ordering::SeqCst);
+    assert!(matches!(
+        sn.mounts("c".into()).await,
+        Err(Error::Unavailable(_))
+    ));
+
+    sn.remove("c".into()).await.unwrap();
+    for i in (0..depth).rev() {
+        sn.remove(format!("L{i}")).await.unwrap();
+    }
 }

@@ -183,18 +183,23 @@ impl Snapshotter {
 
     /// The mounts of an Active or View snapshot.
     pub async fn mounts(&self, key: String) -> Result<Vec<Mount>> {
-        let snap = self
+        // One trip to the blocking pool for the snapshot and the remote
+        // layers of its chain.
+        let (snap, remote) = self
             .blocking(move |s| {
-                let snap = s.store.read(|tx| tx.snapshot(&key))?;
-                if snap.kind == Kind::Committed {
-                    return Err(Error::FailedPrecondition(format!(
-                        "snapshot {key:?} is committed, not active or view"
-                    )));
-                }
-                Ok(snap)
+                s.store.read(|tx| {
+                    let snap = tx.snapshot(&key)?;
+                    if snap.kind == Kind::Committed {
+                        return Err(Error::FailedPrecondition(format!(
+                            "snapshot {key:?} is committed, not active or view"
+                        )));
+                    }
+                    let remote = tx.flagged(&snap.parent_ids, REMOTE_LABEL)?;
+                    Ok((snap, remote))
+                })
             })
             .await?;
-        self.check_remote_layers(&snap.parent_ids).await?;
+        self.check_remote(remote).await?;
         Ok(self.inner.backend.mounts(&self.inner.layout, &snap))
     }
 
@@ -221,12 +226,36 @@ impl Snapshotter {
     async fn check_remote_layers(&self, ids: &[i64]) -> Result<()> {
         let ids = ids.to_vec();
         let remote = self
-            .blocking(move |s| s.store.read(|tx| tx.labelled(&ids, REMOTE_LABEL)))
+            .blocking(move |s| s.store.read(|tx| tx.flagged(&ids, REMOTE_LABEL)))
+            .await?;
+        self.check_remote(remote).await
+    }
+
+    /// Checks the remote layers `remote`. A layer checked recently is
+    /// answered from memory; only the others have their labels read and
+    /// get a task (and perhaps a request to their registry), so a deep
+    /// chain of busy layers costs no task, label copy, lock or request that
+    /// background work holds.
+    async fn check_remote(&self, remote: Vec<i64>) -> Result<()> {
+        let stale: Vec<i64> = remote
+            .into_iter()
+            .filter(|&id| {
+                !self
+                    .inner
+                    .remote
+                    .checked_recently(&self.inner.layout.fs_dir(id))
+            })
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let stale = self
+            .blocking(move |s| s.store.read(|tx| tx.labelled(&stale, REMOTE_LABEL)))
             .await?;
         let mut checks = tokio::task::JoinSet::new();
-        for (id, labels) in remote {
-            let fs = Arc::clone(&self.inner.remote);
+        for (id, labels) in stale {
             let dir = self.inner.layout.fs_dir(id);
+            let fs = Arc::clone(&self.inner.remote);
             checks.spawn(async move { fs.check(&dir, &labels).await.map_err(|e| (dir, e)) });
         }
         while let Some(joined) = checks.join_next().await {

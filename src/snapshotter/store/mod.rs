@@ -490,6 +490,14 @@ impl Tx<'_> {
 
     /// The labels of those of `ids` that carry the label `key`.
     pub fn labelled(&self, ids: &[i64], key: &str) -> Result<Vec<(i64, Labels)>> {
+        self.flagged(ids, key)?
+            .into_iter()
+            .map(|id| Ok((id, self.labels(id)?)))
+            .collect()
+    }
+
+    /// Those of `ids` that carry the label `key` (their labels unread).
+    pub fn flagged(&self, ids: &[i64], key: &str) -> Result<Vec<i64>> {
         let mut stmt = self
             .0
             .prepare_cached("SELECT 1 FROM labels WHERE snapshot_id = ?1 AND key = ?2")
@@ -497,7 +505,7 @@ impl Tx<'_> {
         let mut out = Vec::new();
         for &id in ids {
             if stmt.exists(params![id, key]).context(|| "look up label")? {
-                out.push((id, self.labels(id)?));
+                out.push(id);
             }
         }
         Ok(out)
