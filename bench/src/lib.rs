@@ -7,4 +7,5 @@ pub mod io;
 pub mod read_path;
 pub mod remote_layer;
 pub mod resources;
+pub mod scale_snapshots;
 pub mod snapshot_ops;

@@ -31,6 +31,9 @@ use crate::store::{Snapshot, Store};
 
 /// Label containerd's unpacker sets to the chain id of the layer it prepares.
 pub const TARGET_REF_LABEL: &str = "containerd.io/snapshot.ref";
+/// At most this many remote layers are restored at once at start-up.
+const RESTORE_CONCURRENCY_MAX: usize = 16;
+
 /// Label marking a snapshot whose `fs` is a remote mount.
 pub const REMOTE_LABEL: &str = "containerd.io/snapshot/remote";
 
@@ -241,10 +244,12 @@ impl Snapshotter {
         Ok(())
     }
 
-    /// Mounts every remote layer again (daemon start-up) and lets the
-    /// remote filesystem delete the state of layers no snapshot uses. A
-    /// layer that cannot be mounted stays in the metadata and makes Mounts
-    /// of its children answer Unavailable. Returns (restored, failed).
+    /// Mounts every remote layer again (daemon start-up), a few at a time
+    /// (each is mostly disk reads, TOC indexing and a bind mount), and lets
+    /// the remote filesystem delete the state of layers no snapshot uses.
+    /// A layer that cannot be restored stays in the metadata and makes
+    /// Mounts of its children answer Unavailable until `check` mounts it.
+    /// Returns (restored, failed).
     pub async fn restore_remote(&self) -> Result<(usize, usize)> {
         let layers = self
             .blocking(|s| {
@@ -259,20 +264,44 @@ impl Snapshotter {
                 })
             })
             .await?;
-        let mut restored = 0;
-        for (id, name, labels) in &layers {
-            let fs = self.inner.layout.fs_dir(*id);
-            match self.inner.remote.mount(&fs, labels).await {
-                Ok(()) => restored += 1,
-                Err(e) => tracing::warn!(
+        let limit = std::thread::available_parallelism()
+            .map_or(4, |n| n.get() * 2)
+            .clamp(4, RESTORE_CONCURRENCY_MAX);
+        let mut restoring = tokio::task::JoinSet::new();
+        let mut pending = layers.iter();
+        let (mut restored, mut in_use) = (0, Vec::with_capacity(layers.len()));
+        loop {
+            while restoring.len() < limit
+                && let Some((id, name, labels)) = pending.next()
+            {
+                let fs = Arc::clone(&self.inner.remote);
+                let dir = self.inner.layout.fs_dir(*id);
+                let (name, labels) = (name.clone(), labels.clone());
+                restoring.spawn(async move {
+                    let restored = fs.restore(&dir, &labels).await;
+                    (name, restored)
+                });
+            }
+            let Some(joined) = restoring.join_next().await else {
+                break;
+            };
+            match joined {
+                Ok((_, Ok(()))) => restored += 1,
+                Ok((name, Err(e))) => tracing::warn!(
                     snapshot = %name, error = %e,
                     "cannot restore remote layer; Mounts of its children will be unavailable"
                 ),
+                Err(e) => return Err(Error::internal("remote layer restore", e)),
             }
         }
-        let in_use: Vec<Labels> = layers.into_iter().map(|(_, _, l)| l).collect();
+        in_use.extend(layers.into_iter().map(|(_, _, l)| l));
         self.inner.remote.forget_unused(&in_use).await;
         Ok((restored, in_use.len() - restored))
+    }
+
+    /// The daemon serves its socket: restored layers may start fetching.
+    pub fn serving(&self) {
+        self.inner.remote.serving();
     }
 
     /// Commits the Active snapshot `key` as `name`, recording its usage.
