@@ -41,15 +41,21 @@ for part in "${parts[@]}"; do
         pids=()
         trap 'containerd_stop; for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; umount -R "$sw"/containerd/root 2>/dev/null; rm -rf "$sw"' EXIT
         : >"$sw/empty.toml"
-        "$bin" serve --root "$sw/rstargz" --address "$sw/rstargz.sock" --config "$sw/empty.toml" \
-          --log-level warn 2>"$sw/rstargz.log" & pids+=($!)
-        "$goref" -address "$sw/go.sock" -root "$sw/go" -config "$sw/empty.toml" \
-          -log-level warn 2>"$sw/go.log" & pids+=($!)
-        for s in rstargz go; do
+        # Separate daemons behind containerd: its garbage collector removes from
+        # a proxy snapshotter every snapshot its own metadata does not know.
+        for d in rstargz rstargz-ctr; do
+          "$bin" serve --root "$sw/$d" --address "$sw/$d.sock" --config "$sw/empty.toml" \
+            --log-level warn 2>"$sw/$d.log" & pids+=($!)
+        done
+        for d in go go-ctr; do
+          "$goref" -address "$sw/$d.sock" -root "$sw/$d" -config "$sw/empty.toml" \
+            -log-level warn 2>"$sw/$d.log" & pids+=($!)
+        done
+        for s in rstargz rstargz-ctr go go-ctr; do
           for _ in $(seq 1 100); do [ -S "$sw/$s.sock" ] && break; sleep 0.1; done
           [ -S "$sw/$s.sock" ] || { echo "$s did not start" >&2; cat "$sw/$s.log" >&2; exit 1; }
         done
-        containerd_start "$sw/containerd" "$sw/rstargz.sock" "$sw/go.sock"
+        containerd_start "$sw/containerd" "$sw/rstargz-ctr.sock" "$sw/go-ctr.sock"
         echo "snapshots: load average $(cut -d' ' -f1-3 /proc/loadavg) before the cycles" >&2
         cycles=${SNAPSHOT_CYCLES:-1000}
         for t in "rstargz $sw/rstargz.sock rstargz" "go $sw/go.sock stargz" \

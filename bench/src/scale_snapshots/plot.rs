@@ -86,7 +86,13 @@ fn panels(r: &Report, buf: &mut [u8], size: (u32, u32)) -> Result<(), Box<dyn st
                 {
                     levels
                         .get(i / (bars + 1))
-                        .map_or(String::new(), |n| format!("{}k", n / 1000))
+                        .map_or(String::new(), |&n| {
+                            if n >= 1000 {
+                                format!("{}k", n / 1000)
+                            } else {
+                                n.to_string()
+                            }
+                        })
                 }
                 _ => String::new(),
             })

@@ -9,7 +9,9 @@
 //!   commits. A crash before the commit leaves a directory no row owns.
 //! - Remove deletes the row and renames `<id>` to `rm-<id>` in the same
 //!   transaction and deletes the files only after the commit. A crash before
-//!   the commit leaves `rm-<id>` with a live row: start-up renames it back.
+//!   the commit leaves `rm-<id>` with a live row: start-up renames it back;
+//!   a crash that keeps the commit but loses the (unsynced) rename leaves
+//!   `<id>` without a row: garbage, as ids are never reused.
 //! - Start-up and Cleanup delete every directory no row owns (see `gc`).
 //! - Store and directory changes happen under the store's lock, so Cleanup
 //!   never sees a half-created snapshot.
@@ -104,14 +106,15 @@ impl Snapshotter {
         })
     }
 
+    /// Runs `f` on the blocking pool. Each hand-over there and back costs
+    /// a scheduling delay on a loaded machine: an operation makes as few
+    /// as it can (one per store visit).
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| Error::internal("snapshotter task", e))?
+        super::run_blocking(move || f(&inner)).await?
     }
 
     /// Creates an Active snapshot on `parent` and returns its mounts. With a
@@ -186,18 +189,21 @@ impl Snapshotter {
 
     /// The mounts of an Active or View snapshot.
     pub async fn mounts(&self, key: String) -> Result<Vec<Mount>> {
-        let snap = self
+        let (snap, remote) = self
             .blocking(move |s| {
-                let snap = s.store.read(|tx| tx.snapshot(&key))?;
-                if snap.kind == Kind::Committed {
-                    return Err(Error::FailedPrecondition(format!(
-                        "snapshot {key:?} is committed, not active or view"
-                    )));
-                }
-                Ok(snap)
+                s.store.read(|tx| {
+                    let snap = tx.snapshot(&key)?;
+                    if snap.kind == Kind::Committed {
+                        return Err(Error::FailedPrecondition(format!(
+                            "snapshot {key:?} is committed, not active or view"
+                        )));
+                    }
+                    let remote = tx.labelled(&snap.parent_ids, REMOTE_LABEL)?;
+                    Ok((snap, remote))
+                })
             })
             .await?;
-        self.check_remote_layers(&snap.parent_ids).await?;
+        self.check_remote_layers(remote).await?;
         Ok(self.inner.backend.mounts(&self.inner.layout, &snap))
     }
 
@@ -208,24 +214,24 @@ impl Snapshotter {
             return Ok(());
         }
         let parent = parent.to_string();
-        let chain = self
+        let remote = self
             .blocking(move |s| {
-                Ok(match s.store.read(|tx| tx.snapshot(&parent)) {
-                    Ok(snap) => std::iter::once(snap.id).chain(snap.parent_ids).collect(),
-                    Err(_) => Vec::new(),
+                s.store.read(|tx| {
+                    let chain: Vec<i64> = match tx.snapshot(&parent) {
+                        Ok(snap) => std::iter::once(snap.id).chain(snap.parent_ids).collect(),
+                        Err(_) => Vec::new(),
+                    };
+                    tx.labelled(&chain, REMOTE_LABEL)
                 })
             })
             .await?;
-        self.check_remote_layers(&chain).await
+        self.check_remote_layers(remote).await
     }
 
-    /// Asks the remote filesystem, in parallel, whether every remote layer
-    /// among `ids` is still usable (the Go reference's `checkAvailability`).
-    async fn check_remote_layers(&self, ids: &[i64]) -> Result<()> {
-        let ids = ids.to_vec();
-        let remote = self
-            .blocking(move |s| s.store.read(|tx| tx.labelled(&ids, REMOTE_LABEL)))
-            .await?;
+    /// Asks the remote filesystem, in parallel, whether every one of the
+    /// `remote` layers (id, labels) is still usable (the Go reference's
+    /// `checkAvailability`).
+    async fn check_remote_layers(&self, remote: Vec<(i64, Labels)>) -> Result<()> {
         let mut checks = tokio::task::JoinSet::new();
         for (id, labels) in remote {
             let fs = Arc::clone(&self.inner.remote);
@@ -463,7 +469,10 @@ impl Inner {
                 }
                 Err(e) => return Err(Error::internal(format!("rename {}", from.display()), e)),
             }
-            sync_dir(self.layout.snapshots_dir())?;
+            // No fsync of `snapshots/` before the commit: whichever of the
+            // rename and the row's deletion a crash keeps, recovery is
+            // right (a row with `rm-<id>` gets `<id>` back; `<id>` without
+            // a row is garbage, and ids are never reused).
             Ok(Some(to))
         });
         if result.is_err()
