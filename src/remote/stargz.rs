@@ -610,9 +610,11 @@ impl StargzFs {
             None => {
                 let _guard = self.remount.lock().await;
                 if self.mounts.blob_at(mountpoint).is_none() {
-                    self.mount_layer(mountpoint, labels, false).await.map_err(|d| {
-                        RemoteError::Unavailable(format!("layer not mounted ({d})"))
-                    })?;
+                    self.mount_layer(mountpoint, labels, false)
+                        .await
+                        .map_err(|d| {
+                            RemoteError::Unavailable(format!("layer not mounted ({d})"))
+                        })?;
                     tracing::info!(mountpoint = %mountpoint.display(), "remote layer mounted again");
                     return Ok(());
                 }
@@ -730,8 +732,7 @@ impl RemoteFs for StargzFs {
         Box::pin(async move {
             // After the last restored layer (each skips it; see mount_layer).
             crate::memory::release_freed_memory();
-            super::restore::prune_states(self.resolver.store(), in_use, self.mounts.states())
-                .await
+            super::restore::prune_states(self.resolver.store(), in_use, self.mounts.states()).await
         })
     }
 

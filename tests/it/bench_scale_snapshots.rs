@@ -44,7 +44,9 @@ async fn scale_snapshots_reports_every_operation_at_every_level() {
             for op in ["prepare", "commit", "usage", "remove"] {
                 assert_eq!(level[op]["ops"], 4, "{op}: {level}");
                 assert!(level[op]["per_sec"].as_f64().unwrap() > 0.0, "{op}");
-                assert!(level[op]["p99_ms"].as_f64().unwrap() >= level[op]["p50_ms"].as_f64().unwrap());
+                assert!(
+                    level[op]["p99_ms"].as_f64().unwrap() >= level[op]["p50_ms"].as_f64().unwrap()
+                );
             }
             assert_eq!(level["list"]["ops"], 2);
             assert!(level["fill"]["ops"].as_u64().unwrap() > 0);

@@ -244,7 +244,9 @@ async fn measure(t: &mut Live, opts: &Options, fill: Rate) -> Result<Level, Benc
         .prepare(c, &key(i), &t.base)
         .await?);
     let prepared = prepare.ops;
-    let commit = timed!(0..prepared, bound, |i| ctx.commit(c, &name(i), &key(i)).await?);
+    let commit = timed!(0..prepared, bound, |i| ctx
+        .commit(c, &name(i), &key(i))
+        .await?);
     let committed = commit.ops;
     let usage = timed!(0..committed.min(opts.ops), bound, |i| ctx
         .usage(c, &name(i))

@@ -13,8 +13,11 @@ use crate::coldstart::plot::write_png;
 const PANEL_WIDTH: u32 = 420;
 const HEIGHT: u32 = 480;
 
+/// How to read one operation's figures from a level.
+type Pick = fn(&Level) -> &Rate;
+
 /// The operations drawn, with how to read each from a level.
-const OPS: [(&str, fn(&Level) -> &Rate); 6] = [
+const OPS: [(&str, Pick); 6] = [
     ("Prepare", |l| &l.prepare),
     ("Commit", |l| &l.commit),
     ("Remove", |l| &l.remove),
@@ -84,15 +87,13 @@ fn panels(r: &Report, buf: &mut [u8], size: (u32, u32)) -> Result<(), Box<dyn st
                 SegmentValue::CenterOf(i) | SegmentValue::Exact(i)
                     if i % (bars + 1) == (bars - 1) / 2 =>
                 {
-                    levels
-                        .get(i / (bars + 1))
-                        .map_or(String::new(), |&n| {
-                            if n >= 1000 {
-                                format!("{}k", n / 1000)
-                            } else {
-                                n.to_string()
-                            }
-                        })
+                    levels.get(i / (bars + 1)).map_or(String::new(), |&n| {
+                        if n >= 1000 {
+                            format!("{}k", n / 1000)
+                        } else {
+                            n.to_string()
+                        }
+                    })
                 }
                 _ => String::new(),
             })
