@@ -28,13 +28,14 @@ for part in "${parts[@]}"; do
       ;;
 
     snapshots)
-      # Snapshot metadata (rstargz-bench scale-snapshots) at SNAPSHOT_LEVELS
-      # snapshots, rstargz and the Go reference on their own sockets and
-      # containerd's overlayfs through containerd; then Prepare+Mounts+
-      # Commit+Remove cycles through containerd on each (snapshot-ops); then
-      # start-up with SNAPSHOT_STARTUP_LAYERS remote snapshots and the
-      # registry down (the startup test's measurement). Each daemon fresh,
-      # with its default config (an empty file); the load average is logged.
+      # Prepare+Mounts+Commit+Remove cycles (snapshot-ops, SNAPSHOT_CYCLES) on
+      # rstargz and the Go reference directly and through containerd, and on
+      # containerd's overlayfs; then snapshot metadata (scale-snapshots) at
+      # SNAPSHOT_LEVELS snapshots on rstargz, Go and containerd's overlayfs;
+      # then start-up with SNAPSHOT_STARTUP_LAYERS remote snapshots and the
+      # registry down (the startup test's measurement; SNAPSHOT_SKIP_STARTUP
+      # skips it). Each daemon fresh, with its default config (an empty
+      # file); the load average is logged.
       (
         source scripts/lib/containerd.sh
         sw=$(mktemp -d /var/tmp/rstargz-scale-snapshots.XXXXXX)
