@@ -23,6 +23,8 @@ max_seconds=${MAX_SECONDS:-30}
 random_ops=${RANDOM_OPS:-256}
 repeat=${REPEAT:-3}
 tree_files=${TREE_FILES:-100000}
+only=${ONLY:-}  # ONLY=container: only the runs inside a container
+start_after=${START_AFTER:-0}  # seconds a container waits before its reads
 bench=${BENCH_DIR:-/var/tmp/rstargz-readpath}
 go_bin=${GO_STARGZ:-/usr/local/bin/containerd-stargz-grpc}
 
@@ -156,11 +158,12 @@ readpath() { # KIND IMAGE RUNS [MAX_SECONDS]
   record "$kind" "$bench_bin" read-path --address "$work/$kind.sock" --image "$img" \
     --work "$work/mnt-$kind" --run "$runs" --max-seconds "$secs" --random-ops "$random_ops" --repeat "$repeat"
 }
-container() { # KIND: a cold read of the big file in a container through containerd, then at once the re-read
-  local kind=$1
+container() { # KIND RUN: reads of the big file in a container through containerd
+  local kind=$1 run=$2
   record "ctr-$kind" "$bench_bin" read-path --container "$kind" \
     $([ "$kind" = overlayfs ] || echo "--address $work/$kind.sock") --image "$img_big" \
-    --work "$work/ctr-$kind" --run reread-1m --max-seconds 300
+    --work "$work/ctr-$kind" --run "$run" --max-seconds 300 --random-ops "$random_ops" \
+    --start-after "$start_after"
 }
 native() { # TREE RUNS
   record native "$bench_bin" read-path --native "$bench/data/$1" --work "$work/mnt-native" \
@@ -172,19 +175,26 @@ warm_runs=$(for s in disk page; do for p in $patterns; do printf '%s-%s,' "$s" "
 warm_runs=${warm_runs%,}
 
 echo "machine: $(nproc) cores, kernel $(uname -r); big file ${big_mib} MiB; runs bounded to ${max_seconds}s" >&2
-native big "$(for p in $patterns; do printf 'cold-%s,' "$p"; done)page-seq-4k,page-seq-128k,page-rand-4k,page-rand-128k"
-native "tree$tree_files" walk-cold,walk-warm
+if [ "$only" != container ]; then
+  native big "$(for p in $patterns; do printf 'cold-%s,' "$p"; done)page-seq-4k,page-seq-128k,page-rand-4k,page-rand-128k"
+  native "tree$tree_files" walk-cold,walk-warm
+fi
 
 # In a container through a private containerd, each daemon with its default
-# config; the baseline is containerd's own overlayfs.
-container overlayfs
-for kind in rstargz go; do
-  start_daemon "$kind" ""
-  container "$kind"
+# config (background fetch on), fresh for each run; the baseline is
+# containerd's own overlayfs. A cold read then at once the re-read, and cold
+# random 4 KiB reads.
+for run in reread-1m cold-rand-4k; do
+  container overlayfs "$run"
+  for kind in rstargz go; do
+    start_daemon "$kind" ""
+    container "$kind" "$run"
+  done
+  stop_daemon
 done
-stop_daemon
 
 for kind in rstargz go; do
+  [ "$only" != container ] || break
   # Cold: a fresh daemon (empty caches) per pattern.
   for p in $patterns; do
     start_daemon "$kind"

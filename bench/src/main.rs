@@ -75,6 +75,11 @@ struct ReadPathArgs {
     /// Repeats of each run that does not start cold (the best is reported).
     #[arg(long, default_value_t = 1)]
     repeat: u32,
+    /// Seconds between the mount (or the container's start) and the first
+    /// run, as a workload that starts reading later: the daemons'
+    /// background fetch runs meanwhile.
+    #[arg(long, default_value_t = 0.0)]
+    start_after: f64,
     /// Name printed with the figures.
     #[arg(long, default_value = "target")]
     label: String,
@@ -254,8 +259,7 @@ fn scale_snapshots(a: ScaleSnapshotsArgs) -> anyhow::Result<()> {
         fill_concurrency: a.fill_concurrency,
         namespace: a.namespace,
     };
-    let report = tokio::runtime::Runtime::new()
-        .context("starting the tokio runtime")?
+    let report = bench_runtime()?
         .block_on(scale_snapshots::run(&opts))
         .context("scale-snapshots benchmark")?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
@@ -266,9 +270,22 @@ fn scale_snapshots(a: ScaleSnapshotsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The runtime of every subcommand. Daemons and containerd are spawned from
+/// blocking-pool threads with a parent-death signal (they die with a killed
+/// benchmark), and that signal fires when the spawning *thread* ends: an idle
+/// blocking thread must not exit (tokio's default: after 10 s) while what it
+/// spawned still runs.
+fn bench_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(7 * 24 * 3600))
+        .build()
+        .context("starting the tokio runtime")
+}
+
 fn main() -> anyhow::Result<()> {
     let args = BenchArgs::parse();
-    let runtime = || tokio::runtime::Runtime::new().context("starting the tokio runtime");
+    let runtime = bench_runtime;
     match args.command {
         BenchCommand::ReadPath(a) => {
             let target = match (a.container.as_deref(), a.address, a.image, a.native) {
@@ -304,6 +321,7 @@ fn main() -> anyhow::Result<()> {
                 random_ops: a.random_ops,
                 max_time: std::time::Duration::from_secs_f64(a.max_seconds),
                 repeat: a.repeat,
+                start_after: std::time::Duration::from_secs_f64(a.start_after),
             };
             let report = runtime()?
                 .block_on(read_path::run(&opts))
@@ -464,8 +482,7 @@ fn cold_start(a: ColdStartArgs) -> anyhow::Result<()> {
             go_reference: a.go_reference,
         },
     };
-    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    let report = runtime.block_on(coldstart::run(&opts))?;
+    let report = bench_runtime()?.block_on(coldstart::run(&opts))?;
     print!("{}", coldstart::report::markdown(&report));
     eprintln!("report: {}", a.out.display());
     Ok(())

@@ -147,6 +147,9 @@ pub struct Options {
     /// Times each run that does not start cold is repeated; the best is
     /// reported (other load on the machine only ever slows a run down).
     pub repeat: u32,
+    /// Idle time between the mount (or the container's start) and the
+    /// first run.
+    pub start_after: Duration,
 }
 
 /// Figures of one run.
@@ -273,6 +276,8 @@ fn nanos() -> u128 {
 /// Mounts the target, performs the runs, unmounts.
 pub async fn run(opts: &Options) -> Result<Report, BenchError> {
     let (root, prepare_ms) = Root::mount(opts).await?;
+    // Not synchronisation: the workload's own start delay, measured as such.
+    tokio::time::sleep(opts.start_after).await;
     let result = tokio::task::block_in_place(|| runs(opts, root.dir()));
     let unmounted = root.unmount().await;
     let runs = result?;

@@ -22,4 +22,5 @@ pub mod priority_gate;
 pub mod purpose;
 pub mod registry;
 pub mod thread_sched;
+pub mod urgency;
 pub mod work;

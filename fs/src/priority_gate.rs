@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use crate::purpose::Purpose;
+use crate::urgency::Urgency;
 
 #[derive(Debug, Default)]
 struct GateState {
@@ -69,10 +70,20 @@ impl PriorityGate {
 
     /// Waits for a slot for a request of `purpose`.
     pub async fn acquire(self: &Arc<Self>, purpose: Purpose) -> GatePermit {
-        let level = purpose.priority();
+        self.acquire_raisable(purpose, None).await
+    }
+
+    /// Like [`Self::acquire`], but waits as on-demand from the moment
+    /// `urgency` is raised (a reader waits for this request's result).
+    pub async fn acquire_raisable(
+        self: &Arc<Self>,
+        purpose: Purpose,
+        urgency: Option<&Urgency>,
+    ) -> GatePermit {
+        let level_now = || urgency.map_or(purpose, |u| u.effective(purpose)).priority();
         let mut guard = WaitingGuard {
             gate: self,
-            level,
+            level: level_now(),
             registered: false,
         };
         loop {
@@ -84,6 +95,12 @@ impl PriorityGate {
                     // A poisoned lock means a panic elsewhere; do not block forever.
                     return GatePermit { gate: self.clone() };
                 };
+                let level = level_now();
+                if guard.registered && level != guard.level {
+                    s.waiting[guard.level] -= 1;
+                    s.waiting[level] += 1;
+                }
+                guard.level = level;
                 let more_urgent_waiting = s.waiting[..level].iter().any(|w| *w > 0);
                 if s.in_use < self.capacity && !more_urgent_waiting {
                     s.in_use += 1;
@@ -98,7 +115,15 @@ impl PriorityGate {
                     guard.registered = true;
                 }
             }
-            notified.await;
+            match urgency.filter(|u| !u.is_raised()) {
+                Some(u) => {
+                    tokio::select! {
+                        () = notified.as_mut() => {}
+                        () = u.raised() => {}
+                    }
+                }
+                None => notified.await,
+            }
         }
     }
 
@@ -145,6 +170,44 @@ mod tests {
         assert_eq!(order[0], Purpose::OnDemand, "{order:?}");
         assert_eq!(order.len(), 3);
         assert_eq!(gate.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_raised_background_waiter_overtakes_waiting_prefetch() {
+        let gate = PriorityGate::new(1);
+        let held = gate.acquire(Purpose::Background).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let urgency = Urgency::new();
+        let waiters = [
+            ("prefetch", Purpose::Prefetch, None),
+            ("raised", Purpose::Background, Some(urgency.clone())),
+        ];
+        let mut tasks = Vec::new();
+        for (i, (name, purpose, u)) in waiters.into_iter().enumerate() {
+            let (g, o) = (gate.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let _p = g.acquire_raisable(purpose, u.as_ref()).await;
+                o.lock().unwrap().push(name);
+            }));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while gate.state.lock().unwrap().waiting.iter().sum::<usize>() < i + 1 {
+                assert!(tokio::time::Instant::now() < deadline);
+                tokio::task::yield_now().await;
+            }
+        }
+        urgency.raise();
+        // The raised waiter moves to the on-demand queue before the slot frees.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while gate.state.lock().unwrap().waiting[0] != 1 {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), ["raised", "prefetch"]);
+        assert_eq!(gate.state.lock().unwrap().waiting, [0, 0, 0]);
     }
 
     #[tokio::test]

@@ -26,14 +26,25 @@ pub fn thread_cpu_time() -> Duration {
 /// Sets the calling thread's policy (`SCHED_IDLE` or `SCHED_OTHER`, both
 /// with static priority 0).
 fn set_policy(policy: libc::c_int) -> std::io::Result<()> {
+    set_thread_policy(0, policy)
+}
+
+/// Sets the policy of thread `tid` of this process (0: the calling
+/// thread), with static priority 0.
+pub(crate) fn set_thread_policy(tid: libc::pid_t, policy: libc::c_int) -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; `param` outlives the call.
-    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    // SAFETY: `param` outlives the call; a stale `tid` fails with ESRCH.
+    let rc = unsafe { libc::sched_setscheduler(tid, policy, &param) };
     if rc == 0 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// The calling thread's kernel id.
+pub(crate) fn thread_id() -> libc::pid_t {
+    nix::unistd::gettid().as_raw()
 }
 
 /// The calling thread's policy.

@@ -11,7 +11,9 @@
 //! of slots, and an on-demand read's chunk overtakes queued background work.
 //! Background tasks also run as `SCHED_IDLE` (when the daemon may leave that
 //! class again): once started they still yield the CPU to the container and
-//! to on-demand work. The CPU every task takes is counted per priority class.
+//! to on-demand work, unless a reader waits for their result (see
+//! [`urgency`](crate::urgency)). The CPU every task takes is counted per
+//! priority class.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +21,8 @@ use std::time::Duration;
 
 use crate::priority_gate::PriorityGate;
 use crate::purpose::Purpose;
-use crate::thread_sched::{IdleClass, thread_cpu_time};
+use crate::thread_sched::thread_cpu_time;
+use crate::urgency::Urgency;
 
 /// A blocking task was lost (it panicked or its runtime shut down).
 #[derive(Debug, thiserror::Error)]
@@ -91,12 +94,15 @@ impl BlockingWork {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let permit = self.gate.acquire(purpose).await;
+        // Work a waiting reader can raise (see `urgency`) queues and runs
+        // as on-demand once raised, even while it runs.
+        let urgency = Urgency::current();
+        let permit = self.gate.acquire_raisable(purpose, urgency.as_ref()).await;
         let idle = self.idle_background && purpose == Purpose::Background;
         let cpu_ns = self.cpu_ns.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let _class = idle.then(IdleClass::enter);
+            let _class = idle.then(|| urgency.unwrap_or_default().enter_idle());
             let start = thread_cpu_time();
             let out = f();
             let took = thread_cpu_time().saturating_sub(start);

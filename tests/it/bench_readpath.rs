@@ -72,6 +72,7 @@ fn options(target: Target, work: &Path) -> Options {
         random_ops: 20,
         max_time: Duration::from_secs(30),
         repeat: 2,
+        start_after: Duration::ZERO,
     }
 }
 

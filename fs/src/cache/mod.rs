@@ -23,6 +23,7 @@ use bytes::Bytes;
 
 use crate::estargz::Digest;
 use crate::purpose::Purpose;
+use crate::urgency::{Urgency, UrgencyTable};
 use crate::work::BlockingWork;
 pub use content_dir::ContentDir;
 pub use disk::{DiskCache, DiskCacheStats};
@@ -105,6 +106,8 @@ pub struct ChunkCache {
     work: Arc<BlockingWork>,
     /// Whether disk writes are failing now (an outage is under way).
     disk_failing: AtomicBool,
+    /// The handle of every key being fetched, for readers to raise.
+    urgencies: UrgencyTable<ChunkKey>,
 }
 
 impl std::fmt::Debug for ChunkCache {
@@ -128,6 +131,7 @@ impl ChunkCache {
             stats: CacheStats::default(),
             work: BlockingWork::with_idle_background(config.work_threads, config.idle_background),
             disk_failing: AtomicBool::new(false),
+            urgencies: UrgencyTable::default(),
         }
     }
 
@@ -176,24 +180,38 @@ impl ChunkCache {
         F: Future<Output = Result<Bytes, E>>,
         E: Send + Sync + 'static,
     {
+        if let Some(bytes) = self.get_in_memory(&key) {
+            return Ok(bytes);
+        }
+        // Everyone after this key now shares one handle: a reader raises
+        // the background work it would otherwise wait behind.
+        let joined = self.urgencies.join(key, Urgency::current());
+        if purpose.is_urgent() {
+            joined.urgency().raise();
+        }
+        let urgency = joined.urgency().clone();
         let mut ran = false;
         let res = self
             .memory
-            .try_get_with(key, async {
-                ran = true;
-                if let Some(bytes) = self.load_from_disk(key, purpose).await {
-                    self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(bytes);
-                }
-                self.stats.fetches.fetch_add(1, Ordering::Relaxed);
-                let bytes = fetch.await?;
-                self.stats
-                    .fetched_bytes
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                self.store_on_disk(key, purpose, bytes.clone()).await;
-                Ok(bytes)
-            })
+            .try_get_with(
+                key,
+                urgency.scope(async {
+                    ran = true;
+                    if let Some(bytes) = self.load_from_disk(key, purpose).await {
+                        self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+                        return Ok(bytes);
+                    }
+                    self.stats.fetches.fetch_add(1, Ordering::Relaxed);
+                    let bytes = fetch.await?;
+                    self.stats
+                        .fetched_bytes
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    self.store_on_disk(key, purpose, bytes.clone()).await;
+                    Ok(bytes)
+                }),
+            )
             .await;
+        drop(joined);
         if !ran && res.is_ok() {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
         }

@@ -26,6 +26,7 @@ use crate::estargz::{
     self, BlobOrder, Chunk, Compression, Digest, Index, Ino, NodeKind, OpenOptions, Opener, Step,
     Verify, decode_chunk,
 };
+use crate::urgency::Urgency;
 use crate::work::BlockingWork;
 pub use source::{BlobSource, LocalBlob, Purpose};
 
@@ -571,7 +572,11 @@ impl LayerReader {
                 }
                 got.is_ok() && ran
             });
-        let done = futures_util::future::join_all(entries).await;
+        // One handle for the whole window: its single request and decoding
+        // task serve every chunk, so a reader of any of them raises both.
+        let done = Urgency::new()
+            .scope(futures_util::future::join_all(entries))
+            .await;
         match window.get() {
             Some(Err(e)) => Err(LayerError::Task(e.clone())),
             _ => Ok(done.into_iter().filter(|cached| *cached).count()),

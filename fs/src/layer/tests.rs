@@ -204,12 +204,15 @@ struct Gated {
     armed: std::sync::atomic::AtomicBool,
     reads: AtomicU32,
     gate: tokio::sync::Semaphore,
+    /// The handle of the work that made the last read (see `urgency`).
+    urgency: std::sync::Mutex<Option<Urgency>>,
 }
 
 #[async_trait::async_trait]
 impl BlobSource for Gated {
     async fn read_range(&self, range: Range<u64>, _: Purpose) -> io::Result<Bytes> {
         if self.armed.load(Ordering::SeqCst) {
+            *self.urgency.lock().unwrap() = Urgency::current();
             self.reads.fetch_add(1, Ordering::SeqCst);
             self.gate
                 .acquire()
@@ -234,6 +237,7 @@ async fn an_on_demand_read_joins_the_window_fetching_its_chunk() {
         armed: Default::default(),
         reads: AtomicU32::new(0),
         gate: tokio::sync::Semaphore::new(0),
+        urgency: Default::default(),
     });
     let cache = Arc::new(ChunkCache::new(&ChunkCacheConfig::default(), None));
     let opts = OpenOptions::default();
@@ -252,11 +256,25 @@ async fn an_on_demand_read_joins_the_window_fetching_its_chunk() {
     while source.reads.load(Ordering::SeqCst) == 0 {
         tokio::task::yield_now().await;
     }
+    let window_urgency = source.urgency.lock().unwrap().clone();
+    let window_urgency = window_urgency.expect("the window's request runs under a handle");
+    assert!(
+        !window_urgency.is_raised(),
+        "nobody waits for the window yet"
+    );
     let reader = tokio::spawn({
         let layer = layer.clone();
         async move { layer.read(ino, 0, 100).await }
     });
-    for _ in 0..100 {
+    // The reader raises the background window it waits for, whose request
+    // is still in flight: queued work of that window goes ahead of other
+    // background work from now on, and its decoding leaves SCHED_IDLE.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !window_urgency.is_raised() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reader did not raise the window"
+        );
         tokio::task::yield_now().await;
     }
     assert_eq!(source.reads.load(Ordering::SeqCst), 1, "fetched twice");

@@ -25,6 +25,7 @@ use super::retry::{Backoff, parse_retry_after, retryable_status};
 use super::tls::{ClientCertificate, explain_refusal, load_ca_bundle, load_identity};
 use crate::priority_gate::PriorityGate;
 use crate::purpose::Purpose;
+use crate::urgency::Urgency;
 
 /// Settings of the registry reader.
 #[derive(Clone, Debug)]
@@ -271,7 +272,9 @@ impl RegistryInner {
         let mut attempt = 0u32;
         let timeout = spec.host.request_timeout.resolve(spec.timeout);
         loop {
-            let permit = gate.acquire(spec.purpose).await;
+            let permit = gate
+                .acquire_raisable(spec.purpose, Urgency::current().as_ref())
+                .await;
             let mut request = build(&client).header(reqwest::header::ACCEPT_ENCODING, "identity");
             if let Some(t) = timeout {
                 request = request.timeout(t);

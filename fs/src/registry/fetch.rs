@@ -39,6 +39,7 @@ use super::ranges::{
 };
 use super::reference::Reference;
 use crate::purpose::Purpose;
+use crate::urgency::Urgency;
 
 /// Most redirects followed for one request.
 const MAX_REDIRECTS: usize = 5;
@@ -299,7 +300,10 @@ impl BlobFetcher {
             config.max_request_bytes,
         ) {
             let this = self.clone();
-            tasks.spawn(async move { this.fetch_batch(batch, purpose).await });
+            // Inherit a waiting reader's raise (see `urgency`).
+            tasks.spawn(Urgency::inherit(async move {
+                this.fetch_batch(batch, purpose).await
+            }));
         }
         let mut out = Vec::with_capacity(merged.len());
         while let Some(joined) = tasks.join_next().await {
@@ -329,7 +333,7 @@ impl BlobFetcher {
         let mut tasks = tokio::task::JoinSet::new();
         for r in batch {
             let this = self.clone();
-            tasks.spawn(async move {
+            tasks.spawn(Urgency::inherit(async move {
                 match this
                     .request_retrying(std::slice::from_ref(&r), purpose)
                     .await
@@ -340,7 +344,7 @@ impl BlobFetcher {
                         host: this.host_name(),
                     }),
                 }
-            });
+            }));
         }
         let mut out = Vec::new();
         while let Some(joined) = tasks.join_next().await {
