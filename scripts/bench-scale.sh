@@ -36,7 +36,74 @@ for part in "${parts[@]}"; do
       ;;
 
     snapshots)
-      echo "part snapshots: not built yet" >&2
+      # Prepare+Mounts+Commit+Remove cycles (snapshot-ops, SNAPSHOT_CYCLES) on
+      # rstargz and the Go reference directly and through containerd, and on
+      # containerd's overlayfs; then snapshot metadata (scale-snapshots) at
+      # SNAPSHOT_LEVELS snapshots on rstargz, Go and containerd's overlayfs;
+      # then start-up with SNAPSHOT_STARTUP_LAYERS remote snapshots and the
+      # registry down (the startup test's measurement; SNAPSHOT_SKIP_STARTUP
+      # skips it). Each daemon fresh, with its default config (an empty
+      # file); the load average is logged.
+      (
+        source scripts/lib/containerd.sh
+        sw=$(mktemp -d /var/tmp/rstargz-scale-snapshots.XXXXXX)
+        pids=()
+        trap 'containerd_stop; for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; umount -R "$sw"/containerd/root 2>/dev/null; rm -rf "$sw"' EXIT
+        : >"$sw/empty.toml"
+        # Separate daemons behind containerd: its garbage collector removes from
+        # a proxy snapshotter every snapshot its own metadata does not know.
+        for d in rstargz rstargz-ctr; do
+          "$bin" serve --root "$sw/$d" --address "$sw/$d.sock" --config "$sw/empty.toml" \
+            --log-level warn 2>"$sw/$d.log" & pids+=($!)
+        done
+        for d in go go-ctr; do
+          "$goref" -address "$sw/$d.sock" -root "$sw/$d" -config "$sw/empty.toml" \
+            -log-level warn 2>"$sw/$d.log" & pids+=($!)
+        done
+        for s in rstargz rstargz-ctr go go-ctr; do
+          for _ in $(seq 1 100); do [ -S "$sw/$s.sock" ] && break; sleep 0.1; done
+          [ -S "$sw/$s.sock" ] || { echo "$s did not start" >&2; cat "$sw/$s.log" >&2; exit 1; }
+        done
+        containerd_start "$sw/containerd" "$sw/rstargz-ctr.sock" "$sw/go-ctr.sock"
+        echo "snapshots: load average $(cut -d' ' -f1-3 /proc/loadavg) before the cycles" >&2
+        cycles=${SNAPSHOT_CYCLES:-1000}
+        for t in "rstargz $sw/rstargz.sock rstargz" "go $sw/go.sock stargz" \
+                 "containerd-overlayfs $CONTAINERD_ADDRESS overlayfs" \
+                 "containerd-rstargz $CONTAINERD_ADDRESS rstargz" "containerd-go $CONTAINERD_ADDRESS stargz"; do
+          set -- $t
+          "$bench_bin" snapshot-ops --label "$1" --address "$2" --snapshotter "$3" --iterations "$cycles"
+        done | tee "$out/snapshot-cycles.jsonl" >&2
+        echo "snapshots: load average $(cut -d' ' -f1-3 /proc/loadavg) after the cycles" >&2
+        "$bench_bin" scale-snapshots --out "$out" --levels "${SNAPSHOT_LEVELS:-10000,100000}" \
+          --ops "${SNAPSHOT_OPS:-500}" \
+          --target "rstargz=$sw/rstargz.sock" --target "go=$sw/go.sock@stargz" \
+          --target "containerd-overlayfs=$CONTAINERD_ADDRESS@overlayfs" >/dev/null
+        python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+cyc = [json.loads(l) for l in open(f"{out}/snapshot-cycles.jsonl")]
+by = {c["label"]: c for c in cyc}
+print("Prepare+Mounts+Commit+Remove cycles/s (same run):")
+for c in cyc:
+    ratio = c["cycles_per_sec"] / by["containerd-overlayfs"]["cycles_per_sec"]
+    print(f"  {c['label']:<22}{c['cycles_per_sec']:>8.0f}/s  p50 {c['p50_ms']:.2f} ms  p99 {c['p99_ms']:.2f} ms  {ratio:.2f}x containerd's overlayfs")
+print(f"  through containerd, rstargz / Go: {by['containerd-rstargz']['cycles_per_sec'] / by['containerd-go']['cycles_per_sec']:.2f}x")
+r = json.load(open(f"{out}/scale-snapshots.json"))
+ops = ["fill", "prepare", "commit", "usage", "list", "remove"]
+print("ops/s at each level (same run; list = whole-store Lists/s):")
+print(f"  {'target':<22}{'snapshots':>10}{'load':>6}" + "".join(f"{o:>10}" for o in ops))
+for t in r["targets"]:
+    for l in t["levels"]:
+        print(f"  {t['label']:<22}{l['snapshots']:>10}{l['load_avg'][0]:>6.2f}" + "".join(f"{l[o]['per_sec']:>10.1f}" for o in ops))
+PY
+      ) || exit 1
+      if [ -z "${SNAPSHOT_SKIP_STARTUP:-}" ]; then
+        echo "snapshots: load average $(cut -d' ' -f1-3 /proc/loadavg) before start-up" >&2
+        RSTARGZ_STARTUP_BIN=$(realpath "$bin") RSTARGZ_STARTUP_LAYERS=${SNAPSHOT_STARTUP_LAYERS:-1000} \
+          cargo test -q -p rstargz --features rstargz/system --test it \
+          startup::startup_with_many_remote_snapshots -- --ignored --nocapture 2>&1 |
+          grep -A2 '^STARTUP' | tee "$out/startup.txt"
+      fi
       ;;
 
     drain)

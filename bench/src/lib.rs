@@ -9,4 +9,5 @@ pub mod read_path;
 pub mod remote_layer;
 pub mod resources;
 pub mod scale;
+pub mod scale_snapshots;
 pub mod snapshot_ops;

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use rstargz_bench::coldstart::procs::Snapshotter;
 use rstargz_bench::container::ContainerSnapshotter;
-use rstargz_bench::{coldstart, read_path, resources, scale, snapshot_ops};
+use rstargz_bench::{coldstart, read_path, resources, scale, scale_snapshots, snapshot_ops};
 use rstargz_test_support::proxy::{Link, Shaper};
 
 /// rstargz-bench: benchmarks of rstargz against its baselines.
@@ -23,6 +23,9 @@ struct BenchArgs {
 enum BenchCommand {
     /// Prepare+Mounts+Commit+Remove round trips per second over a Snapshots socket.
     SnapshotOps(SnapshotOpsArgs),
+    /// Prepare/Commit/Remove/Usage/List rates with 10k, 100k… snapshots in
+    /// the store, on every target in one run; JSON report and a PNG plot.
+    ScaleSnapshots(ScaleSnapshotsArgs),
     /// Timed reads of a file and walks of a tree in a container root mounted
     /// through a snapshotter (or natively); one JSON line.
     ReadPath(ReadPathArgs),
@@ -286,6 +289,73 @@ struct SnapshotOpsArgs {
     label: String,
 }
 
+#[derive(Debug, clap::Args)]
+struct ScaleSnapshotsArgs {
+    /// A target: LABEL=SOCKET or LABEL=SOCKET@SNAPSHOTTER (containerd's own
+    /// socket names the snapshotter; default rstargz); repeat for each.
+    #[arg(long = "target", required = true)]
+    targets: Vec<String>,
+    /// Snapshots in the store at each level, ascending.
+    #[arg(long, value_delimiter = ',', default_values_t = [10_000, 100_000])]
+    levels: Vec<u64>,
+    /// Timed operations of each kind per level.
+    #[arg(long, default_value_t = 500)]
+    ops: u64,
+    /// Timed Lists of the whole store per level.
+    #[arg(long, default_value_t = 5)]
+    lists: u64,
+    /// Time bound of each kind of timed operation, seconds.
+    #[arg(long, default_value_t = 20.0)]
+    max_seconds: f64,
+    /// Clients filling the store at once.
+    #[arg(long, default_value_t = 8)]
+    fill_concurrency: u64,
+    /// containerd namespace of the requests.
+    #[arg(long, default_value = "rstargz-bench")]
+    namespace: String,
+    /// Where scale-snapshots.json and scale-snapshots.png go.
+    #[arg(long, default_value = "bench-out/scale")]
+    out: PathBuf,
+}
+
+fn scale_snapshots(a: ScaleSnapshotsArgs) -> anyhow::Result<()> {
+    let targets = a
+        .targets
+        .iter()
+        .map(|t| {
+            let (label, rest) = t
+                .split_once('=')
+                .with_context(|| format!("--target {t:?}: want LABEL=SOCKET[@SNAPSHOTTER]"))?;
+            let (socket, snapshotter) = rest.split_once('@').unwrap_or((rest, "rstargz"));
+            Ok(scale_snapshots::Target {
+                label: label.to_owned(),
+                socket: socket.into(),
+                snapshotter: snapshotter.to_owned(),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut levels = a.levels.clone();
+    levels.sort_unstable();
+    let opts = scale_snapshots::Options {
+        targets,
+        levels,
+        ops: a.ops,
+        lists: a.lists,
+        max_time: std::time::Duration::from_secs_f64(a.max_seconds),
+        fill_concurrency: a.fill_concurrency,
+        namespace: a.namespace,
+    };
+    let report = bench_runtime()?
+        .block_on(scale_snapshots::run(&opts))
+        .context("scale-snapshots benchmark")?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(a.out.join("scale-snapshots.json"), &json)?;
+    scale_snapshots::plot::draw(&report, &a.out.join("scale-snapshots.png"))?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
 /// The runtime of every subcommand. Daemons and containerd are spawned from
 /// blocking-pool threads with a parent-death signal (they die with a killed
 /// benchmark), and that signal fires when the spawning *thread* ends: an idle
@@ -358,6 +428,7 @@ fn main() -> anyhow::Result<()> {
         }
         BenchCommand::ColdStart(a) => cold_start(a),
         BenchCommand::ScaleLayers(a) => scale_layers(a),
+        BenchCommand::ScaleSnapshots(a) => scale_snapshots(a),
         BenchCommand::Shape(a) => runtime()?.block_on(shape(a)),
         BenchCommand::Drain(a) => drain(a),
         BenchCommand::SnapshotOps(a) => {

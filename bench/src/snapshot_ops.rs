@@ -77,23 +77,9 @@ pub enum BenchError {
 
 /// Runs the benchmark against the Snapshots service on `socket`.
 pub async fn run(socket: &Path, opts: &Options) -> Result<Report, BenchError> {
-    let connect = || async {
-        client::connect(socket)
-            .await
-            .map_err(|source| BenchError::Connect {
-                socket: socket.display().to_string(),
-                source,
-            })
-    };
-    let namespace: MetadataValue<_> = opts
-        .namespace
-        .parse()
-        .map_err(|_| BenchError::Namespace(opts.namespace.clone()))?;
+    let connect = || connect(socket);
     let tag = format!("bench-{}-{}", std::process::id(), now_nanos());
-    let ctx = Ctx {
-        snapshotter: opts.snapshotter.clone(),
-        namespace,
-    };
+    let ctx = Ctx::new(&opts.snapshotter, &opts.namespace)?;
 
     let mut setup = connect().await?;
     let base = format!("{tag}-base");
@@ -154,7 +140,8 @@ pub async fn run(socket: &Path, opts: &Options) -> Result<Report, BenchError> {
     })
 }
 
-fn now_nanos() -> u128 {
+/// Nanoseconds since the epoch (unique tags per run).
+pub fn now_nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -170,14 +157,36 @@ pub fn percentile_ms(sorted: &[Duration], pct: usize) -> f64 {
     sorted[idx].as_secs_f64() * 1e3
 }
 
-/// Per-request settings shared by all workers.
+/// Per-request settings shared by all workers, and the calls the
+/// benchmarks make with them.
 #[derive(Clone)]
-struct Ctx {
+pub struct Ctx {
     snapshotter: String,
     namespace: MetadataValue<tonic::metadata::Ascii>,
 }
 
+/// Connects to the Snapshots service on `socket`.
+pub async fn connect(socket: &Path) -> Result<Client, BenchError> {
+    client::connect(socket)
+        .await
+        .map_err(|source| BenchError::Connect {
+            socket: socket.display().to_string(),
+            source,
+        })
+}
+
 impl Ctx {
+    /// Requests naming `snapshotter` in the containerd `namespace`.
+    pub fn new(snapshotter: &str, namespace: &str) -> Result<Ctx, BenchError> {
+        let namespace = namespace
+            .parse()
+            .map_err(|_| BenchError::Namespace(namespace.to_owned()))?;
+        Ok(Ctx {
+            snapshotter: snapshotter.to_owned(),
+            namespace,
+        })
+    }
+
     fn request<T>(&self, msg: T) -> Request<T> {
         let mut req = Request::new(msg);
         req.metadata_mut()
@@ -199,7 +208,8 @@ impl Ctx {
         self.remove(c, &name).await
     }
 
-    async fn prepare(&self, c: &mut Client, key: &str, parent: &str) -> Result<(), BenchError> {
+    /// Prepare of the active snapshot `key` on `parent` (a GC root).
+    pub async fn prepare(&self, c: &mut Client, key: &str, parent: &str) -> Result<(), BenchError> {
         c.prepare(self.request(pb::PrepareSnapshotRequest {
             snapshotter: self.snapshotter.clone(),
             key: key.to_owned(),
@@ -211,7 +221,8 @@ impl Ctx {
         Ok(())
     }
 
-    async fn commit(&self, c: &mut Client, name: &str, key: &str) -> Result<(), BenchError> {
+    /// Commit of the active `key` as `name` (a GC root).
+    pub async fn commit(&self, c: &mut Client, name: &str, key: &str) -> Result<(), BenchError> {
         c.commit(self.request(pb::CommitSnapshotRequest {
             snapshotter: self.snapshotter.clone(),
             name: name.to_owned(),
@@ -223,7 +234,8 @@ impl Ctx {
         Ok(())
     }
 
-    async fn remove(&self, c: &mut Client, key: &str) -> Result<(), BenchError> {
+    /// Remove of `key`.
+    pub async fn remove(&self, c: &mut Client, key: &str) -> Result<(), BenchError> {
         c.remove(self.request(pb::RemoveSnapshotRequest {
             snapshotter: self.snapshotter.clone(),
             key: key.to_owned(),
@@ -231,6 +243,36 @@ impl Ctx {
         .await
         .map_err(rpc("Remove", key))?;
         Ok(())
+    }
+}
+
+impl Ctx {
+    /// Usage of `key`.
+    pub async fn usage(&self, c: &mut Client, key: &str) -> Result<(), BenchError> {
+        c.usage(self.request(pb::UsageRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: key.to_owned(),
+        }))
+        .await
+        .map_err(rpc("Usage", key))?;
+        Ok(())
+    }
+
+    /// List (containerd's Walk) of every snapshot; returns how many.
+    pub async fn list(&self, c: &mut Client) -> Result<u64, BenchError> {
+        let mut stream = c
+            .list(self.request(pb::ListSnapshotsRequest {
+                snapshotter: self.snapshotter.clone(),
+                filters: Vec::new(),
+            }))
+            .await
+            .map_err(rpc("List", ""))?
+            .into_inner();
+        let mut n = 0;
+        while let Some(msg) = stream.message().await.map_err(rpc("List", ""))? {
+            n += msg.info.len() as u64;
+        }
+        Ok(n)
     }
 }
 

@@ -2,11 +2,12 @@
 # sockets and config) with rstargz registered as a proxy snapshotter.
 # Nothing here touches the machine's own /etc/containerd or /var/lib/containerd.
 
-# containerd_start DIR RSTARGZ_SOCKET: writes DIR/config.toml, starts
-# containerd with its socket at DIR/containerd.sock, waits (bounded) until it
-# answers, and sets CONTAINERD_PID and CONTAINERD_ADDRESS.
+# containerd_start DIR RSTARGZ_SOCKET [GO_SOCKET]: writes DIR/config.toml,
+# starts containerd with its socket at DIR/containerd.sock (and the Go
+# reference as the snapshotter `stargz` when GO_SOCKET is given), waits
+# (bounded) until it answers, and sets CONTAINERD_PID and CONTAINERD_ADDRESS.
 containerd_start() {
-  local dir=$1 rstargz_sock=$2
+  local dir=$1 rstargz_sock=$2 go_sock=${3:-}
   mkdir -p "$dir"
   cat >"$dir/config.toml" <<TOML
 version = 2
@@ -23,6 +24,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   type = "snapshot"
   address = "$rstargz_sock"
 TOML
+  [ -z "$go_sock" ] || printf '[proxy_plugins.stargz]\n  type = "snapshot"\n  address = "%s"\n' "$go_sock" >>"$dir/config.toml"
   containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
   CONTAINERD_PID=$!
   CONTAINERD_ADDRESS=$dir/containerd.sock

@@ -215,6 +215,9 @@ async fn serve(root: PathBuf, address: PathBuf, config: Config) -> anyhow::Resul
                 stopped(stop_rx.clone()),
             ),
     );
+    // Restored layers held their fetching back until now: no registry
+    // request before the socket serves.
+    snapshotter.serving();
     let cri_server = own_socket.map(|(service, (path, listener))| {
         let served = tonic::transport::Server::builder()
             .add_service(service.into_server())

@@ -43,6 +43,9 @@ pub enum ResolveError {
     /// The footer or TOC could not be read, decoded or verified.
     #[error(transparent)]
     Open(LayerError),
+    /// [`Connect::Never`] and nothing saved of the layer.
+    #[error("nothing saved of the layer to open it without its registry")]
+    NotSaved,
 }
 
 impl ResolveError {
@@ -51,6 +54,7 @@ impl ResolveError {
         match self {
             Self::Connect(e) => DeclineReason::of_registry(e),
             Self::Open(e) => DeclineReason::of_layer(e),
+            Self::NotSaved => DeclineReason::RegistryUnreachable,
         }
     }
 }
@@ -69,6 +73,9 @@ pub enum Connect {
     Lazily,
     /// Now, whatever was saved (warm-up: the probe is the point).
     Now,
+    /// Never: only a layer an earlier mount saved opens (restore at
+    /// start-up, which makes no registry request).
+    Never,
 }
 
 /// Opens remote layers; cheap to clone (shared registry, cache and store).
@@ -133,9 +140,12 @@ impl LayerResolver {
     ) -> Result<Resolved, ResolveError> {
         let state = self.store.state_dir(&source.layer.digest);
         let saved = match connect {
-            Connect::Lazily => self.store.saved_meta(&state).await,
+            Connect::Lazily | Connect::Never => self.store.saved_meta(&state).await,
             Connect::Now => None,
         };
+        if saved.is_none() && connect == Connect::Never {
+            return Err(ResolveError::NotSaved);
+        }
         let blob = match saved {
             Some(meta) => RegistryBlob::lazy(
                 self.registry.clone(),

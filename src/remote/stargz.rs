@@ -78,6 +78,8 @@ pub struct StargzFs {
     warm: WarmLayers,
     /// Labels and totals of the Go-named metrics.
     series: GoSeries,
+    /// True once the daemon serves: what restored layers fetch waits for it.
+    serving: tokio::sync::watch::Sender<bool>,
 }
 
 /// Final counts of unmounted layers.
@@ -163,6 +165,7 @@ impl StargzFs {
             live: None,
             warm: WarmLayers::default(),
             series: GoSeries::new(policies.metrics.max_layer_labels),
+            serving: tokio::sync::watch::Sender::new(false),
             policies,
         })
     }
@@ -377,26 +380,43 @@ impl StargzFs {
         }
     }
 
-    async fn mount_layer(&self, mountpoint: &Path, labels: &Labels) -> Result<(), Declined> {
+    /// Mounts the layer `labels` name at `mountpoint`. A `restore` (start-up,
+    /// before the socket serves) opens it from its saved state alone, warms
+    /// no other layer and holds its fetching back until the daemon serves.
+    async fn mount_layer(
+        &self,
+        mountpoint: &Path,
+        labels: &Labels,
+        restore: bool,
+    ) -> Result<(), Declined> {
         let started = std::time::Instant::now();
         let p = &self.policies;
         let (source, opts) = plan(p.remote_enabled, p.verification, labels)?;
-        self.warm
-            .warm_neighbours(&self.resolver, &source, p.verification, p.prefetch);
-        let warm = self
-            .warm
-            .take_matching(source.layer.digest.as_str(), &opts)
-            .await;
-        let resolved = match warm {
-            Some(w) => w,
-            None => {
-                self.resolver
-                    .resolve(&source, &opts, Connect::Lazily)
-                    .await?
+        let resolved = if restore {
+            self.resolver
+                .resolve(&source, &opts, Connect::Never)
+                .await?
+        } else {
+            self.warm
+                .warm_neighbours(&self.resolver, &source, p.verification, p.prefetch);
+            let warm = self
+                .warm
+                .take_matching(source.layer.digest.as_str(), &opts)
+                .await;
+            match warm {
+                Some(w) => w,
+                None => {
+                    self.resolver
+                        .resolve(&source, &opts, Connect::Lazily)
+                        .await?
+                }
             }
         };
         let (blob, buffered, mut layer) = (resolved.blob, resolved.buffered, resolved.layer);
-        self.resolver.remember(&source, &layer).await;
+        if !restore {
+            // A restored layer opened from this very record.
+            self.resolver.remember(&source, &layer).await;
+        }
         layer.set_read_amplification(p.read_amplify_bytes);
         let layer = Arc::new(layer);
         let digest = source.layer.digest.as_str();
@@ -427,7 +447,8 @@ impl StargzFs {
         });
         let end = p.prefetch.end(&layer, source.prefetch_size);
         let record = Arc::new(self.series.record_mount(digest, started.elapsed()));
-        let fetcher = self.start_fetching(layer.clone(), buffered, end, record.clone());
+        let gate = restore.then(|| self.serving.subscribe());
+        let fetcher = self.start_fetching(layer.clone(), buffered, end, record.clone(), gate);
         self.metrics
             .mounted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -445,8 +466,11 @@ impl StargzFs {
         );
         // Opening the layer left the parsed TOC's many small objects freed
         // in the arenas (of whichever threads ran it); now that the mount is
-        // complete nothing of it is still being dropped.
-        crate::memory::release_freed_memory();
+        // complete nothing of it is still being dropped. (Restore does it
+        // once, after the last layer: see `forget_unused`.)
+        if !restore {
+            crate::memory::release_freed_memory();
+        }
         Ok(())
     }
 
@@ -454,18 +478,25 @@ impl StargzFs {
     /// (as configured). Prepare does not wait for the prefetch: the
     /// container is created while the prefix arrives, and reads inside it
     /// wait for it (up to `prefetch_timeout_sec`) instead of fetching it
-    /// again.
+    /// again. With a `gate` (a restored layer) nothing starts before the
+    /// gate opens (the daemon serves); reads meanwhile fetch on demand.
     fn start_fetching(
         &self,
         layer: Arc<LayerReader>,
         buffered: Arc<BufferedSource>,
         end: u64,
         record: Arc<MountRecord>,
+        gate: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Option<AbortOnDrop> {
         let policy = self.policies.background;
         let background = policy.enabled;
-        let prefetching = prefetch::start_prefetch(&layer, &buffered, end);
-        if prefetching.is_none() && !background {
+        let mut prefetching = None;
+        if gate.is_none() {
+            prefetching = prefetch::start_prefetch(&layer, &buffered, end);
+            if prefetching.is_none() && !background {
+                return None;
+            }
+        } else if end == 0 && !background {
             return None;
         }
         let limit = self.background.clone();
@@ -473,6 +504,13 @@ impl StargzFs {
             background && prefetch::streams(end, layer.blob_size(), policy.stream_layer_max_bytes);
         let window = policy.stream_window_bytes;
         let task = tokio::spawn(async move {
+            if let Some(mut gate) = gate {
+                // A closed gate (the daemon going away) fetches nothing.
+                if gate.wait_for(|open| *open).await.is_err() {
+                    return;
+                }
+                prefetching = prefetch::start_prefetch(&layer, &buffered, end);
+            }
             if let Some(prefetching) = prefetching {
                 match prefetch::prefetch(&layer, &buffered, prefetching).await {
                     Ok(chunks) => {
@@ -572,9 +610,11 @@ impl StargzFs {
             None => {
                 let _guard = self.remount.lock().await;
                 if self.mounts.blob_at(mountpoint).is_none() {
-                    self.mount_layer(mountpoint, labels).await.map_err(|d| {
-                        RemoteError::Unavailable(format!("layer not mounted ({d})"))
-                    })?;
+                    self.mount_layer(mountpoint, labels, false)
+                        .await
+                        .map_err(|d| {
+                            RemoteError::Unavailable(format!("layer not mounted ({d})"))
+                        })?;
                     tracing::info!(mountpoint = %mountpoint.display(), "remote layer mounted again");
                     return Ok(());
                 }
@@ -646,11 +686,29 @@ impl RemoteFs for StargzFs {
         labels: &'a Labels,
     ) -> BoxFuture<'a, Result<(), RemoteError>> {
         Box::pin(async move {
-            self.mount_layer(mountpoint, labels).await.map_err(|d| {
-                self.count_decline(d.reason);
-                RemoteError::Declined(d.to_string())
-            })
+            self.mount_layer(mountpoint, labels, false)
+                .await
+                .map_err(|d| {
+                    self.count_decline(d.reason);
+                    RemoteError::Declined(d.to_string())
+                })
         })
+    }
+
+    fn restore<'a>(
+        &'a self,
+        mountpoint: &'a Path,
+        labels: &'a Labels,
+    ) -> BoxFuture<'a, Result<(), RemoteError>> {
+        Box::pin(async move {
+            self.mount_layer(mountpoint, labels, true)
+                .await
+                .map_err(|d| RemoteError::Unavailable(format!("not restored now: {d}")))
+        })
+    }
+
+    fn serving(&self) {
+        self.serving.send_replace(true);
     }
 
     fn check<'a>(
@@ -677,11 +735,11 @@ impl RemoteFs for StargzFs {
     }
 
     fn forget_unused<'a>(&'a self, in_use: &'a [Labels]) -> BoxFuture<'a, ()> {
-        Box::pin(super::restore::prune_states(
-            self.resolver.store(),
-            in_use,
-            self.mounts.states(),
-        ))
+        Box::pin(async move {
+            // After the last restored layer (each skips it; see mount_layer).
+            crate::memory::release_freed_memory();
+            super::restore::prune_states(self.resolver.store(), in_use, self.mounts.states()).await
+        })
     }
 
     fn root_owner(&self, mountpoint: &Path) -> Option<(u32, u32)> {

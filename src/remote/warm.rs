@@ -120,6 +120,8 @@ impl WarmLayers {
                         super::resolver::ResolveError::Open(e) => {
                             tracing::debug!(error = %e, "warming a layer: not eStargz")
                         }
+                        // Never asked of it (Connect::Now).
+                        super::resolver::ResolveError::NotSaved => {}
                     })
                     .ok()?;
                 let end = prefetch.end(&resolved.layer, label_size);

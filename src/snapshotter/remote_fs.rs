@@ -46,6 +46,22 @@ pub trait RemoteFs: Send + Sync + std::fmt::Debug {
         labels: &'a Labels,
     ) -> BoxFuture<'a, Result<(), RemoteError>>;
 
+    /// Mounts again, at daemon start-up, the layer a remote snapshot had
+    /// (before the socket serves): from what the daemon saved of it alone,
+    /// with no registry request, and with its fetching held back until
+    /// [`RemoteFs::serving`]. A layer that cannot be restored so is left
+    /// to `check`, which mounts it once its registry answers.
+    fn restore<'a>(
+        &'a self,
+        mountpoint: &'a Path,
+        labels: &'a Labels,
+    ) -> BoxFuture<'a, Result<(), RemoteError>> {
+        self.mount(mountpoint, labels)
+    }
+
+    /// The daemon serves: restored layers may reach their registry now.
+    fn serving(&self) {}
+
     /// Checks that the layer mounted at `mountpoint` is still usable
     /// (reachable registry, prefetch done).
     fn check<'a>(

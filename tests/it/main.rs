@@ -30,6 +30,8 @@ mod bench_readpath; // root: FUSE, overlayfs, drop_caches, containerd, runc; reg
 #[cfg(feature = "system")]
 mod bench_scale; // root: FUSE, overlayfs, containerd, runc, ctr-remote; registry; the Go reference
 #[cfg(feature = "system")]
+mod bench_scale_snapshots; // the daemon over its socket; the plot's font (fonts-dejavu-core)
+#[cfg(feature = "system")]
 mod compose; // root: dockerd, docker-compose, mmdebstrap
 #[cfg(feature = "system")]
 mod container_reread; // root: containerd, runc, ctr-remote; registry
@@ -70,5 +72,7 @@ mod scale_threads; // root: FUSE, overlayfs; registry
 mod security; // root: FUSE; registry
 #[cfg(feature = "system")]
 mod soak; // root: containerd, runc, ctr-remote, FUSE; registry behind the fault proxy (RSTARGZ_SOAK_SECS)
+#[cfg(feature = "system")]
+mod startup; // root: FUSE, overlayfs; registry behind the fault proxy (a measurement too, ignored)
 #[cfg(feature = "system")]
 mod systemd; // systemd-analyze; the daemon under a NOTIFY_SOCKET

@@ -18,7 +18,7 @@ const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const PANEL_WIDTH: u32 = 480;
 const HEIGHT: u32 = 520;
 
-/// Registers DejaVu Sans as plotters' "sans-serif" (once per process).
+/// Makes DejaVu Sans the "sans-serif" of every plot (once per process).
 pub(crate) fn register_font() -> anyhow::Result<()> {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
@@ -58,7 +58,6 @@ pub(crate) fn color(m: Mode) -> RGBColor {
 
 /// Draws the cold-start times over `link` into the PNG at `path`.
 pub fn cold_start(r: &Report, link: &LinkCase, path: &Path) -> anyhow::Result<()> {
-    register_font()?;
     let panels = r.images.len().max(1) as u32;
     let rows = r.converters.len().max(1) as u32;
     // Wide enough for the title even with one panel.
@@ -66,12 +65,14 @@ pub fn cold_start(r: &Report, link: &LinkCase, path: &Path) -> anyhow::Result<()
     write_png(path, (w, h), |buf| draw(r, link, buf, (w, h)))
 }
 
-/// Draws an RGB bitmap of `size` with `draw` and writes it as a PNG at `path`.
+/// Draws a `size` RGB bitmap with `draw` (after registering the font) and
+/// writes it to `path` as PNG.
 pub(crate) fn write_png(
     path: &Path,
     (w, h): (u32, u32),
     draw: impl FnOnce(&mut [u8]) -> Result<(), Box<dyn std::error::Error>>,
 ) -> anyhow::Result<()> {
+    register_font()?;
     let mut buf = vec![0u8; (w * h * 3) as usize];
     draw(&mut buf).map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
     let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;

@@ -104,7 +104,7 @@ pub(super) async fn delete_dirs(remote: &dyn RemoteFs, dirs: Vec<PathBuf>) {
             tracing::warn!(dir = %fs.display(), error = %e, "remote unmount failed");
         }
     }
-    let result = tokio::task::spawn_blocking(move || {
+    let result = super::run_blocking(move || {
         for dir in dirs {
             if let Err(e) = delete_now(&dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot delete snapshot directory");

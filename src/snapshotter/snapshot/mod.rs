@@ -20,6 +20,16 @@ pub use backend::{LocalBackend, NewSnapshot};
 pub use layout::Layout;
 pub use snapshotter::{Options, REMOTE_LABEL, Snapshotter, TARGET_REF_LABEL};
 
+/// Runs short blocking work (a transaction, an fsync or two, directory
+/// operations) on the blocking pool for an async caller.
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal("snapshotter task", e))
+}
+
 // Needs root (it bind-mounts): feature `system`, as in the integration tests.
 #[cfg(all(test, feature = "system"))]
 #[allow(clippy::unwrap_used)]

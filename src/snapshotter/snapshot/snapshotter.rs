@@ -9,7 +9,9 @@
 //!   commits. A crash before the commit leaves a directory no row owns.
 //! - Remove deletes the row and renames `<id>` to `rm-<id>` in the same
 //!   transaction and deletes the files only after the commit. A crash before
-//!   the commit leaves `rm-<id>` with a live row: start-up renames it back.
+//!   the commit leaves `rm-<id>` with a live row: start-up renames it back;
+//!   a crash that keeps the commit but loses the (unsynced) rename leaves
+//!   `<id>` without a row: garbage, as ids are never reused.
 //! - Start-up and Cleanup delete every directory no row owns (see `gc`).
 //! - Store and directory changes happen under the store's lock, so Cleanup
 //!   never sees a half-created snapshot.
@@ -31,6 +33,9 @@ use crate::store::{Snapshot, Store};
 
 /// Label containerd's unpacker sets to the chain id of the layer it prepares.
 pub const TARGET_REF_LABEL: &str = "containerd.io/snapshot.ref";
+/// At most this many remote layers are restored at once at start-up.
+const RESTORE_CONCURRENCY_MAX: usize = 16;
+
 /// Label marking a snapshot whose `fs` is a remote mount.
 pub const REMOTE_LABEL: &str = "containerd.io/snapshot/remote";
 
@@ -101,14 +106,15 @@ impl Snapshotter {
         })
     }
 
+    /// Runs `f` on the blocking pool. Each hand-over there and back costs
+    /// a scheduling delay on a loaded machine: an operation makes as few
+    /// as it can (one per store visit).
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| Error::internal("snapshotter task", e))?
+        super::run_blocking(move || f(&inner)).await?
     }
 
     /// Creates an Active snapshot on `parent` and returns its mounts. With a
@@ -210,28 +216,22 @@ impl Snapshotter {
             return Ok(());
         }
         let parent = parent.to_string();
-        let chain = self
+        let remote = self
             .blocking(move |s| {
-                Ok(match s.store.read(|tx| tx.snapshot(&parent)) {
-                    Ok(snap) => std::iter::once(snap.id).chain(snap.parent_ids).collect(),
-                    Err(_) => Vec::new(),
+                s.store.read(|tx| {
+                    let chain: Vec<i64> = match tx.snapshot(&parent) {
+                        Ok(snap) => std::iter::once(snap.id).chain(snap.parent_ids).collect(),
+                        Err(_) => Vec::new(),
+                    };
+                    tx.flagged(&chain, REMOTE_LABEL)
                 })
             })
-            .await?;
-        self.check_remote_layers(&chain).await
-    }
-
-    /// Asks the remote filesystem, in parallel, whether every remote layer
-    /// among `ids` is still usable (the Go reference's `checkAvailability`).
-    async fn check_remote_layers(&self, ids: &[i64]) -> Result<()> {
-        let ids = ids.to_vec();
-        let remote = self
-            .blocking(move |s| s.store.read(|tx| tx.flagged(&ids, REMOTE_LABEL)))
             .await?;
         self.check_remote(remote).await
     }
 
-    /// Checks the remote layers `remote`. A layer checked recently is
+    /// Checks the remote layers `remote` (the Go reference's
+    /// `checkAvailability`, in parallel). A layer checked recently is
     /// answered from memory; only the others have their labels read and
     /// get a task (and perhaps a request to their registry), so a deep
     /// chain of busy layers costs no task, label copy, lock or request that
@@ -270,10 +270,12 @@ impl Snapshotter {
         Ok(())
     }
 
-    /// Mounts every remote layer again (daemon start-up) and lets the
-    /// remote filesystem delete the state of layers no snapshot uses. A
-    /// layer that cannot be mounted stays in the metadata and makes Mounts
-    /// of its children answer Unavailable. Returns (restored, failed).
+    /// Mounts every remote layer again (daemon start-up), a few at a time
+    /// (each is mostly disk reads, TOC indexing and a bind mount), and lets
+    /// the remote filesystem delete the state of layers no snapshot uses.
+    /// A layer that cannot be restored stays in the metadata and makes
+    /// Mounts of its children answer Unavailable until `check` mounts it.
+    /// Returns (restored, failed).
     pub async fn restore_remote(&self) -> Result<(usize, usize)> {
         let layers = self
             .blocking(|s| {
@@ -288,20 +290,44 @@ impl Snapshotter {
                 })
             })
             .await?;
-        let mut restored = 0;
-        for (id, name, labels) in &layers {
-            let fs = self.inner.layout.fs_dir(*id);
-            match self.inner.remote.mount(&fs, labels).await {
-                Ok(()) => restored += 1,
-                Err(e) => tracing::warn!(
+        let limit = std::thread::available_parallelism()
+            .map_or(4, |n| n.get() * 2)
+            .clamp(4, RESTORE_CONCURRENCY_MAX);
+        let mut restoring = tokio::task::JoinSet::new();
+        let mut pending = layers.iter();
+        let (mut restored, mut in_use) = (0, Vec::with_capacity(layers.len()));
+        loop {
+            while restoring.len() < limit
+                && let Some((id, name, labels)) = pending.next()
+            {
+                let fs = Arc::clone(&self.inner.remote);
+                let dir = self.inner.layout.fs_dir(*id);
+                let (name, labels) = (name.clone(), labels.clone());
+                restoring.spawn(async move {
+                    let restored = fs.restore(&dir, &labels).await;
+                    (name, restored)
+                });
+            }
+            let Some(joined) = restoring.join_next().await else {
+                break;
+            };
+            match joined {
+                Ok((_, Ok(()))) => restored += 1,
+                Ok((name, Err(e))) => tracing::warn!(
                     snapshot = %name, error = %e,
                     "cannot restore remote layer; Mounts of its children will be unavailable"
                 ),
+                Err(e) => return Err(Error::internal("remote layer restore", e)),
             }
         }
-        let in_use: Vec<Labels> = layers.into_iter().map(|(_, _, l)| l).collect();
+        in_use.extend(layers.into_iter().map(|(_, _, l)| l));
         self.inner.remote.forget_unused(&in_use).await;
         Ok((restored, in_use.len() - restored))
+    }
+
+    /// The daemon serves its socket: restored layers may start fetching.
+    pub fn serving(&self) {
+        self.inner.remote.serving();
     }
 
     /// Commits the Active snapshot `key` as `name`, recording its usage.
@@ -463,7 +489,10 @@ impl Inner {
                 }
                 Err(e) => return Err(Error::internal(format!("rename {}", from.display()), e)),
             }
-            sync_dir(self.layout.snapshots_dir())?;
+            // No fsync of `snapshots/` before the commit: whichever of the
+            // rename and the row's deletion a crash keeps, recovery is
+            // right (a row with `rm-<id>` gets `<id>` back; `<id>` without
+            // a row is garbage, and ids are never reused).
             Ok(Some(to))
         });
         if result.is_err()
