@@ -15,7 +15,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use crate::common::bench::run_bench;
 
 /// Each converter and the modes that pull the kind of image it makes
 /// (without a list: rstargz, go; with one: rstargz-prio, go-prio).
@@ -28,44 +29,22 @@ const CELLS: [(&str, &[&str]); 4] = [
 const LINKS: [&str; 2] = ["loopback", "20ms-100mbit"];
 
 /// Runs `rstargz-bench cold-start --quick --no-background-fetch` with
-/// `extra` options under `dir`, asserting success; returns its output dir.
-fn cold_start(dir: &Path, extra: &[&str]) -> PathBuf {
+/// `extra` options under `dir`, asserting success; returns its output dir
+/// and report.
+fn cold_start(dir: &Path, extra: &[&str]) -> (PathBuf, serde_json::Value) {
     let (out, work) = (dir.join("out"), dir.join("work"));
-    let rstargz = Path::new(env!("CARGO_BIN_EXE_rstargz"));
-    let bench = rstargz.with_file_name("rstargz-bench");
-    assert!(
-        bench.is_file(),
-        "{} not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
-        bench.display()
-    );
-    let run = Command::new(&bench)
-        // Without background fetch the bytes counted are what pull and
-        // workload asked for, which is what the laziness checks need.
-        .args(["cold-start", "--quick", "--no-background-fetch"])
-        .args(extra)
-        .arg("--rstargz")
-        .arg(rstargz)
-        .arg("--out")
-        .arg(&out)
-        .arg("--work")
-        .arg(&work)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    out
+    // Without background fetch the bytes counted are what pull and
+    // workload asked for, which is what the laziness checks need.
+    let mut args = vec!["cold-start", "--quick", "--no-background-fetch"];
+    args.extend_from_slice(extra);
+    let report = run_bench(&args, &out, &work);
+    (out, report)
 }
 
 #[test]
 fn quick_cold_start_produces_every_figure() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = cold_start(tmp.path(), &[]);
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let (out, report) = cold_start(tmp.path(), &[]);
     let image = &report["images"][0];
     let (plain, needed) = (
         image["plain_bytes"].as_u64().unwrap(),
@@ -132,9 +111,7 @@ fn quick_cold_start_produces_every_figure() {
 #[test]
 fn quick_cri_cold_start_produces_its_figures() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = cold_start(tmp.path(), &["--cri", "--loopback-only"]);
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let (out, report) = cold_start(tmp.path(), &["--cri", "--loopback-only"]);
     assert_eq!(report["cri"], true);
     let plain = report["images"][0]["plain_bytes"].as_u64().unwrap();
     let samples = report["samples"].as_array().unwrap();

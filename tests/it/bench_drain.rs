@@ -9,8 +9,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-use std::process::Command;
+use crate::common::bench::run_bench;
 
 const MODES: [&str; 5] = ["overlayfs", "rstargz", "rstargz-prio", "go", "go-prio"];
 
@@ -18,32 +17,22 @@ const MODES: [&str; 5] = ["overlayfs", "rstargz", "rstargz-prio", "go", "go-prio
 fn tiny_drain_reports_every_pod_of_every_mode() {
     let tmp = tempfile::tempdir().unwrap();
     let (out, work) = (tmp.path().join("out"), tmp.path().join("work"));
-    let rstargz = Path::new(env!("CARGO_BIN_EXE_rstargz"));
-    let bench = rstargz.with_file_name("rstargz-bench");
-    assert!(
-        bench.is_file(),
-        "{} not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
-        bench.display()
+    let report = run_bench(
+        &[
+            "drain",
+            "--tiny",
+            "--pods",
+            "2",
+            "--runs",
+            "1",
+            "--rtt-ms",
+            "0",
+            "--rate-mbit",
+            "0",
+        ],
+        &out,
+        &work,
     );
-    let run = Command::new(&bench)
-        .args(["drain", "--tiny", "--pods", "2", "--runs", "1"])
-        .args(["--rtt-ms", "0", "--rate-mbit", "0"])
-        .arg("--rstargz")
-        .arg(rstargz)
-        .arg("--out")
-        .arg(&out)
-        .arg("--work")
-        .arg(&work)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["pods"], 2);
     let images = report["images"].as_array().unwrap();
     assert_eq!(images.len(), 2);

@@ -9,47 +9,33 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-use std::process::Command;
+use crate::common::bench::run_bench;
 
 #[test]
 fn scale_layers_reports_every_daemon_and_count() {
     let dir = tempfile::tempdir().unwrap();
     let (out, work) = (dir.path().join("out"), dir.path().join("work"));
-    let rstargz = Path::new(env!("CARGO_BIN_EXE_rstargz"));
-    let bench = rstargz.with_file_name("rstargz-bench");
-    assert!(
-        bench.is_file(),
-        "{} not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
-        bench.display()
-    );
-    let run = Command::new(&bench)
-        .args(["scale-layers", "--layers", "2,3", "--files-per-layer", "3"])
-        .args([
+    let report = run_bench(
+        &[
+            "scale-layers",
+            "--layers",
+            "2,3",
+            "--files-per-layer",
+            "3",
             "--rpull-layers",
             "2",
             "--rpull-files",
             "2",
             "--rpull-runs",
             "1",
-        ])
-        .args(["--settle-seconds", "0", "--idle-seconds", "0"])
-        .arg("--rstargz")
-        .arg(rstargz)
-        .arg("--out")
-        .arg(&out)
-        .arg("--work")
-        .arg(&work)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
+            "--settle-seconds",
+            "0",
+            "--idle-seconds",
+            "0",
+        ],
+        &out,
+        &work,
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     let cells = report["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 4, "{report:#}");
     for (daemon, layers) in [("rstargz", 2), ("go", 2), ("rstargz", 3), ("go", 3)] {

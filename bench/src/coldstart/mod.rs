@@ -87,27 +87,15 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let go = modes
         .iter()
         .any(|m| m.snapshotter() == Some(Snapshotter::GoReference));
-    if go && !opts.bins.go_reference.exists() {
-        bail!(
-            "{} is missing: build it with scripts/setup-bench.sh (kit: GO_REFERENCE_DIR, default ../shared/bench/go-reference)",
-            opts.bins.go_reference.display()
-        );
-    }
+    require_go_reference(&opts.bins, go)?;
     std::fs::create_dir_all(&opts.work)?;
     std::fs::create_dir_all(&opts.out)?;
-    let registry_addr = free_addr()?;
-    let _registry = procs::start_registry(&opts.work.join("registry"), registry_addr)?;
-    let shaper = Shaper::start(
-        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        registry_addr,
-        Link::LOOPBACK,
-    )
-    .await?;
-    let client = Registry::new(RegistryConfig {
-        docker_config: Some(opts.work.join("no-docker-config.json")),
-        ..RegistryConfig::default()
-    })?;
-    let direct = registry_addr.to_string();
+    let RegistryBed {
+        registry: _registry,
+        shaper,
+        client,
+        direct,
+    } = RegistryBed::start(&opts.work).await?;
     let shaped = shaper.addr().to_string();
 
     let mut workloads = Vec::new();
@@ -236,6 +224,54 @@ pub(crate) fn which(bin: &str) -> anyhow::Result<PathBuf> {
 pub(crate) fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?)
+}
+
+/// Fails when `needed` and the Go reference daemon is not built.
+pub(crate) fn require_go_reference(bins: &Binaries, needed: bool) -> anyhow::Result<()> {
+    if needed && !bins.go_reference.exists() {
+        bail!(
+            "{} is missing: build it with scripts/setup-bench.sh (kit: GO_REFERENCE_DIR, default ../shared/bench/go-reference)",
+            bins.go_reference.display()
+        );
+    }
+    Ok(())
+}
+
+/// A local registry behind a link-shaping proxy (loopback until set), and
+/// a client that pushes to the registry directly.
+pub(crate) struct RegistryBed {
+    /// Stops the registry when dropped.
+    pub registry: procs::Guard,
+    /// The proxy the daemons pull through.
+    pub shaper: Shaper,
+    /// A client for pushing images (no credentials).
+    pub client: Registry,
+    /// The registry's own address, for pushes.
+    pub direct: String,
+}
+
+impl RegistryBed {
+    /// Starts the registry with its data under `work/registry`.
+    pub async fn start(work: &Path) -> anyhow::Result<RegistryBed> {
+        let registry_addr = free_addr()?;
+        let registry = procs::start_registry(&work.join("registry"), registry_addr)?;
+        let shaper = Shaper::start(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            registry_addr,
+            Link::LOOPBACK,
+        )
+        .await?;
+        let client = Registry::new(RegistryConfig {
+            docker_config: Some(work.join("no-docker-config.json")),
+            ..RegistryConfig::default()
+        })?;
+        Ok(RegistryBed {
+            registry,
+            shaper,
+            client,
+            direct: registry_addr.to_string(),
+        })
+    }
 }
 
 /// Pushes the plain image, makes rstargz's eStargz images (without and
@@ -395,8 +431,7 @@ fn timed_run(
 ) -> anyhow::Result<Sample> {
     let plugin = mode.snapshotter().map_or("overlayfs", Snapshotter::plugin);
     procs::drop_caches()?;
-    let cpu = |d: &procs::Daemon| probe::process_cpu(d.guard.id());
-    let cpu_before = daemon.map(cpu).transpose()?;
+    let cpu_before = probe::window_start(daemon)?;
     let before = shaper.counters();
     let start = Instant::now();
     match mode {
@@ -431,17 +466,7 @@ fn timed_run(
     let out = ctrd.run(plugin, reference, &format!("cold-{run}"), &w.cmd)?;
     let total = start.elapsed();
     let counted = shaper.counters().since(&before);
-    let probe = match (daemon, cpu_before) {
-        (Some(d), Some(cpu_before)) => Some(probe::Probe {
-            daemon_cpu_s: cpu(d)?.saturating_sub(cpu_before).as_secs_f64(),
-            rstargz: d
-                .metrics
-                .map(probe::scrape)
-                .transpose()
-                .context("read rstargz's metrics")?,
-        }),
-        _ => None,
-    };
+    let probe = probe::window_end(daemon, cpu_before)?;
     if !out.contains(&w.expect) {
         bail!("unexpected output: {out}");
     }

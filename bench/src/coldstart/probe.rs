@@ -14,6 +14,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
+use super::procs::Daemon;
+
 /// Purposes in the metrics' order (most urgent first).
 pub const PURPOSES: [&str; 3] = ["on_demand", "prefetch", "background"];
 
@@ -24,6 +26,32 @@ pub struct Probe {
     pub daemon_cpu_s: f64,
     /// rstargz's own counters (none for the Go reference).
     pub rstargz: Option<Counters>,
+}
+
+/// Opens a probe's window on `daemon` (none without one): its CPU so far.
+pub fn window_start(daemon: Option<&Daemon>) -> anyhow::Result<Option<Duration>> {
+    daemon.map(|d| process_cpu(d.guard.id())).transpose()
+}
+
+/// Closes the window [`window_start`] opened: the daemon's CPU since then
+/// and, for rstargz, its counters.
+pub fn window_end(
+    daemon: Option<&Daemon>,
+    cpu_before: Option<Duration>,
+) -> anyhow::Result<Option<Probe>> {
+    let (Some(d), Some(cpu_before)) = (daemon, cpu_before) else {
+        return Ok(None);
+    };
+    Ok(Some(Probe {
+        daemon_cpu_s: process_cpu(d.guard.id())?
+            .saturating_sub(cpu_before)
+            .as_secs_f64(),
+        rstargz: d
+            .metrics
+            .map(scrape)
+            .transpose()
+            .context("read rstargz's metrics")?,
+    }))
 }
 
 /// rstargz's counters at the workload's end (the daemon starts with each

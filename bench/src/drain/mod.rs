@@ -26,14 +26,13 @@ use std::time::Instant;
 
 use anyhow::Context;
 use rstargz_fs::estargz::WriterOptions;
-use rstargz_fs::registry::{Registry, RegistryConfig};
+use rstargz_fs::registry::Registry;
 use rstargz_image::build::{self, BuildOptions};
 use rstargz_image::{ConvertOptions, ImageRef, Quiet};
-use rstargz_test_support::proxy::{Link, Shaper};
 
 use crate::coldstart::model::{LinkCase, Mode};
-use crate::coldstart::procs::{self, Binaries};
-use crate::coldstart::{cri, floor, free_addr, which};
+use crate::coldstart::procs::Binaries;
+use crate::coldstart::{RegistryBed, cri, floor, require_go_reference, which};
 
 use self::images::{App, AppShape};
 use self::model::AppFacts;
@@ -71,32 +70,16 @@ pub async fn run(opts: &Options) -> anyhow::Result<DrainReport> {
     for bin in ["containerd", "runc", "docker-registry"] {
         which(bin)?;
     }
-    if opts
-        .modes
-        .iter()
-        .any(|m| matches!(m, Mode::Go | Mode::GoPrio))
-        && !opts.bins.go_reference.exists()
-    {
-        anyhow::bail!(
-            "{} is missing: build it with scripts/setup-bench.sh",
-            opts.bins.go_reference.display()
-        );
-    }
+    let go = (opts.modes.iter()).any(|m| matches!(m, Mode::Go | Mode::GoPrio));
+    require_go_reference(&opts.bins, go)?;
     std::fs::create_dir_all(&opts.work)?;
     std::fs::create_dir_all(&opts.out)?;
-    let registry_addr = free_addr()?;
-    let _registry = procs::start_registry(&opts.work.join("registry"), registry_addr)?;
-    let shaper = Shaper::start(
-        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        registry_addr,
-        Link::LOOPBACK,
-    )
-    .await?;
-    let client = Registry::new(RegistryConfig {
-        docker_config: Some(opts.work.join("no-docker-config.json")),
-        ..RegistryConfig::default()
-    })?;
-    let direct = registry_addr.to_string();
+    let RegistryBed {
+        registry: _registry,
+        shaper,
+        client,
+        direct,
+    } = RegistryBed::start(&opts.work).await?;
 
     let started = Instant::now();
     let mut apps = Vec::new();

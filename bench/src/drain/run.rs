@@ -100,9 +100,7 @@ async fn timed_run(
     let load_avg = load_avg();
     procs::drop_caches()?;
     let sampler = daemon.map(|d| RssSampler::start(d.guard.id()));
-    let cpu_before = daemon
-        .map(|d| probe::process_cpu(d.guard.id()))
-        .transpose()?;
+    let cpu_before = probe::window_start(daemon)?;
     let before = shaper.counters();
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -144,19 +142,7 @@ async fn timed_run(
         }
         None => (None, None),
     };
-    let probe = match (daemon, cpu_before) {
-        (Some(d), Some(cpu_before)) => Some(probe::Probe {
-            daemon_cpu_s: probe::process_cpu(d.guard.id())?
-                .saturating_sub(cpu_before)
-                .as_secs_f64(),
-            rstargz: d
-                .metrics
-                .map(probe::scrape)
-                .transpose()
-                .context("read rstargz's metrics")?,
-        }),
-        _ => None,
-    };
+    let probe = probe::window_end(daemon, cpu_before)?;
     let local_run_s = match (&failed, mode) {
         (None, Mode::Overlayfs) => Some(local_run(&mut started, apps, &logs, &cgroup).await?),
         _ => None,

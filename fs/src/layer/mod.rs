@@ -525,17 +525,7 @@ impl LayerReader {
             self.cache
                 .work()
                 .run(purpose, move || {
-                    chunks
-                        .into_iter()
-                        .map(|(ino, chunk)| {
-                            let r = chunk.compressed_range();
-                            let compressed =
-                                fetched.slice((r.start - start) as usize..(r.end - start) as usize);
-                            decode_chunk(compression, ino, &chunk, &compressed, verify)
-                                .map(Bytes::from)
-                                .map_err(|e| e.to_string())
-                        })
-                        .collect::<Vec<_>>()
+                    decode_chunks(compression, verify, chunks, &fetched, start)
                 })
                 .await
                 .map_err(|e| e.to_string())
@@ -639,18 +629,7 @@ impl LayerReader {
                 cache
                     .work()
                     .run(purpose, move || {
-                        chunks
-                            .into_iter()
-                            .map(|(ino, chunk)| {
-                                let r = chunk.compressed_range();
-                                let compressed = fetched
-                                    .get((r.start - base) as usize..(r.end - base) as usize)
-                                    .ok_or("chunk outside the fetched range")?;
-                                decode_chunk(compression, ino, &chunk, compressed, verify)
-                                    .map(Bytes::from)
-                                    .map_err(|e| e.to_string())
-                            })
-                            .collect::<Vec<_>>()
+                        decode_chunks(compression, verify, chunks, &fetched, base)
                     })
                     .await
                     .map_err(|e| e.to_string())
@@ -687,6 +666,32 @@ impl LayerReader {
         });
         let _ = registered.await;
     }
+}
+
+/// Decodes and verifies `chunks` out of `fetched`, which holds the blob
+/// from offset `base` on (one blocking task for many chunks).
+fn decode_chunks(
+    compression: Compression,
+    verify: Verify,
+    chunks: Vec<(Ino, Chunk)>,
+    fetched: &[u8],
+    base: u64,
+) -> Vec<Result<Bytes, String>> {
+    chunks
+        .into_iter()
+        .map(|(ino, chunk)| {
+            let r = chunk.compressed_range();
+            let compressed = r
+                .start
+                .checked_sub(base)
+                .zip(r.end.checked_sub(base))
+                .and_then(|(from, to)| fetched.get(from as usize..to as usize))
+                .ok_or("chunk outside the fetched range")?;
+            decode_chunk(compression, ino, &chunk, compressed, verify)
+                .map(Bytes::from)
+                .map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 /// Cuts chunks in blob order into ranges of at most `window` compressed

@@ -5,6 +5,8 @@
 
 // Helpers of the system tier only (see main.rs).
 #[cfg(feature = "system")]
+pub mod bench;
+#[cfg(feature = "system")]
 pub mod image;
 #[cfg(feature = "system")]
 pub mod remote;
