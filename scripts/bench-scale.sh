@@ -48,7 +48,7 @@ for part in "${parts[@]}"; do
         source scripts/lib/containerd.sh
         sw=$(mktemp -d /var/tmp/rstargz-scale-snapshots.XXXXXX)
         pids=()
-        trap 'containerd_stop; for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; umount -R "$sw"/containerd/root 2>/dev/null; rm -rf "$sw"' EXIT
+        trap 'containerd_stop; for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done; umount -R "$sw"/containerd/root 2>/dev/null || true; rm -rf "$sw"' EXIT
         : >"$sw/empty.toml"
         # Separate daemons behind containerd: its garbage collector removes from
         # a proxy snapshotter every snapshot its own metadata does not know.
