@@ -404,14 +404,33 @@ async fn prefetched_files_read_without_fetching() {
         hex_sha(&test_blob(300 << 10, 11))
     );
     assert_eq!(std::fs::read(lowers[0].join("prio/b")).unwrap(), b"bee\n");
-    let seen = proxy.seen();
+    // The prioritized prefix was fetched once, and no read asked for its
+    // bytes again. (A read that arrives before the prefetch is decoded may
+    // take the chunk just past the prefix along: amplification, not a
+    // prioritized file fetched again; 2-byte ranges are availability checks.)
+    let ranges: Vec<(u64, u64)> = proxy
+        .seen()
+        .iter()
+        .filter_map(|s| {
+            let (a, b) = s
+                .range
+                .as_deref()?
+                .strip_prefix("bytes=")?
+                .split_once('-')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .filter(|&(a, b)| b > a + 1)
+        .collect();
+    let prefix_end = (ranges.iter())
+        .filter(|&&(a, _)| a == 0)
+        .map(|&(_, b)| b)
+        .max()
+        .expect("the prioritized prefix was fetched from 0");
+    let in_prefix: Vec<_> = ranges.iter().filter(|&&(a, _)| a <= prefix_end).collect();
     assert_eq!(
-        seen.len(),
-        requests,
-        "prioritized files fetched again: {:?}",
-        seen.iter()
-            .map(|s| (&s.method, &s.path, &s.range))
-            .collect::<Vec<_>>()
+        in_prefix.len(),
+        1,
+        "prioritized files fetched again: {in_prefix:?}"
     );
     // Other files are fetched on demand (the counter does count).
     std::fs::read(lowers[0].join("rest.bin")).unwrap();
