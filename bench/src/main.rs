@@ -482,17 +482,22 @@ async fn shape(a: ShapeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cold_start(a: ColdStartArgs) -> anyhow::Result<()> {
-    use coldstart::{LinkCase, images};
+/// Logs to stderr at `warn` (or `RUST_LOG`) for the subcommands that build
+/// images: their prioritized lists name files of every layer, and each
+/// layer's writer would warn about the others' files.
+fn init_image_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                // The prioritized list names files of every layer; each
-                // layer warns about the others' files.
                 .unwrap_or_else(|_| "warn,rstargz_fs::estargz::writer=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn cold_start(a: ColdStartArgs) -> anyhow::Result<()> {
+    use coldstart::{LinkCase, images};
+    init_image_logging();
     let images = if a.images.is_empty() {
         if a.quick {
             vec![images::Kind::Large]
@@ -612,14 +617,7 @@ fn parse_modes(names: &[String]) -> anyhow::Result<Vec<coldstart::Mode>> {
 
 fn drain(a: DrainArgs) -> anyhow::Result<()> {
     use rstargz_bench::drain;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // The list names files of both layers; each warns about the other's.
-                .unwrap_or_else(|_| "warn,rstargz_fs::estargz::writer=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_image_logging();
     let modes = if a.modes.is_empty() {
         coldstart::Mode::ALL.to_vec()
     } else {

@@ -287,23 +287,9 @@ async fn an_on_demand_read_joins_the_window_fetching_its_chunk() {
 #[tokio::test]
 async fn streamed_windows_cache_every_file_with_one_request_each() {
     let files: Vec<Vec<u8>> = (0..12u32).map(|i| noise(30_000 + i * 1000)).collect();
-    let mut b = tar::Builder::new(Vec::new());
-    for (i, content) in files.iter().enumerate() {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_size(content.len() as u64);
-        b.append_data(&mut h, format!("f{i}"), &content[..])
-            .unwrap();
-    }
-    let mut blob = Vec::new();
-    let made = convert(
-        &b.into_inner().unwrap()[..],
-        &mut blob,
-        &WriterOptions::default(),
-    )
-    .unwrap();
+    let (blob, toc_digest) = files_blob(&files, |i| format!("f{i}"));
     let opts = OpenOptions {
-        expected_toc_digest: Some(made.toc_digest),
+        expected_toc_digest: Some(toc_digest),
         ..OpenOptions::default()
     };
     let cache = Arc::new(ChunkCache::new(&ChunkCacheConfig::default(), None));
@@ -494,13 +480,19 @@ async fn the_async_open_refuses_what_the_opener_refuses_and_forgets_what_it_read
 /// Many small files, each a chunk of a few KiB, in one blob.
 fn small_files_blob(files: u32) -> (Vec<Vec<u8>>, Vec<u8>, Digest) {
     let contents: Vec<Vec<u8>> = (0..files).map(|i| noise(3000 + i * 100)).collect();
+    let (blob, toc_digest) = files_blob(&contents, |i| format!("f{i:02}"));
+    (contents, blob, toc_digest)
+}
+
+/// An eStargz blob (default writer options) of regular files `contents`,
+/// named by `name` from their index, and its TOC digest.
+fn files_blob(contents: &[Vec<u8>], name: impl Fn(usize) -> String) -> (Vec<u8>, Digest) {
     let mut b = tar::Builder::new(Vec::new());
     for (i, content) in contents.iter().enumerate() {
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o644);
         h.set_size(content.len() as u64);
-        b.append_data(&mut h, format!("f{i:02}"), &content[..])
-            .unwrap();
+        b.append_data(&mut h, name(i), &content[..]).unwrap();
     }
     let mut blob = Vec::new();
     let made = convert(
@@ -509,7 +501,7 @@ fn small_files_blob(files: u32) -> (Vec<Vec<u8>>, Vec<u8>, Digest) {
         &WriterOptions::default(),
     )
     .unwrap();
-    (contents, blob, made.toc_digest)
+    (blob, made.toc_digest)
 }
 
 #[tokio::test]
